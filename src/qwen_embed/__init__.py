@@ -1,0 +1,1 @@
+"""qwen-embed: fast, exact Qwen3 Embedding and Reranker."""
