@@ -1,0 +1,56 @@
+"""A loaded checkpoint: folder, config, tokenizer, trunk and (for rerankers) the score vector.
+
+Shared by `Embedder` and `Reranker`, so that both load through one path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .model import Qwen3Model
+from .tokenizer import QwenTokenizer
+from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
+
+
+@dataclass
+class Checkpoint:
+    name: str
+    path: Path
+    config: ModelConfig
+    tokenizer: QwenTokenizer
+    model: Qwen3Model
+    head: torch.Tensor | None  # [H] float32 for rerankers: W[yes] - W[no]
+    yes_no_ids: tuple[int, int] | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def load(
+        cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None, want_head: bool = True,
+    ) -> Checkpoint:
+        """Resolve, parse and load. `want_head=False` loads only the trunk (an embedder may use the
+        trunk of a reranker or base-LM checkpoint); a reranker needs the head."""
+        path = resolve_model_dir(name_or_path)
+        config = ModelConfig.from_file(path / "config.json")
+        tokenizer = QwenTokenizer.from_dir(path)
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+        yes_no = None
+        if want_head and not config.is_reranker:
+            raise ConfigError(
+                f"{path} is an embedding checkpoint ({config.architecture}); a reranker needs "
+                "Qwen3ForCausalLM or a converted Qwen3ForSequenceClassification. Use Embedder for this one."
+            )
+        if want_head and config.is_reranker:
+            yes_no = (tokenizer.single_token_id("yes"), tokenizer.single_token_id("no"))
+        model, head = load_trunk(path, config, dev, dt, head_rows=yes_no, want_head=want_head)
+        if head is not None:
+            head = head.to(dev)
+        return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)

@@ -1,0 +1,138 @@
+"""Embedder: Qwen3-Embedding as a dual encoder.
+
+Queries go through the instruction template `Instruct: {instruction}\\nQuery:{query}` (no space after
+`Query:`), documents are embedded as they are. `<|endoftext|>` is appended exactly once and kept when
+truncating; the embedding is the final hidden state at that token, sliced to the Matryoshka `dim`
+first and L2-normalised after. Follows the official usage code of the Qwen3-Embedding model card.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+from .engine import Engine
+from .errors import InputError
+from .pooling import check_dim, l2_normalize, truncate_dim
+from .tokenizer import QwenTokenizer, check_texts
+
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+DEFAULT_MAX_LENGTH = 8192
+PROGRESS_MIN_TEXTS = 512
+
+
+def format_query(query: str, instruction: str) -> str:
+    """The query template the models were trained with."""
+    return f"Instruct: {instruction}\nQuery:{query}"
+
+
+def check_max_length(max_length: int, config: ModelConfig, minimum: int = 2) -> int:
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise InputError(f"max_length must be an integer, got {max_length!r}")
+    limit = config.max_position_embeddings
+    if not minimum <= max_length <= limit:
+        raise InputError(f"max_length={max_length} is out of range: use {minimum}..{limit} (the model's limit).")
+    return max_length
+
+
+class Embedder:
+    """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
+
+    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
+                 batch_tokens: int | None = None) -> None:
+        self.checkpoint = checkpoint
+        self.max_length = check_max_length(max_length, checkpoint.config)
+        self.engine = Engine(checkpoint.model, checkpoint.device, batch_tokens)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
+        batch_tokens: int | None = None,
+    ) -> Embedder:
+        """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
+
+        device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU.
+        max_length: tokens per input including the end token (default 8192, up to the model's limit).
+        batch_tokens: token budget of one forward pass.
+        """
+        return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
+                   batch_tokens=batch_tokens)
+
+    # -- facts -------------------------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.checkpoint.config
+
+    @property
+    def tokenizer(self) -> QwenTokenizer:
+        return self.checkpoint.tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.checkpoint.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.checkpoint.dtype
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    # -- tokens ------------------------------------------------------------------------------------
+    def prepare(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
+        """Validate texts and apply the query template when an instruction is given."""
+        items = check_texts(texts)
+        if instruction is None:
+            return items
+        if not isinstance(instruction, str):
+            raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+        return [format_query(t, instruction) for t in items]
+
+    def tokenize(self, texts: Sequence[str], instruction: str | None = None) -> list[list[int]]:
+        """Token ids exactly as embedded: template, truncation to max_length, end token last."""
+        return self.tokenizer.encode_for_embedding(self.prepare(texts, instruction), self.max_length)
+
+    # -- vectors -----------------------------------------------------------------------------------
+    def embed_ids(self, seqs: Sequence[Sequence[int]], *, dim: int | None = None, normalize: bool = True,
+                  progress: bool | None = None) -> np.ndarray:
+        """Embed already tokenized inputs (each ending with the end token) -> float32 [n, dim]."""
+        d = check_dim(dim, self.hidden_size)
+        if not seqs:
+            raise InputError("no inputs to embed; pass at least one sequence.")
+        show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
+        pooled = truncate_dim(self.engine.last_hidden(seqs, progress=show), d)  # [n, dim]
+        if normalize:
+            pooled = l2_normalize(pooled)
+        return pooled.numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], *, instruction: str | None = None, dim: int | None = None,
+               normalize: bool = True, progress: bool | None = None) -> np.ndarray:
+        """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied."""
+        check_dim(dim, self.hidden_size)
+        return self.embed_ids(self.tokenize(texts, instruction), dim=dim, normalize=normalize, progress=progress)
+
+    def encode_queries(self, texts: Sequence[str], *, instruction: str | None = None,
+                       dim: int | None = None, progress: bool | None = None) -> np.ndarray:
+        """Embed search queries with the query template (default: the web-search instruction)."""
+        return self.encode(texts, instruction=instruction or DEFAULT_INSTRUCTION, dim=dim, progress=progress)
+
+    def encode_documents(self, texts: Sequence[str], *, dim: int | None = None,
+                         progress: bool | None = None) -> np.ndarray:
+        """Embed documents as they are (no instruction)."""
+        return self.encode(texts, dim=dim, progress=progress)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Embedder({self.name!r}, hidden={c.hidden_size}, layers={c.num_hidden_layers}, "
+                f"device={self.device}, dtype={str(self.dtype).removeprefix('torch.')})")

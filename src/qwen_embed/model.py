@@ -1,0 +1,141 @@
+"""The Qwen3 trunk on packed sequences, with Hugging Face parameter names.
+
+Follows transformers' `Qwen3Model` (modeling_qwen3.py) step by step: token embedding; per layer
+RMSNorm -> attention (q/k/v projections, RMSNorm of q and k over head_dim, RoPE, causal GQA
+attention, o projection) -> residual -> RMSNorm -> SwiGLU MLP -> residual; final RMSNorm. Parameter
+names equal the checkpoint keys of a `Qwen3Model` save (`embed_tokens.weight`,
+`layers.{i}.self_attn.q_proj.weight`, ..., `norm.weight`), so loading is a strict identity.
+
+Differences from the reference, all exact up to rounding: no padding (tokens of several sequences are
+packed and `cu_seqlens` bounds attention); positions restart at 0 for every sequence (RoPE depends
+only on relative positions, so this equals left padding); RoPE tables in float32; with
+`output_indices`, the last layer's MLP and the final norm run on those tokens only.
+
+Shapes: T tokens in the batch, H hidden, Hq / Hkv heads, D head_dim, I intermediate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import packed_causal_attention
+from .batching import PackedBatch
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, statistics in float32 (Qwen3RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, D] for the given positions (default RoPE, float32 angles)."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    )  # [D/2]
+    freqs = position_ids.float()[:, None] * inv_freq[None, :]  # [T, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [T, D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] rotated by the per-token angles (rotate_half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + rotated * sin[:, None, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(h, self.num_heads * d, bias=False)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * d, h, bias=False)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
+        out_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
+        k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
+        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
+        if out_idx is not None:
+            o = o[out_idx]  # [n, Hq, D]: only the rows the caller keeps
+        return self.o_proj(o.reshape(o.shape[0], -1))  # [T or n, H]
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # [T, H]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
+        out_idx: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        a = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx)
+        x = (x if out_idx is None else x[out_idx]) + a  # [T or n, H]
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Qwen3Model(nn.Module):
+    """The trunk: packed token ids -> final hidden states (after the last RMSNorm)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.gradient_checkpointing = False
+
+    def forward(self, batch: PackedBatch, output_indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [T, H], or [n, H] at `output_indices` (e.g. `batch.last_indices`)."""
+        x = self.embed_tokens(batch.input_ids)  # [T, H]
+        cos, sin = rope_cos_sin(batch.position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            out_idx = output_indices if i == last else None
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, batch, out_idx, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, batch, out_idx)
+        return self.norm(x)

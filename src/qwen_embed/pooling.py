@@ -1,0 +1,43 @@
+"""Pooling and the vector post-processing of the embedder, each a small function.
+
+Qwen3-Embedding takes the last layer's hidden state at the appended `<|endoftext|>` (the last token
+of each sequence), slices it to the Matryoshka dimension first and L2-normalises after, in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+MIN_DIM = 32
+
+
+def last_token_pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """hidden [T, H] of a packed batch -> [n, H], the state at each sequence's last token."""
+    return hidden[cu_seqlens[1:].long() - 1]
+
+
+def check_dim(dim: int | None, hidden_size: int) -> int:
+    """Validate a Matryoshka dimension (32 .. hidden size); None means the full size."""
+    if dim is None:
+        return hidden_size
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise InputError(f"dim must be an integer, got {dim!r}")
+    if not MIN_DIM <= dim <= hidden_size:
+        raise InputError(
+            f"dim={dim} is out of range: this model supports {MIN_DIM}..{hidden_size}; "
+            f"pass a value in that range or None for the full {hidden_size}."
+        )
+    return dim
+
+
+def truncate_dim(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Matryoshka: keep the first `dim` features ([n, H] -> [n, dim])."""
+    return x[..., :dim]
+
+
+def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise L2 normalisation in float32 (as torch.nn.functional.normalize)."""
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)

@@ -1,0 +1,193 @@
+"""Reranker: Qwen3-Reranker as a cross encoder scored by the "yes"/"no" next-token logits.
+
+Input = prefix + body(instruction, query, document) + suffix (templates below, DESIGN.md). Score =
+softmax over the last position's logits of "no" and "yes", taking "yes", which equals
+sigmoid(h . (W[yes] - W[no])): one dot product with a precomputed vector instead of the 151k-way
+logits. Only the document is truncated: the body is cut from the right, and the document is its last
+part; a query and instruction that alone exceed the budget are an error, not silently cut.
+
+Templates:
+- "card": the model card / transformers form (body parts joined by one newline).
+- "official-eval": the form of the official evaluation that produced the published scores: body parts
+  joined by a blank line, rendered as the chat's user turn (ending `<|im_end|>\\n`), then the suffix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .config import ModelConfig
+from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
+from .engine import Engine
+from .errors import InputError
+from .tokenizer import QwenTokenizer, check_texts
+
+SYSTEM_PROMPT = (
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    'Note that the answer can only be "yes" or "no".'
+)
+PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+@dataclass(frozen=True)
+class RerankTemplate:
+    """prefix + head.format(instruction, query) + document + tail, tokenized piecewise as the reference."""
+
+    name: str
+    head: str  # body up to the document, with {instruction} and {query}
+    tail: str  # what follows the document (suffix and, for the eval form, the end of the user turn)
+    prefix: str = PREFIX
+
+    def body(self, instruction: str, query: str, document: str) -> str:
+        return self.head.format(instruction=instruction, query=query) + document
+
+    def render(self, instruction: str, query: str, document: str) -> str:
+        """The whole input as one string (for checks against the reference)."""
+        return self.prefix + self.body(instruction, query, document) + self.tail
+
+
+TEMPLATES: dict[str, RerankTemplate] = {
+    "card": RerankTemplate("card", "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: ", SUFFIX),
+    "official-eval": RerankTemplate(
+        "official-eval", "<Instruct>: {instruction}\n\n<Query>: {query}\n\n<Document>: ", "<|im_end|>\n" + SUFFIX
+    ),
+}
+
+
+def get_template(name: str) -> RerankTemplate:
+    if name not in TEMPLATES:
+        raise InputError(f"unknown reranker template {name!r}; choose one of: {', '.join(TEMPLATES)}.")
+    return TEMPLATES[name]
+
+
+def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """sigmoid(h . (W[yes] - W[no])) in float32: hidden [n, H], head [H] -> [n]."""
+    return torch.sigmoid(hidden.float() @ head.float())
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One reranked document: its position in the input, its probability of "yes", its text."""
+
+    index: int
+    score: float
+    document: str
+
+
+class Reranker:
+    """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
+                 batch_tokens: int | None = None) -> None:
+        assert checkpoint.head is not None, "a reranker checkpoint carries a head"
+        self.checkpoint = checkpoint
+        self.template = get_template(template)
+        self.max_length = check_max_length(max_length, checkpoint.config, minimum=16)
+        self.head = checkpoint.head
+        self.engine = Engine(checkpoint.model, checkpoint.device, batch_tokens)
+        tok = checkpoint.tokenizer
+        self._prefix_ids = tok.encode_one(self.template.prefix)
+        self._tail_ids = tok.encode_one(self.template.tail)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None, template: str = "card", *,
+        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None,
+    ) -> Reranker:
+        """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
+
+        template: "card" (model card form) or "official-eval" (the official evaluation's form).
+        """
+        get_template(template)  # fail before loading weights
+        ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
+        return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.checkpoint.config
+
+    @property
+    def tokenizer(self) -> QwenTokenizer:
+        return self.checkpoint.tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.checkpoint.device
+
+    def build_input_ids(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+                        max_tokens_per_doc: int | None = None) -> list[list[int]]:
+        """Token ids of each (query, document) input, the document truncated to fit max_length."""
+        query, docs, instr = self._check(query, documents, instruction)
+        tmpl, tok = self.template, self.tokenizer
+        budget = self.max_length - len(self._prefix_ids) - len(self._tail_ids)
+        head_len = len(tok.encode_one(tmpl.head.format(instruction=instr, query=query)))
+        if head_len >= budget:
+            raise InputError(
+                f"the instruction and query take {head_len} tokens, over the {budget} left for them and the "
+                f"document by max_length={self.max_length}; shorten the query or raise max_length."
+            )
+        if max_tokens_per_doc is not None:
+            if isinstance(max_tokens_per_doc, bool) or not isinstance(max_tokens_per_doc, int) \
+                    or max_tokens_per_doc < 1:
+                raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
+            budget = min(budget, head_len + max_tokens_per_doc)
+        bodies = tok.encode([tmpl.body(instr, query, d) for d in docs])
+        return [self._prefix_ids + b[:budget] + self._tail_ids for b in bodies]
+
+    def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+              progress: bool | None = None) -> np.ndarray:
+        """Probability that each document meets the query, numpy float32 [n], in input order."""
+        seqs = self.build_input_ids(query, documents, instruction=instruction)
+        return self.score_ids(seqs, progress=progress)
+
+    def score_ids(self, seqs: Sequence[Sequence[int]], progress: bool | None = None) -> np.ndarray:
+        """Score already built inputs (from `build_input_ids`)."""
+        show = len(seqs) >= 512 if progress is None else progress
+        h = self.engine.last_hidden(seqs, progress=show)  # [n, H] float32
+        return yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
+                    progress: bool | None = None) -> np.ndarray:
+        """Score (query, document) pairs with different queries in one pass -> float32 [n]."""
+        if not pairs:
+            raise InputError("pairs is empty; pass at least one (query, document) pair.")
+        seqs: list[list[int]] = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise InputError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.60}")
+            seqs += self.build_input_ids(pair[0], [pair[1]], instruction=instruction)
+        return self.score_ids(seqs, progress=progress)
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
+               instruction: str | None = None) -> list[RerankResult]:
+        """Documents sorted by score, best first (ties keep input order); `top_n` keeps the first n."""
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise InputError(f"top_n must be a positive integer, got {top_n!r}")
+        docs = list(documents) if not isinstance(documents, str) else documents
+        scores = self.score(query, docs, instruction=instruction)
+        order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+        return [RerankResult(i, float(scores[i]), docs[i]) for i in order[:top_n]]
+
+    def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> tuple[str, list[str], str]:
+        if not isinstance(query, str) or not query:
+            raise InputError(f"query must be a non-empty string, got {query!r:.60}")
+        if instruction is not None and not isinstance(instruction, str):
+            raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+        return query, check_texts(documents, "documents"), instruction or DEFAULT_INSTRUCTION
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Reranker({self.name!r}, kind={c.kind}, hidden={c.hidden_size}, layers={c.num_hidden_layers}, "
+                f"template={self.template.name!r}, device={self.device})")

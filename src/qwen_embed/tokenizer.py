@@ -1,0 +1,101 @@
+"""A thin wrapper over `tokenizers` with the Qwen3 Embedding end-token policy.
+
+The embedder appends `<|endoftext|>` (id 151643 in the real vocabulary) to every input exactly once.
+The current official embedding tokenizer does that in its post-processor, older revisions and the
+reranker tokenizer do not: `appends_eos` is detected by encoding a probe, the tokenizer's own end
+token is stripped and ours appended after truncation, so that truncation always keeps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .errors import InputError, TokenizerError
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+class QwenTokenizer:
+    """tokenizer.json -> ids, with the end-token policy and reranker yes/no lookups."""
+
+    def __init__(self, tok: Tokenizer, source: str = "tokenizer.json") -> None:
+        self.tok = tok
+        self.source = source
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.eos_id = self.token_id(EOS_TOKEN)
+        probe = self.tok.encode("a", add_special_tokens=True).ids
+        self.appends_eos = len(probe) > 0 and probe[-1] == self.eos_id
+        self.fingerprint = hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path) -> QwenTokenizer:
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise TokenizerError(f"{path} is missing; qwen-embed needs the fast tokenizer file tokenizer.json.")
+        try:
+            return cls(Tokenizer.from_file(str(path)), str(path))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            if isinstance(e, TokenizerError):
+                raise
+            raise TokenizerError(f"{path} cannot be read ({e}).") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tok.get_vocab_size(with_added_tokens=True))
+
+    def token_id(self, token: str) -> int:
+        tid = self.tok.token_to_id(token)
+        if tid is None:
+            raise TokenizerError(f"{self.source} has no token {token!r}; this is not a Qwen3 tokenizer.")
+        return int(tid)
+
+    def single_token_id(self, text: str) -> int:
+        """The id of `text` when it encodes to exactly one token (reranker "yes" / "no")."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise TokenizerError(
+                f"{self.source}: {text!r} encodes to {len(ids)} tokens {ids}; a Qwen3 reranker needs it as one."
+            )
+        return int(ids[0])
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Plain ids, no special tokens added (batch, parallel in Rust)."""
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_one(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tok.decode(list(ids), skip_special_tokens=False))
+
+    def encode_for_embedding(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        """Ids with the tokenizer's own processing, truncated to `max_length` with the end token kept last."""
+        out = []
+        for enc in self.tok.encode_batch(list(texts), add_special_tokens=True):
+            ids = enc.ids
+            if self.appends_eos and ids and ids[-1] == self.eos_id:
+                ids = ids[:-1]
+            out.append([*ids[: max_length - 1], self.eos_id])
+        return out
+
+
+def check_texts(texts: object, what: str = "texts") -> list[str]:
+    """Validate a list of non-empty strings; the errors name the offending position."""
+    if isinstance(texts, str):
+        raise InputError(f"{what} must be a list of strings, got a single string; wrap it: [{texts[:30]!r}].")
+    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
+        raise InputError(f"{what} must be a list of strings, got {type(texts).__name__}.")
+    items = list(texts)
+    if not items:
+        raise InputError(f"{what} is empty; pass at least one string.")
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a string: {t!r:.60}.")
+        if not t:
+            raise InputError(f"{what}[{i}] is an empty string; every text needs at least one character.")
+    return items

@@ -1,0 +1,262 @@
+"""Checkpoint resolution and strict weight loading.
+
+`resolve_model_dir` turns a local folder or a hub id into a folder (the local hub cache first, a
+download second, a clear error when offline; never a silent fallback). `load_trunk` reads single or
+sharded safetensors, strips the `model.` prefix of causal-LM / sequence-classification saves, builds
+the trunk on the meta device and loads with `strict=True, assign=True` after comparing key sets
+itself so that a mismatch is reported readably. Reranker heads are reduced to the one vector that
+scores: W[yes] - W[no] of lm_head (or of the tied embedding), or the converted `score.weight` row.
+Only those two rows of lm_head are read from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .config import ModelConfig
+from .errors import ModelNotFoundError, WeightsError
+from .model import Qwen3Model
+
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+             "tokenizer_config.json", "special_tokens_map.json", "config_sentence_transformers.json"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
+    """A local checkpoint folder, or a hub id resolved through the local cache or a download."""
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFoundError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
+        return path
+    if not _HUB_ID.match(text):
+        raise ModelNotFoundError(
+            f"{text!r} is neither an existing folder nor a hub id like 'Qwen/Qwen3-Embedding-0.6B'."
+        )
+    return _from_hub(text)
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a dependency
+        raise ModelNotFoundError("huggingface_hub is not installed; pass a local folder.") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:
+        pass  # not cached: try the network below
+    how = (
+        f"Download it where the hub is reachable (`huggingface-cli download {repo_id}`) and pass the "
+        f"folder instead, e.g. --model /path/to/{repo_id.split('/')[-1]}."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise ModelNotFoundError(f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE is set. {how}")
+    if not _hub_reachable():
+        raise ModelNotFoundError(f"{repo_id} is not in the local hub cache and the hub cannot be reached. {how}")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, etag_timeout=10))
+    except Exception as e:
+        raise ModelNotFoundError(f"could not download {repo_id} ({type(e).__name__}: {e}). {how}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connect to the hub endpoint, so that an offline machine fails in seconds, not minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The weight files of a checkpoint: the shards named by the index, or the single file(s)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise WeightsError(f"{index} is unreadable ({e}).") from None
+        files = [model_dir / f for f in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise WeightsError(f"{index} names shards that are missing: {', '.join(missing)}.")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        found = sorted(p.name for p in model_dir.iterdir())[:10]
+        raise WeightsError(
+            f"no *.safetensors weights in {model_dir} (found: {', '.join(found) or 'nothing'}). "
+            "qwen-embed reads safetensors only; convert .bin weights with transformers' save_pretrained."
+        )
+    return files
+
+
+class _Reader:
+    """Opens every shard once and maps key -> shard, turning header damage into WeightsError."""
+
+    def __init__(self, files: list[Path], device: str) -> None:
+        self.handles = {}
+        self.where: dict[str, Path] = {}
+        for f in files:
+            try:
+                h = safe_open(str(f), framework="pt", device=device)
+            except (SafetensorError, OSError, ValueError) as e:
+                raise WeightsError(f"{f} is not a readable safetensors file ({e}); it may be truncated: "
+                                   "download it again.") from None
+            self.handles[f] = h
+            for k in h.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                self.where[k] = f
+
+    def keys(self) -> list[str]:
+        return list(self.where)
+
+    def get(self, key: str) -> torch.Tensor:
+        try:
+            return self.handles[self.where[key]].get_tensor(key)
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise WeightsError(f"{self.where[key]}: tensor {key!r} cannot be read ({e}); the file may be "
+                               "truncated: download it again.") from None
+
+    def rows(self, key: str, rows: list[int]) -> torch.Tensor:
+        try:
+            sl = self.handles[self.where[key]].get_slice(key)
+            return torch.stack([sl[r : r + 1][0] for r in rows])
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise WeightsError(f"{self.where[key]}: rows of {key!r} cannot be read ({e}).") from None
+
+
+def _summarise(keys: list[str], limit: int = 8) -> str:
+    """Collapse layer numbers so that a report stays short: layers.{0..27}.mlp.up_proj.weight."""
+    groups: dict[str, list[int]] = {}
+    for k in keys:
+        m = re.match(r"^(.*?layers\.)(\d+)(\..*)$", k)
+        if m:
+            groups.setdefault(m.group(1) + "{}" + m.group(3), []).append(int(m.group(2)))
+        else:
+            groups.setdefault(k, [])
+    parts = []
+    for pat, nums in sorted(groups.items()):
+        if nums:
+            nums.sort()
+            span = str(nums[0]) if len(nums) == 1 else f"{nums[0]}..{nums[-1]}"
+            parts.append(pat.replace("{}", "{" + span + "}"))
+        else:
+            parts.append(pat)
+    more = f" (+{len(parts) - limit} more)" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
+
+
+def iter_trunk_keys(reader_keys: list[str], cfg: ModelConfig) -> Iterator[tuple[str, str]]:
+    """(key in file, key in the trunk) for every trunk tensor; heads are handled apart."""
+    prefix = "" if cfg.kind == "embedding" else "model."
+    for k in reader_keys:
+        if k in ("lm_head.weight", "score.weight"):
+            continue
+        yield k, (k[len(prefix):] if prefix and k.startswith(prefix) else k)
+
+
+def load_trunk(
+    model_dir: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+    head_rows: tuple[int, int] | None = None, want_head: bool = True,
+) -> tuple[Qwen3Model, torch.Tensor | None]:
+    """Build the trunk and load its weights strictly; for rerankers also return the score vector [H].
+
+    `head_rows` = (yes_id, no_id) for a causal-LM reranker: the vector is W[yes] - W[no] of lm_head,
+    or of embed_tokens when the embeddings are tied (float32).
+    """
+    reader = _Reader(safetensors_files(model_dir), "cpu")
+    with torch.device("meta"):
+        model = Qwen3Model(cfg)
+    expected = set(model.state_dict().keys())
+    mapping = dict(iter_trunk_keys(reader.keys(), cfg))
+    found = set(mapping.values())
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if cfg.kind != "embedding" and not any(k.startswith("model.") for k in reader.where):
+        raise WeightsError(
+            f"{model_dir}: config says {cfg.architecture} but no key starts with 'model.'; "
+            "the weights look like an embedding (Qwen3Model) save. Fix `architectures` in config.json."
+        )
+    if missing or unexpected:
+        msg = [f"{model_dir}: the weights do not match a {cfg.architecture} of this config."]
+        if missing:
+            msg.append(f"missing {len(missing)}: {_summarise(missing)}.")
+        if unexpected:
+            msg.append(f"unexpected {len(unexpected)}: {_summarise(unexpected)}.")
+        msg.append("Check that config.json belongs to these weights.")
+        raise WeightsError(" ".join(msg))
+    state = {}
+    for file_key, key in mapping.items():
+        t = reader.get(file_key)
+        want = model.state_dict()[key].shape
+        if t.shape != want:
+            raise WeightsError(f"{model_dir}: {file_key} has shape {list(t.shape)}, the config implies {list(want)}.")
+        state[key] = t.to(device=device, dtype=dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    return model, (_head_vector(reader, cfg, model_dir, head_rows) if want_head else None)
+
+
+def _head_vector(
+    reader: _Reader, cfg: ModelConfig, model_dir: Path, head_rows: tuple[int, int] | None
+) -> torch.Tensor | None:
+    keys = set(reader.keys())
+    if cfg.kind == "embedding":
+        return None
+    if cfg.kind == "seq-cls":
+        if "score.weight" not in keys:
+            raise WeightsError(f"{model_dir}: a Qwen3ForSequenceClassification checkpoint needs score.weight.")
+        w = reader.get("score.weight")
+        if tuple(w.shape) != (1, cfg.hidden_size):
+            raise WeightsError(
+                f"{model_dir}: score.weight has shape {list(w.shape)}; a converted Qwen3 reranker has "
+                f"[1, {cfg.hidden_size}] (the yes - no row). Two-label classifiers are not Qwen3 rerankers."
+            )
+        return w[0].float()
+    assert head_rows is not None
+    name = "lm_head.weight" if "lm_head.weight" in keys else "model.embed_tokens.weight"
+    if name != "lm_head.weight" and not cfg.tie_word_embeddings:
+        raise WeightsError(f"{model_dir}: lm_head.weight is missing and tie_word_embeddings is false.")
+    yes, no = reader.rows(name, list(head_rows)).float()
+    return yes - no
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """None -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise WeightsError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'.")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> bfloat16 on CUDA, float32 elsewhere; strings like 'bf16' or 'float32' accepted."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16.") from None
