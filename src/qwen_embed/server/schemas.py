@@ -1,0 +1,163 @@
+"""Request and response bodies (pydantic), as the OpenAPI document shows them.
+
+Field types are strict (a string is never taken for a number, `true` never for 1), so a wrong type is
+a 422 with the field's path, not a silent conversion. Ranges that depend on the model (dimensions,
+token ids, lengths) are checked by the handlers, which answer 400 / 413 with the limit in the message.
+Shapes follow the OpenAI embeddings API, the Cohere / Jina rerank API and text-embeddings-inference
+(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+
+TokenIds = list[StrictInt]
+EmbeddingInput = StrictStr | list[StrictStr] | list[TokenIds] | TokenIds
+
+INSTRUCTION = Field(None, description="Extension: task instruction; the input is embedded as a query with "
+                    "`Instruct: {instruction}\\nQuery:{input}`.")
+TRUNCATE = Field(True, description="Extension: cut inputs longer than the model's max length (keeping the end "
+                 "token); false answers 413 instead.")
+
+
+# -- OpenAI embeddings ------------------------------------------------------------------------------
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings."""
+
+    input: EmbeddingInput = Field(description="A string, a list of strings, a list of token ids or a list of "
+                                  "such lists.")
+    model: StrictStr | None = Field(None, description="The served embedding model's name (GET /v1/models).")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: lists of numbers; base64: little-endian float32 bytes, base64-encoded.")
+    dimensions: StrictInt | None = Field(None, description="Matryoshka dimension, 32..hidden size (default: full).")
+    user: StrictStr | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
+    instruction: StrictStr | None = INSTRUCTION
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="Extension: `query` applies the query template (default instruction unless "
+        "`instruction` is given); `document` embeds the input as it is.")
+    truncate: StrictBool = TRUNCATE
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: EmbeddingUsage
+
+
+# -- Cohere / Jina rerank ---------------------------------------------------------------------------
+class RerankDocument(BaseModel):
+    text: StrictStr
+
+
+class RerankRequest(BaseModel):
+    """POST /v1/rerank (Cohere / Jina shape)."""
+
+    query: StrictStr
+    documents: list[StrictStr | RerankDocument] = Field(description="Strings or `{\"text\": ...}` objects.")
+    model: StrictStr | None = Field(None, description="The served reranker's name (GET /v1/models).")
+    top_n: StrictInt | None = Field(None, description="Keep the best N (default: all).")
+    return_documents: StrictBool = Field(False, description="Include each document's text in the results.")
+    instruction: StrictStr | None = Field(None, description="Task instruction (default: web search).")
+    max_tokens_per_doc: StrictInt | None = Field(None, description="Cut each document to this many tokens.")
+    truncate: StrictBool = TRUNCATE
+
+
+class RerankResultItem(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResultItem]
+    usage: RerankUsage
+
+
+# -- TEI routes -------------------------------------------------------------------------------------
+class EmbedRequest(BaseModel):
+    """POST /embed (text-embeddings-inference)."""
+
+    inputs: EmbeddingInput
+    normalize: StrictBool = True
+    truncate: StrictBool = TRUNCATE
+    dimensions: StrictInt | None = None
+    instruction: StrictStr | None = INSTRUCTION
+    model: StrictStr | None = None
+
+
+class TEIRerankRequest(BaseModel):
+    """POST /rerank (text-embeddings-inference)."""
+
+    query: StrictStr
+    texts: list[StrictStr]
+    truncate: StrictBool = TRUNCATE
+    raw_scores: StrictBool = Field(False, description="Logits log(p / (1 - p)) instead of probabilities.")
+    return_text: StrictBool = False
+    instruction: StrictStr | None = None
+    model: StrictStr | None = None
+
+
+class TEIRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (text-embeddings-inference)."""
+
+    inputs: StrictStr | list[StrictStr]
+    add_special_tokens: StrictBool = Field(True, description="Append the end token and truncate, as embedded.")
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+# -- discovery --------------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "qwen-embed"
+    kind: Annotated[str, Field(description="embedding or reranker")]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

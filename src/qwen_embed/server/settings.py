@@ -1,0 +1,154 @@
+"""Server settings: one frozen dataclass, filled from flags, then QWEN_EMBED_* variables, then defaults.
+
+Every field has a flag (`--max-queue`) and an environment variable (`QWEN_EMBED_MAX_QUEUE`); a flag
+given on the command line wins over the variable, the variable over the default. `SETTINGS` lists
+each one with its type, default and help, so that the CLI, the docs and the tests read one table.
+Environment variables are read when the settings are resolved (`resolve`), never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+from ..errors import InputError
+
+ENV_PREFIX = "QWEN_EMBED_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `qwen-embed serve` can be told. None means "derive it" (see the help of each)."""
+
+    embedding_model: str | None = None
+    reranker_model: str | None = None
+    embedding_name: str | None = None
+    reranker_name: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int = 8192
+    reranker_template: str = "card"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    public_paths: tuple[str, ...] = ("/health", "/metrics")
+    max_batch_tokens: int | None = None
+    max_batch_requests: int = 256
+    max_wait_ms: float = 5.0
+    max_queue: int = 512
+    max_queue_tokens: int = 1_048_576
+    max_inputs: int = 2048
+    max_payload_bytes: int = 16 * 1024 * 1024
+    tokenization_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    graceful_timeout: int = 30
+    warmup: bool = True
+    log_level: str = "info"
+
+    def with_overrides(self, **kw: Any) -> ServerSettings:
+        return replace(self, **kw)
+
+    def check(self) -> ServerSettings:
+        """Validate ranges; errors say the value, the limit and the fix."""
+        if not self.embedding_model and not self.reranker_model:
+            raise InputError("nothing to serve: pass --embedding-model and/or --reranker-model "
+                             "(or QWEN_EMBED_EMBEDDING_MODEL / QWEN_EMBED_RERANKER_MODEL).")
+        positive = ["max_batch_requests", "max_queue", "max_queue_tokens", "max_inputs", "max_payload_bytes",
+                    "tokenization_workers", "max_length"]
+        for name in positive:
+            v = getattr(self, name)
+            if v < 1:
+                raise InputError(f"{name.replace('_', '-')}={v} must be at least 1.")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise InputError(f"max-batch-tokens={self.max_batch_tokens} must be at least 1.")
+        if not 0 <= self.max_wait_ms <= 10_000:
+            raise InputError(f"max-wait-ms={self.max_wait_ms} is out of range: use 0..10000 (milliseconds).")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port={self.port} is out of range: use 0..65535.")
+        if self.graceful_timeout < 1:
+            raise InputError(f"graceful-timeout={self.graceful_timeout} must be at least 1 second.")
+        if self.api_key is not None and not self.api_key:
+            raise InputError("api-key is empty; give a non-empty key or leave it unset to disable auth.")
+        return self
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use true/false)")
+
+
+def _paths(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the settings table: field name, parser of its text form, help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: list[Setting] = [
+    Setting("embedding_model", str, "embedding checkpoint: hub id or local folder"),
+    Setting("reranker_model", str, "reranker checkpoint: hub id or local folder"),
+    Setting("embedding_name", str, "name clients pass as `model` for embeddings (default: --embedding-model)"),
+    Setting("reranker_name", str, "name clients pass as `model` for rerank (default: --reranker-model)"),
+    Setting("device", str, "cpu, cuda or cuda:N (default: cuda when available)"),
+    Setting("dtype", str, "float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)"),
+    Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
+    Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
+    Setting("host", str, "address to listen on"),
+    Setting("port", int, "TCP port (0 picks a free one)"),
+    Setting("api_key", str, "require `Authorization: Bearer KEY` (default: no auth)"),
+    Setting("public_paths", _paths, "comma-separated paths served without the API key"),
+    Setting("max_batch_tokens", int, "token budget of one forward pass (default: 8192 on cpu, 65536 on cuda)"),
+    Setting("max_batch_requests", int, "requests merged into one forward pass at most"),
+    Setting("max_wait_ms", float, "how long the first request of a batch waits for others to join (ms)"),
+    Setting("max_queue", int, "requests queued or running per model; beyond it answer 429"),
+    Setting("max_queue_tokens", int, "tokens queued or running per model; beyond it answer 429"),
+    Setting("max_inputs", int, "inputs (or rerank documents) per request; beyond it answer 413"),
+    Setting("max_payload_bytes", int, "request body size limit in bytes; beyond it answer 413"),
+    Setting("tokenization_workers", int, "threads that tokenize and format responses (default: min(4, cores))"),
+    Setting("graceful_timeout", int, "seconds to finish accepted requests after SIGTERM"),
+    Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
+    Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
+]
+
+
+def default_of(name: str) -> Any:
+    """The built-in default of a setting (for help texts and docs)."""
+    f = next(f for f in fields(ServerSettings) if f.name == name)
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def resolve(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ServerSettings:
+    """Flags (None = not given) over QWEN_EMBED_* variables over defaults, then validated."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        given = flags.get(s.name)
+        if given is not None:
+            values[s.name] = given
+        elif s.env in env and env[s.env] != "":
+            try:
+                values[s.name] = s.parse(env[s.env])
+            except ValueError as e:
+                raise InputError(f"{s.env}={env[s.env]!r} is not valid ({e}); unset it or fix its value.") from None
+    return ServerSettings(**values).check()
