@@ -1,0 +1,82 @@
+"""Server fixtures: small tiny checkpoints (~1k-vocab tokenizer), and a live uvicorn on 127.0.0.1.
+
+`LiveServer(app)` runs uvicorn in a thread on a free loopback port (a real socket, so the official
+openai client and concurrent httpx clients go through HTTP) and waits for /health to say ready.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from qwen_embed import Embedder, Reranker
+from qwen_embed.server import ServerSettings, create_app
+from qwen_embed.tiny import make_checkpoint
+
+
+class LiveServer:
+    """uvicorn serving `app` in a background thread; `url` is its base address."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.server.started:
+                try:
+                    if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.05)
+        raise TimeoutError("the test server did not become ready in 60 s")
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        self.sock.close()
+
+
+@pytest.fixture(scope="session")
+def small_embedding_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("srv") / "emb", "embedding", tokenizer="small")
+
+
+@pytest.fixture(scope="session")
+def small_reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("srv") / "rr", "reranker", tokenizer="small")
+
+
+@pytest.fixture(scope="session")
+def small_embedder(small_embedding_path: Path) -> Embedder:
+    return Embedder.from_pretrained(small_embedding_path, device="cpu", max_length=64)
+
+
+@pytest.fixture(scope="session")
+def small_reranker(small_reranker_path: Path) -> Reranker:
+    return Reranker.from_pretrained(small_reranker_path, device="cpu", max_length=256)
+
+
+@pytest.fixture(scope="module")
+def live(small_embedder: Embedder, small_reranker: Reranker) -> Iterator[LiveServer]:
+    """Both models, default limits, a 10 ms batching window."""
+    settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_wait_ms=10, max_length=64)
+    with LiveServer(create_app(settings, embedder=small_embedder, reranker=small_reranker)) as srv:
+        yield srv
