@@ -44,6 +44,11 @@ from .service import EmbeddingService, RerankService, Service
 from .settings import ServerSettings
 
 log = logging.getLogger("qwen_embed.server")
+UNION_HELP = {
+    "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "inputs": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "documents": 'a list of strings or {"text": ...} objects',
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": S.ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
 }
@@ -184,12 +189,20 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     if any(e.get("type") == "model_attributes_type" or (e.get("type") == "dict_type" and not e["loc"][1:])
            for e in errors):
         return error_response(422, "the body must be a JSON object.")
+    by_field: dict[str, list[dict[str, Any]]] = {}
+    for e in errors:
+        by_field.setdefault(_loc(tuple(e["loc"][:2])).split(".")[0], []).append(dict(e))
     parts = []
-    for e in errors[:3]:
-        parts.append(f"`{_loc(tuple(e['loc']))}`: {e['msg']}")
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    first = _loc(tuple(errors[0]["loc"])) if errors else None
-    return error_response(422, "; ".join(parts) + more, param=first)
+    for name, errs in list(by_field.items())[:3]:
+        loc = [p for p in errs[0]["loc"] if p != "body"]
+        if name in UNION_HELP and not any(e["type"] == "missing" and len(loc) == 1 for e in errs):
+            idx = next((p for e in errs for p in e["loc"] if isinstance(p, int)), None)
+            at = f" ({name}[{idx}] is not)" if idx is not None else ""
+            parts.append(f"`{name}` must be {UNION_HELP[name]}{at}")
+        else:
+            parts.append(f"`{_loc(tuple(errs[0]['loc']))}`: {errs[0]['msg']}")
+    more = f" (and {len(by_field) - 3} more fields)" if len(by_field) > 3 else ""
+    return error_response(422, "; ".join(parts) + more, param=next(iter(by_field), None))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
