@@ -1,0 +1,167 @@
+"""Rerank evaluation, the published protocol: rerank the top N (default 100) candidates of a saved run.
+
+The candidates come from a run file (normally the embedding model's, written by `eval retrieval`). For each
+judged query, its top N documents in trec_eval's order are scored by the reranker and the reranked list is
+evaluated; "before" is the same top N in the candidate order, so both sides see the same documents.
+- A run that names a query the dataset does not know, or a document missing from the corpus, is an error
+  (a wrong run file or dataset). Queries of queries.jsonl that the split does not judge are skipped and
+  counted; judged queries without candidates are counted and left out of both sides (trec_eval's rule).
+- A document whose text is empty is scored with an empty document part.
+- Scores are saved block by block to `<output>/rerank.partial.jsonl`; an interrupted run resumes from it
+  when the model, template, instruction, N and candidates are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from .beir import BeirDataset
+from .metrics import DEFAULT_K, Evaluation, check_ks, evaluate
+from .trec import Run, sorted_docs
+
+if TYPE_CHECKING:
+    from ..reranker import Reranker
+
+DEFAULT_TOP = 100
+BLOCK_QUERIES = 16
+
+
+@dataclass
+class RerankEvaluation:
+    """Before/after evaluations of a rerank, and the reranked run."""
+
+    dataset: str
+    split: str
+    model: str
+    instruction: str
+    top: int
+    ks: list[int]
+    before: Evaluation
+    after: Evaluation
+    run: Run
+    stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_candidates(dataset: BeirDataset, run: Run) -> dict[str, int]:
+    """Refuse a run naming unknown queries or documents; count what is skipped."""
+    judged, unjudged = set(dataset.query_ids), set(dataset.unjudged_query_ids)
+    unknown = [q for q in run if q not in judged and q not in unjudged]
+    if unknown:
+        raise InputError(f"the candidate run names {len(unknown)} queries that {dataset.name} does not have "
+                         f"(e.g. {unknown[0]!r}); it was made for another dataset or split.")
+    corpus = set(dataset.corpus_ids)
+    for q, docs in run.items():
+        missing = next((d for d in docs if d not in corpus), None)
+        if missing is not None:
+            raise InputError(f"the candidate run names document {missing!r} (query {q!r}) that is not in "
+                             f"{dataset.name}'s corpus; it was made for another corpus.")
+    return {"run_queries_not_judged": sum(1 for q in run if q in unjudged),
+            "judged_queries_without_candidates": sum(1 for q in judged if q not in run)}
+
+
+def pair_ids(reranker: Reranker, query: str, docs: Sequence[str], instruction: str) -> list[list[int]]:
+    """Reranker inputs for one query; documents with empty text get an empty document part."""
+    full = [i for i, d in enumerate(docs) if d]
+    out: list[list[int]] = [[] for _ in docs]
+    if full:
+        built = reranker.build_input_ids(query, [docs[i] for i in full], instruction=instruction)
+        for i, ids in zip(full, built, strict=True):
+            out[i] = ids
+    if len(full) < len(docs):
+        tok, tmpl = reranker.tokenizer, reranker.template
+        empty = tok.encode_one(tmpl.prefix) + tok.encode_one(tmpl.body(instruction, query, "")) + \
+            tok.encode_one(tmpl.tail)
+        for i, d in enumerate(docs):
+            if not d:
+                out[i] = empty
+    return out
+
+
+def _key(reranker: Reranker, instruction: str, top: int, candidates: Run) -> str:
+    h = hashlib.sha256(json.dumps([str(reranker.name), reranker.template.name, instruction, top,
+                                   reranker.max_length, reranker.tokenizer.fingerprint]).encode())
+    for q in sorted(candidates):
+        h.update(json.dumps([q, sorted_docs(candidates[q])[:top]]).encode())
+    return h.hexdigest()[:16]
+
+
+def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top: int = DEFAULT_TOP,
+               instruction: str, partial: Path | None = None, progress: bool | None = None) -> Run:
+    """Score the top `top` candidates of every judged query -> the reranked run {qid: {docid: score}}."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InputError(f"top must be a positive number of candidates, got {top!r}")
+    text = dataset.corpus
+    queries = [q for q in dataset.query_ids if q in candidates]
+    done: Run = {}
+    key = _key(reranker, instruction, top, candidates)
+    if partial is not None and partial.is_file():
+        lines = partial.read_text(encoding="utf-8").splitlines()
+        if lines and json.loads(lines[0]).get("key") == key:
+            for ln in lines[1:]:
+                try:
+                    row = json.loads(ln)
+                except json.JSONDecodeError:
+                    break  # a line cut by an interruption
+                done[row["qid"]] = row["scores"]
+    if partial is not None and not done:
+        partial.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
+    todo = [q for q in queries if q not in done]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(queries), initial=len(queries) - len(todo), disable=not progress, unit="query",
+               desc="reranking", leave=False)
+    for b in range(0, len(todo), BLOCK_QUERIES):
+        block = todo[b:b + BLOCK_QUERIES]
+        seqs: list[list[int]] = []
+        docs_of: list[list[str]] = []
+        for q in block:
+            docs = [d for d, _ in sorted_docs(candidates[q])[:top]]
+            docs_of.append(docs)
+            seqs += pair_ids(reranker, dataset.queries[q], [text[d] for d in docs], instruction)
+        scores = reranker.score_ids(seqs, progress=False).tolist()
+        rows = []
+        for q, docs in zip(block, docs_of, strict=True):
+            done[q] = dict(zip(docs, scores[:len(docs)], strict=True))
+            scores = scores[len(docs):]
+            rows.append(json.dumps({"qid": q, "scores": done[q]}))
+        if partial is not None:
+            with partial.open("a", encoding="utf-8") as f:
+                f.write("\n".join(rows) + "\n")
+        bar.update(len(block))
+    bar.close()
+    return {q: done[q] for q in queries}
+
+
+def evaluate_rerank(
+    reranker: Reranker, dataset: BeirDataset, candidates: Run, *, instruction: str, top: int = DEFAULT_TOP,
+    ks: Sequence[int] = DEFAULT_K, partial: Path | None = None, progress: bool | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> RerankEvaluation:
+    """Rerank the top `top` candidates and evaluate before and after on the same documents."""
+    ks_ = check_ks(ks)
+    stats = check_candidates(dataset, candidates)
+    judged = {q: candidates[q] for q in dataset.query_ids if q in candidates}
+    if not judged:
+        raise InputError(f"the candidate run has no judged query of split {dataset.split!r}.")
+    before_run = {q: dict(sorted_docs(d)[:top]) for q, d in judged.items()}
+    say = on_stage or (lambda _s: None)
+    say(f"reranking the top {top} of {len(judged)} queries")
+    t = time.perf_counter()
+    after_run = rerank_run(reranker, dataset, judged, top=top, instruction=instruction, partial=partial,
+                           progress=progress)
+    timings = {"rerank_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    before = evaluate(dataset.qrels, before_run, extra_k=ks_)
+    after = evaluate(dataset.qrels, after_run, extra_k=ks_)
+    timings["metrics_s"] = time.perf_counter() - t
+    stats |= {"queries": len(judged), "pairs": sum(len(d) for d in after_run.values())}
+    return RerankEvaluation(dataset.name, dataset.split, str(reranker.name), instruction, top, ks_, before, after,
+                            after_run, stats, timings)

@@ -1,0 +1,130 @@
+"""TREC-format qrels and run files: read, validate, write.
+
+qrels: `qid iter docno rel` per line (whitespace separated; `iter` is ignored, as by trec_eval).
+run:   `qid Q0 docno rank score run_name` per line. trec_eval ignores the rank column and orders each
+query's documents by score descending, then by docno descending (`comp_sim_docno` in trec_eval's
+form_res_rels.c); `sorted_docs` and `write_run` use that order, so a run we write reads back to the
+same ranking under trec_eval. Like trec_eval, a document named twice for one query is an error.
+
+In memory: `Qrels = {qid: {docno: rel}}` and `Run = {qid: {docno: score}}`, the shapes pytrec_eval takes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..errors import InputError
+
+Qrels = dict[str, dict[str, int]]
+Run = dict[str, dict[str, float]]
+DEFAULT_RUN_NAME = "qwen-embed"
+
+
+@dataclass
+class RunFile:
+    """A run as read from disk: the scores and the run name of its last column."""
+
+    scores: Run
+    name: str
+
+
+def _lines(path: str | os.PathLike[str], what: str) -> Iterable[tuple[int, list[str]]]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} file {p} does not exist or is not a file.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} file {p} is not UTF-8 text (byte {e.start}).") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if fields:
+            yield n, fields
+
+
+def read_qrels(path: str | os.PathLike[str]) -> Qrels:
+    """Read a TREC qrels file into {qid: {docno: rel}}; duplicate (qid, docno) pairs are an error."""
+    qrels: Qrels = {}
+    for n, f in _lines(path, "qrels"):
+        if len(f) != 4:
+            raise InputError(f"{path}:{n}: a qrels line has 4 fields 'qid iter docno rel', got {len(f)}.")
+        qid, _, doc, rel = f
+        try:
+            value = int(rel)
+        except ValueError:
+            raise InputError(f"{path}:{n}: relevance {rel!r} is not an integer.") from None
+        judged = qrels.setdefault(qid, {})
+        if doc in judged:
+            raise InputError(f"{path}:{n}: document {doc!r} is judged twice for query {qid!r}; keep one line.")
+        judged[doc] = value
+    if not qrels:
+        raise InputError(f"qrels file {path} holds no judgments.")
+    return qrels
+
+
+def read_run_file(path: str | os.PathLike[str]) -> RunFile:
+    """Read a TREC run (6 columns) into scores and the run name; duplicate documents are an error."""
+    run: Run = {}
+    name = ""
+    for n, f in _lines(path, "run"):
+        if len(f) != 6:
+            raise InputError(f"{path}:{n}: a run line has 6 fields 'qid Q0 docno rank score run', got {len(f)}.")
+        qid, _, doc, _, score, name = f
+        try:
+            value = float(score)
+        except ValueError:
+            raise InputError(f"{path}:{n}: score {score!r} is not a number.") from None
+        docs = run.setdefault(qid, {})
+        if doc in docs:
+            raise InputError(f"{path}:{n}: document {doc!r} is listed twice for query {qid!r}; keep one line.")
+        docs[doc] = value
+    if not run:
+        raise InputError(f"run file {path} holds no results.")
+    return RunFile(run, name)
+
+
+def read_run(path: str | os.PathLike[str]) -> Run:
+    """Read a TREC run into {qid: {docno: score}}."""
+    return read_run_file(path).scores
+
+
+def sorted_docs(scores: Mapping[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's ranking: score descending, ties broken by docno descending."""
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+
+
+def truncate_run(run: Mapping[str, Mapping[str, float]], depth: int) -> Run:
+    """The top `depth` documents of each query, in trec_eval's order."""
+    return {q: dict(sorted_docs(d)[:depth]) for q, d in run.items()}
+
+
+def write_run_lines(f: IO[str], run: Mapping[str, Mapping[str, float]], name: str = DEFAULT_RUN_NAME) -> None:
+    """Write a run in TREC format, each query's documents in trec_eval's order with ranks from 1."""
+    if not name or any(c.isspace() for c in name):
+        raise InputError(f"run name {name!r} must be one word without spaces.")
+    for qid in run:
+        for rank, (doc, score) in enumerate(sorted_docs(run[qid]), 1):
+            f.write(f"{qid} Q0 {doc} {rank} {score!r} {name}\n")
+
+
+def write_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]],
+              name: str = DEFAULT_RUN_NAME) -> None:
+    """Write a run file atomically (scores keep full float precision, so they read back exactly)."""
+    from ..cli import atomic_output
+
+    with atomic_output(path) as f:
+        write_run_lines(f, run, name)
+
+
+def write_qrels(path: str | os.PathLike[str], qrels: Mapping[str, Mapping[str, int]]) -> None:
+    """Write qrels in TREC format (`qid 0 docno rel`), atomically."""
+    from ..cli import atomic_output
+
+    with atomic_output(path) as f:
+        for qid, docs in qrels.items():
+            for doc, rel in docs.items():
+                f.write(f"{qid} 0 {doc} {rel}\n")
