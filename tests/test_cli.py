@@ -1,0 +1,106 @@
+"""The core commands: embed, rerank, info, make-tiny; user mistakes give one line and status 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_embed import Embedder
+from qwen_embed.cli import main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qwen_embed", *args], input=stdin, capture_output=True,
+                          text=True, env=ENV, timeout=120)
+
+
+def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("first line\nsecond line\n\nthird\n")
+    assert main(["embed", str(src), "-o", str(tmp_path / "v.npy"), "--model", str(tiny_embedding_path),
+                 "--dim", "32"]) == 0
+    v = np.load(tmp_path / "v.npy")
+    ref = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode(["first line", "second line", "third"],
+                                                                           dim=32)
+    assert v.shape == (3, 32) and np.allclose(v, ref, atol=1e-6)
+
+    jl = tmp_path / "in.jsonl"
+    jl.write_text('{"id": "a", "text": "what is gravity"}\n{"id": "b", "text": "capital"}\n')
+    assert main(["embed", str(jl), "-o", str(tmp_path / "v.jsonl"), "--model", str(tiny_embedding_path),
+                 "--query"]) == 0
+    rows = [json.loads(ln) for ln in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"] and len(rows[0]["embedding"]) == 64
+    q = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode_queries(["what is gravity"])
+    assert np.allclose(rows[0]["embedding"], q[0], atol=1e-6)
+
+
+def test_embed_stdin_to_stdout(tiny_embedding_path: Path) -> None:
+    r = run("embed", "--model", str(tiny_embedding_path), stdin="hello\nworld\n")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(ln)["index"] for ln in r.stdout.splitlines()] == [0, 1]
+
+
+def test_rerank_json(tiny_reranker_path: Path, tmp_path: Path) -> None:
+    docs = tmp_path / "docs.txt"
+    docs.write_text("Beijing is the capital of China.\nGravity pulls things down.\nRivers.\n")
+    r = run("rerank", "--model", str(tiny_reranker_path), "--query", "capital of China",
+            "--documents", str(docs), "--top-n", "2", "--document", "extra doc")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["results"]) == 2
+    assert out["results"][0]["score"] >= out["results"][1]["score"]
+    assert {"index", "score", "document"} <= set(out["results"][0])
+
+
+def test_info(tiny_reranker_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(tiny_reranker_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"].startswith("reranker") and info["hidden_size"] == 64 and info["max_length"] == 32768
+    assert main(["info", str(tiny_reranker_path)]) == 0
+    assert "Qwen3ForCausalLM" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["embed", "/nonexistent/in.txt"], "does not exist"),
+     (["embed", "{in}", "--dim", "31"], "dim=31 is out of range"),
+     (["embed", "{in}", "-o", "{tmp}/out.csv"], "must end in .npy or .jsonl"),
+     (["embed", "{in}", "--model", "/no/such/model"], "neither an existing folder"),
+     (["rerank", "--query", "q", "--model", "{rr}"], "no documents"),
+     (["rerank", "--query", "q", "--document", "d", "--template", "x", "--model", "{rr}"], "unknown reranker template"),
+     (["info", "Qwen/Not-Here-Model"], "HF_HUB_OFFLINE")],
+)
+def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_embedding_path: Path,
+                                             tiny_reranker_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("text\n")
+    subs = {"{in}": str(src), "{tmp}": str(tmp_path), "{rr}": str(tiny_reranker_path)}
+    for key, value in subs.items():
+        args = [a.replace(key, value) for a in args]
+    if args[0] == "embed" and "--model" not in args:
+        args += ["--model", str(tiny_embedding_path)]
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_failed_run_leaves_no_partial_file(tiny_embedding_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("ok\n")
+    out = tmp_path / "v.npy"
+    assert main(["embed", str(src), "-o", str(out), "--model", str(tiny_embedding_path), "--dim", "999"]) == 2
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_make_tiny_cli(tmp_path: Path) -> None:
+    assert main(["make-tiny", str(tmp_path / "m"), "--kind", "seq-cls", "--tokenizer", "small"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == [
+        "Qwen3ForSequenceClassification"]
+    assert main(["make-tiny", str(tmp_path / "m")]) == 2  # not empty: refused

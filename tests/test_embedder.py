@@ -1,0 +1,64 @@
+"""Embedder behaviour through the public API."""
+
+import numpy as np
+import pytest
+
+from qwen_embed import DEFAULT_INSTRUCTION, Embedder, QwenEmbedError, format_query
+from qwen_embed.errors import InputError
+
+
+def test_shapes_dtype_and_norm(embedder: Embedder) -> None:
+    v = embedder.encode(["alpha", "beta gamma"])
+    assert v.shape == (2, 64) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    raw = embedder.encode(["alpha"], normalize=False)
+    assert not np.isclose(np.linalg.norm(raw), 1.0)
+    assert np.allclose(raw / np.linalg.norm(raw), v[:1], atol=1e-6)
+
+
+def test_matryoshka_is_slice_then_normalise(embedder: Embedder) -> None:
+    raw = embedder.encode(["matryoshka"], normalize=False)
+    v32 = embedder.encode(["matryoshka"], dim=32)
+    assert v32.shape == (1, 32)
+    assert np.allclose(v32, raw[:, :32] / np.linalg.norm(raw[:, :32]), atol=1e-6)
+
+
+def test_query_template_and_defaults(embedder: Embedder) -> None:
+    assert format_query("q", "Do X") == "Instruct: Do X\nQuery:q"
+    q = embedder.encode_queries(["what is gravity"])
+    assert np.array_equal(q, embedder.encode(["what is gravity"], instruction=DEFAULT_INSTRUCTION))
+    assert np.array_equal(q, embedder.encode([format_query("what is gravity", DEFAULT_INSTRUCTION)]))
+    d = embedder.encode_documents(["what is gravity"])
+    assert not np.allclose(q, d)
+    custom = embedder.encode_queries(["what is gravity"], instruction="Find physics papers")
+    assert not np.allclose(q, custom)
+
+
+def test_input_order_restored(embedder: Embedder) -> None:
+    texts = ["short", "a much longer text " * 20, "mid length text here"]
+    v = embedder.encode(texts)
+    for i, t in enumerate(texts):
+        assert np.allclose(v[i], embedder.encode([t])[0], atol=1e-5)
+
+
+def test_progress_bar_for_long_inputs(embedder: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
+    embedder.encode(["x"] * 20, progress=True)
+    assert "embedding" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [({"texts": []}, "empty"), ({"texts": [""]}, "empty string"), ({"texts": [b"bytes"]}, "bytes"),
+     ({"texts": ["a"], "dim": 0}, r"dim=0 is out of range"), ({"texts": ["a"], "dim": 31}, "dim=31"),
+     ({"texts": ["a"], "dim": 65}, r"32\.\.64"), ({"texts": ["a"], "instruction": 5}, "instruction")],
+)
+def test_bad_input(embedder: Embedder, kwargs: dict, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        embedder.encode(**kwargs)
+
+
+def test_max_length_limits(tiny_embedding_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(QwenEmbedError, match="max_length=40000 is out of range"):
+        Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=40000)
+    e = Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=32768)
+    assert e.max_length == 32768

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from qwen_embed.errors import InputError
+from qwen_embed.pooling import check_dim, l2_normalize, last_token_pool, truncate_dim
+
+
+def test_last_token_pool() -> None:
+    h = torch.arange(12.0).view(6, 2)
+    cu = torch.tensor([0, 3, 4, 6], dtype=torch.int32)
+    assert last_token_pool(h, cu).tolist() == [[4.0, 5.0], [6.0, 7.0], [10.0, 11.0]]
+
+
+def test_slice_then_normalise() -> None:
+    x = torch.tensor([[3.0, 4.0, 100.0]])
+    y = l2_normalize(truncate_dim(x, 2))
+    assert torch.allclose(y, torch.tensor([[0.6, 0.8]]))
+    assert l2_normalize(torch.zeros(1, 4)).abs().sum() == 0  # no NaN for a zero vector
+
+
+@pytest.mark.parametrize("dim", [0, 31, 65, -1])
+def test_dim_out_of_range(dim: int) -> None:
+    with pytest.raises(InputError, match=r"32\.\.64"):
+        check_dim(dim, 64)
+
+
+@pytest.mark.parametrize("dim", [1.5, "32", True])
+def test_dim_wrong_type(dim: object) -> None:
+    with pytest.raises(InputError, match="integer"):
+        check_dim(dim, 64)  # type: ignore[arg-type]
+
+
+def test_dim_bounds_accepted() -> None:
+    assert check_dim(None, 64) == 64 and check_dim(32, 64) == 32 and check_dim(64, 64) == 64

@@ -1,0 +1,83 @@
+"""Reranker behaviour through the public API."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_embed import Reranker, RerankResult
+from qwen_embed.errors import InputError
+from qwen_embed.reranker import TEMPLATES, yes_probability
+from qwen_embed.tiny import make_checkpoint
+
+
+def test_yes_probability_is_two_way_softmax() -> None:
+    torch.manual_seed(0)
+    h, w_yes, w_no = torch.randn(5, 8), torch.randn(8), torch.randn(8)
+    logits = torch.stack([h @ w_no, h @ w_yes], dim=1)
+    assert torch.allclose(yes_probability(h, w_yes - w_no), logits.softmax(-1)[:, 1], atol=1e-6)
+
+
+def test_score_and_rerank(reranker: Reranker) -> None:
+    docs = ["Beijing is the capital.", "Gravity pulls.", "Rivers flow into the sea.", "Cells divide."]
+    s = reranker.score("capital of China", docs)
+    assert s.shape == (4,) and s.dtype == np.float32 and ((s > 0) & (s < 1)).all()
+    ranked = reranker.rerank("capital of China", docs)
+    assert [r.score for r in ranked] == sorted(s.tolist(), reverse=True)
+    assert all(isinstance(r, RerankResult) and docs[r.index] == r.document for r in ranked)
+    top = reranker.rerank("capital of China", docs, top_n=2)
+    assert top == ranked[:2]
+    assert np.allclose(reranker.score_pairs([("capital of China", d) for d in docs]), s, atol=1e-6)
+
+
+def test_batch_invariance(reranker: Reranker) -> None:
+    docs = [f"document number {i} " * (i + 1) for i in range(9)]
+    together = reranker.score("query", docs)
+    alone = np.array([reranker.score("query", [d])[0] for d in docs])
+    assert np.abs(together - alone).max() <= 1e-5
+
+
+def test_instruction_changes_scores(reranker: Reranker) -> None:
+    a = reranker.score("q", ["doc one", "doc two"])
+    b = reranker.score("q", ["doc one", "doc two"], instruction="Another task entirely")
+    assert not np.allclose(a, b)
+
+
+def test_templates_by_name(tiny_reranker_path: Path) -> None:
+    assert set(TEMPLATES) == {"card", "official-eval"}
+    ev = Reranker.from_pretrained(tiny_reranker_path, device="cpu", template="official-eval")
+    text = ev.template.render("I", "Q", "D")
+    assert "<Instruct>: I\n\n<Query>: Q\n\n<Document>: D<|im_end|>\n<|im_end|>\n<|im_start|>assistant" in text
+    with pytest.raises(InputError, match="unknown reranker template 'fancy'"):
+        Reranker.from_pretrained(tiny_reranker_path, template="fancy")
+
+
+def test_max_tokens_per_doc(reranker: Reranker) -> None:
+    long_doc = "word " * 300
+    full = reranker.build_input_ids("q", [long_doc])[0]
+    cut = reranker.build_input_ids("q", [long_doc], max_tokens_per_doc=10)[0]
+    assert len(full) - len(cut) > 250
+
+
+def test_seq_cls_tiny(tmp_path: Path) -> None:
+    rr = Reranker.from_pretrained(make_checkpoint(tmp_path / "sc", "seq-cls", tokenizer="small"), device="cpu")
+    assert rr.config.kind == "seq-cls" and rr.score("q", ["a", "b"]).shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("query", "docs", "needle"),
+    [("", ["d"], "query must be"), (None, ["d"], "query must be"), ("q", [], "documents is empty"),
+     ("q", [""], "empty string"), ("q", "one string", "single string"), ("q", [1], "int")],
+)
+def test_bad_input(reranker: Reranker, query: object, docs: object, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        reranker.score(query, docs)  # type: ignore[arg-type]
+
+
+def test_query_too_long_for_max_length(tiny_reranker_path: Path) -> None:
+    rr = Reranker.from_pretrained(tiny_reranker_path, device="cpu", max_length=100)
+    with pytest.raises(InputError, match="shorten the query or raise max_length"):
+        rr.score("long query " * 100, ["d"])
+    with pytest.raises(InputError, match="top_n"):
+        rr.rerank("q", ["d"], top_n=0)

@@ -1,0 +1,52 @@
+"""The checkpoint maker writes folders that transformers and qwen-embed both load."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_embed import Embedder
+from qwen_embed.errors import InputError
+from qwen_embed.tiny import make_checkpoint, train_small_tokenizer
+
+
+def test_small_tokenizer_specials() -> None:
+    tok = train_small_tokenizer()
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"):
+        assert tok.token_to_id(special) is not None
+    assert len(tok.encode("yes", add_special_tokens=False).ids) == 1
+    assert len(tok.encode("no", add_special_tokens=False).ids) == 1
+
+
+@pytest.mark.parametrize("kind", ["embedding", "reranker", "seq-cls"])
+def test_transformers_loads_every_kind(kind: str, tmp_path: Path) -> None:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = make_checkpoint(tmp_path / kind, kind, tokenizer="small")  # type: ignore[arg-type]
+    cls = {"embedding": AutoModel, "reranker": AutoModelForCausalLM,
+           "seq-cls": AutoModelForSequenceClassification}[kind]
+    model = cls.from_pretrained(path, dtype=torch.float32)
+    assert type(model).__name__ == {"embedding": "Qwen3Model", "reranker": "Qwen3ForCausalLM",
+                                    "seq-cls": "Qwen3ForSequenceClassification"}[kind]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.convert_tokens_to_ids("<|endoftext|>") is not None
+
+
+def test_embedding_matches_transformers_on_made_checkpoint(tmp_path: Path) -> None:
+    from tests.reference import official_embed
+
+    path = make_checkpoint(tmp_path / "e", "embedding", tokenizer="small", hidden_size=32, head_dim=8)
+    texts = ["one", "two words", "three words here"]
+    ours = Embedder.from_pretrained(path, device="cpu").encode(texts)
+    assert np.abs(ours - official_embed(path, texts).numpy()).max() <= 1e-5
+
+
+def test_refuses_non_empty_folder_and_bad_kind(tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f").write_text("keep me")
+    with pytest.raises(InputError, match="not empty"):
+        make_checkpoint(tmp_path / "x")
+    assert (tmp_path / "x" / "f").read_text() == "keep me"
+    with pytest.raises(InputError, match="kind"):
+        make_checkpoint(tmp_path / "y", "bert")  # type: ignore[arg-type]

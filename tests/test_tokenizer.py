@@ -1,0 +1,77 @@
+"""End-token policy, the real Qwen tokenizer's facts, and input validation."""
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from qwen_embed import Embedder, Reranker
+from qwen_embed.errors import InputError, TokenizerError
+from qwen_embed.tiny import make_checkpoint, train_small_tokenizer
+from qwen_embed.tokenizer import QwenTokenizer, check_texts
+
+
+@pytest.fixture(scope="module")
+def real_tokenizer_path(shared_data: Path) -> Path:
+    return shared_data / "tokenizers" / "qwen" / "tokenizer.json"
+
+
+def test_real_tokenizer_embedder_ids(real_tokenizer_path: Path, tmp_path: Path) -> None:
+    for post in (True, False):  # current official tokenizer (appends) and older one (does not)
+        path = make_checkpoint(tmp_path / f"e{post}", "embedding", tokenizer=str(real_tokenizer_path),
+                               eos_postprocessor=post)
+        emb = Embedder.from_pretrained(path, device="cpu")
+        assert emb.tokenizer.appends_eos is post
+        assert emb.tokenize(["test"]) == [[1944, 151643]]
+
+
+def test_real_tokenizer_yes_no(real_tokenizer_path: Path) -> None:
+    tok = QwenTokenizer(Tokenizer.from_file(str(real_tokenizer_path)))
+    assert tok.single_token_id("yes") == 9693 and tok.single_token_id("no") == 2152
+    assert tok.eos_id == 151643 and tok.token_id("<|im_end|>") == 151645
+
+
+def test_real_tokenizer_reranker_ids_equal_template_string(real_tokenizer_path: Path, tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "rr", "reranker", tokenizer=str(real_tokenizer_path))
+    tok = Tokenizer.from_file(str(real_tokenizer_path))
+    q, docs, instr = "What is the capital of China?", ["The capital of China is Beijing.", "Gravity."], "Find it"
+    for template in ("card", "official-eval"):
+        rr = Reranker.from_pretrained(path, device="cpu", template=template)
+        ids = rr.build_input_ids(q, docs, instruction=instr)
+        for d, got in zip(docs, ids, strict=True):
+            want = tok.encode(rr.template.render(instr, q, d), add_special_tokens=False).ids
+            assert got == want
+    card = Reranker.from_pretrained(path, device="cpu").template.render(instr, q, docs[0])
+    assert card == (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+        'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+        "<Instruct>: Find it\n<Query>: What is the capital of China?\n<Document>: The capital of China is Beijing."
+        "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+
+
+def test_end_token_appended_exactly_once_and_kept_when_truncating(embedder: Embedder) -> None:
+    eos = embedder.tokenizer.eos_id
+    seqs = embedder.tokenize(["plain", "x" * 5000])
+    assert all(s[-1] == eos and s.count(eos) == 1 for s in seqs)
+
+
+def test_tokenizer_without_yes_token_is_refused() -> None:
+    tok = QwenTokenizer(train_small_tokenizer())
+    with pytest.raises(TokenizerError, match="encodes to"):
+        tok.single_token_id("yesno maybe")
+
+
+def test_missing_tokenizer_file(tmp_path: Path) -> None:
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json is missing"):
+        QwenTokenizer.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("texts", "needle"),
+    [([], "empty"), ("a string", "single string"), ([""], r"texts\[0\] is an empty string"),
+     (["ok", 3], r"texts\[1\] is a int"), (["ok", None], "NoneType"), (42, "list of strings")],
+)
+def test_check_texts(texts: object, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        check_texts(texts)

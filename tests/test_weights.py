@@ -1,0 +1,116 @@
+"""Loading: sharded files, the three checkpoint kinds, dtype/device choice, and every refusal."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_embed import Embedder, Reranker
+from qwen_embed.errors import ConfigError, ModelNotFoundError, WeightsError
+from qwen_embed.tiny import make_checkpoint
+from qwen_embed.weights import pick_dtype, resolve_model_dir
+
+
+def test_sharded_equals_single(tmp_path: Path) -> None:
+    one = make_checkpoint(tmp_path / "one", "embedding", tokenizer="small", seed=3)
+    three = make_checkpoint(tmp_path / "three", "embedding", tokenizer="small", seed=3, shards=3)
+    assert (three / "model.safetensors.index.json").is_file() and len(list(three.glob("*.safetensors"))) == 3
+    texts = ["sharded weights", "one file"]
+    a = Embedder.from_pretrained(one, device="cpu").encode(texts)
+    b = Embedder.from_pretrained(three, device="cpu").encode(texts)
+    assert np.array_equal(a, b)
+
+
+def test_default_dtype_and_override(tiny_embedding_path: Path) -> None:
+    assert Embedder.from_pretrained(tiny_embedding_path, device="cpu").dtype == torch.float32
+    assert Embedder.from_pretrained(tiny_embedding_path, device="cpu", dtype="bf16").dtype == torch.bfloat16
+    assert pick_dtype(None, torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(WeightsError, match="int8"):
+        pick_dtype("int8", torch.device("cpu"))
+
+
+def test_untied_reranker_reads_lm_head(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "rr", "reranker", tokenizer="small", tie_word_embeddings=False)
+    rr = Reranker.from_pretrained(path, device="cpu")
+    from safetensors.torch import load_file
+
+    lm = load_file(str(path / "model.safetensors"))["lm_head.weight"]
+    yes, no = rr.checkpoint.yes_no_ids or (0, 0)
+    assert torch.allclose(rr.head, lm[yes] - lm[no])
+
+
+def test_folder_without_weights(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    d = tmp_path / "noweights"
+    d.mkdir()
+    for f in ("config.json", "tokenizer.json"):
+        shutil.copy(tiny_embedding_path / f, d / f)
+    with pytest.raises(WeightsError, match=r"no \*\.safetensors weights in"):
+        Embedder.from_pretrained(d)
+
+
+def test_unsupported_architecture(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    d = tmp_path / "bert"
+    shutil.copytree(tiny_embedding_path, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["architectures"] = ["BertModel"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="unsupported architecture 'BertModel'"):
+        Embedder.from_pretrained(d)
+
+
+def test_truncated_safetensors(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    d = tmp_path / "trunc"
+    shutil.copytree(tiny_embedding_path, d)
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(WeightsError, match="truncated"):
+        Embedder.from_pretrained(d)
+
+
+def test_mismatched_weights_are_reported(tmp_path: Path) -> None:
+    a = make_checkpoint(tmp_path / "a", "embedding", tokenizer="small", num_hidden_layers=3)
+    cfg = json.loads((a / "config.json").read_text())
+    cfg["num_hidden_layers"] = 4
+    (a / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match=r"missing 11: layers\.\{3\}"):
+        Embedder.from_pretrained(a)
+    cfg["num_hidden_layers"], cfg["intermediate_size"] = 3, 256
+    (a / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match=r"mlp\.down_proj\.weight has shape \[64, 128\]"):
+        Embedder.from_pretrained(a)
+
+
+def test_reranker_refuses_embedding_checkpoint(tiny_embedding_path: Path) -> None:
+    with pytest.raises(ConfigError, match="embedding checkpoint"):
+        Reranker.from_pretrained(tiny_embedding_path)
+
+
+def test_embedder_accepts_trunk_of_reranker(tiny_reranker_path: Path) -> None:
+    assert Embedder.from_pretrained(tiny_reranker_path, device="cpu").encode(["x"]).shape == (1, 64)
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: offline in any environment
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t = time.time()
+    with pytest.raises(ModelNotFoundError, match=r"Qwen/Qwen3-Embedding-0\.6B.*pass the folder"):
+        Embedder.from_pretrained("Qwen/Qwen3-Embedding-0.6B")
+    assert time.time() - t < 30
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE"):
+        Reranker.from_pretrained("Qwen/Qwen3-Reranker-0.6B")
+
+
+def test_paths_that_are_not_checkpoints(tmp_path: Path) -> None:
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve_model_dir(f)
+    with pytest.raises(ModelNotFoundError, match="neither an existing folder nor a hub id"):
+        resolve_model_dir(tmp_path / "missing" / "deeper" / "folder")
