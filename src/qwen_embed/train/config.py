@@ -1,0 +1,234 @@
+"""TrainConfig: every setting of `qwen-embed train embed`, as plain dataclasses read once from YAML.
+
+The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval); a missing
+key takes the default shown here, an unknown key or a value of the wrong type is an error that names
+it and lists the valid keys. Each field's `help` is the documentation (`describe()` renders the table
+in docs/train.md).
+"""
+
+# ruff: noqa: RUF009  (setting() builds dataclass fields, as field() does)
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..embedder import DEFAULT_INSTRUCTION
+from ..errors import ConfigError
+from .losses import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its documentation."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelSettings:
+    path: str = setting("Qwen/Qwen3-Embedding-0.6B", "base checkpoint: hub id or local folder (embedding, "
+                        "reranker or base LM; its trunk is trained)")
+    device: str | None = setting(None, "cpu, cuda or cuda:N; None: cuda when available (torchrun: cuda:LOCAL_RANK)")
+    precision: str = setting("auto", "auto (bf16-autocast on cuda, fp32 on cpu), fp32, bf16-autocast (fp32 "
+                             "weights, bf16 compute), or bf16 (bf16 weights and optimiser state)")
+    gradient_checkpointing: bool = setting(False, "recompute each layer in the backward pass (less memory)")
+
+
+@dataclass
+class DataSettings:
+    train_files: list[str] = setting([], "JSONL training files: {query, positive | positives, negatives?, "
+                                     "instruction?, task?} per line")
+    default_instruction: str | None = setting(DEFAULT_INSTRUCTION, "instruction for rows without one (None: "
+                                              "such queries get no template)")
+    query_max_length: int = setting(512, "tokens per query, template and end token included")
+    doc_max_length: int = setting(512, "tokens per document, end token included")
+    num_negatives: int = setting(4, "hard negatives per query (K); a batch uses min(K, fewest negatives of "
+                                 "its rows), so rows without negatives give K = 0")
+    shuffle_buffer: int = setting(10000, "rows held by the streaming shuffle (1: file order)")
+
+
+@dataclass
+class LossSettings:
+    temperature: float = setting(DEFAULT_TEMPERATURE, "softmax temperature of the improved InfoNCE (cosine "
+                                 "similarities); 0.05 = sentence-transformers' scale 20")
+    margin: float = setting(DEFAULT_MARGIN, "mask a negative term whose similarity exceeds s(q, p+) + margin")
+    matryoshka_dims: list[int] = setting([], "Matryoshka dims to train (empty: the full size only), e.g. "
+                                         "[1024, 512, 256, 128, 64, 32]")
+    matryoshka_weights: list[float] = setting([], "one weight per Matryoshka dim (empty: 1 each)")
+
+
+@dataclass
+class OptimSettings:
+    lr: float = setting(2e-5, "peak learning rate of AdamW (LoRA usually wants ~1e-4 .. 5e-4)")
+    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to norms)")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.999, "AdamW beta2")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    warmup_steps: int = setting(100, "linear warm-up steps from 0 to lr")
+    min_lr_ratio: float = setting(0.0, "cosine decay ends at lr * min_lr_ratio at train.max_steps")
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm (0: no clipping)")
+
+
+@dataclass
+class TrainSettings:
+    output_dir: str = setting("runs/embed", "folder for checkpoints, the JSONL log, the final model and the plot")
+    max_steps: int = setting(1000, "optimiser steps")
+    batch_size: int = setting(64, "global batch: query-positive rows per step over all processes")
+    grad_cache: bool = setting(True, "GradCache: chunked forward/backward so the batch fits in memory")
+    chunk_tokens: int = setting(16384, "token budget of one GradCache chunk (or of one forward without it)")
+    seed: int = setting(0, "seed of the data order, the sampling of positives / negatives and torch")
+    log_every: int = setting(10, "write a JSONL log line every N steps")
+    save_every: int = setting(500, "write a resumable checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = setting(2, "checkpoints kept (older ones are deleted)")
+    resume: bool = setting(True, "continue from the newest checkpoint in output_dir when there is one")
+    progress: bool | None = setting(None, "progress bar (None: when stderr is a terminal)")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = setting(False, "train a LoRA adapter (peft) instead of all weights")
+    r: int = setting(16, "LoRA rank")
+    alpha: int = setting(32, "LoRA alpha (scale = alpha / r)")
+    dropout: float = setting(0.0, "dropout on the LoRA input")
+    target_modules: list[str] = setting(LORA_TARGETS, "projections that get adapters")
+    merge_at_end: bool = setting(True, "also write the merged model (output_dir/model) at the end")
+
+
+@dataclass
+class EvalSettings:
+    file: str | None = setting(None, "held-out JSONL rows (training format); the corpus is their positives and "
+                               "negatives. None: no evaluation")
+    every: int = setting(500, "evaluate every N steps (and at the end)")
+    max_queries: int = setting(1000, "use at most this many held-out rows")
+    k: int = setting(10, "cut-off of Recall@k / MRR@k / nDCG@k")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}.")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: {sorted(sections)}.")
+        built: dict[str, Any] = {}
+        hints = typing.get_type_hints(cls)
+        for name in sections:
+            sect_cls = hints[name]
+            built[name] = _build_section(sect_cls, raw.get(name) or {}, f"{source}: {name}")
+        cfg = cls(**built)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        """Range checks that need more than one field."""
+        t, lo = self.train, self.loss
+        checks = [
+            (t.max_steps >= 1, f"train.max_steps={t.max_steps} must be >= 1"),
+            (t.batch_size >= 2, f"train.batch_size={t.batch_size} must be >= 2 (in-batch negatives)"),
+            (t.chunk_tokens >= 1, f"train.chunk_tokens={t.chunk_tokens} must be >= 1"),
+            (lo.temperature > 0, f"loss.temperature={lo.temperature} must be > 0"),
+            (not lo.matryoshka_weights or len(lo.matryoshka_weights) == len(lo.matryoshka_dims),
+             f"loss.matryoshka_weights has {len(lo.matryoshka_weights)} values for "
+             f"{len(lo.matryoshka_dims)} dims; give one per dim or none"),
+            (all(d >= 1 for d in lo.matryoshka_dims), f"loss.matryoshka_dims={lo.matryoshka_dims} must be positive"),
+            (self.model.precision in ("auto", "fp32", "bf16-autocast", "bf16"),
+             f"model.precision={self.model.precision!r} must be auto, fp32, bf16-autocast or bf16"),
+            (self.data.num_negatives >= 0, f"data.num_negatives={self.data.num_negatives} must be >= 0"),
+            (self.lora.r >= 1, f"lora.r={self.lora.r} must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {msg}.")
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be {getattr(hint, '__name__', hint)}, got {value!r}.")
+
+
+def _build_section(sect_cls: Any, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {raw!r:.60}.")
+    fields = {f.name: f for f in dataclasses.fields(sect_cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}.")
+    hints = typing.get_type_hints(sect_cls)
+    return sect_cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config; `overrides` are `section.key=value` strings (YAML values) applied on top."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML ({e}).") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=100.")
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"{p}: section {section!r} must be a mapping.")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    return TrainConfig.from_dict(raw, str(p))
+
+
+def describe() -> str:
+    """Markdown tables of every setting with its default and help (the docs/train.md reference)."""
+    out = []
+    hints = typing.get_type_hints(TrainConfig)
+    for sect in dataclasses.fields(TrainConfig):
+        out.append(f"### `{sect.name}`\n\n| setting | default | meaning |\n|---|---|---|")
+        for f in dataclasses.fields(hints[sect.name]):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            text = "null" if default is None else repr(default) if isinstance(default, str) else str(default)
+            text = text.replace("\n", "\\n").replace("|", "\\|")
+            out.append(f"| `{f.name}` | `{text}` | {f.metadata['help']} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,59 @@
+"""The learning curve of a run, drawn from its JSONL log: training loss and held-out metrics by step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training records, evaluation records) of a train_log.jsonl."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"log {p} does not exist; a run writes OUTPUT_DIR/train_log.jsonl.")
+    train: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        (evals if "eval" in rec else train).append(rec)
+    return train, evals
+
+
+def plot_learning_curve(log_path: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """Loss (left) and held-out metrics (right) against the step, written to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, evals = read_log(log_path)
+    if not train:
+        raise InputError(f"log {log_path} holds no training records yet.")
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (improved InfoNCE)")
+    ax.grid(alpha=0.3)
+    if evals:
+        ax2 = axes[0][1]
+        for key in evals[-1]["eval"]:
+            ax2.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", label=key)
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("held-out retrieval")
+        ax2.set_ylim(0, 1)
+        ax2.legend()
+        ax2.grid(alpha=0.3)
+    fig.suptitle(title or Path(log_path).parent.name)
+    fig.tight_layout()
+    out = Path(out_png)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,43 @@
+"""Fixtures of the training tests: a tiny embedding checkpoint with the small (~1k) tokenizer and rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen_embed.tiny import make_checkpoint
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+         "upsilon phi chi psi omega").split()
+
+
+def make_rows(n: int, negatives: int = 2, tasks: tuple[str, ...] = ("a",)) -> list[dict[str, object]]:
+    """Deterministic synthetic rows with distinct texts (the content does not matter to these tests)."""
+    rows = []
+    for i in range(n):
+        w = [WORDS[(i * 7 + k) % len(WORDS)] for k in range(4)]
+        rows.append({
+            "query": f"what is {w[0]} {i}",
+            "positive": f"{w[0]} {w[1]} is the answer number {i} " + " ".join(w),
+            "negatives": [f"{w[2]} {w[3]} unrelated {i} {k}" for k in range(negatives)],
+            "task": tasks[i % len(tasks)],
+        })
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny embedding checkpoint (hidden 64, 2 layers) with the small tokenizer: fast to train."""
+    return make_checkpoint(tmp_path_factory.mktemp("train-ckpt") / "tiny", "embedding", tokenizer="small")
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("train-data") / "train.jsonl", make_rows(64))
