@@ -55,3 +55,13 @@ def scifact(shared_data: Path) -> Path:
     if not (d / "corpus.jsonl").is_file():
         pytest.skip(f"{d} is absent (real SciFact in BEIR format)")
     return d
+
+
+@pytest.fixture(scope="session")
+def scifact_retrieval(small_embedder: Embedder, scifact: Path) -> object:
+    """SciFact test split retrieved once with the tiny embedder (64-token context), dims 32 and 64."""
+    from qwen_embed.eval.beir import load_beir
+    from qwen_embed.eval.retrieval import evaluate_retrieval
+
+    ds = load_beir(scifact)
+    return ds, evaluate_retrieval(small_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 5, 10, 100], depth=100)
