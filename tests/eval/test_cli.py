@@ -1,0 +1,93 @@
+"""`qwen-embed eval metrics|retrieval|rerank`: outputs, files, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen_embed.cli import main
+from qwen_embed.eval.cli import resolve_instruction
+from qwen_embed.eval.trec import read_run, write_run
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_metrics_prints_trec_eval_output_and_json(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = shared_data / "trec_eval"
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test")], capsys)
+    assert code == 0 and out == (d / "out.test.a").read_text()
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-q"], capsys)
+    assert out == (d / "out.test.aq").read_text()
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "--json"], capsys)
+    obj = json.loads(out)
+    assert obj["num_q"] == 3 and obj["map"] == pytest.approx(0.1785, abs=5e-5) and "ndcg_cut_10" in obj
+
+
+def test_metrics_reads_beir_qrels_and_reports_unjudged_run_queries(five_docs: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(tmp_path / "r.trec", {"q1": {"d2": 1.0, "d1": 0.5}, "q9": {"d1": 1.0}})
+    code, out, err = _run(["eval", "metrics", str(five_docs / "qrels/test.tsv"), str(tmp_path / "r.trec"),
+                           "--json"], capsys)
+    assert code == 0 and json.loads(out)["num_q"] == 1 and json.loads(out)["recip_rank"] == 1.0
+    assert "1 run queries have no judgments" in err
+
+
+def test_metrics_user_errors(five_docs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run(tmp_path / "r.trec", {"q7": {"d1": 1.0}})
+    code, _, err = _run(["eval", "metrics", str(five_docs / "qrels/test.tsv"), str(tmp_path / "r.trec")], capsys)
+    assert code == 2 and "no query has both" in err and "Traceback" not in err
+    code, _, err = _run(["eval", "metrics", str(tmp_path / "nope"), str(tmp_path / "r.trec")], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_retrieval_then_rerank_commands(tiny_embedding_path: Path, tiny_reranker_path: Path, five_docs: Path,
+                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, stdout, err = _run(["eval", "retrieval", "--dataset", str(five_docs), "--embedding-model",
+                              str(tiny_embedding_path), "--device", "cpu", "--max-length", "64", "--dim", "32,64",
+                              "--k", "1,3", "--depth", "5", "--task", "SciFact", "--output-dir", str(out)], capsys)
+    assert code == 0, err
+    assert "| dim | nDCG@1 | nDCG@3 |" in stdout and "instruction from --task SciFact" in err
+    files = {p.name for p in out.iterdir()}
+    assert {"run.dim32.trec", "run.dim64.trec", "scores.json", "summary.md", "ndcg_vs_dim.png", "cache"} <= files
+    run = read_run(out / "run.dim64.trec")
+    assert set(run) == {"q1", "q2"} and all(len(d) == 5 for d in run.values())
+
+    code, stdout, err = _run(["eval", "rerank", "--dataset", str(five_docs), "--reranker-model",
+                              str(tiny_reranker_path), "--device", "cpu", "--max-length", "128", "--candidates",
+                              str(out / "run.dim64.trec"), "--top", "3", "--k", "1,3", "--output-dir", str(out)],
+                             capsys)
+    assert code == 0, err
+    assert "| reranked |" in stdout and (out / "rerank.trec").is_file() and (out / "rerank_delta.png").is_file()
+    assert not (out / "rerank.partial.jsonl").exists()
+    assert all(len(d) == 3 for d in read_run(out / "rerank.trec").values())
+
+
+def test_retrieval_and_rerank_user_errors(tiny_embedding_path: Path, tiny_reranker_path: Path, five_docs: Path,
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["eval", "retrieval", "--dataset", str(five_docs), "--embedding-model", str(tiny_embedding_path),
+            "--device", "cpu", "--output-dir", str(tmp_path / "o")]
+    code, _, err = _run([*base, "--dim", "4096"], capsys)
+    assert code == 2 and "dim=4096 is out of range" in err
+    code, _, err = _run([*base, "--split", "dev"], capsys)
+    assert code == 2 and "available splits: test, train" in err
+    code, _, err = _run([*base, "--k", "1,x"], capsys)
+    assert code == 2 and "comma-separated integers" in err
+    write_run(tmp_path / "bad.trec", {"q42": {"d1": 1.0}})
+    code, _, err = _run(["eval", "rerank", "--dataset", str(five_docs), "--reranker-model", str(tiny_reranker_path),
+                         "--candidates", str(tmp_path / "bad.trec")], capsys)
+    assert code == 2 and "queries that five does not have (e.g. 'q42')" in err
+
+
+def test_resolve_instruction() -> None:
+    assert resolve_instruction("Do it", None, "scifact")[0] == "Do it"
+    assert resolve_instruction(None, "NFCorpus", "x")[0].startswith("Given a question, retrieve relevant documents")
+    assert resolve_instruction(None, None, "scifact")[1] == "table entry of 'scifact'"
+    assert resolve_instruction(None, None, "my-data")[0].startswith("Given a web search query")
+    assert "official default" in resolve_instruction(None, "Unknown", "x")[1]
