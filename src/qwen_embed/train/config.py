@@ -11,6 +11,7 @@ in docs/train.md).
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -227,8 +228,7 @@ def describe() -> str:
         out.append(f"### `{sect.name}`\n\n| setting | default | meaning |\n|---|---|---|")
         for f in dataclasses.fields(hints[sect.name]):
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            text = "null" if default is None else repr(default) if isinstance(default, str) else str(default)
-            text = text.replace("\n", "\\n").replace("|", "\\|")
-            out.append(f"| `{f.name}` | `{text}` | {f.metadata['help']} |")
+            text = json.dumps(default)
+            out.append(f"| `{f.name}` | `{text}` | {f.metadata['help'].replace('|', '&#124;')} |")
         out.append("")
     return "\n".join(out)

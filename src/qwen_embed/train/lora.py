@@ -58,7 +58,7 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights with PEFT's saved key names."""
     from peft import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     return {PREFIX + k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 

@@ -54,7 +54,8 @@ def _strip_docstring(source: str) -> str:
     if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) or not fn.body:
         return source
     first = fn.body[0]
-    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)):
+    is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    if not (is_doc and isinstance(first.value.value, str)):  # type: ignore[attr-defined]
         return source
     lines = source.splitlines(keepends=True)
     assert first.end_lineno is not None
@@ -64,7 +65,7 @@ def _strip_docstring(source: str) -> str:
 
 def _functions(module: object) -> list[tuple[str, object]]:
     name = getattr(module, "__name__", "")
-    out = []
+    out: list[tuple[str, object]] = []
     for attr, obj in sorted(vars(module).items()):
         if attr.startswith("_"):
             continue
@@ -120,7 +121,8 @@ def write_pairs(out_dir: str | Path, *, held_out: float = 0.1, strip_docstring: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pairs = collect_pairs(strip_docstring=strip_docstring)
-    train_rows, test_rows = [], []
+    train_rows: list[str] = []
+    test_rows: list[str] = []
     for p in pairs:
         row = json.dumps({"query": p.query, "positive": p.source[:max_source_chars], "task": "code",
                           "id": p.name})

@@ -1,0 +1,136 @@
+"""`qwen-embed train ...`, `qwen-embed mine` and `qwen-embed merge-lora`.
+
+Heavy imports (torch training code, peft, matplotlib) happen inside the handlers, so that
+`qwen-embed --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..cli import DEFAULT_EMBEDDING_MODEL, add_model_options
+from ..errors import InputError
+
+
+def cmd_train_embed(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg)
+    print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_settings(args: argparse.Namespace) -> int:
+    from .config import describe
+
+    print(describe())
+    return 0
+
+
+def cmd_train_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_learning_curve
+
+    out = plot_learning_curve(args.log, args.output, title=args.title)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
+    from .stdlib_pairs import write_pairs
+
+    train, held, n_train, n_held = write_pairs(args.output, held_out=args.held_out,
+                                               strip_docstring=not args.keep_docstring)
+    print(f"wrote {n_train} training rows to {train} and {n_held} held-out rows to {held}", file=sys.stderr)
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from ..embedder import Embedder
+    from .mining import MiningSettings, mine
+
+    settings = MiningSettings(top_k=args.top_k, num_negatives=args.negatives, margin=args.margin, seed=args.seed,
+                              chunk=args.chunk, dim=args.dim, default_instruction=args.instruction)
+    if args.chunk < 1:
+        raise InputError(f"--chunk {args.chunk} must be >= 1.")
+    emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
+                                   batch_tokens=args.batch_tokens)
+    stats: dict[str, Any] = mine(emb, args.input, args.output, corpus_path=args.corpus, settings=settings,
+                                 progress=sys.stderr.isatty())
+    print(json.dumps(stats), file=sys.stderr)
+    return 0
+
+
+def cmd_merge_lora(args: argparse.Namespace) -> int:
+    from .lora import merge_checkpoint
+
+    out = merge_checkpoint(args.base, args.adapter, args.output, dtype=args.dtype)
+    print(f"wrote the merged checkpoint to {out}", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add `train`, `mine` and `merge-lora` to the qwen-embed command."""
+    p = sub.add_parser("train", help="train embedding models (contrastive, LoRA, GradCache, data parallel)",
+                       description="Training commands. Start with `qwen-embed train embed --config FILE.yaml`; "
+                       "`qwen-embed train settings` lists every setting with its default.")
+    tsub = p.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
+
+    e = tsub.add_parser("embed", help="train an embedding model from a YAML config",
+                        description="Contrastive training (improved InfoNCE) of a Qwen3 embedding model. Resumes "
+                        "from the newest checkpoint in train.output_dir. Multi-process: torchrun "
+                        "--nproc-per-node N -m qwen_embed train embed --config FILE.yaml")
+    e.add_argument("--config", required=True, help="YAML file: sections model, data, loss, optim, train, lora, eval")
+    e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting (repeatable), e.g. --set train.max_steps=100")
+    e.set_defaults(func=cmd_train_embed)
+
+    s = tsub.add_parser("settings", help="print every training setting with its default (Markdown)")
+    s.set_defaults(func=cmd_train_settings)
+
+    pl = tsub.add_parser("plot", help="learning-curve PNG from a run's train_log.jsonl")
+    pl.add_argument("log", help="OUTPUT_DIR/train_log.jsonl")
+    pl.add_argument("-o", "--output", default="learning_curve.png", help="PNG file (default learning_curve.png)")
+    pl.add_argument("--title", default=None, help="figure title (default: the run folder's name)")
+    pl.set_defaults(func=cmd_train_plot)
+
+    sp = tsub.add_parser("stdlib-pairs", help="write real training pairs from the Python standard library",
+                         description="(docstring first line, function source) pairs of stdlib functions as "
+                         "train.jsonl and heldout.jsonl (deterministic for a Python version).")
+    sp.add_argument("output", help="folder to write train.jsonl and heldout.jsonl into")
+    sp.add_argument("--held-out", type=float, default=0.1, help="fraction held out (default 0.1)")
+    sp.add_argument("--keep-docstring", action="store_true", help="keep the docstring inside the source")
+    sp.set_defaults(func=cmd_stdlib_pairs)
+
+    m = sub.add_parser("mine", help="mine hard negatives for training rows (resumable)",
+                       description="Embed the corpus, take each query's top-k, drop its positives and any "
+                       "candidate scoring above s(q, positive) - margin, sample n; writes training rows.")
+    m.add_argument("--input", required=True, help="training rows JSONL {query, positive | positives, ...}")
+    m.add_argument("-o", "--output", required=True, help="JSONL to write (rows with `negatives`)")
+    m.add_argument("--corpus", default=None, help="corpus: text lines or JSONL {text, title?} (default: the "
+                   "rows' own positives and negatives)")
+    m.add_argument("--top-k", type=int, default=50, help="candidates per query (default 50)")
+    m.add_argument("--negatives", type=int, default=7, help="negatives sampled per row (default 7)")
+    m.add_argument("--margin", type=float, default=0.05,
+                   help="drop candidates with similarity > s(q, positive) - margin (default 0.05)")
+    m.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    m.add_argument("--chunk", type=int, default=1024, help="queries per resumable chunk (default 1024)")
+    m.add_argument("--dim", type=int, default=None, help="Matryoshka dim of the search (default: full)")
+    m.add_argument("--instruction", default=None,
+                   help="query instruction for rows without one (default: the web-search instruction)")
+    add_model_options(m, DEFAULT_EMBEDDING_MODEL)
+    m.set_defaults(func=cmd_mine)
+
+    g = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base: a plain checkpoint",
+                       description="Write base + adapter as one Qwen3Model checkpoint that Embedder and "
+                       "transformers load.")
+    g.add_argument("--base", required=True, help="base checkpoint (hub id or folder) the adapter was trained on")
+    g.add_argument("--adapter", required=True, help="PEFT adapter folder (adapter_config.json + "
+                   "adapter_model.safetensors)")
+    g.add_argument("-o", "--output", required=True, help="new checkpoint folder")
+    g.add_argument("--dtype", default=None, help="saved dtype: float32 / bfloat16 (default: the base's)")
+    g.set_defaults(func=cmd_merge_lora)

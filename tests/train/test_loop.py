@@ -1,0 +1,83 @@
+"""The training loop: exact resume, logs, evaluation, checkpoints and the final model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qwen_embed import Embedder
+from qwen_embed.train.config import TrainConfig
+from qwen_embed.train.loop import Trainer, lr_lambda
+
+from .conftest import make_rows, write_jsonl
+
+
+def config(ckpt: Path, data: Path, out: Path, **train: object) -> TrainConfig:
+    eval_file = write_jsonl(out.parent / f"{out.name}-eval.jsonl", make_rows(12, negatives=1))
+    return TrainConfig.from_dict({
+        "model": {"path": str(ckpt), "device": "cpu"},
+        "data": {"train_files": [str(data)], "num_negatives": 1, "query_max_length": 32, "doc_max_length": 32,
+                 "shuffle_buffer": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 3},
+        "train": {"output_dir": str(out), "batch_size": 8, "chunk_tokens": 128, "max_steps": 20, "save_every": 10,
+                  "log_every": 5, "progress": False, **train},
+        "eval": {"file": str(eval_file), "every": 10, "k": 5},
+    })
+
+
+def params(t: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+
+
+def losses(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_resume_equals_straight_run(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
+    straight = Trainer(config(small_ckpt, train_file, tmp_path / "a"))
+    straight.run()
+    first = Trainer(config(small_ckpt, train_file, tmp_path / "b"))
+    first.run(until=10)  # as if the job stopped after the step-10 checkpoint
+    assert first.step == 10 and [p.name for p in first.checkpoints()] == ["step-00000010"]
+    second = Trainer(config(small_ckpt, train_file, tmp_path / "b"))
+    summary = second.run()
+    assert summary["resumed"] and second.step == 20
+    a, b = params(straight), params(second)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert any(float((a[k] - params(first)[k]).abs().max()) > 1e-4 for k in a)  # steps 11..20 did move them
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")  # the log has every step once, same values
+    assert [s for s, _ in losses(tmp_path / "a")] == [5, 10, 15, 20]
+
+
+def test_outputs_log_eval_and_final_model(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    t = Trainer(config(small_ckpt, train_file, out, max_steps=4, save_every=2, keep_checkpoints=1, log_every=2))
+    t.run()
+    records = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [0, 4]
+    assert set(evals[0]["eval"]) == {"recall@5", "mrr@5", "ndcg@5"}
+    train_rec = [r for r in records if "loss" in r]
+    assert {"lr", "grad_norm", "tokens", "tokens_per_s", "task"} <= set(train_rec[0])
+    assert [p.name for p in t.checkpoints()] == ["step-00000004"]  # older ones pruned
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    emb = Embedder.from_pretrained(out / "model", device="cpu")
+    vec = emb.encode_documents(["alpha beta gamma"])
+    t.model.eval()
+    with torch.no_grad():
+        from qwen_embed.batching import pack
+
+        ids = emb.tokenize(["alpha beta gamma"])
+        b = pack(ids)
+        h = t.model(b, output_indices=b.last_indices)
+    np.testing.assert_allclose(vec, torch.nn.functional.normalize(h, dim=-1).numpy(), atol=1e-6)
+
+
+def test_warmup_then_cosine() -> None:
+    f = lr_lambda(4, 20, 0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and abs(f(12) - 0.55) < 1e-12 and abs(f(20) - 0.1) < 1e-12

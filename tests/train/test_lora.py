@@ -1,0 +1,100 @@
+"""LoRA: adapters in PEFT format, the merged checkpoint equals base + adapter, transformers loads it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qwen_embed import Embedder
+from qwen_embed.checkpoint import Checkpoint
+from qwen_embed.cli import main
+from qwen_embed.engine import Engine
+from qwen_embed.train.config import TrainConfig
+from qwen_embed.train.lora import load_adapter
+from qwen_embed.train.loop import Trainer
+
+TEXTS = ["alpha beta gamma", "what is delta 3", "omega is the answer number 7 omega psi chi"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(small_ckpt: Path, train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("lora") / "run"
+    cfg = TrainConfig.from_dict({
+        "model": {"path": str(small_ckpt), "device": "cpu"},
+        "data": {"train_files": [str(train_file)], "num_negatives": 1, "query_max_length": 32, "doc_max_length": 32},
+        "optim": {"lr": 5e-3, "warmup_steps": 1},
+        "train": {"output_dir": str(out), "batch_size": 8, "max_steps": 4, "save_every": 0, "progress": False},
+        "lora": {"enabled": True, "r": 4, "alpha": 8},
+    })
+    t = Trainer(cfg)
+    n_train = sum(p.numel() for p in t.params)
+    assert 0 < n_train < sum(p.numel() for p in t.model.parameters()) // 5  # only the adapters train
+    t.run()
+    return out
+
+
+def base_plus_adapter(base: Path, adapter: Path) -> np.ndarray:
+    ck = Checkpoint.load(base, "cpu", "float32", want_head=False)
+    model = load_adapter(ck.model, adapter)
+    model.eval()
+    h = Engine(model, torch.device("cpu")).last_hidden(ck.tokenizer.encode_for_embedding(TEXTS, 64))
+    return torch.nn.functional.normalize(h, dim=-1).numpy()
+
+
+def test_adapter_is_peft_format(lora_run: Path) -> None:
+    cfg = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
+    assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj"])
+    from safetensors import safe_open
+
+    with safe_open(str(lora_run / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+        assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "lora_B" in k)  # it trained
+
+
+def test_merged_equals_base_plus_adapter(lora_run: Path, small_ckpt: Path, tmp_path: Path) -> None:
+    want = base_plus_adapter(small_ckpt, lora_run / "adapter")
+    plain = Embedder.from_pretrained(small_ckpt, device="cpu").encode_documents(TEXTS)
+    assert np.abs(want - plain).max() > 1e-4  # the adapter changes the embeddings
+    merged_at_end = Embedder.from_pretrained(lora_run / "model", device="cpu").encode_documents(TEXTS)
+    np.testing.assert_allclose(merged_at_end, want, atol=2e-6)
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(lora_run / "adapter"),
+                 "-o", str(tmp_path / "merged")]) == 0
+    merged = Embedder.from_pretrained(tmp_path / "merged", device="cpu").encode_documents(TEXTS)
+    np.testing.assert_allclose(merged, want, atol=2e-6)
+
+
+def test_transformers_and_peft_load_it(lora_run: Path, small_ckpt: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from peft import PeftModel
+
+    emb = Embedder.from_pretrained(lora_run / "model", device="cpu")
+    ids = emb.tokenize(TEXTS)
+    ours = emb.encode_documents(TEXTS)
+
+    def last_states(model: torch.nn.Module) -> np.ndarray:
+        rows = []
+        with torch.no_grad():
+            for seq in ids:
+                h = model(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
+                rows.append(torch.nn.functional.normalize(h, dim=-1).numpy())
+        return np.stack(rows)
+
+    hf = transformers.AutoModel.from_pretrained(lora_run / "model", dtype=torch.float32).eval()
+    np.testing.assert_allclose(last_states(hf), ours, atol=1e-5)
+    base = transformers.AutoModel.from_pretrained(small_ckpt, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, lora_run / "adapter").eval()
+    np.testing.assert_allclose(last_states(peft_model), ours, atol=1e-5)
+
+
+def test_merge_lora_errors_are_one_line(small_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(tmp_path), "-o",
+                 str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a PEFT adapter folder" in err and len(err.splitlines()) == 1
