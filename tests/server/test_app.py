@@ -25,7 +25,8 @@ def client(live: LiveServer) -> openai.OpenAI:
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64", None])
-def test_openai_client_matches_embedder(live: LiveServer, small_embedder: Embedder, encoding_format: str | None) -> None:
+def test_openai_client_matches_embedder(live: LiveServer, small_embedder: Embedder,
+                                        encoding_format: str | None) -> None:
     # None: the client's own default, which asks for base64 and decodes it itself
     kwargs = {} if encoding_format is None else {"encoding_format": encoding_format}
     res = client(live).embeddings.create(input=TEXTS, model="emb", **kwargs)  # type: ignore[arg-type]

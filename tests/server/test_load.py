@@ -18,8 +18,8 @@ from qwen_embed.server import ServerSettings, create_app
 
 from .conftest import LiveServer
 
-WORDS = ("protein cell heart blood river sea moon earth water gravity force planet search engine python "
-         "language vaccine immune fox dog capital city").split()
+WORDS = ["protein", "cell", "heart", "blood", "river", "sea", "moon", "earth", "water", "gravity", "force", "planet",
+         "search", "engine", "python", "language", "vaccine", "immune", "fox", "dog", "capital", "city"]
 
 
 def texts_for(i: int, rng: np.random.Generator) -> list[str]:
@@ -73,10 +73,13 @@ def test_64_clients_x_8_requests_get_their_serial_answers(live: LiveServer, smal
     assert worst <= 1e-5, worst
     after = httpx.get(live.url + "/metrics").text
     label = 'model="emb"'
-    batches = metric(after, "qwen_embed_batch_requests_count", label) - metric(before, "qwen_embed_batch_requests_count", label)
-    singles = (metric(after, "qwen_embed_batch_requests_bucket", 'le="1.0",' + label)
-               - metric(before, "qwen_embed_batch_requests_bucket", 'le="1.0",' + label))
-    merged = metric(after, "qwen_embed_batch_requests_sum", label) - metric(before, "qwen_embed_batch_requests_sum", label)
+
+    def delta(name: str, labels: str) -> float:
+        return metric(after, name, labels) - metric(before, name, labels)
+
+    batches = delta("qwen_embed_batch_requests_count", label)
+    singles = delta("qwen_embed_batch_requests_bucket", 'le="1.0",' + label)
+    merged = delta("qwen_embed_batch_requests_sum", label)
     assert merged == 512  # every request went through exactly one batch
     assert batches - singles > 0, "no batch held more than one request"
     assert batches < 512

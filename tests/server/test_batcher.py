@@ -1,0 +1,153 @@
+"""Batcher: merging, budgets, backpressure, errors, cancellation and draining, with a fake model at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from qwen_embed.server.batcher import Batcher, Timing
+from qwen_embed.server.errors import APIError, Overloaded
+from qwen_embed.server.metrics import Metrics
+
+
+class FakeModel:
+    """Row i = [first token, length] of sequence i; records each call and its thread."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[list[list[int]]] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+        self.fail = fail
+
+    def __call__(self, seqs: list[Sequence[int]]) -> np.ndarray:
+        self.calls.append([list(s) for s in seqs])
+        self.threads.add(threading.current_thread().name)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        return np.array([[s[0], len(s)] for s in seqs], dtype=np.float32)
+
+
+def run(coro_fn):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro_fn(), 30))
+
+
+def test_concurrent_requests_merge_and_get_their_own_rows() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=1000, max_wait_s=0.05)
+        b.start()
+        jobs = [[[i, 1, 2]] * (i % 3 + 1) for i in range(6)]
+        outs = await asyncio.gather(*(b.submit(j) for j in jobs))
+        await b.stop()
+        assert len(model.calls) == 1  # all six arrived within the wait window
+        for i, (job, out) in enumerate(zip(jobs, outs, strict=True)):
+            assert out.shape == (len(job), 2) and (out[:, 0] == i).all()
+        assert model.threads == {"model-m_0"}  # the model's own worker thread, never the event loop
+        assert b.pending_requests == 0 and b.pending_tokens == 0
+
+    run(scenario)
+
+
+def test_token_and_request_budgets_split_batches_in_fifo_order() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=10, max_batch_requests=3, max_wait_s=0.05)
+        b.start()
+        outs = await asyncio.gather(*(b.submit([[i] * 4]) for i in range(5)))  # 4 tokens each
+        big = await b.submit([[9] * 25])  # over the budget alone: runs alone
+        await b.stop()
+        assert [len(c) for c in model.calls] == [2, 2, 1, 1]
+        assert [c[0][0] for c in model.calls[:3]] == [0, 2, 4]
+        assert [int(o[0, 0]) for o in outs] == [0, 1, 2, 3, 4] and big[0, 1] == 25
+
+    run(scenario)
+
+
+def test_queue_limit_answers_overloaded_at_once() -> None:
+    model = FakeModel(delay=0.2)
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.0, max_queue=2, max_queue_tokens=50)
+        b.start()
+        first = asyncio.ensure_future(b.submit([[1, 2]]))
+        second = asyncio.ensure_future(b.submit([[3, 4]]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded) as e:
+            await b.submit([[5]])
+        assert e.value.status == 429 and int(e.value.headers["Retry-After"]) >= 1
+        assert "2 requests" in e.value.message
+        await asyncio.gather(first, second)
+        big = asyncio.ensure_future(b.submit([[1] * 30]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(Overloaded, match="tokens"):
+            await b.submit([[1] * 30])  # 60 tokens > 50 while another request is pending
+        await big
+        assert (await b.submit([[1] * 60]))[0, 1] == 60  # alone, a big request is taken
+        await b.stop()
+
+    run(scenario)
+
+
+def test_a_failing_batch_fails_its_requests_and_the_loop_goes_on() -> None:
+    model = FakeModel(fail=True)
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.02)
+        b.start()
+        results = await asyncio.gather(b.submit([[1]]), b.submit([[2]]), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        model.fail = False
+        assert (await b.submit([[3]]))[0, 0] == 3
+        await b.stop()
+
+    run(scenario)
+
+
+def test_cancelled_request_is_skipped_and_released() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.1)
+        b.start()
+        gone = asyncio.ensure_future(b.submit([[7, 7]]))
+        stays = asyncio.ensure_future(b.submit([[8]]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        assert (await stays)[0, 0] == 8
+        await b.stop()
+        assert model.calls == [[[8]]]
+        assert b.pending_requests == 0 and b.pending_tokens == 0
+
+    run(scenario)
+
+
+def test_stop_drains_accepted_work_then_refuses() -> None:
+    model = FakeModel()
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=5.0, metrics=metrics)  # would wait 5 s
+        b.start()
+        timing = Timing()
+        pending = asyncio.ensure_future(b.submit([[1, 2, 3]], timing))
+        await asyncio.sleep(0.01)
+        await b.stop()  # does not wait out the window: it runs what was accepted, then ends
+        assert (await pending)[0, 1] == 3
+        assert timing.queue < 1.0 and timing.inference > 0
+        with pytest.raises(APIError) as e:
+            await b.submit([[1]])
+        assert e.value.status == 503
+
+    run(scenario)
+    text = metrics.render().decode()
+    assert 'qwen_embed_batch_requests_count{model="m"} 1.0' in text
+    assert 'qwen_embed_batch_tokens_sum{model="m"} 3.0' in text
+    assert 'qwen_embed_queue_requests{model="m"} 0.0' in text
