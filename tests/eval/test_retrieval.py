@@ -119,3 +119,17 @@ def test_scifact_end_to_end(scifact_retrieval: tuple) -> None:
     assert agg["ndcg_at_10"] == pytest.approx(np.mean([v["ndcg_cut_10"] for v in ref.values()]), abs=1e-9)
     assert agg["recall_at_100"] == pytest.approx(np.mean([v["recall_100"] for v in ref.values()]), abs=1e-9)
     assert set(res.timings) == {"embed_corpus_s", "embed_queries_s", "search_s", "metrics_s"}
+
+
+def test_identical_ids_are_dropped_as_mteb_does(small_embedder: Embedder, tmp_path: Path) -> None:
+    from qwen_embed.eval.retrieval import ignores_identical_ids
+
+    from .conftest import CORPUS, write_beir
+
+    assert ignores_identical_ids("ArguAna") and ignores_identical_ids("fiqa") and not ignores_identical_ids("scifact")
+    folder = write_beir(tmp_path / "arguana", corpus=[*CORPUS, {"_id": "q1", "title": "", "text": "What pumps blood?"}])
+    ds = load_beir(folder)
+    res = evaluate_retrieval(small_embedder, ds, instruction="x", ks=[1], depth=6)
+    assert "q1" not in res.dims[0].run["q1"] and len(res.dims[0].run["q1"]) == 5 and res.stats["ignore_identical_ids"]
+    kept = evaluate_retrieval(small_embedder, ds, instruction="x", ks=[1], depth=6, ignore_identical_ids=False)
+    assert "q1" in kept.dims[0].run["q1"]

@@ -96,7 +96,8 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
          f"({ds.stats['queries_without_judgments']} queries without judgments skipped); instruction from {source}")
     res = evaluate_retrieval(emb, ds, instruction=instruction, dims=dims, ks=ks, depth=args.depth,
                              cache_dir=None if args.no_cache else out / "cache", device=args.search_device,
-                             progress=None if sys.stderr.isatty() else False, on_stage=_say)
+                             progress=None if sys.stderr.isatty() else False, on_stage=_say,
+                             ignore_identical_ids=args.ignore_identical_ids)
     paths = []
     for d in res.dims:
         path = out / ("run.trec" if len(res.dims) == 1 else f"run.dim{d.dim}.trec")
@@ -187,6 +188,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output-dir", default=None, help=f"where to write (default {DEFAULT_OUTPUT}/<dataset>/<model>)")
     p.add_argument("--run-name", default="qwen-embed", help="the run name in the TREC file (default qwen-embed)")
     p.add_argument("--no-cache", action="store_true", help="do not keep corpus embeddings for resuming")
+    p.add_argument("--ignore-identical-ids", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop retrieved documents whose id is the query's (default: as MTEB, on for ArguAna, "
+                   "FiQA2018, FEVER, MSMARCO, Quora)")
     p.set_defaults(func=cmd_retrieval)
 
     p = sub.add_parser("rerank", help="rerank the top N of a saved run, metrics before and after",

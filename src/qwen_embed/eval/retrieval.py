@@ -9,7 +9,9 @@
 - Search is exact: scores = queries @ documents.T by chunks of documents and queries (memory bounded by the
   chunk sizes), a running top-k merged chunk by chunk, on the GPU when present.
 - The run keeps the top `depth` (default 1000, MTEB's largest k) documents per query and is scored with
-  every trec_eval measure and MTEB's @k measures (metrics.py).
+  every trec_eval measure and MTEB's @k measures (metrics.py). For the datasets where MTEB sets
+  `ignore_identical_ids` (ArguAna, FiQA2018, FEVER, MSMARCO, Quora), a retrieved document whose id equals
+  the query id is dropped after the search, as MTEB does (`ignore_identical_ids=None` picks that by name).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ if TYPE_CHECKING:
 
 DEFAULT_DEPTH = 1000
 SHARD_DOCS = 4096
+# MTEB v2 tasks with `ignore_identical_ids = True` (mteb/tasks/retrieval/eng): a document that has the query's
+# own id is dropped from the results before scoring (ArguAna's queries are documents of its corpus, etc.).
+IGNORE_IDENTICAL_IDS = frozenset({"arguana", "fiqa2018", "fiqa", "fever", "msmarco", "quora", "quoraretrieval"})
+
+
+def ignores_identical_ids(dataset_name: str) -> bool:
+    """Whether MTEB drops documents whose id equals the query's for this dataset (by its name)."""
+    return dataset_name.lower().replace("-", "").replace("_", "") in IGNORE_IDENTICAL_IDS
 
 
 # -- embedding ------------------------------------------------------------------------------------------
@@ -174,10 +184,11 @@ def check_dims(dims: Sequence[int] | None, hidden_size: int) -> list[int]:
 def evaluate_retrieval(
     embedder: Embedder, dataset: BeirDataset, *, instruction: str, dims: Sequence[int] | None = None,
     ks: Sequence[int] = DEFAULT_K, depth: int = DEFAULT_DEPTH, cache_dir: Path | None = None,
-    device: str | None = None, progress: bool | None = None,
+    device: str | None = None, progress: bool | None = None, ignore_identical_ids: bool | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> RetrievalResult:
     """Embed, search and score one BEIR split; see the module docstring."""
+    drop_same = ignores_identical_ids(dataset.name) if ignore_identical_ids is None else ignore_identical_ids
     dims_ = check_dims(dims, embedder.hidden_size)
     ks_ = check_ks(ks)
     if depth < max(ks_):
@@ -201,10 +212,13 @@ def evaluate_retrieval(
         say(f"searching at dim {d}")
         scores, idx = exact_topk(at_dim(query_vecs, d), at_dim(doc_vecs, d), depth, device=device)
         run = build_run(dataset.query_ids, dataset.corpus_ids, scores, idx)
+        if drop_same:
+            run = {q: {d: v for d, v in docs.items() if d != q} for q, docs in run.items()}
         timings["search_s"] += time.perf_counter() - t
         t = time.perf_counter()
         ev = evaluate(dataset.qrels, run, extra_k=ks_)
         timings["metrics_s"] += time.perf_counter() - t
         results.append(DimResult(d, run, ev))
+    stats = dict(dataset.stats) | {"ignore_identical_ids": drop_same}
     return RetrievalResult(dataset.name, dataset.split, str(embedder.name), instruction, ks_, depth, results,
-                           dict(dataset.stats), timings)
+                           stats, timings)
