@@ -62,3 +62,12 @@ def test_max_length_limits(tiny_embedding_path) -> None:  # type: ignore[no-unty
         Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=40000)
     e = Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=32768)
     assert e.max_length == 32768
+
+
+def test_chunked_tokenization_pipeline_equals_one_pass(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import qwen_embed.embedder as mod
+
+    texts = [f"text number {i} " * (1 + i % 7) for i in range(23)]
+    one = embedder.encode(texts, dim=48)
+    monkeypatch.setattr(mod, "TOKENIZE_CHUNK", 5)  # 5 chunks through the worker pool
+    assert np.abs(embedder.encode(texts, dim=48) - one).max() <= 1e-6

@@ -81,3 +81,22 @@ def test_query_too_long_for_max_length(tiny_reranker_path: Path) -> None:
         rr.score("long query " * 100, ["d"])
     with pytest.raises(InputError, match="top_n"):
         rr.rerank("q", ["d"], top_n=0)
+
+
+def test_prefix_sharing_equals_unshared(reranker: Reranker) -> None:
+    from qwen_embed.reranker import shared_prefix_length
+
+    docs = ["Beijing is the capital of China.", "Gravity pulls.", "word " * 50, "x"]
+    seqs = reranker.build_input_ids("capital of China", docs)
+    assert shared_prefix_length(seqs) >= 16
+    shared = reranker.score_ids(seqs, share_prefix=True)
+    unshared = reranker.score_ids(seqs, share_prefix=False)
+    assert np.abs(shared - unshared).max() <= 1e-5
+
+
+def test_shared_prefix_length_leaves_a_token() -> None:
+    from qwen_embed.reranker import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_length([[7], [1]]) == 0

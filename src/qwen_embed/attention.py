@@ -1,7 +1,10 @@
 """Packed (varlen) causal attention with grouped-query heads.
 
-q [T, Hq, D], k and v [T, Hkv, D] hold the tokens of several sequences back to back; `cu_seqlens`
-[n + 1] marks their bounds. Each token attends to the earlier tokens of its own sequence only.
+q [Tq, Hq, D], k and v [Tk, Hkv, D] hold the tokens of several sequences back to back; `cu_seqlens`
+[n + 1] marks their bounds (`cu_seqlens_k` those of the keys when they differ, as with a shared
+prefix). Each query attends to the keys of its own sequence up to its own position, aligned at the
+end when a sequence has more keys than queries (the keys of a shared prefix come first, so every
+query sees the whole prefix): the bottom-right causal convention of flash attention 2.
 
 - CUDA (bf16/fp16): flash attention's varlen kernel through `aten._flash_attention_forward`; GQA is
   native to the kernel, memory is linear in the sequence length, and it has autograd for training.
@@ -12,37 +15,31 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-AttnFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float], torch.Tensor]
-
 
 def sdpa_per_sequence(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """Reference path: one causal SDPA call per sequence (GQA by enable_gqa)."""
+    """Reference path: one SDPA call per sequence (GQA by enable_gqa)."""
     out = torch.empty_like(q)
-    bounds = cu_seqlens.tolist()
-    for s, e in itertools.pairwise(bounds):
-        qi = q[s:e].transpose(0, 1)  # [Hq, L, D]
-        ki = k[s:e].transpose(0, 1)  # [Hkv, L, D]
-        vi = v[s:e].transpose(0, 1)
-        oi = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
-        out[s:e] = oi.transpose(0, 1)
+    same = cu_q is cu_k
+    bq = cu_q.tolist()
+    bk = bq if same else cu_k.tolist()
+    for (qs, qe), (ks, ke) in zip(itertools.pairwise(bq), itertools.pairwise(bk), strict=True):
+        qi = q[qs:qe].transpose(0, 1)  # [Hq, Lq, D]
+        ki = k[ks:ke].transpose(0, 1)  # [Hkv, Lk, D]
+        vi = v[ks:ke].transpose(0, 1)
+        lq, lk = qe - qs, ke - ks
+        if lq == lk:
+            oi = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+        else:  # bottom-right causal: query i sees keys j <= i + (lk - lq)
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=lk - lq)
+            oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+        out[qs:qe] = oi.transpose(0, 1)
     return out
-
-
-def _flash_varlen(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
-) -> torch.Tensor:
-    """Flash attention varlen kernel (bf16/fp16 on CUDA)."""
-    out = torch.ops.aten._flash_attention_forward(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, 0.0, True, False, scale=scale
-    )
-    return out[0]
 
 
 def packed_causal_attention(
@@ -52,9 +49,16 @@ def packed_causal_attention(
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
     scale: float | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_k: int | None = None,
 ) -> torch.Tensor:
-    """Causal attention over packed sequences -> [T, Hq, D]."""
+    """Causal attention over packed sequences -> [Tq, Hq, D]."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
+    max_k = max_seqlen if max_seqlen_k is None else max_seqlen_k
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return _flash_varlen(q, k, v, cu_seqlens, max_seqlen, scale)
-    return sdpa_per_sequence(q, k, v, cu_seqlens, max_seqlen, scale)
+        out = torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_seqlens, cu_k, max_seqlen, max_k, 0.0, True, False, scale=scale
+        )
+        return out[0]
+    return sdpa_per_sequence(q, k, v, cu_seqlens, cu_k, scale)

@@ -53,8 +53,10 @@ class PackedBatch:
         )
 
 
-def pack(seqs: Sequence[Sequence[int]]) -> PackedBatch:
-    """Concatenate token-id sequences into a PackedBatch (every sequence must be non-empty)."""
+def pack(seqs: Sequence[Sequence[int]], start_position: int = 0) -> PackedBatch:
+    """Concatenate token-id sequences into a PackedBatch (every sequence must be non-empty).
+
+    `start_position` offsets the positions (continuations of a shared prefix of that length)."""
     lengths = [len(s) for s in seqs]
     assert lengths and min(lengths) > 0, "pack() needs non-empty sequences"
     flat = [t for s in seqs for t in s]
@@ -63,7 +65,7 @@ def pack(seqs: Sequence[Sequence[int]]) -> PackedBatch:
         cu.append(cu[-1] + n)
     input_ids = torch.tensor(flat, dtype=torch.long)
     cu_seqlens = torch.tensor(cu, dtype=torch.int32)
-    position_ids = torch.cat([torch.arange(n) for n in lengths])
+    position_ids = torch.cat([torch.arange(start_position, start_position + n) for n in lengths])
     return PackedBatch(input_ids, position_ids, cu_seqlens, max(lengths))
 
 

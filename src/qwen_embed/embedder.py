@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from .checkpoint import Checkpoint
 from .config import ModelConfig
-from .engine import Engine
+from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, l2_normalize, truncate_dim
 from .tokenizer import QwenTokenizer, check_texts
@@ -24,6 +25,7 @@ from .tokenizer import QwenTokenizer, check_texts
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_MAX_LENGTH = 8192
 PROGRESS_MIN_TEXTS = 512
+TOKENIZE_CHUNK = 4096  # texts per chunk: the worker pool tokenizes the next chunk while the device runs
 
 
 def format_query(query: str, instruction: str) -> str:
@@ -44,25 +46,26 @@ class Embedder:
     """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
 
     def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
-                 batch_tokens: int | None = None) -> None:
+                 batch_tokens: int | None = None, compile: bool | None = None) -> None:
         self.checkpoint = checkpoint
         self.max_length = check_max_length(max_length, checkpoint.config)
-        self.engine = Engine(checkpoint.model, checkpoint.device, batch_tokens)
+        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
 
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int | None = None,
+        batch_tokens: int | None = None, compile: bool | None = None,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
         device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU.
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
-        batch_tokens: token budget of one forward pass.
+        batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
+        compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~1 min).
         """
         return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
-                   batch_tokens=batch_tokens)
+                   batch_tokens=batch_tokens, compile=compile)
 
     # -- facts -------------------------------------------------------------------------------------
     @property
@@ -111,16 +114,31 @@ class Embedder:
         if not seqs:
             raise InputError("no inputs to embed; pass at least one sequence.")
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
-        pooled = truncate_dim(self.engine.last_hidden(seqs, progress=show), d)  # [n, dim]
+        return self._finish(self.engine.last_hidden(seqs, progress=show), d, normalize)
+
+    @staticmethod
+    def _finish(pooled: torch.Tensor, dim: int, normalize: bool) -> np.ndarray:
+        """[n, H] float32 states -> Matryoshka slice -> optional L2 normalisation -> numpy."""
+        out = truncate_dim(pooled, dim)
         if normalize:
-            pooled = l2_normalize(pooled)
-        return pooled.numpy().astype(np.float32, copy=False)
+            out = l2_normalize(out)
+        return out.numpy().astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None, dim: int | None = None,
                normalize: bool = True, progress: bool | None = None) -> np.ndarray:
-        """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied."""
-        check_dim(dim, self.hidden_size)
-        return self.embed_ids(self.tokenize(texts, instruction), dim=dim, normalize=normalize, progress=progress)
+        """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied.
+
+        Long inputs are tokenized in chunks by a worker pool while the device embeds earlier chunks."""
+        d = check_dim(dim, self.hidden_size)
+        items = self.prepare(texts, instruction)  # validates everything before any work starts
+        if len(items) <= TOKENIZE_CHUNK:
+            return self.embed_ids(self.tokenize(items), dim=dim, normalize=normalize, progress=progress)
+        show = len(items) >= PROGRESS_MIN_TEXTS if progress is None else progress
+        chunks = [items[i : i + TOKENIZE_CHUNK] for i in range(0, len(items), TOKENIZE_CHUNK)]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen-embed-tokenize") as pool:
+            futures = [pool.submit(self.tokenize, c) for c in chunks]
+            pooled = self.engine.last_hidden_stream((f.result() for f in futures), len(items), show)
+        return self._finish(pooled, d, normalize)
 
     def encode_queries(self, texts: Sequence[str], *, instruction: str | None = None,
                        dim: int | None = None, progress: bool | None = None) -> np.ndarray:

@@ -4,25 +4,33 @@ Sequences are grouped into token-budget batches sorted by length (longest first)
 without padding and run through the trunk, which computes the last layer's MLP and final norm only at
 each sequence's last token. Results come back in input order, in float32 on the CPU.
 
-On CUDA the batches are built on pinned host memory, copied asynchronously, and the results are copied
-back with non-blocking copies collected after the loop, so that the GPU never waits on the host.
+Input may arrive in chunks (an iterator), so that the caller tokenizes chunk i + 1 in a worker pool
+while the device runs chunk i. Nothing waits for the device inside the loop: batches are built on the
+host (pinned memory on CUDA) and copied asynchronously; each result is copied, non-blocking, into
+one pinned buffer in processing order; a single synchronisation at the end precedes the reordering.
+
+On CUDA (`CudaEngine`) the decoder layers are compiled with torch.compile (dynamic shapes: no
+recompilation per batch size; Inductor fuses RMSNorm, q/k-norm + RoPE, SwiGLU and the residual adds)
+and small batches (up to GRAPH_TOKENS tokens) replay CUDA graphs captured per (tokens, sequences)
+bucket, padded with dummy sequences, so that single queries are not launch-bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from .batching import PackedBatch, pack, plan_batches
-from .model import Qwen3Model
+from .model import Qwen3Model, SharedPrefix
 
 DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
 
 
 class Engine:
-    """Runs a trunk over many sequences under a token budget."""
+    """Runs a trunk over many sequences under a token budget (any device; eager)."""
 
     def __init__(self, model: Qwen3Model, device: torch.device, batch_tokens: int | None = None,
                  max_seqs: int | None = None) -> None:
@@ -30,36 +38,149 @@ class Engine:
         self.device = device
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 16384)
         self.max_seqs = max_seqs
+        self.pin = device.type == "cuda"
 
-    def _run(self, batch: PackedBatch) -> torch.Tensor:
-        return self.model(batch, output_indices=batch.last_indices)  # [n, H]
+    # -- one batch ------------------------------------------------------------------------------
+    def _to_device(self, batch: PackedBatch) -> PackedBatch:
+        if self.pin:
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
+
+    def run_batch(self, seqs: Sequence[Sequence[int]], prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]]
+                  | None = None, start_position: int = 0) -> torch.Tensor:
+        """Last-token states of one batch, [n, H] on the device (model dtype)."""
+        batch = self._to_device(pack(seqs, start_position))
+        prefix = SharedPrefix(prefix_kv[0], prefix_kv[1], batch) if prefix_kv is not None else None
+        return self.model(batch, output_indices=batch.last_indices, prefix=prefix)
+
+    def prefix_kv(self, prefix_ids: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every layer's k, v of a prefix, computed once."""
+        record: list[tuple[torch.Tensor, torch.Tensor]] = []
+        batch = self._to_device(pack([prefix_ids]))
+        self.model(batch, output_indices=batch.last_indices, record=record)
+        return [k for k, _ in record], [v for _, v in record]
+
+    # -- many sequences -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def last_hidden(self, seqs: Sequence[Sequence[int]], progress: bool = False,
+                    prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Final hidden state at each sequence's last token, [n, H] float32 on the CPU, input order.
+
+        With `prefix_ids`, every sequence continues that prefix: the prefix runs once and each
+        sequence attends to its keys (the reranker's shared system prompt + instruction + query)."""
+        return self.last_hidden_stream([seqs], len(seqs), progress, prefix_ids)
 
     @torch.inference_mode()
-    def last_hidden(self, seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
-        """Final hidden state at each sequence's last token, [n, H] float32 on the CPU, input order."""
-        n, hidden = len(seqs), self.model.config.hidden_size
-        out = torch.empty(n, hidden, dtype=torch.float32)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            out = out.pin_memory()
-        plan = plan_batches([len(s) for s in seqs], self.batch_tokens, self.max_seqs)
-        bar = tqdm(total=n, disable=not progress, unit="text", desc="embedding", leave=False)
-        pending: list[tuple[list[int], torch.Tensor]] = []
-        for idx in plan:
-            batch = pack([seqs[i] for i in idx])
-            if cuda:
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
-            h = self._run(batch).float()  # [b, H]
-            if cuda:
-                host = torch.empty(h.shape, dtype=torch.float32, pin_memory=True)
-                host.copy_(h, non_blocking=True)
-                pending.append((idx, host))
-            else:
-                out[idx] = h
-            bar.update(len(idx))
-        if cuda:
+    def last_hidden_stream(self, chunks: Iterable[Sequence[Sequence[int]]], total: int, progress: bool = False,
+                           prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """As `last_hidden`, over sequences that arrive in chunks (overlapping their preparation)."""
+        hidden = self.model.config.hidden_size
+        done = torch.empty(total, hidden, dtype=torch.float32, pin_memory=self.pin)  # processing order
+        order: list[int] = []
+        kv = self.prefix_kv(prefix_ids) if prefix_ids else None
+        start = len(prefix_ids) if prefix_ids else 0
+        bar = tqdm(total=total, disable=not progress, unit="text", desc="embedding", leave=False)
+        offset = 0
+        for chunk in chunks:
+            for idx in plan_batches([len(s) for s in chunk], self.batch_tokens, self.max_seqs):
+                h = self.run_batch([chunk[i] for i in idx], kv, start).float()  # [b, H]
+                done[len(order) : len(order) + len(idx)].copy_(h, non_blocking=self.pin)
+                order.extend(offset + i for i in idx)
+                bar.update(len(idx))
+            offset += len(chunk)
+        if len(order) != total:
+            raise AssertionError(f"engine saw {len(order)} sequences, expected {total}")
+        if self.pin:
             torch.cuda.synchronize(self.device)
-            for idx, host in pending:
-                out[idx] = host
         bar.close()
+        out = torch.empty_like(done, pin_memory=False)
+        out[torch.tensor(order)] = done
         return out
+
+
+GRAPH_TOKENS = (32, 64, 128, 256, 512, 1024, 2048)
+GRAPH_SEQS = (2, 4, 8, 16, 32, 64)
+
+
+class _Graph:
+    def __init__(self, tokens: int, seqs: int, device: torch.device) -> None:
+        self.tokens, self.seqs = tokens, seqs
+        self.input_ids = torch.zeros(tokens, dtype=torch.long, device=device)
+        self.position_ids = torch.zeros(tokens, dtype=torch.long, device=device)
+        self.cu_seqlens = torch.arange(seqs + 1, dtype=torch.int32, device=device)  # filled per call
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+
+    def batch(self) -> PackedBatch:
+        return PackedBatch(self.input_ids, self.position_ids, self.cu_seqlens, self.tokens)
+
+
+class CudaEngine(Engine):
+    """Engine with compiled layers and CUDA graphs for small batches."""
+
+    def __init__(self, model: Qwen3Model, device: torch.device, batch_tokens: int | None = None,
+                 max_seqs: int | None = None, compile: bool = True, graphs: bool = True) -> None:
+        super().__init__(model, device, batch_tokens, max_seqs)
+        if compile:
+            for layer in model.layers:
+                layer.compile(dynamic=True)
+        self.graphs: dict[tuple[int, int], _Graph] | None = {} if graphs else None
+        self.pool: Any = None  # one memory pool shared by every captured graph
+
+    def run_batch(self, seqs: Sequence[Sequence[int]], prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]]
+                  | None = None, start_position: int = 0) -> torch.Tensor:
+        if self.graphs is not None and prefix_kv is None and start_position == 0:
+            n, tokens = len(seqs), sum(len(s) for s in seqs)
+            s_b = next((b for b in GRAPH_SEQS if b >= n + 1), None)
+            t_b = next((b for b in GRAPH_TOKENS if s_b and b >= tokens + s_b - n), None)
+            if s_b is not None and t_b is not None:
+                return self._replay(seqs, t_b, s_b)
+        return super().run_batch(seqs, prefix_kv, start_position)
+
+    def _replay(self, seqs: Sequence[Sequence[int]], t_b: int, s_b: int) -> torch.Tensor:
+        """Pad with dummy sequences to the bucket (one token each, the last takes the rest), replay."""
+        n = len(seqs)
+        fill = t_b - sum(len(s) for s in seqs) - (s_b - n - 1)
+        lengths = [len(s) for s in seqs] + [1] * (s_b - n - 1) + [fill]
+        ids = [t for s in seqs for t in s] + [0] * (t_b - sum(len(s) for s in seqs))
+        host = PackedBatch(
+            torch.tensor(ids, dtype=torch.long),
+            torch.cat([torch.arange(m) for m in lengths]),
+            torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32),
+            t_b,
+        ).pin_memory()
+        assert self.graphs is not None
+        g = self.graphs.get((t_b, s_b))
+        if g is None:
+            g = self.graphs[(t_b, s_b)] = _Graph(t_b, s_b, self.device)
+        g.input_ids.copy_(host.input_ids, non_blocking=True)
+        g.position_ids.copy_(host.position_ids, non_blocking=True)
+        g.cu_seqlens.copy_(host.cu_seqlens, non_blocking=True)
+        if g.graph is None:
+            self._capture(g)
+        assert g.graph is not None and g.out is not None
+        g.graph.replay()
+        return g.out[:n]
+
+    def _capture(self, g: _Graph) -> None:
+        batch = g.batch()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: compilation and autotuning outside the capture
+                self.model(batch, output_indices=batch.last_indices)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.pool):
+            g.out = self.model(batch, output_indices=batch.last_indices)
+        g.graph = graph
+
+
+def make_engine(model: Qwen3Model, device: torch.device, batch_tokens: int | None = None,
+                compile: bool | None = None) -> Engine:
+    """CudaEngine on CUDA (compile unless `compile=False`), the eager Engine elsewhere."""
+    if device.type == "cuda":
+        return CudaEngine(model, device, batch_tokens, compile=compile is not False)
+    return Engine(model, device, batch_tokens)

@@ -11,7 +11,12 @@ packed and `cu_seqlens` bounds attention); positions restart at 0 for every sequ
 only on relative positions, so this equals left padding); RoPE tables in float32; with
 `output_indices`, the last layer's MLP and the final norm run on those tokens only.
 
-Shapes: T tokens in the batch, H hidden, Hq / Hkv heads, D head_dim, I intermediate.
+Shared prefix (the reranker's system prompt + instruction + query, the same for every document):
+run it once with `record=[]` to collect each layer's k and v, then run the documents alone with
+`prefix=SharedPrefix(...)`, positions starting after the prefix; every document attends to the prefix
+keys and to its own (see attention.py for the alignment).
+
+Shapes: T tokens in the batch, H hidden, Hq / Hkv heads, D head_dim, I intermediate, P prefix tokens.
 """
 
 from __future__ import annotations
@@ -23,6 +28,36 @@ from torch import nn
 from .attention import packed_causal_attention
 from .batching import PackedBatch
 from .config import ModelConfig
+
+
+class SharedPrefix:
+    """Per-layer k, v [P, Hkv, D] of a prefix, viewed for one packed batch of continuations."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], batch: PackedBatch) -> None:
+        self.keys, self.values = keys, values
+        p = keys[0].shape[0]
+        lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long()  # [n]
+        dev = batch.input_ids.device
+        # index into cat(prefix, batch tokens): for each sequence, the P prefix rows then its own rows
+        starts = torch.repeat_interleave(batch.cu_seqlens[:-1].long() + p, lengths)  # [T]
+        offsets = torch.arange(batch.num_tokens, device=dev) - torch.repeat_interleave(
+            batch.cu_seqlens[:-1].long(), lengths)
+        own = starts + offsets  # [T] rows of the batch tokens
+        seq_of = torch.repeat_interleave(torch.arange(batch.num_seqs, device=dev), lengths)
+        kv_lengths = lengths + p
+        cu_k = torch.zeros(batch.num_seqs + 1, dtype=torch.int32, device=dev)
+        cu_k[1:] = torch.cumsum(kv_lengths, 0)
+        gather = torch.empty(int(kv_lengths.sum()), dtype=torch.long, device=dev)
+        prefix_pos = cu_k[:-1].long()[:, None] + torch.arange(p, device=dev)[None, :]  # [n, P]
+        gather[prefix_pos.reshape(-1)] = torch.arange(p, device=dev).repeat(batch.num_seqs)
+        gather[cu_k[:-1].long()[seq_of] + p + offsets] = own
+        self.gather, self.cu_seqlens_k, self.max_seqlen_k = gather, cu_k, batch.max_seqlen + p
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T, Hkv, D] batch k, v -> [sum(P + L), Hkv, D] with the prefix in front of every sequence."""
+        k_all = torch.cat([self.keys[layer], k])[self.gather]
+        v_all = torch.cat([self.values[layer], v])[self.gather]
+        return k_all, v_all
 
 
 class RMSNorm(nn.Module):
@@ -60,8 +95,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
@@ -75,14 +111,22 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None,
+        out_idx: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         t = x.shape[0]
         q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
         k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
+        if record is not None:
+            record.append((k, v))
+        if prefix is None:
+            o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
+        else:
+            k, v = prefix.extend(self.layer_idx, k, v)  # [sum(P + L), Hkv, D]
+            o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen,
+                                        cu_seqlens_k=prefix.cu_seqlens_k, max_seqlen_k=prefix.max_seqlen_k)
         if out_idx is not None:
             o = o[out_idx]  # [n, Hq, D]: only the rows the caller keeps
         return self.o_proj(o.reshape(o.shape[0], -1))  # [T or n, H]
@@ -100,18 +144,19 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer_idx)
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None,
+        out_idx: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        a = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx)
+        a = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx, prefix, record)
         x = (x if out_idx is None else x[out_idx]) + a  # [T or n, H]
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -123,12 +168,18 @@ class Qwen3Model(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.gradient_checkpointing = False
 
-    def forward(self, batch: PackedBatch, output_indices: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states [T, H], or [n, H] at `output_indices` (e.g. `batch.last_indices`)."""
+    def forward(
+        self, batch: PackedBatch, output_indices: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
+        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """Hidden states [T, H], or [n, H] at `output_indices` (e.g. `batch.last_indices`).
+
+        prefix: attend to a shared prefix's keys and values too; record: append each layer's (k, v).
+        """
         x = self.embed_tokens(batch.input_ids)  # [T, H]
         cos, sin = rope_cos_sin(batch.position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         last = len(self.layers) - 1
@@ -136,6 +187,8 @@ class Qwen3Model(nn.Module):
             out_idx = output_indices if i == last else None
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, batch, out_idx, use_reentrant=False)
-            else:
+            elif prefix is None and record is None:
                 x = layer(x, cos, sin, batch, out_idx)
+            else:
+                x = layer(x, cos, sin, batch, out_idx, prefix, record)
         return self.norm(x)

@@ -6,6 +6,10 @@ sigmoid(h . (W[yes] - W[no])): one dot product with a precomputed vector instead
 logits. Only the document is truncated: the body is cut from the right, and the document is its last
 part; a query and instruction that alone exceed the budget are an error, not silently cut.
 
+Prefix sharing: the inputs of one query share their first tokens (system prompt, instruction, query);
+`score` runs that prefix once and lets every document attend to its keys and values, which equals
+scoring each full input (attention.py, model.py) and saves the prefix's compute per document.
+
 Templates:
 - "card": the model card / transformers form (body parts joined by one newline).
 - "official-eval": the form of the official evaluation that produced the published scores: body parts
@@ -24,7 +28,7 @@ import torch
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
-from .engine import Engine
+from .engine import make_engine
 from .errors import InputError
 from .tokenizer import QwenTokenizer, check_texts
 
@@ -72,6 +76,21 @@ def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(hidden.float() @ head.float())
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this sharing saves too little to be worth a second pass
+
+
+def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens common to the start of every sequence, leaving at least one token of each to score."""
+    first = seqs[0]
+    p = min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        i = 0
+        while i < p and s[i] == first[i]:
+            i += 1
+        p = i
+    return max(p, 0)
+
+
 @dataclass(frozen=True)
 class RerankResult:
     """One reranked document: its position in the input, its probability of "yes", its text."""
@@ -85,13 +104,14 @@ class Reranker:
     """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
 
     def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
-                 batch_tokens: int | None = None) -> None:
+                 batch_tokens: int | None = None, compile: bool | None = None, share_prefix: bool = True) -> None:
         assert checkpoint.head is not None, "a reranker checkpoint carries a head"
         self.checkpoint = checkpoint
         self.template = get_template(template)
         self.max_length = check_max_length(max_length, checkpoint.config, minimum=16)
         self.head = checkpoint.head
-        self.engine = Engine(checkpoint.model, checkpoint.device, batch_tokens)
+        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
+        self.share_prefix = share_prefix
         tok = checkpoint.tokenizer
         self._prefix_ids = tok.encode_one(self.template.prefix)
         self._tail_ids = tok.encode_one(self.template.tail)
@@ -100,15 +120,18 @@ class Reranker:
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
-        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
+        share_prefix: bool = True,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
+        share_prefix: compute the query's prefix once per `score` call (default on).
         """
         get_template(template)  # fail before loading weights
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
-        return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens)
+        return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
+                   share_prefix=share_prefix)
 
     @property
     def config(self) -> ModelConfig:
@@ -152,10 +175,16 @@ class Reranker:
         seqs = self.build_input_ids(query, documents, instruction=instruction)
         return self.score_ids(seqs, progress=progress)
 
-    def score_ids(self, seqs: Sequence[Sequence[int]], progress: bool | None = None) -> np.ndarray:
-        """Score already built inputs (from `build_input_ids`)."""
+    def score_ids(self, seqs: Sequence[Sequence[int]], progress: bool | None = None,
+                  share_prefix: bool | None = None) -> np.ndarray:
+        """Score already built inputs (from `build_input_ids`); a common prefix is computed once."""
         show = len(seqs) >= 512 if progress is None else progress
-        h = self.engine.last_hidden(seqs, progress=show)  # [n, H] float32
+        share = self.share_prefix if share_prefix is None else share_prefix
+        p = shared_prefix_length(seqs) if share and len(seqs) > 1 else 0
+        if p >= MIN_SHARED_PREFIX:
+            h = self.engine.last_hidden([s[p:] for s in seqs], progress=show, prefix_ids=seqs[0][:p])
+        else:
+            h = self.engine.last_hidden(seqs, progress=show)  # [n, H] float32
         return yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
