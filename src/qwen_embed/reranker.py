@@ -104,14 +104,16 @@ class Reranker:
     """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
 
     def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
-                 batch_tokens: int | None = None, compile: bool | None = None, share_prefix: bool = True) -> None:
+                 batch_tokens: int | None = None, compile: bool | None = None,
+                 share_prefix: bool | None = None) -> None:
         assert checkpoint.head is not None, "a reranker checkpoint carries a head"
         self.checkpoint = checkpoint
         self.template = get_template(template)
         self.max_length = check_max_length(max_length, checkpoint.config, minimum=16)
         self.head = checkpoint.head
         self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
-        self.share_prefix = share_prefix
+        # CPU attention with a prefix needs an explicit mask (slower than what sharing saves): CUDA only
+        self.share_prefix = checkpoint.device.type == "cuda" if share_prefix is None else share_prefix
         tok = checkpoint.tokenizer
         self._prefix_ids = tok.encode_one(self.template.prefix)
         self._tail_ids = tok.encode_one(self.template.tail)
@@ -121,12 +123,12 @@ class Reranker:
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
         max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
-        share_prefix: bool = True,
+        share_prefix: bool | None = None,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
-        share_prefix: compute the query's prefix once per `score` call (default on).
+        share_prefix: compute the query's prefix once per `score` call (default: on CUDA).
         """
         get_template(template)  # fail before loading weights
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
