@@ -43,9 +43,15 @@ def cmd_train_plot(args: argparse.Namespace) -> int:
 def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
     from .stdlib_pairs import write_pairs
 
+    from .stdlib_pairs import train_tokenizer
+
     train, held, n_train, n_held = write_pairs(args.output, held_out=args.held_out,
                                                strip_docstring=not args.keep_docstring)
     print(f"wrote {n_train} training rows to {train} and {n_held} held-out rows to {held}", file=sys.stderr)
+    if args.tokenizer_vocab:
+        tok = train_tokenizer(train, train.parent / "tokenizer.json", args.tokenizer_vocab)
+        print(f"wrote a {args.tokenizer_vocab}-token BPE trained on them to {tok} (for make-tiny --tokenizer)",
+              file=sys.stderr)
     return 0
 
 
@@ -104,6 +110,9 @@ def register(sub: Any) -> None:
     sp.add_argument("output", help="folder to write train.jsonl and heldout.jsonl into")
     sp.add_argument("--held-out", type=float, default=0.1, help="fraction held out (default 0.1)")
     sp.add_argument("--keep-docstring", action="store_true", help="keep the docstring inside the source")
+    sp.add_argument("--tokenizer-vocab", type=int, default=0,
+                    help="also train a byte-level BPE of this size on the training rows -> OUTPUT/tokenizer.json "
+                    "(for a model trained from scratch: qwen-embed make-tiny --tokenizer it); default 0: none")
     sp.set_defaults(func=cmd_stdlib_pairs)
 
     m = sub.add_parser("mine", help="mine hard negatives for training rows (resumable)",

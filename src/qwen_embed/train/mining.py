@@ -117,7 +117,8 @@ def select_negatives(scores: np.ndarray, positives: set[int], settings: MiningSe
     k = min(settings.top_k + len(positives), scores.shape[0])
     top = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(scores.shape[0])
     top = top[np.argsort(-scores[top], kind="stable")]
-    candidates = [int(i) for i in top if int(i) not in positives and scores[i] <= limit][: settings.top_k]
+    ranked = [int(i) for i in top if int(i) not in positives][: settings.top_k]  # the top-k of the others
+    candidates = [i for i in ranked if scores[i] <= limit]
     if len(candidates) <= settings.num_negatives:
         return candidates
     return sorted(rng.sample(candidates, settings.num_negatives), key=lambda i: -scores[i])
