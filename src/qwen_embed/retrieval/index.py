@@ -1,0 +1,238 @@
+"""Index: documents in, chunk vectors upserted into a vector store; search out.
+
+    index = Index.open("my-db", model="Qwen/Qwen3-Embedding-0.6B")
+    index.add([Document("a", "some text")])
+    hits = index.search("a question", k=10, reranker=Reranker.from_pretrained("Qwen/Qwen3-Reranker-0.6B"))
+
+Upserts are by document id with a content hash (text, title, metadata): a document whose hash is
+stored already is skipped, a changed one is re-embedded and replaces all its chunks. Documents are
+written in batches, each one atomic commit, so an interrupted run (Ctrl-C, kill, crash) loses at most
+the batch in flight and the next run picks up where it stopped, with no duplicates. After a run that
+changed the table, the store builds or refreshes its ANN index when the table is large enough.
+
+The table records the model, dimension, query instruction, tokenizer fingerprint and chunking; opening
+it with another model or dimension is an error, and the recorded model is the default for searching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
+from ..errors import InputError
+from ..pooling import check_dim
+from ..reranker import Reranker
+from ..store import ChunkRows, TableInfo, TableNotFoundError, VectorStore, check_compatible, open_store
+from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, ChunkSettings, split_texts
+from .search import DEFAULT_CANDIDATES, DEFAULT_K, Hit, passage, search
+from .sources import Document
+
+DEFAULT_TABLE = "documents"
+DEFAULT_BATCH_DOCS = 256
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+
+
+def doc_hash(doc: Document) -> str:
+    """Content hash of a document: its text, title and metadata."""
+    payload = json.dumps([doc.text, doc.title, doc.metadata], ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def model_id(model: str | os.PathLike[str]) -> str:
+    """A hub id as given; a local folder as its absolute path."""
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did, with its time split into embedding and store writes."""
+
+    documents: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    embed_seconds: float = 0.0
+    store_seconds: float = 0.0
+    maintenance: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = (f"{self.documents} documents: {self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
+             f"{self.deleted} deleted; {self.chunks} chunks, {self.tokens} tokens embedded in "
+             f"{self.embed_seconds:.1f} s, stored in {self.store_seconds:.1f} s")
+        if self.skipped:
+            s += f"; {len(self.skipped)} skipped"
+        return s
+
+
+class Index:
+    """A vector store plus the embedder that fills and queries it."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder | None = None,
+                 load: dict[str, Any] | None = None) -> None:
+        self.store = store
+        self._embedder = embedder
+        self._load = load or {}
+
+    @property
+    def info(self) -> TableInfo:
+        return self.store.info
+
+    @classmethod
+    def open(
+        cls, db: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, model: str | os.PathLike[str] | Embedder |
+        None = None, dim: int | None = None, instruction: str | None = None, chunk_tokens: int | None = None,
+        overlap: int | None = None, create: bool = True, device: str | None = None, dtype: str | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None,
+    ) -> Index:
+        """Open (or, with `create`, make) the table `table` in the LanceDB folder `db`.
+
+        model: hub id, local folder or loaded Embedder; default: the table's model, or
+        Qwen/Qwen3-Embedding-0.6B for a new table. dim: Matryoshka dimension (default: the table's, or the
+        model's hidden size). instruction: default query instruction recorded in a new table (default:
+        the web-search one). chunk_tokens / overlap: chunking of a new table (default 512 / 64); an
+        existing table keeps its own and refuses other values.
+        """
+        load: dict[str, Any] = {"device": device, "dtype": dtype, "max_length": max_length,
+                                "batch_tokens": batch_tokens}
+        embedder: Embedder | None = None
+        wanted: str | None = None
+        if isinstance(model, Embedder):
+            embedder, wanted = model, model_id(model.name)
+        elif model is not None:
+            wanted = model_id(model)
+        try:
+            store: VectorStore = open_store(db, table)
+        except TableNotFoundError:
+            if not create:
+                raise
+        else:
+            info = store.info
+            check_compatible(info, table, model=wanted, dim=dim)
+            for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
+                                      ("overlap", overlap, info.overlap)):
+                if value is not None and value != have:
+                    raise InputError(f"table {table!r} was chunked with {name}={have}, not {value}; leave it out "
+                                     f"or index into a new --table.")
+            index = cls(store, embedder, {**load, "model": wanted or info.model})
+            if embedder is not None:
+                index._check_embedder(embedder)
+            return index
+        settings = ChunkSettings(chunk_tokens or DEFAULT_CHUNK_TOKENS,
+                                 DEFAULT_OVERLAP if overlap is None else overlap)
+        if embedder is None:
+            embedder = Embedder.from_pretrained(wanted or DEFAULT_MODEL, **load)
+        info = TableInfo(
+            model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
+            tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
+            chunk_tokens=settings.chunk_tokens, overlap=settings.overlap, max_length=embedder.max_length,
+        )
+        return cls(open_store(db, table, info), embedder)
+
+    # -- the embedder -------------------------------------------------------------------------------
+    def _check_embedder(self, embedder: Embedder) -> None:
+        check_compatible(self.info, self.store.name, model=model_id(self._load.get("model") or embedder.name),
+                         hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The table's embedder, loaded on first use."""
+        if self._embedder is None:
+            load = dict(self._load)
+            emb = Embedder.from_pretrained(load.pop("model", self.info.model), **load)
+            self._check_embedder(emb)
+            self._embedder = emb
+        return self._embedder
+
+    # -- writing ------------------------------------------------------------------------------------
+    def add(self, documents: Iterable[Document], *, batch_docs: int = DEFAULT_BATCH_DOCS,
+            progress: bool | None = None) -> IndexReport:
+        """Upsert documents: skip unchanged ones, embed and write the others in atomic batches."""
+        if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
+            raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
+        docs = list(documents)
+        report = IndexReport(documents=len(docs))
+        stored = self.store.doc_hashes()
+        todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d))]
+        report.unchanged = len(docs) - len(todo)
+        if not todo:
+            return report
+        settings = ChunkSettings(self.info.chunk_tokens, self.info.overlap)
+        emb = self.embedder
+        show = progress if progress is not None else len(todo) >= 64
+        with tqdm(total=len(todo), unit="doc", desc="indexing", disable=not show, leave=False) as bar:
+            for start in range(0, len(todo), batch_docs):
+                batch = todo[start : start + batch_docs]
+                t0 = time.perf_counter()
+                rows = self._embed(emb, batch, settings, report)
+                t1 = time.perf_counter()
+                self.store.replace_documents([d.id for d, _ in batch], rows)
+                report.store_seconds += time.perf_counter() - t1
+                report.embed_seconds += t1 - t0
+                for d, _ in batch:
+                    if d.id in stored:
+                        report.updated += 1
+                    else:
+                        report.added += 1
+                bar.update(len(batch))
+                bar.set_postfix(tokens=report.tokens, refresh=False)
+        t = time.perf_counter()
+        report.maintenance = self.store.maintain()
+        report.store_seconds += time.perf_counter() - t
+        return report
+
+    def _embed(self, emb: Embedder, batch: Sequence[tuple[Document, str]], settings: ChunkSettings,
+               report: IndexReport) -> ChunkRows:
+        chunked = split_texts(emb.tokenizer, [d.text for d, _ in batch], settings)
+        cols: dict[str, list[Any]] = {k: [] for k in ("ids", "doc_ids", "chunks", "texts", "titles", "hashes",
+                                                     "metadata", "inputs")}
+        for (doc, h), chunks in zip(batch, chunked, strict=True):
+            for n, text in enumerate(chunks):
+                for key, value in (("ids", f"{doc.id}#{n}"), ("doc_ids", doc.id), ("chunks", n), ("texts", text),
+                                   ("titles", doc.title), ("hashes", h), ("metadata", doc.metadata),
+                                   ("inputs", passage(doc.title, text) or doc.id)):
+                    cols[key].append(value)
+        seqs = emb.tokenize(cols.pop("inputs"))
+        report.tokens += sum(len(s) for s in seqs)
+        report.chunks += len(seqs)
+        return ChunkRows(**cols, vectors=emb.embed_ids(seqs, dim=self.info.dim, progress=False))
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete documents by id; returns the number of chunk rows removed."""
+        n = self.store.delete_documents(list(ids))
+        if n:
+            self.store.maintain()
+        return n
+
+    def delete_missing(self, present: Iterable[str]) -> int:
+        """Delete every stored document whose id is not in `present`; returns the number of documents."""
+        keep = set(present)
+        gone = [d for d in self.store.doc_hashes() if d not in keep]
+        if gone:
+            self.delete(gone)
+        return len(gone)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def search(self, query: str, k: int = DEFAULT_K, *, reranker: Reranker | None = None,
+               candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None, where: str | None = None,
+               exact: bool = False, nprobes: int | None = None) -> list[Hit]:
+        """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given."""
+        return search(self.store, self.embedder, query, k=k, reranker=reranker, candidates=candidates,
+                      instruction=instruction, where=where, exact=exact, nprobes=nprobes)

@@ -1,0 +1,183 @@
+"""Read documents to index from files, folders, JSONL and BEIR corpora.
+
+- `.txt` / `.md` / `.markdown` files: one document each; the id is the path relative to the folder
+  given (or the file name for a file given directly), `path` is recorded as metadata; a Markdown
+  file's first `# ` heading becomes its title.
+- `.jsonl` / `.ndjson` (optionally `.gz`): one object per line with `id` (or BEIR's `_id`), `text`,
+  optional `title`; other fields are metadata (a BEIR `metadata` object is flattened into fields).
+- A folder holding `corpus.jsonl` is a BEIR dataset: its corpus is read, the rest ignored. Any other
+  folder is walked recursively (hidden entries skipped) for the file types above.
+
+A file that cannot be read or is not UTF-8 is skipped and reported, and the run goes on; malformed
+JSONL, a missing path, an empty folder and duplicate ids are errors raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+
+
+@dataclass
+class Document:
+    """One source document; `text` may be empty when `title` is not."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def embedding_text(self) -> str:
+        """Title and text joined by a space (MTEB's document string)."""
+        return (self.title + " " + self.text).strip() if self.title else self.text.strip()
+
+
+@dataclass
+class SourceReport:
+    """The documents read, and the files or records skipped with the reason."""
+
+    documents: list[Document]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_ids: set[str] = field(default_factory=set)  # ids of skipped text files (kept by --delete-missing)
+    complete: bool = True  # False when a JSONL file was skipped: its ids are unknown
+
+
+class _Skip(Exception):
+    """A file to skip, with the reason."""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    except OSError as e:
+        raise _Skip(f"cannot be read ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Skip(f"is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+
+
+def markdown_title(text: str) -> str:
+    """The first `# ` heading of a Markdown text, or ''."""
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""
+
+
+def _text_document(path: Path, doc_id: str) -> Document:
+    text = _read_text(path)
+    title = markdown_title(text) if path.suffix in (".md", ".markdown") else ""
+    return Document(doc_id, text, title, {"path": doc_id})
+
+
+def _flatten(obj: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in skip:
+            continue
+        if key == "metadata" and isinstance(value, dict):
+            meta.update(value)
+        else:
+            meta[key] = value
+    return meta
+
+
+def read_jsonl(path: Path) -> list[Document]:
+    """Documents of a JSONL file (see the module docstring); raises _Skip or InputError."""
+    docs = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it.") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}: line {n} is not a JSON object.")
+        doc_id = obj.get("id", obj.get("_id"))
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
+            raise InputError(f"{path}: line {n} needs an `id` (or `_id`) string or integer.")
+        text, title = obj.get("text", ""), obj.get("title") or ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise InputError(f"{path}: line {n}: `text` and `title` must be strings.")
+        docs.append(Document(str(doc_id), text, title, _flatten(obj, ("id", "_id", "text", "title"))))
+    return docs
+
+
+def _walk(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES):
+                out.append(Path(dirpath) / name)
+    return out
+
+
+def _beir_corpus(folder: Path) -> Path | None:
+    for name in ("corpus.jsonl", "corpus.jsonl.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_file(path: Path, doc_id: str, report: SourceReport) -> None:
+    try:
+        if path.name.lower().endswith(JSONL_SUFFIXES):
+            report.documents += read_jsonl(path)
+        else:
+            report.documents.append(_text_document(path, doc_id))
+    except _Skip as e:
+        report.skipped.append((str(path), str(e)))
+        if path.name.lower().endswith(JSONL_SUFFIXES):
+            report.complete = False
+        else:
+            report.skipped_ids.add(doc_id)
+
+
+def read_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceReport:
+    """Read every document of `sources` (files and folders); see the module docstring."""
+    if not sources:
+        raise InputError("no SOURCE given; pass files or folders to index.")
+    report = SourceReport([])
+    for src in sources:
+        path = Path(src).expanduser()
+        if not path.exists():
+            raise InputError(f"source {path} does not exist.")
+        if path.is_dir():
+            corpus = _beir_corpus(path)
+            if corpus is not None:
+                _read_file(corpus, "", report)
+                continue
+            files = _walk(path)
+            if not files:
+                raise InputError(f"folder {path} holds no .txt, .md or .jsonl files; nothing to index.")
+            for f in files:
+                _read_file(f, f.relative_to(path).as_posix(), report)
+        elif path.name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES):
+            _read_file(path, path.name, report)
+        else:
+            raise InputError(f"source {path} is not a .txt, .md, .jsonl file or a folder.")
+    docs = []
+    seen: set[str] = set()
+    for d in report.documents:
+        if d.id in seen:
+            raise InputError(f"document id {d.id!r} occurs twice in the sources; ids must be unique.")
+        seen.add(d.id)
+        if d.embedding_text():
+            docs.append(d)
+        else:
+            report.skipped.append((d.id, "empty document (no text and no title)"))
+    report.documents = docs
+    return report
