@@ -300,6 +300,7 @@ def add_routes(app: FastAPI, state: State) -> None:
             raise APIError(404, f"model {model[:100]!r} is not served here; the embedding model is {svc.name!r} "
                            "(GET /v1/models lists them).", param="model", code="model_not_found")
         ready()
+        svc.batcher.check_room(1, 0)  # a full queue answers 429 before any tokenization
         return svc
 
     def rerank_service(model: str | None) -> RerankService:
@@ -311,6 +312,7 @@ def add_routes(app: FastAPI, state: State) -> None:
             raise APIError(404, f"model {model[:100]!r} is not served here; the reranker is {svc.name!r} "
                            "(GET /v1/models lists them).", param="model", code="model_not_found")
         ready()
+        svc.batcher.check_room(1, 0)  # a full queue answers 429 before any tokenization
         return svc
 
     async def encoded(svc: Service, payload: Callable[[], Any], timing: Timing) -> Response:

@@ -165,12 +165,13 @@ class EmbeddingService(Service):
         try:
             return check_dim(dim, self.embedder.hidden_size)
         except ValueError as e:
-            raise APIError(400, str(e).replace("dim=", "dimensions="), param="dimensions") from None
+            message = str(e).replace("dim=", "dimensions=").replace("or None for", "or leave it out for")
+            raise APIError(400, message, param="dimensions") from None
 
     async def embed(self, seqs: list[list[int]], dim: int, normalize: bool, timing: Timing) -> np.ndarray:
         """Rows [n, dim] float32, finished as `Embedder.encode` finishes them."""
         hidden = await self.batcher.submit(seqs, timing)
-        return finish(hidden, dim, normalize)
+        return await self.off_loop(finish, hidden, dim, normalize)
 
     async def warmup(self) -> None:
         await self.batcher.call(self.embedder.tokenize([WARMUP_TEXT]))
