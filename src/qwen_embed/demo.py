@@ -1,0 +1,153 @@
+"""`make demo` (`python -m qwen_embed.demo`): the main job, end to end.
+
+1. Embed a few queries and documents, print their cosine similarities, and rerank the documents for
+   each query (the core: Embedder + Reranker).
+2. Index the sample corpus shipped with the package (qwen_embed/data/sample_corpus.jsonl, 42 short
+   documents on varied topics) into a LanceDB folder and run a few searches, retrieving candidates with
+   the embedder and reranking them with the reranker (the retrieval pipeline).
+
+It uses the real Qwen/Qwen3-Embedding-0.6B and Qwen/Qwen3-Reranker-0.6B when the hub or the local cache
+has them. Where they cannot be reached it says so and runs the same job on tiny random-weight
+checkpoints made on the spot: the code path is the same, the rankings are meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .cli import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
+from .embedder import Embedder
+from .errors import ModelNotFoundError, QwenEmbedError
+from .reranker import Reranker
+
+QUERIES = ["What is the capital of China?", "Explain gravity"]
+DOCUMENTS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other. It gives weight to physical objects and is "
+    "responsible for the movement of planets around the sun.",
+    "Water boils at 100 degrees Celsius at sea level.",
+]
+SEARCHES: list[tuple[str, str | None]] = [
+    ("why do we have tides", None),
+    ("how does a vaccine protect me", None),
+    ("what makes bread light and airy", "topic = 'cooking'"),
+]
+TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: the scores and rankings below are meaningless"
+
+
+def sample_corpus() -> Path:
+    """The sample corpus shipped with the package."""
+    return Path(str(resources.files("qwen_embed") / "data" / "sample_corpus.jsonl"))
+
+
+@contextlib.contextmanager
+def load_models(embedding: str, reranker: str, device: str | None, tiny: bool) -> Iterator[tuple[Embedder, Reranker,
+                                                                                                  list[str]]]:
+    """The real models where reachable, otherwise tiny random ones (made in a temporary folder)."""
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="qwen-embed-demo-") as tmp:
+        def fallback(kind: str, name: str, why: str) -> Path:
+            from .tiny import make_checkpoint
+
+            notes.append(f"{name} is not available ({why}); using a tiny random-weight {kind} checkpoint instead.")
+            return make_checkpoint(Path(tmp) / f"tiny-{kind}", kind)  # type: ignore[arg-type]
+
+        emb_path: str | Path = embedding
+        rr_path: str | Path = reranker
+        if tiny:
+            emb_path = fallback("embedding", embedding, "--tiny was given")
+            rr_path = fallback("reranker", reranker, "--tiny was given")
+        try:
+            emb = Embedder.from_pretrained(emb_path, device=device)
+        except ModelNotFoundError as e:
+            emb = Embedder.from_pretrained(fallback("embedding", embedding, str(e).split(". ")[0]), device=device)
+        try:
+            rr = Reranker.from_pretrained(rr_path, device=device)
+        except ModelNotFoundError as e:
+            rr = Reranker.from_pretrained(fallback("reranker", reranker, str(e).split(". ")[0]), device=device)
+        yield emb, rr, notes
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def show_core(emb: Embedder, rr: Reranker) -> None:
+    """Part 1: similarity table of queries x documents, then each query's reranked documents."""
+    q = emb.encode_queries(QUERIES)
+    d = emb.encode_documents(DOCUMENTS)
+    sims = q @ d.T  # [queries, documents] cosine similarities (unit vectors)
+    print(f"\n== 1. Embed and rerank ({emb.name}, {q.shape[1]} dims; {rr.name}) ==")
+    for j, doc in enumerate(DOCUMENTS):
+        print(f"  D{j + 1}: {_short(doc, 90)}")
+    print("\n  cosine similarity          " + "".join(f"{'D' + str(j + 1):>9}" for j in range(len(DOCUMENTS))))
+    for i, query in enumerate(QUERIES):
+        print(f"  {_short(query, 27):<27}" + "".join(f"{s:9.4f}" for s in sims[i]))
+    print("\n  rerank: P(yes)             " + "".join(f"{'D' + str(j + 1):>9}" for j in range(len(DOCUMENTS))))
+    for query in QUERIES:
+        scores = rr.score(query, DOCUMENTS)
+        best = int(np.argmax(scores))
+        print(f"  {_short(query, 27):<27}" + "".join(f"{s:9.4f}" for s in scores) + f"   best: D{best + 1}")
+
+
+def show_retrieval(emb: Embedder, rr: Reranker, db: Path) -> None:
+    """Part 2: index the sample corpus into a LanceDB folder and run searches with reranking."""
+    from .retrieval import Index, read_sources
+    from .retrieval.cli import format_hits
+
+    docs = read_sources([sample_corpus()]).documents
+    index = Index.open(db, model=emb)
+    t0 = time.perf_counter()
+    report = index.add(docs, progress=False)
+    print(f"\n== 2. Index and search ({len(docs)} sample documents -> LanceDB at {db}) ==")
+    print(f"  {report.summary()} ({time.perf_counter() - t0:.1f} s)")
+    for query, where in SEARCHES:
+        t0 = time.perf_counter()
+        hits = index.search(query, k=3, reranker=rr, candidates=20, where=where)
+        filt = f"  [where {where}]" if where else ""
+        print(f"\n  search: {query!r}{filt}  (20 candidates reranked, {1000 * (time.perf_counter() - t0):.0f} ms)")
+        print("  " + format_hits(hits).replace("\n", "\n  "))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns the exit code."""
+    p = argparse.ArgumentParser(prog="python -m qwen_embed.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEFAULT_EMBEDDING_MODEL,
+                   help=f"embedding model (default {DEFAULT_EMBEDDING_MODEL})")
+    p.add_argument("--rerank-model", default=DEFAULT_RERANKER_MODEL,
+                   help=f"reranker (default {DEFAULT_RERANKER_MODEL})")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--db", default=None, help="keep the LanceDB folder here (default: a temporary folder)")
+    p.add_argument("--tiny", action="store_true", help="use tiny random-weight checkpoints even if the real ones exist")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        with load_models(args.model, args.rerank_model, args.device, args.tiny) as (emb, rr, notes):
+            for note in notes:
+                print(f"NOTE: {note}")
+            if notes:
+                print(f"\n*** {TINY_LABEL} ***")
+            show_core(emb, rr)
+            with contextlib.ExitStack() as stack:
+                db = Path(args.db) if args.db else Path(stack.enter_context(tempfile.TemporaryDirectory())) / "db"
+                show_retrieval(emb, rr, db)
+            if notes:
+                print(f"\n*** {TINY_LABEL} ***")
+    except QwenEmbedError as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
