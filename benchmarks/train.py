@@ -135,7 +135,7 @@ def main() -> None:
         shape = {} if args.quick else SHAPE_06B
         ckpt = make_checkpoint(tmp / "model", "embedding", tokenizer="small" if args.quick else "auto",
                                dtype="float32" if args.quick else "bfloat16", **shape)
-        train_file, _, n_rows, _ = write_pairs(tmp / "data", held_out=0.0)
+        train_file, _, _, _ = write_pairs(tmp / "data", held_out=0.0)
         rows = [json.loads(ln) for ln in train_file.read_text().splitlines()]
         need = (args.warmup + args.steps) * args.batch
         if need > len(rows):

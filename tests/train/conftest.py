@@ -9,8 +9,8 @@ import pytest
 
 from qwen_embed.tiny import make_checkpoint
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-         "upsilon phi chi psi omega").split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
+         "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
 
 
 def make_rows(n: int, negatives: int = 2, tasks: tuple[str, ...] = ("a",)) -> list[dict[str, object]]:

@@ -20,7 +20,7 @@ def test_parse_row_forms_and_errors() -> None:
     ex = parse_row({"query": "q", "positives": ["a", "b"], "negatives": ["n"], "instruction": "I", "task": "t"}, "x")
     assert (ex.positives, ex.negatives, ex.instruction, ex.task) == (["a", "b"], ["n"], "I", "t")
     assert parse_row({"query": "q", "positive": "a"}, "x").task == "default"
-    with pytest.raises(InputError, match="f.jsonl:3: needs 'positive'"):
+    with pytest.raises(InputError, match=r"f\.jsonl:3: needs 'positive'"):
         parse_row({"query": "q"}, "f.jsonl:3")
     with pytest.raises(InputError, match="non-empty string field 'query'"):
         parse_row({"query": "", "positive": "a"}, "f:1")

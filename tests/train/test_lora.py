@@ -14,8 +14,8 @@ from qwen_embed.checkpoint import Checkpoint
 from qwen_embed.cli import main
 from qwen_embed.engine import Engine
 from qwen_embed.train.config import TrainConfig
-from qwen_embed.train.lora import load_adapter
 from qwen_embed.train.loop import Trainer
+from qwen_embed.train.lora import load_adapter
 
 TEXTS = ["alpha beta gamma", "what is delta 3", "omega is the answer number 7 omega psi chi"]
 

@@ -41,9 +41,7 @@ def cmd_train_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
-    from .stdlib_pairs import write_pairs
-
-    from .stdlib_pairs import train_tokenizer
+    from .stdlib_pairs import train_tokenizer, write_pairs
 
     train, held, n_train, n_held = write_pairs(args.output, held_out=args.held_out,
                                                strip_docstring=not args.keep_docstring)

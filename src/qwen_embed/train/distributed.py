@@ -12,6 +12,7 @@ slices this gives the loss and gradients of one process on the whole global batc
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -63,7 +64,9 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
         return x
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
 def gather_tensor(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
