@@ -1,0 +1,126 @@
+"""Index: idempotent upserts, replacement, deletion, recorded settings, search and reranking, big documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_embed import Embedder, Reranker
+from qwen_embed.errors import InputError
+from qwen_embed.retrieval import Document, Index
+from qwen_embed.retrieval.search import passage
+from qwen_embed.tiny import make_checkpoint
+
+TOPICS = ["the moon and tides", "baking bread at home", "vaccines and the immune system", "rivers of Europe",
+          "compound interest", "guitar strings", "coral reefs", "printing press history"]
+
+
+def corpus(n: int = 24) -> list[Document]:
+    return [Document(f"d{i}", f"Notes {i} about {TOPICS[i % len(TOPICS)]}.", f"Title {i}",
+                     {"topic": TOPICS[i % len(TOPICS)], "n": i}) for i in range(n)]
+
+
+def stored(index: Index) -> dict[str, np.ndarray]:
+    ids, vecs = index.store.vectors()
+    return dict(zip(ids, vecs, strict=True))
+
+
+def test_reindexing_is_idempotent(tmp_path: Path, embedder: Embedder) -> None:
+    index = Index.open(tmp_path / "db", model=embedder)
+    first = index.add(corpus())
+    assert (first.added, first.unchanged, first.chunks) == (24, 0, 24) and first.tokens > 0
+    version, before = index.store.table.version, stored(index)  # type: ignore[attr-defined]
+    again = Index.open(tmp_path / "db", model=embedder).add(corpus())
+    assert (again.added, again.updated, again.unchanged, again.chunks) == (0, 0, 24, 0)
+    assert index.store.table.version == version  # type: ignore[attr-defined]  # nothing was written
+    after = stored(index)
+    assert after.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_a_changed_document_is_replaced(tmp_path: Path, embedder: Embedder) -> None:
+    index = Index.open(tmp_path / "db", model=embedder, chunk_tokens=16, overlap=0)
+    docs = corpus(4)
+    docs[1].text = " ".join(["a long document about tides and the moon"] * 12)  # several chunks
+    index.add(docs)
+    assert sum(1 for i in stored(index) if i.startswith("d1#")) > 2
+    docs[1].text = "now short"
+    rep = index.add(docs)
+    assert (rep.updated, rep.unchanged, rep.added) == (1, 3, 0)
+    rows = stored(index)
+    assert sorted(i for i in rows if i.startswith("d1#")) == ["d1#0"]
+    np.testing.assert_allclose(rows["d1#0"], embedder.encode([passage("Title 1", "now short")])[0], atol=1e-5)
+    docs[2].metadata = {**docs[2].metadata, "n": 99}  # a metadata change is a change too
+    assert index.add(docs).updated == 1
+
+
+def test_delete_and_delete_missing(tmp_path: Path, embedder: Embedder) -> None:
+    index = Index.open(tmp_path / "db", model=embedder)
+    index.add(corpus(10))
+    assert index.delete(["d0", "nope"]) == 1
+    assert index.delete_missing([f"d{i}" for i in range(5)]) == 5
+    assert sorted(index.store.doc_hashes()) == ["d1", "d2", "d3", "d4"]
+    assert len(index) == 4
+
+
+def test_table_records_settings_and_refuses_another_model_or_dim(tmp_path: Path, embedder: Embedder,
+                                                                  tiny_embedding_path: Path) -> None:
+    index = Index.open(tmp_path / "db", model=embedder, dim=32, instruction="Find notes", chunk_tokens=128,
+                       overlap=8)
+    index.add(corpus(3))
+    info = Index.open(tmp_path / "db").info
+    assert (info.dim, info.query_instruction, info.chunk_tokens, info.overlap) == (32, "Find notes", 128, 8)
+    assert info.model == str(tiny_embedding_path.resolve())
+    assert info.tokenizer_fingerprint == embedder.tokenizer.fingerprint
+    with pytest.raises(InputError, match="holds 32-dim vectors but dim=64"):
+        Index.open(tmp_path / "db", dim=64)
+    with pytest.raises(InputError, match="chunked with chunk_tokens=128, not 256"):
+        Index.open(tmp_path / "db", chunk_tokens=256)
+    other = make_checkpoint(tmp_path / "other-model", "embedding", tokenizer="small")
+    with pytest.raises(InputError, match="was indexed with model"):
+        Index.open(tmp_path / "db", model=other)
+    # the recorded model loads by default for searching, with the recorded dim
+    hits = Index.open(tmp_path / "db", create=False).search("notes", k=2)
+    assert len(hits) == 2
+
+
+def test_exact_search_ranks_as_numpy_over_stored_vectors(tmp_path: Path, embedder: Embedder) -> None:
+    index = Index.open(tmp_path / "db", model=embedder)
+    index.add(corpus())
+    ids, vecs = index.store.vectors()
+    q = embedder.encode(["tides"], instruction=index.info.query_instruction)[0]
+    expect = [ids[j].split("#")[0] for j in np.argsort(-(vecs @ q), kind="stable")[:5]]
+    hits = index.search("tides", k=5)
+    assert [h.id for h in hits] == expect
+    assert all(h.rerank_score is None and h.score == h.retrieval_score for h in hits)
+    only = index.search("tides", k=30, where="topic = 'coral reefs'")
+    assert sorted(h.id for h in only) == ["d14", "d22", "d6"]
+    assert only[0].metadata["topic"] == "coral reefs"
+
+
+def test_search_with_reranking(tmp_path: Path, embedder: Embedder, reranker: Reranker) -> None:
+    index = Index.open(tmp_path / "db", model=embedder)
+    docs = corpus()
+    index.add(docs)
+    hits = index.search("baking bread", k=4, reranker=reranker, candidates=10)
+    candidates = [h.id for h in index.search("baking bread", k=10)]
+    by_id = {d.id: d for d in docs}
+    scores = reranker.score("baking bread", [passage(by_id[c].title, by_id[c].text) for c in candidates],
+                            instruction=index.info.query_instruction)
+    expect = [candidates[i] for i in np.argsort(-scores, kind="stable")[:4]]
+    assert [h.id for h in hits] == expect
+    np.testing.assert_allclose([h.score for h in hits], np.sort(scores)[::-1][:4], rtol=1e-5)
+    assert all(h.rerank_score == h.score for h in hits)
+
+
+def test_a_10mb_document_is_chunked(tmp_path: Path, embedder: Embedder) -> None:
+    text = ("=" * 63 + "\n") * (10_000_000 // 64)  # 10 MB that the real tokenizer packs into ~312k tokens
+    index = Index.open(tmp_path / "db", model=embedder, chunk_tokens=1024, overlap=0)
+    rep = index.add([Document("big", text)], progress=False)
+    # 2 tokens per 64-byte line -> about 312k tokens -> about 305 chunks of 1024 tokens
+    assert rep.chunks == len(index) and 290 <= rep.chunks <= 320
+    assert rep.tokens >= 300_000
+    assert len(index.search("====", k=3)) == 1  # one document, however many chunks
