@@ -214,10 +214,16 @@ def reranker(path: Path, dev: torch.device, n_queries: int, n_docs: int) -> dict
     hf32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(dev).eval()
     ref32 = official_rerank(hf32, tok, queries[0], docs[0], DEFAULT_INSTRUCTION, dev, batch=8)
     hf32 = None
+    rr32 = Reranker.from_pretrained(path, device=dev, dtype="float32", compile=False)
+    seqs32 = rr32.build_input_ids(queries[0], docs[0])
+    fp32_sharing = float(np.abs(rr32.score_ids(seqs32, share_prefix=True)
+                                - rr32.score_ids(seqs32, share_prefix=False)).max())
     return {
+        "max_abs_shared_vs_unshared_fp32": fp32_sharing,
         "queries": n_queries, "docs_per_query": n_docs, "prefix_tokens": prefix_len,
         "ours_pairs_s": pairs / dt, "ours_unshared_pairs_s": pairs / dt_u, "official_pairs_s": pairs / dt_o,
         "max_abs_vs_fp32": float(np.abs(ours[0] - ref32).max()),
+        "max_abs_unshared_vs_fp32": float(np.abs(unshared[0] - ref32).max()),
         "max_abs_vs_official_bf16": float(max(np.abs(a - b).max() for a, b in zip(ours, off, strict=True))),
         "max_abs_shared_vs_unshared": float(max(np.abs(a - b).max() for a, b in zip(ours, unshared, strict=True))),
         "score_std": float(np.std(np.concatenate(ours))),

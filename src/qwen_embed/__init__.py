@@ -7,9 +7,27 @@
     scores = q @ d.T
 """
 
-from .embedder import DEFAULT_INSTRUCTION, Embedder, format_query
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .errors import QwenEmbedError
-from .reranker import Reranker, RerankResult
+
+if TYPE_CHECKING:
+    from .embedder import DEFAULT_INSTRUCTION, Embedder, format_query
+    from .reranker import Reranker, RerankResult
 
 __all__ = ["DEFAULT_INSTRUCTION", "Embedder", "QwenEmbedError", "RerankResult", "Reranker", "format_query"]
 __version__ = "0.1.0"
+
+_LAZY = {"DEFAULT_INSTRUCTION": "embedder", "Embedder": "embedder", "format_query": "embedder",
+         "Reranker": "reranker", "RerankResult": "reranker"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import torch-heavy modules on first use, so that `qwen-embed --help` starts fast."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,6 +21,8 @@ Shapes: T tokens in the batch, H hidden, Hq / Hkv heads, D head_dim, I intermedi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,25 +55,39 @@ class SharedPrefix:
         gather[cu_k[:-1].long()[seq_of] + p + offsets] = own
         self.gather, self.cu_seqlens_k, self.max_seqlen_k = gather, cu_k, batch.max_seqlen + p
 
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer(self, i: int) -> PrefixLayer:
+        return PrefixLayer(self.keys[i], self.values[i], self.gather, self.cu_seqlens_k, self.max_seqlen_k)
+
+
+@dataclass
+class PrefixLayer:
+    """One layer's view of a SharedPrefix (handed to each layer, so compiled code sees no layer index)."""
+
+    k: torch.Tensor  # [P, Hkv, D]
+    v: torch.Tensor
+    gather: torch.Tensor  # [sum(P + L)]
+    cu_seqlens_k: torch.Tensor
+    max_seqlen_k: int
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[T, Hkv, D] batch k, v -> [sum(P + L), Hkv, D] with the prefix in front of every sequence."""
-        k_all = torch.cat([self.keys[layer], k])[self.gather]
-        v_all = torch.cat([self.values[layer], v])[self.gather]
-        return k_all, v_all
+        return torch.cat([self.k, k])[self.gather], torch.cat([self.v, v])[self.gather]
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, statistics in float32 (Qwen3RMSNorm)."""
+    """x / rms(x) * weight, statistics in float32 (Qwen3RMSNorm); optionally a float32 output."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if out_dtype == torch.float32:  # full precision output (pooled rows)
+            return self.weight.float() * x32
         return self.weight * x32.to(dtype)
 
 
@@ -111,7 +127,7 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
+        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None,
         record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         t = x.shape[0]
@@ -124,7 +140,7 @@ class Attention(nn.Module):
         if prefix is None:
             o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
         else:
-            k, v = prefix.extend(self.layer_idx, k, v)  # [sum(P + L), Hkv, D]
+            k, v = prefix.extend(k, v)  # [sum(P + L), Hkv, D]
             o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen,
                                         cu_seqlens_k=prefix.cu_seqlens_k, max_seqlen_k=prefix.max_seqlen_k)
         if out_idx is not None:
@@ -153,7 +169,7 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
+        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None,
         record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         a = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx, prefix, record)
@@ -187,8 +203,11 @@ class Qwen3Model(nn.Module):
             out_idx = output_indices if i == last else None
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, batch, out_idx, use_reentrant=False)
-            elif prefix is None and record is None:
-                x = layer(x, cos, sin, batch, out_idx)
+            elif record is not None:  # a one-off pass that collects k, v: run uncompiled (.forward)
+                x = layer.forward(x, cos, sin, batch, out_idx, None, record)
+            elif prefix is not None:
+                x = layer(x, cos, sin, batch, out_idx, prefix.layer(i))
             else:
-                x = layer(x, cos, sin, batch, out_idx, prefix, record)
-        return self.norm(x)
+                x = layer(x, cos, sin, batch, out_idx)
+        # the pooled rows leave in float32 (no bf16 rounding of the final norm's output)
+        return self.norm(x, torch.float32 if output_indices is not None else None)
