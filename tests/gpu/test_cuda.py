@@ -97,7 +97,7 @@ def test_token_budget_is_respected_and_long_input_fits(ckpts: tuple[Path, Path])
         return run(seqs, *a, **k)
 
     emb.engine.run_batch = spy  # type: ignore[method-assign]
-    texts = random_texts(50, seed=4) + ["word " * 20000]
+    texts = [*random_texts(50, seed=4), "word " * 20000]
     v = emb.encode(texts)
     assert np.isfinite(v).all() and v.shape[0] == 51
     assert max(seen[1:]) <= 4096 and seen[0] > 4096  # only the one over-long input exceeds the budget, alone
