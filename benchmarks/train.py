@@ -138,8 +138,7 @@ def main() -> None:
         train_file, _, _, _ = write_pairs(tmp / "data", held_out=0.0)
         rows = [json.loads(ln) for ln in train_file.read_text().splitlines()]
         need = (args.warmup + args.steps) * args.batch
-        if need > len(rows):
-            raise SystemExit(f"need {need} rows, the stdlib pairs give {len(rows)}; lower --batch or --steps")
+        rows = (rows * (need // len(rows) + 1))[:need]  # both sides cycle through the pairs (ours shuffles)
         from qwen_embed.tokenizer import QwenTokenizer
 
         tok = QwenTokenizer.from_dir(ckpt)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from qwen_embed import Embedder
@@ -15,7 +16,7 @@ from qwen_embed.train.loop import Trainer, lr_lambda
 from .conftest import make_rows, write_jsonl
 
 
-def config(ckpt: Path, data: Path, out: Path, **train: object) -> TrainConfig:
+def config(ckpt: Path, data: Path, out: Path, lora: bool = False, **train: object) -> TrainConfig:
     eval_file = write_jsonl(out.parent / f"{out.name}-eval.jsonl", make_rows(12, negatives=1))
     return TrainConfig.from_dict({
         "model": {"path": str(ckpt), "device": "cpu"},
@@ -25,6 +26,7 @@ def config(ckpt: Path, data: Path, out: Path, **train: object) -> TrainConfig:
         "train": {"output_dir": str(out), "batch_size": 8, "chunk_tokens": 128, "max_steps": 20, "save_every": 10,
                   "log_every": 5, "progress": False, **train},
         "eval": {"file": str(eval_file), "every": 10, "k": 5},
+        "lora": {"enabled": lora, "r": 4},
     })
 
 
@@ -37,13 +39,14 @@ def losses(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
-def test_resume_equals_straight_run(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
-    straight = Trainer(config(small_ckpt, train_file, tmp_path / "a"))
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_equals_straight_run(small_ckpt: Path, train_file: Path, tmp_path: Path, lora: bool) -> None:
+    straight = Trainer(config(small_ckpt, train_file, tmp_path / "a", lora))
     straight.run()
-    first = Trainer(config(small_ckpt, train_file, tmp_path / "b"))
+    first = Trainer(config(small_ckpt, train_file, tmp_path / "b", lora))
     first.run(until=10)  # as if the job stopped after the step-10 checkpoint
     assert first.step == 10 and [p.name for p in first.checkpoints()] == ["step-00000010"]
-    second = Trainer(config(small_ckpt, train_file, tmp_path / "b"))
+    second = Trainer(config(small_ckpt, train_file, tmp_path / "b", lora))
     summary = second.run()
     assert summary["resumed"] and second.step == 20
     a, b = params(straight), params(second)

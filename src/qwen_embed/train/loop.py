@@ -102,7 +102,7 @@ class Trainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=dev.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.warmup_steps, cfg.train.max_steps, o.min_lr_ratio))
         d = cfg.data
@@ -265,8 +265,6 @@ class Trainer:
                               k=self.cfg.eval.k, query_max_length=d.query_max_length,
                               doc_max_length=d.doc_max_length, batch_tokens=self.cfg.train.chunk_tokens,
                               autocast=self.autocast())
-            if self.dims != [self.base.config.hidden_size]:
-                result = {k: round(v, 6) for k, v in result.items()}
             self.log({"step": self.step, "eval": result})
         D.barrier(self.info)
         return result
