@@ -136,7 +136,7 @@ def main() -> int:
     p.add_argument("--model", default="tiny", help="tiny (default), tiny-0.6b, a hub id or a local folder")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--docs", type=int, default=8192, help="documents to index (default 8192)")
+    p.add_argument("--docs", type=int, default=None, help="documents to index (default 8192; --quick 512)")
     p.add_argument("--corpus", default=None, help="corpus to index (default: ../shared SciFact, else synthetic)")
     p.add_argument("--batch-docs", type=int, default=1024, help="documents per atomic write (default 1024)")
     p.add_argument("--rows", type=int, default=100_000, help="rows for the search benchmark (default 100k)")
@@ -146,7 +146,9 @@ def main() -> int:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args()
     if args.quick:
-        args.docs, args.rows, args.dim, args.queries, args.batch_docs = 512, 20_000, 256, 50, 256
+        args.rows, args.dim, args.queries, args.batch_docs = 20_000, 256, 50, 256
+    if args.docs is None:
+        args.docs = 512 if args.quick else 8192
     with tempfile.TemporaryDirectory(prefix="qwen-embed-bench-") as d:
         tmp = Path(d)
         emb = load_model(args.model, args.device, args.dtype, tmp)
