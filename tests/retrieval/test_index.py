@@ -77,8 +77,10 @@ def test_table_records_settings_and_refuses_another_model_or_dim(tmp_path: Path,
     assert info.tokenizer_fingerprint == embedder.tokenizer.fingerprint
     with pytest.raises(InputError, match="holds 32-dim vectors but dim=64"):
         Index.open(tmp_path / "db", dim=64)
-    with pytest.raises(InputError, match="chunked with chunk_tokens=128, not 256"):
+    with pytest.raises(InputError, match="made with chunk_tokens=128, not 256"):
         Index.open(tmp_path / "db", chunk_tokens=256)
+    with pytest.raises(InputError, match="made with instruction='Find notes', not 'Other'"):
+        Index.open(tmp_path / "db", instruction="Other")
     other = make_checkpoint(tmp_path / "other-model", "embedding", tokenizer="small")
     with pytest.raises(InputError, match="was indexed with model"):
         Index.open(tmp_path / "db", model=other)

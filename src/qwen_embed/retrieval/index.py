@@ -124,10 +124,11 @@ class Index:
             info = store.info
             check_compatible(info, table, model=wanted, dim=dim)
             for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
-                                      ("overlap", overlap, info.overlap)):
+                                      ("overlap", overlap, info.overlap), ("instruction", instruction,
+                                                                            info.query_instruction)):
                 if value is not None and value != have:
-                    raise InputError(f"table {table!r} was chunked with {name}={have}, not {value}; leave it out "
-                                     f"or index into a new --table.")
+                    raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave it out "
+                                     f"(a search takes --instruction of its own) or index into a new --table.")
             index = cls(store, embedder, {**load, "model": wanted or info.model})
             if embedder is not None:
                 index._check_embedder(embedder)
