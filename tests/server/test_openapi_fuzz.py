@@ -28,7 +28,7 @@ def fuzz(op: Any, mode: GenerationMode, url: str, session: requests.Session, fai
     calls = 0
 
     @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[hypothesis.Phase.generate])
+              suppress_health_check=list(HealthCheck), phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
     @given(case=op.as_strategy(mode))
     def run(case: schemathesis.Case) -> None:
         nonlocal calls

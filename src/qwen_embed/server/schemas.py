@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 TokenIds = list[StrictInt]
 EmbeddingInput = StrictStr | list[StrictStr] | list[TokenIds] | TokenIds
@@ -25,6 +25,13 @@ TRUNCATE = Field(True, description="Extension: cut inputs longer than the model'
 # -- OpenAI embeddings ------------------------------------------------------------------------------
 class EmbeddingRequest(BaseModel):
     """POST /v1/embeddings."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"input": ["The capital of China is Beijing.", "Gravity is a force."]},
+        {"input": "What is the capital of China?", "input_type": "query", "dimensions": 32,
+         "encoding_format": "base64"},
+        {"input": [[785, 6722, 315, 5616]], "truncate": False},
+    ]})
 
     input: EmbeddingInput = Field(description="A string, a list of strings, a list of token ids or a list of "
                                   "such lists.")
@@ -66,6 +73,12 @@ class RerankDocument(BaseModel):
 class RerankRequest(BaseModel):
     """POST /v1/rerank (Cohere / Jina shape)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": "What is the capital of China?", "documents": ["The capital of China is Beijing.",
+                                                                 {"text": "Gravity is a force."}],
+         "top_n": 1, "return_documents": True},
+    ]})
+
     query: StrictStr
     documents: list[StrictStr | RerankDocument] = Field(description="Strings or `{\"text\": ...}` objects.")
     model: StrictStr | None = Field(None, description="The served reranker's name (GET /v1/models).")
@@ -97,6 +110,8 @@ class RerankResponse(BaseModel):
 class EmbedRequest(BaseModel):
     """POST /embed (text-embeddings-inference)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["hello", "world"], "normalize": False}]})
+
     inputs: EmbeddingInput
     normalize: StrictBool = True
     truncate: StrictBool = TRUNCATE
@@ -107,6 +122,9 @@ class EmbedRequest(BaseModel):
 
 class TEIRerankRequest(BaseModel):
     """POST /rerank (text-embeddings-inference)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"query": "capital of China", "texts": ["Beijing", "gravity"], "raw_scores": True, "return_text": True}]})
 
     query: StrictStr
     texts: list[StrictStr]
@@ -125,6 +143,8 @@ class TEIRank(BaseModel):
 
 class TokenizeRequest(BaseModel):
     """POST /tokenize (text-embeddings-inference)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": "Hello world"}]})
 
     inputs: StrictStr | list[StrictStr]
     add_special_tokens: StrictBool = Field(True, description="Append the end token and truncate, as embedded.")
