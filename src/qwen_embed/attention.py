@@ -56,6 +56,9 @@ def packed_causal_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
     max_k = max_seqlen if max_seqlen_k is None else max_seqlen_k
+    if q.is_cuda and torch.is_autocast_enabled("cuda"):  # autocast leaves q, k in float32 after the norms
+        dt = torch.get_autocast_dtype("cuda")
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         out = torch.ops.aten._flash_attention_forward(
             q, k, v, cu_seqlens, cu_k, max_seqlen, max_k, 0.0, True, False, scale=scale

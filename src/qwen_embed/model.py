@@ -128,24 +128,22 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
         out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None,
-        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (output [T or n, H], k [T, Hkv, D] after RoPE, v [T, Hkv, D])."""
         t = x.shape[0]
         q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
         k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if record is not None:
-            record.append((k, v))
         if prefix is None:
             o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
         else:
-            k, v = prefix.extend(k, v)  # [sum(P + L), Hkv, D]
-            o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen,
+            k_all, v_all = prefix.extend(k, v)  # [sum(P + L), Hkv, D]
+            o = packed_causal_attention(q, k_all, v_all, batch.cu_seqlens, batch.max_seqlen,
                                         cu_seqlens_k=prefix.cu_seqlens_k, max_seqlen_k=prefix.max_seqlen_k)
         if out_idx is not None:
             o = o[out_idx]  # [n, Hq, D]: only the rows the caller keeps
-        return self.o_proj(o.reshape(o.shape[0], -1))  # [T or n, H]
+        return self.o_proj(o.reshape(o.shape[0], -1)), k, v  # [T or n, H]
 
 
 class MLP(nn.Module):
@@ -169,12 +167,13 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None,
-        record: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> torch.Tensor:
-        a = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx, prefix, record)
+        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None, return_kv: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> hidden [T or n, H]; with `return_kv` also this layer's k, v (to build a shared prefix)."""
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx, prefix)
         x = (x if out_idx is None else x[out_idx]) + a  # [T or n, H]
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return (x, k, v) if return_kv else x
 
 
 class Qwen3Model(nn.Module):
@@ -203,8 +202,9 @@ class Qwen3Model(nn.Module):
             out_idx = output_indices if i == last else None
             if self.gradient_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, batch, out_idx, use_reentrant=False)
-            elif record is not None:  # a one-off pass that collects k, v: run uncompiled (.forward)
-                x = layer.forward(x, cos, sin, batch, out_idx, None, record)
+            elif record is not None:
+                x, k, v = layer(x, cos, sin, batch, out_idx, None, True)
+                record.append((k, v))
             elif prefix is not None:
                 x = layer(x, cos, sin, batch, out_idx, prefix.layer(i))
             else:
