@@ -308,6 +308,17 @@ def main() -> None:
         latency(emb_path, dev, 200)
     if dev.type == "cuda" and (not only or "long_input" in only):
         long_input(emb_path, dev, 32768)
+    if only:  # a partial run updates the sections it ran in an existing result file of the day
+        import datetime as dt
+        import json
+
+        old = Path(args.out) / f"{'gpu-quick' if quick else 'gpu'}-{dt.date.today().isoformat()}.json"
+        if old.is_file():
+            merged = json.loads(old.read_text())
+            merged.update({k: v for k, v in RESULTS.items() if k != "meta"})
+            merged.setdefault("meta", {})["updated_sections"] = sorted(only)
+            RESULTS.clear()
+            RESULTS.update(merged)
     summarise()
     path = write_result("gpu-quick" if quick else "gpu", RESULTS, Path(args.out))
     print(f"wrote {path}")
