@@ -40,7 +40,7 @@ from . import schemas as S
 from .batcher import Timing
 from .errors import APIError, PayloadTooLarge, error_body
 from .metrics import Metrics
-from .service import EmbeddingService, RerankService, Service
+from .service import EmbeddingService, RerankService, Service, check_unicode
 from .settings import ServerSettings
 
 log = logging.getLogger("qwen_embed.server")
@@ -475,6 +475,7 @@ def ranked(scores: np.ndarray) -> list[int]:
 
 def tokens_of(svc: Service, texts: list[str], add_special: bool) -> list[list[dict[str, Any]]]:
     """TEI /tokenize rows: id, text, special, start, stop (None for the end token we append)."""
+    check_unicode(texts, "inputs")
     tok = svc.tokenizer
     out = []
     for enc in tok.tok.encode_batch(texts, add_special_tokens=False):

@@ -35,6 +35,19 @@ T = TypeVar("T")
 WARMUP_TEXT = "warm-up"
 
 
+def check_unicode(texts: Sequence[str], what: str) -> None:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer takes: a 400 naming the input."""
+    try:
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        for i, t in enumerate(texts):
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise APIError(400, f"{what}[{i}] holds a lone surrogate ({t[e.start]!r} at {e.start}); send valid "
+                               "Unicode text.", param=what) from None
+
+
 class Service:
     """What both services share: names, batcher, pool, limits."""
 
@@ -119,6 +132,8 @@ class EmbeddingService(Service):
 
     def texts_to_ids(self, texts: list[str], instruction: str | None, truncate: bool, what: str) -> list[list[int]]:
         """Exactly `Embedder.tokenize`, but able to tell that an input was cut."""
+        check_unicode(texts, what)
+        check_unicode([instruction or ""], "instruction")
         prepared = self.embedder.prepare(texts, instruction)
         full = self.tokenizer.encode_for_embedding(prepared, 1 << 62)
         return self._fit(full, truncate, what)
@@ -200,15 +215,18 @@ class RerankService(Service):
         return self.reranker.score_ids(seqs, progress=False)  # [n] float32
 
     def build(self, query: str, docs: list[str], instruction: str | None, max_tokens_per_doc: int | None,
-              truncate: bool) -> list[list[int]]:
+              truncate: bool, what: str = "documents") -> list[list[int]]:
         """`Reranker.build_input_ids`, refusing (413) a document that would be cut when truncate is false."""
+        check_unicode([query], "query")
+        check_unicode(docs, what)
+        check_unicode([instruction or ""], "instruction")
         if not truncate and max_tokens_per_doc is None:
             tmpl = self.reranker.template
             instr = DEFAULT_INSTRUCTION if instruction is None else instruction
             bodies = self.tokenizer.encode([tmpl.body(instr, query, d) for d in docs])
             for i, b in enumerate(bodies):
                 if self._frame + len(b) > self.max_length:
-                    raise self.too_long(i, self._frame + len(b), "documents")
+                    raise self.too_long(i, self._frame + len(b), what)
         return self.reranker.build_input_ids(query, docs, instruction=instruction,
                                              max_tokens_per_doc=max_tokens_per_doc)
 
@@ -224,7 +242,7 @@ class RerankService(Service):
         if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
             raise APIError(400, f"max_tokens_per_doc={max_tokens_per_doc} must be at least 1.",
                            param="max_tokens_per_doc")
-        return await self.tokenized(lambda: self.build(query, docs, instruction, max_tokens_per_doc, truncate),
+        return await self.tokenized(lambda: self.build(query, docs, instruction, max_tokens_per_doc, truncate, what),
                                     timing)
 
     async def score(self, seqs: list[list[int]], timing: Timing) -> np.ndarray:
