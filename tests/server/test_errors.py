@@ -17,6 +17,7 @@ from .conftest import LiveServer
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON = {"content-type": "application/json"}
 LONG = "The quick brown fox jumps over the lazy dog. " * 40  # > max_length 64 / 256 tokens
 
 
@@ -60,15 +61,16 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("instruction-document", "POST", E, {"json": {"input": "a", "instruction": "x", "input_type": "document"}},
      400, "instruction applies to queries only"),
     ("instruction-token-ids", "POST", E, {"json": {"input": [1, 2], "input_type": "query"}}, 400, "need text input"),
-    ("lone-surrogate", "POST", E, {"json": {"input": ["ok", "bad \ud800"]}}, 400, "input[1] holds a lone surrogate"),
-    ("malformed-json", "POST", E, {"content": b'{"input": "a"', "headers": {"content-type": "application/json"}},
+    ("lone-surrogate", "POST", E, {"content": b'{"input": ["ok", "bad \\ud800"]}', "headers": JSON}, 400,
+     "input[1] holds a lone surrogate"),
+    ("malformed-json", "POST", E, {"content": b'{"input": "a"', "headers": JSON},
      400, "not valid JSON"),
-    ("non-utf8", "POST", E, {"content": b'{"input": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
+    ("non-utf8", "POST", E, {"content": b'{"input": "\xff\xfe"}', "headers": JSON},
      400, "UTF-8"),
     ("body-not-object", "POST", E, {"json": ["a", "b"]}, 422, "JSON object"),
     ("not-json-content-type", "POST", E, {"content": b"input=a"}, 400, "Content-Type: application/json"),
     ("payload-too-large", "POST", E, {"json": {"input": ["a" * 1000] * 30}}, 413, "20000-byte limit"),
-    ("payload-too-large-chunked", "POST", E, {"content": chunks(30), "headers": {"content-type": "application/json"}},
+    ("payload-too-large-chunked", "POST", E, {"content": chunks(30), "headers": JSON},
      413, "20000-byte limit"),
     ("missing-auth", "POST", E, {"json": {"input": "a"}, "headers": {}}, 401, "missing API key"),
     ("wrong-key", "POST", E, {"json": {"input": "a"}, "headers": {"Authorization": "Bearer nope"}}, 401,
@@ -80,8 +82,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ("rerank-no-documents", "POST", R, {"json": {"query": "q", "documents": []}}, 400, "documents is empty"),
     ("rerank-empty-query", "POST", R, {"json": {"query": "", "documents": ["d"]}}, 400, "query is an empty string"),
     ("rerank-empty-document", "POST", R, {"json": {"query": "q", "documents": ["d", ""]}}, 400, "documents[1]"),
-    ("rerank-lone-surrogate", "POST", R, {"json": {"query": "q", "documents": ["\udfff"]}}, 400,
-     "documents[0] holds a lone surrogate"),
+    ("rerank-lone-surrogate", "POST", R, {"content": b'{"query": "q", "documents": ["\\udfff"]}', "headers": JSON},
+     400, "documents[0] holds a lone surrogate"),
     ("rerank-top-n-zero", "POST", R, {"json": {"query": "q", "documents": ["d"], "top_n": 0}}, 400, "top_n=0"),
     ("rerank-bad-document", "POST", R, {"json": {"query": "q", "documents": [{"txt": "d"}]}}, 422,
      "(documents[0] is not)"),
