@@ -28,7 +28,7 @@ def free_port() -> int:
 def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Path, small_embedder: Embedder) -> None:
     port = free_port()
     env = {**os.environ, "QWEN_EMBED_EMBEDDING_MODEL": str(small_embedding_path), "QWEN_EMBED_PORT": str(port),
-           "QWEN_EMBED_MAX_WAIT_MS": "1500", "QWEN_EMBED_LOG_LEVEL": "info"}
+           "QWEN_EMBED_MAX_WAIT_MS": "3000", "QWEN_EMBED_LOG_LEVEL": "info"}
     proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", "serve", "--max-length", "64", "--device", "cpu"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
