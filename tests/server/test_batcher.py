@@ -151,3 +151,25 @@ def test_stop_drains_accepted_work_then_refuses() -> None:
     assert 'qwen_embed_batch_requests_count{model="m"} 1.0' in text
     assert 'qwen_embed_batch_tokens_sum{model="m"} 3.0' in text
     assert 'qwen_embed_queue_requests{model="m"} 0.0' in text
+
+
+def test_two_batchers_can_share_one_worker_thread() -> None:
+    a, b = FakeModel(), FakeModel()
+
+    async def scenario() -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        shared = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-cuda")
+        x = Batcher("a", a, max_batch_tokens=100, max_wait_s=0.01, worker=shared)
+        y = Batcher("b", b, max_batch_tokens=100, max_wait_s=0.01, worker=shared)
+        x.start()
+        y.start()
+        out = await asyncio.gather(x.submit([[1]]), y.submit([[2]]))
+        await x.stop()  # does not shut the shared worker: y still runs
+        assert (await y.submit([[3]]))[0, 0] == 3
+        await y.stop()
+        shared.shutdown(wait=True)
+        assert [o[0, 0] for o in out] == [1, 2]
+        assert a.threads == b.threads == {"model-cuda_0"}
+
+    run(scenario)

@@ -234,10 +234,17 @@ def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
         raise QwenEmbedError("create_app needs an embedder, a reranker or both.")
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=settings.tokenization_workers, thread_name_prefix="tokenize")
+    # two models on one CUDA device share one worker thread (graph capture must not race the other's kernels)
+    shared = None
+    if embedder is not None and reranker is not None and embedder.device.type == "cuda" \
+            and embedder.device == reranker.device:
+        shared = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-cuda")
     emb = None if embedder is None else EmbeddingService(
-        embedder, settings.embedding_name or settings.embedding_model or embedder.name, settings, metrics, pool)
+        embedder, settings.embedding_name or settings.embedding_model or embedder.name, settings, metrics, pool,
+        shared)
     rr = None if reranker is None else RerankService(
-        reranker, settings.reranker_name or settings.reranker_model or reranker.name, settings, metrics, pool)
+        reranker, settings.reranker_name or settings.reranker_model or reranker.name, settings, metrics, pool,
+        shared)
     state = State(settings, emb, rr, metrics, pool)
 
     @contextlib.asynccontextmanager
@@ -253,6 +260,8 @@ def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
                 await task
             for svc in state.services:
                 await svc.batcher.stop()
+            if shared is not None:
+                shared.shutdown(wait=True)
             pool.shutdown(wait=True)
 
     app = FastAPI(title="qwen-embed", version=__version__, lifespan=lifespan,

@@ -4,7 +4,9 @@ Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
 until the token / request budget is full), and runs the merged sequences through `run` in the model's
 single worker thread, so the event loop never waits on the model. While a batch runs, the next one
-forms; requests that queued during the run have already waited their time and go at once.
+forms; requests that queued during the run have already waited their time and go at once. (Models on
+one CUDA device share one worker thread, passed in as `worker`: CUDA-graph capture and compilation in
+one thread must not race the kernels of another.)
 
 Backpressure: `submit` refuses a request at once (`Overloaded`, HTTP 429) when the requests or tokens
 queued or running would pass `max_queue` / `max_queue_tokens`. An accepted request is answered exactly
@@ -56,7 +58,7 @@ class Batcher:
 
     def __init__(self, name: str, run: RunFn, *, max_batch_tokens: int, max_batch_requests: int = 256,
                  max_wait_s: float = 0.005, max_queue: int = 512, max_queue_tokens: int = 1 << 20,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, worker: ThreadPoolExecutor | None = None) -> None:
         self.name = name
         self.run = run
         self.max_batch_tokens = max_batch_tokens
@@ -74,7 +76,9 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models
+        self._owns_pool = worker is None
+        self._pool = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,7 +92,8 @@ class Batcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        self._pool.shutdown(wait=True)
+        if self._owns_pool:
+            self._pool.shutdown(wait=True)
 
     async def call(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         """Run `run` in the worker thread outside the queue (warm-up)."""

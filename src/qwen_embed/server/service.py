@@ -55,7 +55,8 @@ class Service:
 
     def __init__(self, name: str, tokenizer: QwenTokenizer, max_length: int, vocab_size: int,
                  run: Callable[[list[Sequence[int]]], np.ndarray], settings: ServerSettings,
-                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, batch_tokens: int) -> None:
+                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, batch_tokens: int,
+                 worker: ThreadPoolExecutor | None = None) -> None:
         self.name = name
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -66,7 +67,7 @@ class Service:
         self.batcher = Batcher(
             name, run, max_batch_tokens=batch_tokens, max_batch_requests=settings.max_batch_requests,
             max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
-            max_queue_tokens=settings.max_queue_tokens, metrics=metrics,
+            max_queue_tokens=settings.max_queue_tokens, metrics=metrics, worker=worker,
         )
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
@@ -99,10 +100,10 @@ class EmbeddingService(Service):
     kind = "embedding"
 
     def __init__(self, embedder: Embedder, name: str, settings: ServerSettings, metrics: Metrics,
-                 cpu_pool: ThreadPoolExecutor) -> None:
+                 cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
         self.embedder = embedder
         super().__init__(name, embedder.tokenizer, embedder.max_length, embedder.config.vocab_size, self._run,
-                         settings, metrics, cpu_pool, embedder.engine.batch_tokens)
+                         settings, metrics, cpu_pool, embedder.engine.batch_tokens, worker)
         self.eos_id = embedder.tokenizer.eos_id
 
     def _run(self, seqs: list[Sequence[int]]) -> np.ndarray:
@@ -204,10 +205,10 @@ class RerankService(Service):
     kind = "reranker"
 
     def __init__(self, reranker: Reranker, name: str, settings: ServerSettings, metrics: Metrics,
-                 cpu_pool: ThreadPoolExecutor) -> None:
+                 cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
         self.reranker = reranker
         super().__init__(name, reranker.tokenizer, reranker.max_length, reranker.config.vocab_size, self._run,
-                         settings, metrics, cpu_pool, reranker.engine.batch_tokens)
+                         settings, metrics, cpu_pool, reranker.engine.batch_tokens, worker)
         tok = reranker.tokenizer
         self._frame = len(tok.encode_one(reranker.template.prefix)) + len(tok.encode_one(reranker.template.tail))
 
