@@ -36,8 +36,9 @@ class Metrics:
                                       buckets=_POW2, registry=r)
         self.batch_tokens = Histogram("qwen_embed_batch_tokens", "tokens in one forward pass", ["model"],
                                       buckets=_TOKENS, registry=r)
-        self.tokenization = Histogram("qwen_embed_tokenization_seconds", "tokenization time per request",
-                                      ["model"], buckets=_SECONDS, registry=r)
+        self.tokenization = Histogram(
+            "qwen_embed_tokenization_seconds", "tokenization stage per request (waiting for a tokenizer thread "
+            "included)", ["model"], buckets=_SECONDS, registry=r)
         self.queue = Histogram("qwen_embed_queue_seconds", "time from queued to the start of its forward pass",
                                ["model"], buckets=_SECONDS, registry=r)
         self.inference = Histogram("qwen_embed_inference_seconds", "forward pass time per batch", ["model"],
