@@ -27,8 +27,9 @@ def register(subparsers: Any) -> None:
         shown = ",".join(default) if isinstance(default, tuple) else default
         tail = f"; default: {shown}" if shown is not None else ""
         kwargs: dict[str, Any] = {"default": None, "dest": s.name, "help": f"{s.help} [env {s.env}{tail}]"}
-        if s.name == "warmup":
-            p.add_argument("--no-warmup", action="store_const", const=False, **kwargs)
+        if s.name in ("warmup", "compile"):  # on by default: the flag turns it off
+            kwargs["help"] = f"turn off: {kwargs['help']}"
+            p.add_argument(f"--no-{s.name}", action="store_const", const=False, **kwargs)
             continue
         p.add_argument(s.flag, type=s.parse, metavar=s.name.split("_")[-1].upper(), **kwargs)
     p.set_defaults(func=cmd_serve)
@@ -50,11 +51,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     embedder = reranker = None
     if settings.embedding_model:
         embedder = Embedder.from_pretrained(settings.embedding_model, device=settings.device, dtype=settings.dtype,
-                                            max_length=settings.max_length, batch_tokens=settings.max_batch_tokens)
+                                            max_length=settings.max_length, batch_tokens=settings.max_batch_tokens,
+                                            compile=settings.compile)
     if settings.reranker_model:
         reranker = Reranker.from_pretrained(settings.reranker_model, device=settings.device, dtype=settings.dtype,
                                             template=settings.reranker_template, max_length=settings.max_length,
-                                            batch_tokens=settings.max_batch_tokens)
+                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=settings.graceful_timeout, access_log=False)

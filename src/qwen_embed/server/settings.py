@@ -44,6 +44,7 @@ class ServerSettings:
     tokenization_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     graceful_timeout: int = 30
     warmup: bool = True
+    compile: bool | None = None
     log_level: str = "info"
 
     def with_overrides(self, **kw: Any) -> ServerSettings:
@@ -126,6 +127,7 @@ SETTINGS: list[Setting] = [
     Setting("tokenization_workers", int, "threads that tokenize and format responses (default: min(4, cores))"),
     Setting("graceful_timeout", int, "seconds to finish accepted requests after SIGTERM"),
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
+    Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
 ]
 
