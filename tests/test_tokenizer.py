@@ -75,3 +75,8 @@ def test_missing_tokenizer_file(tmp_path: Path) -> None:
 def test_check_texts(texts: object, needle: str) -> None:
     with pytest.raises(InputError, match=needle):
         check_texts(texts)
+
+
+def test_lone_surrogate_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="lone surrogate"):
+        check_texts(["ok", "bad \ud800 text"])

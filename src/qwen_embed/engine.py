@@ -49,8 +49,9 @@ class Engine:
     def run_batch(self, seqs: Sequence[Sequence[int]], prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]]
                   | None = None, start_position: int = 0) -> torch.Tensor:
         """Last-token states of one batch, [n, H] on the device (model dtype)."""
-        batch = self._to_device(pack(seqs, start_position))
-        prefix = SharedPrefix(prefix_kv[0], prefix_kv[1], batch) if prefix_kv is not None else None
+        host = pack(seqs, start_position)
+        prefix = SharedPrefix(prefix_kv[0], prefix_kv[1], host) if prefix_kv is not None else None
+        batch = self._to_device(host)
         return self.model(batch, output_indices=batch.last_indices, prefix=prefix)
 
     def prefix_kv(self, prefix_ids: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -173,7 +174,8 @@ class CudaEngine(Engine):
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: GPU work of other threads (a second model in a server) cannot break the capture
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             g.out = self.model(batch, output_indices=batch.last_indices)
         g.graph = graph
 

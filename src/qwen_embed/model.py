@@ -36,24 +36,25 @@ class SharedPrefix:
     """Per-layer k, v [P, Hkv, D] of a prefix, viewed for one packed batch of continuations."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], batch: PackedBatch) -> None:
+        """`batch` may live on the host: the gather index is built there (no device synchronisation)
+        and moved with a non-blocking copy."""
         self.keys, self.values = keys, values
-        p = keys[0].shape[0]
-        lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).long()  # [n]
-        dev = batch.input_ids.device
-        # index into cat(prefix, batch tokens): for each sequence, the P prefix rows then its own rows
-        starts = torch.repeat_interleave(batch.cu_seqlens[:-1].long() + p, lengths)  # [T]
-        offsets = torch.arange(batch.num_tokens, device=dev) - torch.repeat_interleave(
-            batch.cu_seqlens[:-1].long(), lengths)
-        own = starts + offsets  # [T] rows of the batch tokens
-        seq_of = torch.repeat_interleave(torch.arange(batch.num_seqs, device=dev), lengths)
+        p, dev = keys[0].shape[0], keys[0].device
+        cu = batch.cu_seqlens.cpu().long()
+        lengths = cu[1:] - cu[:-1]  # [n]
         kv_lengths = lengths + p
-        cu_k = torch.zeros(batch.num_seqs + 1, dtype=torch.int32, device=dev)
+        cu_k = torch.zeros(batch.num_seqs + 1, dtype=torch.long)
         cu_k[1:] = torch.cumsum(kv_lengths, 0)
-        gather = torch.empty(int(kv_lengths.sum()), dtype=torch.long, device=dev)
-        prefix_pos = cu_k[:-1].long()[:, None] + torch.arange(p, device=dev)[None, :]  # [n, P]
-        gather[prefix_pos.reshape(-1)] = torch.arange(p, device=dev).repeat(batch.num_seqs)
-        gather[cu_k[:-1].long()[seq_of] + p + offsets] = own
-        self.gather, self.cu_seqlens_k, self.max_seqlen_k = gather, cu_k, batch.max_seqlen + p
+        # rows of cat(prefix, batch tokens): for each sequence, the P prefix rows then its own rows
+        seq_of = torch.repeat_interleave(torch.arange(batch.num_seqs), kv_lengths)  # [sum(P + L)]
+        within = torch.arange(int(cu_k[-1])) - cu_k[:-1][seq_of]  # position inside [prefix; own]
+        own = p + cu[:-1][seq_of] + within - p  # row of the sequence's own token (valid where within >= p)
+        gather = torch.where(within < p, within, own)
+        pin = dev.type == "cuda"
+        self.gather = (gather.pin_memory() if pin else gather).to(dev, non_blocking=pin)
+        cu_k32 = cu_k.int()
+        self.cu_seqlens_k = (cu_k32.pin_memory() if pin else cu_k32).to(dev, non_blocking=pin)
+        self.max_seqlen_k = batch.max_seqlen + p
 
     def layer(self, i: int) -> PrefixLayer:
         return PrefixLayer(self.keys[i], self.values[i], self.gather, self.cu_seqlens_k, self.max_seqlen_k)

@@ -98,4 +98,9 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
             raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a string: {t!r:.60}.")
         if not t:
             raise InputError(f"{what}[{i}] is an empty string; every text needs at least one character.")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"{what}[{i}] holds a lone surrogate; pass valid Unicode text.") from None
     return items
