@@ -111,6 +111,7 @@ class _Graph:
         self.cu_seqlens = torch.arange(seqs + 1, dtype=torch.int32, device=device)  # filled per call
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per-layer k, v (prefix graphs)
 
     def batch(self) -> PackedBatch:
         return PackedBatch(self.input_ids, self.position_ids, self.cu_seqlens, self.tokens)
@@ -125,7 +126,7 @@ class CudaEngine(Engine):
         if compile:
             for layer in model.layers:
                 layer.compile(dynamic=True)
-        self.graphs: dict[tuple[int, int], _Graph] | None = {} if graphs else None
+        self.graphs: dict[tuple[int, int, bool], _Graph] | None = {} if graphs else None
         self.pool: Any = None  # one memory pool shared by every captured graph
 
     def run_batch(self, seqs: Sequence[Sequence[int]], prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]]
@@ -135,10 +136,25 @@ class CudaEngine(Engine):
             s_b = next((b for b in GRAPH_SEQS if b >= n + 1), None)
             t_b = next((b for b in GRAPH_TOKENS if s_b and b >= tokens + s_b - n), None)
             if s_b is not None and t_b is not None:
-                return self._replay(seqs, t_b, s_b)
+                out = self._replay(seqs, t_b, s_b).out
+                assert out is not None
+                return out[: len(seqs)]
         return super().run_batch(seqs, prefix_kv, start_position)
 
-    def _replay(self, seqs: Sequence[Sequence[int]], t_b: int, s_b: int) -> torch.Tensor:
+    def prefix_kv(self, prefix_ids: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The prefix pass through a CUDA graph too (it is small, so launch-bound when run eagerly).
+
+        The k, v returned are views of the graph's static outputs: they stay valid for the work queued
+        after them on the stream, until this bucket is replayed again."""
+        p = len(prefix_ids)
+        t_b = next((b for b in GRAPH_TOKENS if b >= p + 1), None)
+        if self.graphs is None or t_b is None:
+            return super().prefix_kv(prefix_ids)
+        g = self._replay([prefix_ids], t_b, 2, record=True)
+        assert g.kv is not None
+        return [k[:p] for k, _ in g.kv], [v[:p] for _, v in g.kv]
+
+    def _replay(self, seqs: Sequence[Sequence[int]], t_b: int, s_b: int, record: bool = False) -> _Graph:
         """Pad with dummy sequences to the bucket (one token each, the last takes the rest), replay."""
         n = len(seqs)
         fill = t_b - sum(len(s) for s in seqs) - (s_b - n - 1)
@@ -151,32 +167,35 @@ class CudaEngine(Engine):
             t_b,
         ).pin_memory()
         assert self.graphs is not None
-        g = self.graphs.get((t_b, s_b))
+        key = (t_b, s_b, record)
+        g = self.graphs.get(key)
         if g is None:
-            g = self.graphs[(t_b, s_b)] = _Graph(t_b, s_b, self.device)
+            g = self.graphs[key] = _Graph(t_b, s_b, self.device)
         g.input_ids.copy_(host.input_ids, non_blocking=True)
         g.position_ids.copy_(host.position_ids, non_blocking=True)
         g.cu_seqlens.copy_(host.cu_seqlens, non_blocking=True)
         if g.graph is None:
-            self._capture(g)
+            self._capture(g, record)
         assert g.graph is not None and g.out is not None
         g.graph.replay()
-        return g.out[:n]
+        return g
 
-    def _capture(self, g: _Graph) -> None:
+    def _capture(self, g: _Graph, record: bool) -> None:
         batch = g.batch()
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up: compilation and autotuning outside the capture
-                self.model(batch, output_indices=batch.last_indices)
+                self.model(batch, output_indices=batch.last_indices, record=[] if record else None)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         # thread_local: GPU work of other threads (a second model in a server) cannot break the capture
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            g.out = self.model(batch, output_indices=batch.last_indices)
+            kv: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if record else None
+            g.out = self.model(batch, output_indices=batch.last_indices, record=kv)
+            g.kv = kv
         g.graph = graph
 
 
