@@ -126,7 +126,9 @@ class CudaEngine(Engine):
         if compile:
             for layer in model.layers:
                 layer.compile(dynamic=True)
-        self.graphs: dict[tuple[int, int, bool], _Graph] | None = {} if graphs else None
+        # graphs need the flash kernel (bf16 / fp16): the float32 fallback reads sequence bounds on the host
+        flash = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        self.graphs: dict[tuple[int, int, bool], _Graph] | None = {} if graphs and flash else None
         self.pool: Any = None  # one memory pool shared by every captured graph
 
     def run_batch(self, seqs: Sequence[Sequence[int]], prefix_kv: tuple[list[torch.Tensor], list[torch.Tensor]]

@@ -102,3 +102,10 @@ def test_token_budget_is_respected_and_long_input_fits(ckpts: tuple[Path, Path])
     v = emb.encode(texts)
     assert np.isfinite(v).all() and v.shape[0] == 51
     assert max(seen[1:]) <= 4096 and seen[0] > 4096  # only the one over-long input exceeds the budget, alone
+
+
+def test_float32_on_cuda_runs_without_graphs(ckpts: tuple[Path, Path]) -> None:
+    emb = Embedder.from_pretrained(ckpts[0], device="cuda", dtype="float32", compile=False)
+    assert emb.engine.graphs is None  # type: ignore[attr-defined]
+    ref = Embedder.from_pretrained(ckpts[0], device="cpu").encode(["one query"])
+    assert np.abs(emb.encode(["one query"]) - ref).max() <= 1e-4
