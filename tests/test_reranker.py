@@ -100,3 +100,17 @@ def test_shared_prefix_length_leaves_a_token() -> None:
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
     assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
     assert shared_prefix_length([[7], [1]]) == 0
+
+
+def test_score_many_equals_score_per_query(tiny_reranker_path: Path) -> None:
+    for share in (False, True):
+        rr = Reranker.from_pretrained(tiny_reranker_path, device="cpu", share_prefix=share)
+        queries = ["capital of China", "gravity", "rivers"]
+        docs = [["Beijing.", "Gravity pulls.", "word " * 40], ["apple falls"], ["sea", "river mouth", "delta"]]
+        many = rr.score_many(queries, docs)
+        for q, d, got in zip(queries, docs, many, strict=True):
+            assert np.abs(got - rr.score(q, d)).max() <= 1e-5
+    with pytest.raises(InputError, match="equally long"):
+        rr.score_many(["a", "b"], [["d"]])
+    with pytest.raises(InputError, match="empty string"):
+        rr.score_many(["a"], [[""]])

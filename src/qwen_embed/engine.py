@@ -18,6 +18,7 @@ bucket, padded with dummy sequences, so that single queries are not launch-bound
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,14 @@ from .batching import PackedBatch, pack, plan_batches
 from .model import Qwen3Model, SharedPrefix
 
 DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+
+
+@dataclass
+class Chunk:
+    """Sequences that all continue `prefix_ids` (empty: no shared prefix), for `last_hidden_stream`."""
+
+    seqs: Sequence[Sequence[int]]
+    prefix_ids: Sequence[int] = ()
 
 
 class Engine:
@@ -72,17 +81,24 @@ class Engine:
         return self.last_hidden_stream([seqs], len(seqs), progress, prefix_ids)
 
     @torch.inference_mode()
-    def last_hidden_stream(self, chunks: Iterable[Sequence[Sequence[int]]], total: int, progress: bool = False,
-                           prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
-        """As `last_hidden`, over sequences that arrive in chunks (overlapping their preparation)."""
+    def last_hidden_stream(self, chunks: Iterable[Sequence[Sequence[int]] | Chunk], total: int,
+                           progress: bool = False, prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """As `last_hidden`, over sequences that arrive in chunks (overlapping their preparation).
+
+        A `Chunk` carries its own shared prefix (one reranker query each); plain chunks share
+        `prefix_ids`, whose keys and values are computed once."""
         hidden = self.model.config.hidden_size
         done = torch.empty(total, hidden, dtype=torch.float32, pin_memory=self.pin)  # processing order
         order: list[int] = []
-        kv = self.prefix_kv(prefix_ids) if prefix_ids else None
-        start = len(prefix_ids) if prefix_ids else 0
+        common = self.prefix_kv(prefix_ids) if prefix_ids else None
         bar = tqdm(total=total, disable=not progress, unit="text", desc="embedding", leave=False)
         offset = 0
-        for chunk in chunks:
+        for item in chunks:
+            if isinstance(item, Chunk):
+                chunk, kv, start = item.seqs, self.prefix_kv(item.prefix_ids) if item.prefix_ids else None, \
+                    len(item.prefix_ids)
+            else:
+                chunk, kv, start = item, common, len(prefix_ids) if prefix_ids else 0
             for idx in plan_batches([len(s) for s in chunk], self.batch_tokens, self.max_seqs):
                 h = self.run_batch([chunk[i] for i in idx], kv, start).float()  # [b, H]
                 done[len(order) : len(order) + len(idx)].copy_(h, non_blocking=self.pin)

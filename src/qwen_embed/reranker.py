@@ -18,8 +18,10 @@ Templates:
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,7 @@ import torch
 from .checkpoint import Checkpoint
 from .config import ModelConfig
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
-from .engine import make_engine
+from .engine import Chunk, make_engine
 from .errors import InputError
 from .tokenizer import QwenTokenizer, check_texts
 
@@ -188,6 +190,35 @@ class Reranker:
         else:
             h = self.engine.last_hidden(seqs, progress=show)  # [n, H] float32
         return yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
+
+    def score_many(self, queries: Sequence[str], documents: Sequence[Sequence[str]], *,
+                   instruction: str | None = None, progress: bool | None = None) -> list[np.ndarray]:
+        """Score the documents of several queries in one pipelined pass -> one float32 array per query.
+
+        A worker tokenizes query i + 1 while the device scores query i; each query's prefix is shared by
+        its documents (on CUDA, as in `score`); one synchronisation at the end."""
+        if isinstance(queries, str) or not queries or len(queries) != len(documents):
+            raise InputError(f"queries ({type(queries).__name__}) and documents must be equally long, non-empty "
+                             f"lists; got {len(queries) if not isinstance(queries, str) else 'a string'} and "
+                             f"{len(documents)}.")
+        for q, d in zip(queries, documents, strict=True):  # validate everything before any work
+            self._check(q, d, instruction)
+
+        def prepare(i: int) -> Chunk:
+            seqs = self.build_input_ids(queries[i], documents[i], instruction=instruction)
+            p = shared_prefix_length(seqs) if self.share_prefix and len(seqs) > 1 else 0
+            if p >= MIN_SHARED_PREFIX:
+                return Chunk([s[p:] for s in seqs], seqs[0][:p])
+            return Chunk(seqs)
+
+        counts = [len(d) for d in documents]
+        show = sum(counts) >= 512 if progress is None else progress
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-embed-rerank") as pool:
+            futures = [pool.submit(prepare, i) for i in range(len(queries))]
+            h = self.engine.last_hidden_stream((f.result() for f in futures), sum(counts), show)
+        scores = yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
+        bounds = np.cumsum([0, *counts])
+        return [scores[a:b] for a, b in itertools.pairwise(bounds.tolist())]
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
                     progress: bool | None = None) -> np.ndarray:
