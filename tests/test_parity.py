@@ -35,7 +35,7 @@ def test_embedding_parity(emb_ckpt: Path, instructed: bool) -> None:
     emb = Embedder.from_pretrained(emb_ckpt, device="cpu")
     texts = random_texts(24 if emb.hidden_size < 512 else 14, seed=1)
     lengths = [len(s) for s in emb.tokenize(texts)]
-    assert min(lengths) <= 3 and max(lengths) >= 200
+    assert min(lengths) <= 5 and max(lengths) >= 200  # mixed lengths, from a few tokens to ~300
     ref_texts = [format_query(t, DEFAULT_INSTRUCTION) for t in texts] if instructed else texts
     raw = official_embed(emb_ckpt, ref_texts, normalize=False)  # one reference pass, sliced per dim
     for dim in [32, 128, None]:
