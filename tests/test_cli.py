@@ -104,3 +104,12 @@ def test_make_tiny_cli(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == [
         "Qwen3ForSequenceClassification"]
     assert main(["make-tiny", str(tmp_path / "m")]) == 2  # not empty: refused
+
+
+def test_embed_on_two_devices(tiny_embedding_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(f"line number {i}" for i in range(9)))
+    assert main(["embed", str(src), "-o", str(tmp_path / "a.npy"), "--model", str(tiny_embedding_path)]) == 0
+    assert main(["embed", str(src), "-o", str(tmp_path / "b.npy"), "--model", str(tiny_embedding_path),
+                 "--devices", "cpu,cpu"]) == 0
+    assert np.abs(np.load(tmp_path / "a.npy") - np.load(tmp_path / "b.npy")).max() <= 1e-5

@@ -103,11 +103,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
     out = args.output
     if out != "-" and not out.endswith((".npy", ".jsonl", ".json")):
         raise InputError(f"output {out} must end in .npy or .jsonl (or be '-' for JSONL on stdout).")
-    emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                   max_length=args.max_length, batch_tokens=args.batch_tokens)
     instruction = args.instruction or (DEFAULT_INSTRUCTION if args.query else None)
-    vecs = emb.encode([r[args.field] for r in records], instruction=instruction, dim=args.dim,
-                      progress=None if sys.stderr.isatty() else False)
+    texts = [r[args.field] for r in records]
+    if args.devices:  # one worker process per device
+        from .multidevice import encode_on_devices
+
+        vecs = encode_on_devices(args.model, texts, args.devices.split(","), instruction=instruction, dim=args.dim,
+                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
+    else:
+        emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                       max_length=args.max_length, batch_tokens=args.batch_tokens)
+        vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
+                          progress=None if sys.stderr.isatty() else False)
     if out.endswith(".npy"):
         with atomic_output(out, "wb") as f:
             np.save(f, vecs)
@@ -228,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=None, help="query instruction (implies --query)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension, 32..hidden size")
     p.add_argument("--field", default="text", help="JSONL field that holds the text (default: text)")
+    p.add_argument("--devices", default=None, help="spread over devices, one worker each: e.g. cuda:0,cuda:1")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("rerank", help="score documents against a query, JSON out",
