@@ -54,3 +54,33 @@ class Checkpoint:
         if head is not None:
             head = head.to(dev)
         return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)
+
+
+class CheckpointFacts:
+    """Read-only facts of a loaded checkpoint, shared by Embedder and Reranker (`self.checkpoint`)."""
+
+    checkpoint: Checkpoint
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.checkpoint.config
+
+    @property
+    def tokenizer(self) -> QwenTokenizer:
+        return self.checkpoint.tokenizer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.checkpoint.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.checkpoint.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.checkpoint.dtype
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name

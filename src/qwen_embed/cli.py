@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError, QwenEmbedError
+from .jsonl import iter_jsonl
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -82,11 +83,7 @@ def read_records(path: str, field: str = "text") -> list[dict[str, Any]]:
     if not is_jsonl:
         return [{"text": ln} for ln in lines]
     out = []
-    for n, ln in enumerate(lines, 1):
-        try:
-            obj = json.loads(ln)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {n} is not valid JSON ({e.msg}).") from None
+    for n, obj in iter_jsonl(raw.splitlines(), path):
         if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
             raise InputError(f"{path}: line {n} needs a string field {field!r}.")
         out.append(obj)

@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, CheckpointFacts
 from .config import ModelConfig
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, l2_normalize, truncate_dim
-from .tokenizer import QwenTokenizer, check_texts
+from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_MAX_LENGTH = 8192
@@ -42,7 +42,7 @@ def check_max_length(max_length: int, config: ModelConfig, minimum: int = 2) -> 
     return max_length
 
 
-class Embedder:
+class Embedder(CheckpointFacts):
     """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
 
     def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
@@ -62,35 +62,10 @@ class Embedder:
         device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU.
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
-        compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~1 min).
+        compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
         """
         return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
                    batch_tokens=batch_tokens, compile=compile)
-
-    # -- facts -------------------------------------------------------------------------------------
-    @property
-    def config(self) -> ModelConfig:
-        return self.checkpoint.config
-
-    @property
-    def tokenizer(self) -> QwenTokenizer:
-        return self.checkpoint.tokenizer
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.checkpoint.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.checkpoint.dtype
-
-    @property
-    def name(self) -> str:
-        return self.checkpoint.name
 
     # -- tokens ------------------------------------------------------------------------------------
     def prepare(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:

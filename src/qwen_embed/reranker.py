@@ -27,12 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
-from .config import ModelConfig
+from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
-from .tokenizer import QwenTokenizer, check_texts
+from .tokenizer import check_texts
 
 SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
@@ -102,7 +101,7 @@ class RerankResult:
     document: str
 
 
-class Reranker:
+class Reranker(CheckpointFacts):
     """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
 
     def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
@@ -136,22 +135,6 @@ class Reranker:
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
         return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
                    share_prefix=share_prefix)
-
-    @property
-    def config(self) -> ModelConfig:
-        return self.checkpoint.config
-
-    @property
-    def tokenizer(self) -> QwenTokenizer:
-        return self.checkpoint.tokenizer
-
-    @property
-    def name(self) -> str:
-        return self.checkpoint.name
-
-    @property
-    def device(self) -> torch.device:
-        return self.checkpoint.device
 
     def build_input_ids(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                         max_tokens_per_doc: int | None = None) -> list[list[int]]:

@@ -73,7 +73,7 @@ def test_user_errors(tmp_path: Path) -> None:
         read_sources([tmp_path / "x.pdf"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "x"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(InputError, match="line 2 is not valid JSON"):
+    with pytest.raises(InputError, match=":2: not valid JSON"):
         read_sources([bad])
     write_jsonl(bad, [{"text": "no id"}])
     with pytest.raises(InputError, match="line 1 needs an `id`"):

@@ -14,7 +14,6 @@ Follows BEIR's GenericDataLoader and MTEB's retrieval loader:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..jsonl import iter_jsonl
 from .trec import Qrels
 
 
@@ -58,13 +58,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
     with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
+        for n, obj in iter_jsonl(f, str(path)):
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InputError(f"{path}:{n}: each line needs an '_id' field.")
             yield n, obj

@@ -15,7 +15,6 @@ JSONL, a missing path, an empty folder and duplicate ids are errors raised befor
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..jsonl import iter_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -96,13 +96,7 @@ def _flatten(obj: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
 def read_jsonl(path: Path) -> list[Document]:
     """Documents of a JSONL file (see the module docstring); raises _Skip or InputError."""
     docs = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {n} is not valid JSON ({e.msg}); fix or remove it.") from None
+    for n, obj in iter_jsonl(_read_text(path).splitlines(), str(path)):
         if not isinstance(obj, dict):
             raise InputError(f"{path}: line {n} is not a JSON object.")
         doc_id = obj.get("id", obj.get("_id"))

@@ -18,7 +18,6 @@ instruction or the default one); documents get none. Both get the end token thro
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ import torch
 
 from ..embedder import format_query
 from ..errors import InputError
+from ..jsonl import iter_jsonl
 from ..tokenizer import QwenTokenizer
 from .losses import text_key
 
@@ -83,13 +83,7 @@ def iter_examples(paths: Sequence[str | Path]) -> Iterator[Example]:
         if not path.is_file():
             raise InputError(f"training file {path} does not exist.")
         with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
+            for n, obj in iter_jsonl(f, str(path)):
                 yield parse_row(obj, f"{path}:{n}")
 
 
