@@ -4,7 +4,8 @@ Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
 until the token / request budget is full), and runs the merged sequences through `run` in the model's
 single worker thread, so the event loop never waits on the model. While a batch runs, the next one
-forms; requests that queued during the run have already waited their time and go at once. (Models on
+forms and is handed to the worker at once (two batches in flight), so that it starts the moment the
+first ends; requests that queued during the run have already waited their time and go at once. (Models on
 one CUDA device share one worker thread, passed in as `worker`: CUDA-graph capture and compilation in
 one thread must not race the kernels of another.)
 
@@ -58,7 +59,8 @@ class Batcher:
 
     def __init__(self, name: str, run: RunFn, *, max_batch_tokens: int, max_batch_requests: int = 256,
                  max_wait_s: float = 0.005, max_queue: int = 512, max_queue_tokens: int = 1 << 20,
-                 metrics: Metrics | None = None, worker: ThreadPoolExecutor | None = None) -> None:
+                 metrics: Metrics | None = None, worker: ThreadPoolExecutor | None = None,
+                 max_inflight: int = 2) -> None:
         self.name = name
         self.run = run
         self.max_batch_tokens = max_batch_tokens
@@ -76,6 +78,10 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # batches handed to the worker at once: with 2, the next batch waits in the worker's queue while
+        # one runs, so the device never idles while the event loop answers a batch and forms the next
+        self._slots = asyncio.Semaphore(max(1, max_inflight))
+        self._running: set[asyncio.Task[None]] = set()
         # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models
         self._owns_pool = worker is None
         self._pool = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
@@ -155,8 +161,12 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
+            await self._slots.acquire()  # a free place in the worker before forming the batch
             while not self._queue:
                 if self._stopping:
+                    self._slots.release()
+                    if self._running:
+                        await asyncio.gather(*self._running, return_exceptions=True)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -171,8 +181,18 @@ class Batcher:
                 except TimeoutError:
                     break
             batch = self._take()
-            if batch:
-                await self._run_batch(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_and_release(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run_and_release(self, batch: list[Job]) -> None:
+        try:
+            await self._run_batch(batch)
+        finally:
+            self._slots.release()
 
     async def _run_batch(self, batch: list[Job]) -> None:
         seqs = [s for job in batch for s in job.seqs]
