@@ -59,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             batch_tokens=settings.max_batch_tokens, compile=settings.compile)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            timeout_graceful_shutdown=settings.graceful_timeout, access_log=False)
+                            timeout_graceful_shutdown=settings.graceful_timeout, access_log=False,
+                            timeout_keep_alive=settings.keep_alive)
     server = uvicorn.Server(config)
     # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,
     # that re-raise is a no-op and a SIGTERM ends with status 0.

@@ -190,7 +190,10 @@ class EmbeddingService(Service):
         return await self.off_loop(finish, hidden, dim, normalize)
 
     async def warmup(self) -> None:
+        """A small batch (CUDA-graph path) and a large one (the compiled path), so that no client request
+        waits for compilation after /health reports ready."""
         await self.batcher.call(self.embedder.tokenize([WARMUP_TEXT]))
+        await self.batcher.call([[self.eos_id] * 1500] * 3)
 
 
 def finish(hidden: np.ndarray, dim: int, normalize: bool) -> np.ndarray:

@@ -43,6 +43,7 @@ class ServerSettings:
     max_payload_bytes: int = 16 * 1024 * 1024
     tokenization_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     graceful_timeout: int = 30
+    keep_alive: int = 75
     warmup: bool = True
     compile: bool | None = None
     log_level: str = "info"
@@ -67,6 +68,8 @@ class ServerSettings:
             raise InputError(f"max-wait-ms={self.max_wait_ms} is out of range: use 0..10000 (milliseconds).")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port={self.port} is out of range: use 0..65535.")
+        if self.keep_alive < 1:
+            raise InputError(f"keep-alive={self.keep_alive} must be at least 1 second.")
         if self.graceful_timeout < 1:
             raise InputError(f"graceful-timeout={self.graceful_timeout} must be at least 1 second.")
         if self.api_key is not None and not self.api_key:
@@ -126,6 +129,7 @@ SETTINGS: list[Setting] = [
     Setting("max_payload_bytes", int, "request body size limit in bytes; beyond it answer 413"),
     Setting("tokenization_workers", int, "threads that tokenize and format responses (default: min(4, cores))"),
     Setting("graceful_timeout", int, "seconds to finish accepted requests after SIGTERM"),
+    Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
     Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
