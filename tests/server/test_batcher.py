@@ -173,3 +173,27 @@ def test_two_batchers_can_share_one_worker_thread() -> None:
         assert a.threads == b.threads == {"model-cuda_0"}
 
     run(scenario)
+
+
+def test_two_batches_in_flight_answer_every_request_once() -> None:
+    import asyncio
+
+    import numpy as np
+
+    from qwen_embed.server.batcher import Batcher
+
+    calls: list[int] = []
+
+    def run(seqs):  # type: ignore[no-untyped-def]
+        calls.append(len(seqs))
+        return np.array([[float(s[0])] for s in seqs], dtype=np.float32)
+
+    async def main() -> list[float]:
+        b = Batcher("t", run, max_batch_tokens=8, max_wait_s=0.001, max_inflight=2)
+        b.start()
+        outs = await asyncio.gather(*(b.submit([[i, i]]) for i in range(40)))
+        await b.stop()
+        return [float(o[0, 0]) for o in outs]
+
+    assert asyncio.run(main()) == [float(i) for i in range(40)]
+    assert sum(calls) == 40 and max(calls) <= 4  # budget 8 tokens: at most 4 two-token requests a batch

@@ -4,8 +4,9 @@ Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
 until the token / request budget is full), and runs the merged sequences through `run` in the model's
 single worker thread, so the event loop never waits on the model. While a batch runs, the next one
-forms and is handed to the worker at once (two batches in flight), so that it starts the moment the
-first ends; requests that queued during the run have already waited their time and go at once. (Models on
+forms; requests that queued during the run have already waited their time and go at once. With
+`max_inflight=2` the next batch is handed to the worker while one runs, so that it starts the moment
+the first ends (better for large requests; measured in BENCHMARKS.md). (Models on
 one CUDA device share one worker thread, passed in as `worker`: CUDA-graph capture and compilation in
 one thread must not race the kernels of another.)
 
@@ -60,7 +61,7 @@ class Batcher:
     def __init__(self, name: str, run: RunFn, *, max_batch_tokens: int, max_batch_requests: int = 256,
                  max_wait_s: float = 0.005, max_queue: int = 512, max_queue_tokens: int = 1 << 20,
                  metrics: Metrics | None = None, worker: ThreadPoolExecutor | None = None,
-                 max_inflight: int = 2) -> None:
+                 max_inflight: int = 1) -> None:
         self.name = name
         self.run = run
         self.max_batch_tokens = max_batch_tokens
@@ -79,7 +80,7 @@ class Batcher:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         # batches handed to the worker at once: with 2, the next batch waits in the worker's queue while
-        # one runs, so the device never idles while the event loop answers a batch and forms the next
+        # one runs (the device never idles between batches), but it forms earlier, so it is smaller
         self._slots = asyncio.Semaphore(max(1, max_inflight))
         self._running: set[asyncio.Task[None]] = set()
         # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models

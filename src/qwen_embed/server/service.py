@@ -68,6 +68,7 @@ class Service:
             name, run, max_batch_tokens=batch_tokens, max_batch_requests=settings.max_batch_requests,
             max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
             max_queue_tokens=settings.max_queue_tokens, metrics=metrics, worker=worker,
+            max_inflight=settings.inflight_batches,
         )
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:

@@ -44,6 +44,7 @@ class ServerSettings:
     tokenization_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     graceful_timeout: int = 30
     keep_alive: int = 75
+    inflight_batches: int = 1
     warmup: bool = True
     compile: bool | None = None
     log_level: str = "info"
@@ -68,6 +69,8 @@ class ServerSettings:
             raise InputError(f"max-wait-ms={self.max_wait_ms} is out of range: use 0..10000 (milliseconds).")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port={self.port} is out of range: use 0..65535.")
+        if not 1 <= self.inflight_batches <= 8:
+            raise InputError(f"inflight-batches={self.inflight_batches} is out of range: use 1..8.")
         if self.keep_alive < 1:
             raise InputError(f"keep-alive={self.keep_alive} must be at least 1 second.")
         if self.graceful_timeout < 1:
@@ -123,6 +126,8 @@ SETTINGS: list[Setting] = [
     Setting("max_batch_tokens", int, "token budget of one forward pass (default: 8192 on cpu, 65536 on cuda)"),
     Setting("max_batch_requests", int, "requests merged into one forward pass at most"),
     Setting("max_wait_ms", float, "how long the first request of a batch waits for others to join (ms)"),
+    Setting("inflight_batches", int, "batches handed to the model worker at once (2 keeps the GPU busy for large "
+            "requests; 1 merges small requests into larger batches)"),
     Setting("max_queue", int, "requests queued or running per model; beyond it answer 429"),
     Setting("max_queue_tokens", int, "tokens queued or running per model; beyond it answer 429"),
     Setting("max_inputs", int, "inputs (or rerank documents) per request; beyond it answer 413"),
