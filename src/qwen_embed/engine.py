@@ -72,33 +72,25 @@ class Engine:
 
     # -- many sequences -------------------------------------------------------------------------
     @torch.inference_mode()
-    def last_hidden(self, seqs: Sequence[Sequence[int]], progress: bool = False,
-                    prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
-        """Final hidden state at each sequence's last token, [n, H] float32 on the CPU, input order.
-
-        With `prefix_ids`, every sequence continues that prefix: the prefix runs once and each
-        sequence attends to its keys (the reranker's shared system prompt + instruction + query)."""
-        return self.last_hidden_stream([seqs], len(seqs), progress, prefix_ids)
+    def last_hidden(self, seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
+        """Final hidden state at each sequence's last token, [n, H] float32 on the CPU, input order."""
+        return self.last_hidden_stream([seqs], len(seqs), progress)
 
     @torch.inference_mode()
     def last_hidden_stream(self, chunks: Iterable[Sequence[Sequence[int]] | Chunk], total: int,
-                           progress: bool = False, prefix_ids: Sequence[int] | None = None) -> torch.Tensor:
+                           progress: bool = False) -> torch.Tensor:
         """As `last_hidden`, over sequences that arrive in chunks (overlapping their preparation).
 
-        A `Chunk` carries its own shared prefix (one reranker query each); plain chunks share
-        `prefix_ids`, whose keys and values are computed once."""
+        A `Chunk` may carry a shared prefix (one reranker query each): the prefix runs once and each of
+        its sequences attends to the prefix's keys and values."""
         hidden = self.model.config.hidden_size
         done = torch.empty(total, hidden, dtype=torch.float32, pin_memory=self.pin)  # processing order
         order: list[int] = []
-        common = self.prefix_kv(prefix_ids) if prefix_ids else None
         bar = tqdm(total=total, disable=not progress, unit="text", desc="embedding", leave=False)
         offset = 0
         for item in chunks:
-            if isinstance(item, Chunk):
-                chunk, kv, start = item.seqs, self.prefix_kv(item.prefix_ids) if item.prefix_ids else None, \
-                    len(item.prefix_ids)
-            else:
-                chunk, kv, start = item, common, len(prefix_ids) if prefix_ids else 0
+            chunk, prefix = (item.seqs, item.prefix_ids) if isinstance(item, Chunk) else (item, ())
+            kv, start = (self.prefix_kv(prefix), len(prefix)) if prefix else (None, 0)
             for idx in plan_batches([len(s) for s in chunk], self.batch_tokens, self.max_seqs):
                 h = self.run_batch([chunk[i] for i in idx], kv, start).float()  # [b, H]
                 done[len(order) : len(order) + len(idx)].copy_(h, non_blocking=self.pin)

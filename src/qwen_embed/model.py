@@ -48,8 +48,8 @@ class SharedPrefix:
         # rows of cat(prefix, batch tokens): for each sequence, the P prefix rows then its own rows
         seq_of = torch.repeat_interleave(torch.arange(batch.num_seqs), kv_lengths)  # [sum(P + L)]
         within = torch.arange(int(cu_k[-1])) - cu_k[:-1][seq_of]  # position inside [prefix; own]
-        own = p + cu[:-1][seq_of] + within - p  # row of the sequence's own token (valid where within >= p)
-        gather = torch.where(within < p, within, own)
+        # own token t = cu[seq] + within - P of the batch sits at row P + t of cat(prefix, batch)
+        gather = torch.where(within < p, within, cu[:-1][seq_of] + within)
         pin = dev.type == "cuda"
         self.gather = (gather.pin_memory() if pin else gather).to(dev, non_blocking=pin)
         cu_k32 = cu_k.int()

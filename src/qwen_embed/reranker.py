@@ -92,6 +92,14 @@ def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
     return max(p, 0)
 
 
+def split_prefix(seqs: Sequence[Sequence[int]], share: bool) -> Chunk:
+    """The engine's input for one query: continuations of their common prefix when sharing pays off."""
+    p = shared_prefix_length(seqs) if share and len(seqs) > 1 else 0
+    if p >= MIN_SHARED_PREFIX:
+        return Chunk([s[p:] for s in seqs], seqs[0][:p])
+    return Chunk(seqs)
+
+
 @dataclass(frozen=True)
 class RerankResult:
     """One reranked document: its position in the input, its probability of "yes", its text."""
@@ -167,11 +175,7 @@ class Reranker(CheckpointFacts):
         """Score already built inputs (from `build_input_ids`); a common prefix is computed once."""
         show = len(seqs) >= 512 if progress is None else progress
         share = self.share_prefix if share_prefix is None else share_prefix
-        p = shared_prefix_length(seqs) if share and len(seqs) > 1 else 0
-        if p >= MIN_SHARED_PREFIX:
-            h = self.engine.last_hidden([s[p:] for s in seqs], progress=show, prefix_ids=seqs[0][:p])
-        else:
-            h = self.engine.last_hidden(seqs, progress=show)  # [n, H] float32
+        h = self.engine.last_hidden_stream([split_prefix(seqs, share)], len(seqs), show)  # [n, H] float32
         return yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
 
     def score_many(self, queries: Sequence[str], documents: Sequence[Sequence[str]], *,
@@ -189,10 +193,7 @@ class Reranker(CheckpointFacts):
 
         def prepare(i: int) -> Chunk:
             seqs = self.build_input_ids(queries[i], documents[i], instruction=instruction)
-            p = shared_prefix_length(seqs) if self.share_prefix and len(seqs) > 1 else 0
-            if p >= MIN_SHARED_PREFIX:
-                return Chunk([s[p:] for s in seqs], seqs[0][:p])
-            return Chunk(seqs)
+            return split_prefix(seqs, self.share_prefix)
 
         counts = [len(d) for d in documents]
         show = sum(counts) >= 512 if progress is None else progress
