@@ -98,3 +98,37 @@ def test_merge_lora_errors_are_one_line(small_ckpt: Path, tmp_path: Path, capsys
                  str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a PEFT adapter folder" in err and len(err.splitlines()) == 1
+
+
+def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_ckpt: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.1: `-o runs/x` (the run folder holding the adapter) and `-o .` lost user files."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    # refused without --overwrite, and nothing changes
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", str(run)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    # with --overwrite: the merged model's files are added, every other file is kept
+    adapter_bytes = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", str(run),
+                 "--overwrite"]) == 0
+    after = {str(p.relative_to(run)) for p in run.rglob("*")}
+    assert set(before) <= after and {"config.json", "model.safetensors"} <= after
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter_bytes
+    Embedder.from_pretrained(run, device="cpu").encode_documents(TEXTS)
+    # `-o .` in a folder with user files: refused, nothing deleted, no temporary left behind
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", "."]) == 2
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", ".",
+                 "--overwrite"]) == 0
+    assert (work / "notes.txt").read_text() == "mine" and (work / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

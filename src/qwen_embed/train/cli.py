@@ -72,7 +72,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 def cmd_merge_lora(args: argparse.Namespace) -> int:
     from .lora import merge_checkpoint
 
-    out = merge_checkpoint(args.base, args.adapter, args.output, dtype=args.dtype)
+    out = merge_checkpoint(args.base, args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote the merged checkpoint to {out}", file=sys.stderr)
     return 0
 
@@ -138,6 +138,9 @@ def register(sub: Any) -> None:
     g.add_argument("--base", required=True, help="base checkpoint (hub id or folder) the adapter was trained on")
     g.add_argument("--adapter", required=True, help="PEFT adapter folder (adapter_config.json + "
                    "adapter_model.safetensors)")
-    g.add_argument("-o", "--output", required=True, help="new checkpoint folder")
+    g.add_argument("-o", "--output", required=True, help="new checkpoint folder (an existing non-empty folder is "
+                   "refused unless --overwrite)")
+    g.add_argument("--overwrite", action="store_true", help="write into an existing folder, replacing only the "
+                   "files of the merged checkpoint (config.json, model.safetensors, tokenizer files)")
     g.add_argument("--dtype", default=None, help="saved dtype: float32 / bfloat16 (default: the base's)")
     g.set_defaults(func=cmd_merge_lora)

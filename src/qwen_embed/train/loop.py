@@ -182,7 +182,7 @@ class Trainer:
         else:
             from .export import save_trunk
 
-            save_trunk(self.model, self.base.path, folder / "model")
+            save_trunk(self.model, self.base.path, folder / "model", overwrite=True)
 
     def save_checkpoint(self) -> Path | None:
         """Write checkpoints/step-N (rank 0) and prune old ones; every rank waits for it."""
@@ -321,11 +321,12 @@ class Trainer:
 
                     from .export import save_trunk
 
-                    save_trunk(merge_lora(copy.deepcopy(self.model)), self.base.path, self.out / "model")
+                    save_trunk(merge_lora(copy.deepcopy(self.model)), self.base.path, self.out / "model",
+                               overwrite=True)
             else:
                 from .export import save_trunk
 
-                save_trunk(self.model, self.base.path, self.out / "model")
+                save_trunk(self.model, self.base.path, self.out / "model", overwrite=True)
             if self.log_path.is_file():
                 try:
                     from .plot import plot_learning_curve

@@ -118,13 +118,21 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def merge_checkpoint(base: str | os.PathLike[str], adapter_dir: str | Path, out_dir: str | Path,
-                     dtype: str | None = None) -> Path:
-    """Base checkpoint + PEFT adapter -> merged Qwen3Model checkpoint folder (`qwen-embed merge-lora`)."""
+                     dtype: str | None = None, *, overwrite: bool = False) -> Path:
+    """Base checkpoint + PEFT adapter -> merged Qwen3Model checkpoint folder (`qwen-embed merge-lora`).
+
+    out_dir is checked before any loading: a file, or a folder that exists and is not empty, is
+    refused unless `overwrite`; even then only the merged checkpoint's own files are replaced.
+    """
     from ..checkpoint import Checkpoint
+    from ..files import check_output_dir
     from ..weights import pick_dtype
     from .export import save_trunk
+
+    check_output_dir(out_dir, overwrite=overwrite)
+    read_adapter_config(adapter_dir)
 
     ck = Checkpoint.load(base, "cpu", "float32", want_head=False)
     model = merge_lora(load_adapter(ck.model, adapter_dir))
     out_dtype = pick_dtype(dtype or ck.config.dtype, torch.device("cpu"))
-    return save_trunk(model, ck.path, out_dir, dtype=out_dtype)
+    return save_trunk(model, ck.path, out_dir, dtype=out_dtype, overwrite=overwrite)

@@ -1,0 +1,376 @@
+"""Files and jobs: checked, atomic outputs, fingerprints and resumable JSONL, for every command.
+
+One rule set, used by every command that writes or resumes (the CLI, eval, training, mining, merging,
+synthetic data, indexing):
+
+- **Check before work.** `check_output_file` / `check_output_dir` run before any model is loaded: the
+  parent must be an existing folder we can write to, a file output must not be a folder (and the
+  reverse), and something that exists is refused unless the caller passes `overwrite=True`
+  (`--overwrite`). `-` (stdout) always passes.
+- **Never lose what we did not create.** `atomic_file` writes a temporary sibling and renames it over
+  the target only on success. `atomic_dir` builds a folder in a temporary sibling; if the target
+  does not exist it is renamed into place, and if it exists (only with `overwrite=True`) each entry
+  the command wrote replaces the entry of the same name, one at a time, and nothing else in the
+  folder is touched. An output folder that holds one of the command's inputs (`merge-lora -o runs/x`
+  with the adapter in `runs/x/adapter`) is therefore safe: the adapter is not one of the names written.
+- **No leftovers.** Temporary siblings are named `.{name}.tmp-{pid}-{random}`; a failure removes
+  them, and `clean_stale_temps` removes those whose process is gone (a SIGKILL mid-write).
+- **Fingerprints** are SHA-256 over canonical JSON (`fingerprint`) or over a file's bytes
+  (`file_digest`), so resume keys and cache keys are computed one way everywhere.
+- **Resumable JSONL** (`ResumableJsonl`): append-only rows keyed by an id, flushed as they come; on
+  reopen the ids already written are known (a torn last line from a kill is dropped), a job whose
+  fingerprint differs is refused unless overwritten, and `finish` renames the partial file into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import InputError
+
+
+class OutputExistsError(InputError):
+    """An output file or folder exists and the command was not told to overwrite it."""
+
+
+# -- checks, before any work ---------------------------------------------------------------------
+def _check_parent(target: Path, what: str) -> None:
+    parent = target.parent
+    if not parent.exists():
+        raise InputError(f"{what} {target}: its folder {parent} does not exist; create it first.")
+    if not parent.is_dir():
+        raise InputError(f"{what} {target}: {parent} is a file, not a folder; choose a path inside a folder.")
+    if not _can_create_in(parent):
+        raise InputError(f"{what} {target}: folder {parent} is not writable; choose another path.")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be created in `folder` (root ignores mode bits; /proc refuses anyway)."""
+    probe = folder / f".qwen-embed-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return True
+
+
+def check_output_file(path: str | os.PathLike[str], *, overwrite: bool = False, what: str = "output",
+                      flag: str = "--overwrite") -> Path | None:
+    """Check a file output before work starts; None for '-' (standard output).
+
+    Refuses: a folder, a missing or read-only parent, a path through a file, and (unless
+    `overwrite`) a file that already exists.
+    """
+    if os.fspath(path) == "-":
+        return None
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{what} {target} is a folder; give a file name.")
+    _check_parent(target, what)
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"{what} {target} already exists; pass {flag} to replace it, or choose "
+                                    f"another name.")
+        if not os.access(target, os.W_OK) and not target.is_symlink():
+            raise InputError(f"{what} {target} exists and is not writable.")
+    return target
+
+
+def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False, what: str = "output folder",
+                     flag: str = "--overwrite") -> Path:
+    """Check a folder output before work starts: refuses a file, a missing parent, and (unless
+    `overwrite`) a folder that exists and is not empty."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{what} {target} is a file, not a folder; choose a folder path.")
+    resolved = target.resolve()
+    if resolved == Path(resolved.anchor):
+        raise InputError(f"{what} {target} is the file system root; choose a folder for the output.")
+    _check_parent(resolved, what)
+    if target.is_dir():
+        if not _can_create_in(target):
+            raise InputError(f"{what} {target} is not writable; choose another path.")
+        if any(target.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{what} {target} exists and is not empty; choose a new folder, or pass "
+                                    f"{flag} to replace only the files this command writes there.")
+    return target
+
+
+# -- temporary siblings --------------------------------------------------------------------------
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[^.]*)?$")
+
+
+def temp_sibling(target: Path, suffix: str = "") -> Path:
+    """A fresh hidden name beside `target` that records our pid (see clean_stale_temps)."""
+    return target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder that we created (never follows a link into a folder)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_stale_temps(folder: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Remove temporary siblings left in `folder` by processes that died (optionally only for `name`)."""
+    removed = []
+    base = Path(folder)
+    if not base.is_dir():
+        return removed
+    for entry in base.iterdir():
+        m = _TEMP.match(entry.name)
+        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
+            continue
+        remove_path(entry)
+        removed.append(entry)
+    return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- atomic outputs ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = True) -> Iterator[IO[Any]]:
+    """Write to a temporary sibling of `path` and rename it into place only on success.
+
+    `overwrite=False` refuses an existing target (checked again at the rename, so a file that
+    appeared meanwhile is not lost).
+    """
+    target = Path(path)
+    check_output_file(target, overwrite=overwrite)
+    tmp = temp_sibling(target)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if not overwrite and (target.exists() or target.is_symlink()):
+            raise OutputExistsError(f"output {target} appeared while it was being written; it was left as it is.")
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> Path:
+    """Write a whole text file atomically."""
+    with atomic_file(path, overwrite=overwrite) as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True, indent: int | None = 2) -> Path:
+    """Write a JSON document atomically (UTF-8, a final newline)."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder output in a temporary sibling (yielded) and move it into place on success.
+
+    A new target is renamed into place whole. An existing target is only touched with `overwrite`
+    (checked here as well as by `check_output_dir`): then each top-level entry written replaces the
+    entry of the same name, and every other entry of the folder is left as it was.
+    """
+    target = check_output_dir(path, overwrite=overwrite)
+    resolved = target.resolve()
+    clean_stale_temps(resolved.parent, resolved.name)
+    tmp = temp_sibling(resolved)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _place_dir(tmp, resolved, overwrite=overwrite)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+def _place_dir(tmp: Path, target: Path, *, overwrite: bool) -> None:
+    try:
+        os.rename(tmp, target)  # fails when target exists (and is not an empty folder)
+        _fsync_dir(target.parent)
+        return
+    except OSError:
+        if not target.is_dir():
+            raise
+    if any(target.iterdir()) and not overwrite:
+        raise OutputExistsError(f"output folder {target} appeared while it was being written; it was left as "
+                                f"it is and nothing was written.")
+    for entry in sorted(tmp.iterdir()):
+        dest = target / entry.name
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = temp_sibling(dest)
+            os.rename(dest, old)
+        os.rename(entry, dest)
+        if old is not None:
+            remove_path(old)
+    _fsync_dir(target)
+    tmp.rmdir()
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return obj
+    return repr(obj)
+
+
+def fingerprint(*parts: Any) -> str:
+    """SHA-256 (hex) of the parts as canonical JSON: dataclasses, dicts, lists and paths allowed."""
+    payload = json.dumps(_jsonable(list(parts)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- resumable JSONL -----------------------------------------------------------------------------
+class ResumableJsonl:
+    """Append-only JSONL rows keyed by `key`, resumable after a crash, renamed into place at the end.
+
+    Rows go to `PATH.partial` (flushed per `write`) with a sidecar `PATH.partial.meta.json` holding the
+    job fingerprint. Reopening the same job reads the ids already written (a torn last line is cut
+    off) so the caller skips them; another job's partial file is refused unless `overwrite`.
+    `finish()` renames the partial file to PATH. A finished PATH is refused unless `overwrite`.
+
+        with ResumableJsonl(out, key="id", job=fingerprint(settings)) as w:
+            for row in rows:
+                if row["id"] not in w.done:
+                    w.write(row)
+            w.finish()
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: str = "id", job: str = "",
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        check_output_file(self.path, overwrite=overwrite)
+        self.key = key
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.meta = self.path.with_name(self.path.name + ".partial.meta.json")
+        self.done: set[Any] = set()
+        self.resumed = 0
+        if self.partial.exists():
+            old = self._read_meta()
+            if old != job and not overwrite:
+                raise OutputExistsError(f"{self.partial} belongs to a run with other settings (fingerprint "
+                                        f"{str(old)[:12]} != {job[:12]}); pass --overwrite to start again, or "
+                                        f"re-run with the same settings to resume.")
+            if old != job:
+                self.partial.unlink()
+        if self.partial.exists():
+            self._recover()
+        else:
+            write_json_atomic(self.meta, {"job": job})
+        self._f: IO[str] | None = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _read_meta(self) -> str | None:
+        try:
+            value = json.loads(self.meta.read_text(encoding="utf-8")).get("job")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def _recover(self) -> None:
+        good = 0
+        with open(self.partial, "rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a kill mid-write
+                try:
+                    row = json.loads(raw)
+                except ValueError:
+                    break
+                self.done.add(row.get(self.key) if isinstance(row, dict) else None)
+                good += len(raw)
+        with open(self.partial, "r+b") as f:
+            f.truncate(good)
+        self.resumed = len(self.done)
+
+    def __enter__(self) -> ResumableJsonl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row (a dict holding `key`) and flush it."""
+        assert self._f is not None, "write after finish/close"
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.flush()
+        self.done.add(row.get(self.key))
+
+    def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append rows, flushing once."""
+        assert self._f is not None, "write after finish/close"
+        for row in rows:
+            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.done.add(row.get(self.key))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        """Close the partial file (the job stays resumable)."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def finish(self) -> Path:
+        """Close and rename the partial file into place."""
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        self.close()
+        os.replace(self.partial, self.path)
+        self.meta.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+        return self.path

@@ -1,0 +1,154 @@
+"""qwen_embed.files: checked outputs, atomic files and folders, fingerprints, resumable JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwen_embed.errors import InputError
+from qwen_embed.files import (
+    OutputExistsError,
+    ResumableJsonl,
+    atomic_dir,
+    atomic_file,
+    check_output_dir,
+    check_output_file,
+    clean_stale_temps,
+    file_digest,
+    fingerprint,
+)
+
+
+def test_check_output_file(tmp_path: Path) -> None:
+    assert check_output_file("-") is None
+    assert check_output_file(tmp_path / "new.npy") == tmp_path / "new.npy"
+    with pytest.raises(InputError, match="is a folder"):
+        check_output_file(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_file(tmp_path / "missing" / "x.npy")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        check_output_file(tmp_path / "f.txt" / "x.npy")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        check_output_file(tmp_path / "f.txt")
+    assert check_output_file(tmp_path / "f.txt", overwrite=True) == tmp_path / "f.txt"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_check_output_file_read_only(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(InputError, match="not writable"):
+        check_output_file(ro / "x")
+
+
+def test_check_output_file_proc() -> None:
+    with pytest.raises(InputError):
+        check_output_file("/proc/x.npy")
+
+
+def test_atomic_file_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as f:
+        f.write("new")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_file(target) as f:
+        f.write("new")
+    assert target.read_text() == "new"
+    with pytest.raises(OutputExistsError):
+        atomic_file(target, overwrite=False).__enter__()
+
+
+def test_check_output_dir(tmp_path: Path) -> None:
+    assert check_output_dir(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "empty").mkdir()
+    check_output_dir(tmp_path / "empty")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a").write_text("a")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        check_output_dir(tmp_path / "full")
+    check_output_dir(tmp_path / "full", overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(InputError, match="root"):
+        check_output_dir("/", overwrite=True)
+
+
+def test_atomic_dir_new_and_overwrite_keeps_other_files(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "model.bin").write_text("v1")
+    assert (out / "model.bin").read_text() == "v1"
+    (out / "user.txt").write_text("keep me")
+    (out / "sub").mkdir()
+    (out / "sub" / "x").write_text("x")
+    with pytest.raises(OutputExistsError):
+        atomic_dir(out).__enter__()
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "model.bin").write_text("v2")
+    assert (out / "model.bin").read_text() == "v2"
+    assert (out / "user.txt").read_text() == "keep me" and (out / "sub" / "x").read_text() == "x"
+    with pytest.raises(RuntimeError), atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "model.bin").write_text("v3")
+        raise RuntimeError("fail")
+    assert (out / "model.bin").read_text() == "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    stale = tmp_path / f".out.tmp-{pid}-0123abcd"
+    stale.mkdir()
+    live = tmp_path / f".out.tmp-{os.getpid()}-0123abcd"
+    live.mkdir()
+    assert clean_stale_temps(tmp_path) == [stale]
+    assert live.exists() and not stale.exists()
+
+
+def test_fingerprints(tmp_path: Path) -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+    p = tmp_path / "x"
+    p.write_bytes(b"abc")
+    assert file_digest(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_resumable_jsonl_resume_after_torn_line(tmp_path: Path) -> None:
+    out = tmp_path / "rows.jsonl"
+    w = ResumableJsonl(out, job="j1")
+    w.write({"id": "a", "v": 1})
+    w.write({"id": "b", "v": 2})
+    w.close()
+    with open(out.with_name("rows.jsonl.partial"), "a") as f:
+        f.write('{"id": "c", "v"')  # a kill mid-write
+    w = ResumableJsonl(out, job="j1")
+    assert w.done == {"a", "b"} and w.resumed == 2
+    w.write({"id": "c", "v": 3})
+    w.finish()
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]
+    with pytest.raises(OutputExistsError):
+        ResumableJsonl(out, job="j1")
+
+
+def test_resumable_jsonl_refuses_other_job(tmp_path: Path) -> None:
+    out = tmp_path / "rows.jsonl"
+    w = ResumableJsonl(out, job="j1")
+    w.write({"id": "a"})
+    w.close()
+    with pytest.raises(OutputExistsError, match="other settings"):
+        ResumableJsonl(out, job="j2")
+    w = ResumableJsonl(out, job="j2", overwrite=True)
+    assert w.done == set()
+    w.close()
