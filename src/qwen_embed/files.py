@@ -194,7 +194,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: boo
     return Path(path)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True, indent: int | None = 2) -> Path:
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True,
+                      indent: int | None = 2) -> Path:
     """Write a JSON document atomically (UTF-8, a final newline)."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", overwrite=overwrite)
 
