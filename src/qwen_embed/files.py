@@ -140,7 +140,7 @@ def remove_path(path: Path) -> None:
 
 def clean_stale_temps(folder: str | os.PathLike[str], name: str | None = None) -> list[Path]:
     """Remove temporary siblings left in `folder` by processes that died (optionally only for `name`)."""
-    removed = []
+    removed: list[Path] = []
     base = Path(folder)
     if not base.is_dir():
         return removed
