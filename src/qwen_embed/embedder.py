@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, CheckpointFacts
 from .config import ModelConfig
 from .engine import make_engine
 from .errors import InputError
-from .pooling import check_dim, l2_normalize, truncate_dim
+from .pooling import check_dim, finish
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -89,15 +89,7 @@ class Embedder(CheckpointFacts):
         if not seqs:
             raise InputError("no inputs to embed; pass at least one sequence.")
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
-        return self._finish(self.engine.last_hidden(seqs, progress=show), d, normalize)
-
-    @staticmethod
-    def _finish(pooled: torch.Tensor, dim: int, normalize: bool) -> np.ndarray:
-        """[n, H] float32 states -> Matryoshka slice -> optional L2 normalisation -> numpy."""
-        out = truncate_dim(pooled, dim)
-        if normalize:
-            out = l2_normalize(out)
-        return out.numpy().astype(np.float32, copy=False)
+        return finish(self.engine.last_hidden(seqs, progress=show), d, normalize)
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None, dim: int | None = None,
                normalize: bool = True, progress: bool | None = None) -> np.ndarray:
@@ -113,7 +105,7 @@ class Embedder(CheckpointFacts):
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen-embed-tokenize") as pool:
             futures = [pool.submit(self.tokenize, c) for c in chunks]
             pooled = self.engine.last_hidden_stream((f.result() for f in futures), len(items), show)
-        return self._finish(pooled, d, normalize)
+        return finish(pooled, d, normalize)
 
     def encode_queries(self, texts: Sequence[str], *, instruction: str | None = None,
                        dim: int | None = None, progress: bool | None = None) -> np.ndarray:

@@ -6,6 +6,9 @@ of each sequence), slices it to the Matryoshka dimension first and L2-normalises
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -41,3 +44,19 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Row-wise L2 normalisation in float32 (as torch.nn.functional.normalize)."""
     x = x.float()
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True) -> np.ndarray:
+    """The one post-processing rule: [n, H] float32 states -> Matryoshka slice to `dim` -> optional L2
+    normalisation -> float32 numpy [n, dim]. Every path (Embedder, server, eval, training) calls this."""
+    x = torch.from_numpy(np.ascontiguousarray(pooled)) if isinstance(pooled, np.ndarray) else pooled
+    out = truncate_dim(x.float(), dim)
+    if normalize:
+        out = l2_normalize(out)
+    return out.detach().cpu().numpy().astype(np.float32, copy=False)
+
+
+def rank_by_score(scores: Sequence[float] | np.ndarray | torch.Tensor) -> list[int]:
+    """The one ranking rule: indices sorted by score, best first, ties in input order."""
+    values = [float(s) for s in (scores.tolist() if hasattr(scores, "tolist") else scores)]
+    return sorted(range(len(values)), key=lambda i: (-values[i], i))

@@ -31,6 +31,7 @@ from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
+from .pooling import rank_by_score
 from .tokenizer import check_texts
 
 SYSTEM_PROMPT = (
@@ -223,7 +224,7 @@ class Reranker(CheckpointFacts):
             raise InputError(f"top_n must be a positive integer, got {top_n!r}")
         docs = list(documents) if not isinstance(documents, str) else documents
         scores = self.score(query, docs, instruction=instruction)
-        order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+        order = rank_by_score(scores)
         return [RerankResult(i, float(scores[i]), docs[i]) for i in order[:top_n]]
 
     def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> tuple[str, list[str], str]:

@@ -80,7 +80,7 @@ class QwenTokenizer:
             ids = enc.ids
             if self.appends_eos and ids and ids[-1] == self.eos_id:
                 ids = ids[:-1]
-            out.append([*ids[: max_length - 1], self.eos_id])
+            out.append(truncate_keep_end(ids, max_length, self.eos_id))
         return out
 
 
@@ -104,3 +104,17 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
             except UnicodeEncodeError:
                 raise InputError(f"{what}[{i}] holds a lone surrogate; pass valid Unicode text.") from None
     return items
+
+
+def truncate_keep_end(ids: Sequence[int], max_length: int, eos_id: int) -> list[int]:
+    """The one truncation rule of the embedder: at most `max_length` ids, the end token kept last.
+
+    `ids` are the content ids (without the end token); the end token is appended after cutting."""
+    return [*ids[: max_length - 1], eos_id]
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """The one "title + text" rule (MTEB's `_corpus_to_dict`): title and text joined by a space and
+    stripped when there is a title, else the text stripped."""
+    title, text = title or "", text or ""
+    return (title + " " + text).strip() if title else text.strip()

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..jsonl import iter_jsonl
+from ..tokenizer import document_text
 from .trec import Qrels
 
 
@@ -48,10 +49,6 @@ class BeirDataset:
         return dict(zip(self.corpus_ids, self.corpus_texts, strict=True))
 
 
-def document_text(title: str | None, text: str | None) -> str:
-    """MTEB's document string: title and text joined by a space, stripped."""
-    title, text = title or "", text or ""
-    return (title + " " + text).strip() if title else text.strip()
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
