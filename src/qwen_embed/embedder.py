@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
+from .quantize import check_precision
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -83,39 +84,52 @@ class Embedder(CheckpointFacts):
 
     # -- vectors -----------------------------------------------------------------------------------
     def embed_ids(self, seqs: Sequence[Sequence[int]], *, dim: int | None = None, normalize: bool = True,
-                  progress: bool | None = None) -> np.ndarray:
-        """Embed already tokenized inputs (each ending with the end token) -> float32 [n, dim]."""
+                  progress: bool | None = None, precision: str = "float32",
+                  ranges: np.ndarray | None = None) -> np.ndarray:
+        """Embed already tokenized inputs (each ending with the end token) -> [n, dim] (float32 unless a
+        `precision` of `quantize.PRECISIONS` is asked)."""
         d = check_dim(dim, self.hidden_size)
+        check_precision(precision, d)
         if not seqs:
             raise InputError("no inputs to embed; pass at least one sequence.")
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
-        return finish(self.engine.last_hidden(seqs, progress=show), d, normalize)
+        return finish(self.engine.last_hidden(seqs, progress=show), d, normalize, precision, ranges)
 
     def encode(self, texts: Sequence[str], *, instruction: str | None = None, dim: int | None = None,
-               normalize: bool = True, progress: bool | None = None) -> np.ndarray:
+               normalize: bool = True, progress: bool | None = None, precision: str = "float32",
+               ranges: np.ndarray | None = None) -> np.ndarray:
         """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied.
 
+        `precision` quantizes the normalised vectors (`float16`, `int8`, `uint8`, `binary`,
+        `ubinary`; byte-compatible with sentence-transformers' `quantize_embeddings`); int8/uint8 use
+        `ranges` ([2, dim] minima/maxima from `qwen_embed.quantize.calibration_ranges`) or, without
+        them, the batch itself when it holds at least two texts.
         Long inputs are tokenized in chunks by a worker pool while the device embeds earlier chunks."""
         d = check_dim(dim, self.hidden_size)
+        check_precision(precision, d)
         items = self.prepare(texts, instruction)  # validates everything before any work starts
         if len(items) <= TOKENIZE_CHUNK:
-            return self.embed_ids(self.tokenize(items), dim=dim, normalize=normalize, progress=progress)
+            return self.embed_ids(self.tokenize(items), dim=dim, normalize=normalize, progress=progress,
+                                  precision=precision, ranges=ranges)
         show = len(items) >= PROGRESS_MIN_TEXTS if progress is None else progress
         chunks = [items[i : i + TOKENIZE_CHUNK] for i in range(0, len(items), TOKENIZE_CHUNK)]
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen-embed-tokenize") as pool:
             futures = [pool.submit(self.tokenize, c) for c in chunks]
             pooled = self.engine.last_hidden_stream((f.result() for f in futures), len(items), show)
-        return finish(pooled, d, normalize)
+        return finish(pooled, d, normalize, precision, ranges)
 
     def encode_queries(self, texts: Sequence[str], *, instruction: str | None = None,
-                       dim: int | None = None, progress: bool | None = None) -> np.ndarray:
+                       dim: int | None = None, progress: bool | None = None, precision: str = "float32",
+                       ranges: np.ndarray | None = None) -> np.ndarray:
         """Embed search queries with the query template (default: the web-search instruction)."""
-        return self.encode(texts, instruction=instruction or DEFAULT_INSTRUCTION, dim=dim, progress=progress)
+        return self.encode(texts, instruction=instruction or DEFAULT_INSTRUCTION, dim=dim, progress=progress,
+                           precision=precision, ranges=ranges)
 
     def encode_documents(self, texts: Sequence[str], *, dim: int | None = None,
-                         progress: bool | None = None) -> np.ndarray:
-        """Embed documents as they are (no instruction)."""
-        return self.encode(texts, dim=dim, progress=progress)
+                         progress: bool | None = None, precision: str = "float32",
+                         ranges: np.ndarray | None = None) -> np.ndarray:
+        """Embed documents as they are (no instruction), optionally quantized (see `encode`)."""
+        return self.encode(texts, dim=dim, progress=progress, precision=precision, ranges=ranges)
 
     def __repr__(self) -> str:
         c = self.config
