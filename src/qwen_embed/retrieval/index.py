@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
@@ -97,7 +98,8 @@ class Index:
         cls, db: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, model: str | os.PathLike[str] | Embedder |
         None = None, dim: int | None = None, instruction: str | None = None, chunk_tokens: int | None = None,
         overlap: int | None = None, create: bool = True, device: str | None = None, dtype: str | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, precision: str | None = None,
+        ranges: Any = None,
     ) -> Index:
         """Open (or, with `create`, make) the table `table` in the LanceDB folder `db`.
 
@@ -105,7 +107,10 @@ class Index:
         Qwen/Qwen3-Embedding-0.6B for a new table. dim: Matryoshka dimension (default: the table's, or the
         model's hidden size). instruction: default query instruction recorded in a new table (default:
         the web-search one). chunk_tokens / overlap: chunking of a new table (default 512 / 64); an
-        existing table keeps its own and refuses other values.
+        existing table keeps its own and refuses other values. precision: how a new table stores its
+        vectors (float32 default, float16, int8, uint8, binary, ubinary; see `quantize.py`), with int8
+        calibration `ranges` ([2, dim]; default: calibrated on the first batch); an existing table keeps
+        its own and refuses another.
         """
         load: dict[str, Any] = {"device": device, "dtype": dtype, "max_length": max_length,
                                 "batch_tokens": batch_tokens}
@@ -122,7 +127,7 @@ class Index:
                 raise
         else:
             info = store.info
-            check_compatible(info, table, model=wanted, dim=dim)
+            check_compatible(info, table, model=wanted, dim=dim, precision=precision)
             for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
                                       ("overlap", overlap, info.overlap), ("instruction", instruction,
                                                                             info.query_instruction)):
@@ -141,6 +146,8 @@ class Index:
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
             tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
             chunk_tokens=settings.chunk_tokens, overlap=settings.overlap, max_length=embedder.max_length,
+            precision=precision or "float32",
+            ranges=None if ranges is None else np.asarray(ranges, dtype=np.float32).tolist(),
         )
         return cls(open_store(db, table, info), embedder)
 
@@ -233,7 +240,9 @@ class Index:
 
     def search(self, query: str, k: int = DEFAULT_K, *, reranker: Reranker | None = None,
                candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None, where: str | None = None,
-               exact: bool = False, nprobes: int | None = None) -> list[Hit]:
-        """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given."""
+               exact: bool = False, nprobes: int | None = None, rescore_multiplier: int | None = None) -> list[Hit]:
+        """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given.
+        Binary tables rescore `k * rescore_multiplier` Hamming candidates with the float query (default 4)."""
         return search(self.store, self.embedder, query, k=k, reranker=reranker, candidates=candidates,
-                      instruction=instruction, where=where, exact=exact, nprobes=nprobes)
+                      instruction=instruction, where=where, exact=exact, nprobes=nprobes,
+                      rescore_multiplier=rescore_multiplier)

@@ -69,7 +69,8 @@ def passage(title: str, text: str) -> str:
 
 def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAULT_K,
            reranker: Reranker | None = None, candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None,
-           where: str | None = None, exact: bool = False, nprobes: int | None = None) -> list[Hit]:
+           where: str | None = None, exact: bool = False, nprobes: int | None = None,
+           rescore_multiplier: int | None = None) -> list[Hit]:
     """Ranked hits for `query` (see the module docstring)."""
     _check_count("k", k)
     _check_count("candidates", candidates)
@@ -78,7 +79,8 @@ def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAU
     instr = instruction or store.info.query_instruction
     qvec = embedder.encode([query], instruction=instr, dim=store.info.dim)[0]
     n = max(k, candidates) if reranker is not None else k
-    raw = store.search(qvec, 2 * n, where=where, exact=exact, nprobes=nprobes)  # 2n: chunks merge into docs
+    raw = store.search(qvec, 2 * n, where=where, exact=exact, nprobes=nprobes,  # 2n: chunks merge into docs
+                       rescore_multiplier=rescore_multiplier)
     found = best_per_document(raw, n)
     if reranker is None or not found:
         return [Hit(h.doc_id, h.score, h.title, h.text, h.chunk, h.score, None, h.metadata) for h in found[:k]]

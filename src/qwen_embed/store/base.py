@@ -6,8 +6,13 @@ length) and one column per metadata field. A document is replaced as a whole, at
 are written and its stale chunks deleted in one commit, so that an interrupted run never leaves a
 document half-indexed or duplicated.
 
-`TableInfo` is what the table records about how it was made (model, Matryoshka dimension, query
-instruction, tokenizer fingerprint, chunking); `check_compatible` refuses to mix models or dimensions.
+`TableInfo` is what the table records about how it was made (model, Matryoshka dimension, precision of
+the stored vectors, query instruction, tokenizer fingerprint, chunking); `check_compatible` refuses to
+mix models, dimensions or precisions.
+
+Precision (`quantize.py`): `float32` (default), `float16`, `int8` / `uint8` (scalar codes with the
+table's calibration ranges) or `binary` / `ubinary` (sign bits, searched by Hamming distance, with int8
+codes kept beside them for rescoring the best `k * rescore_multiplier` candidates with the float query).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..errors import InputError
 # of the best candidates); smaller tables are searched exactly. See LanceStore.maintain.
 ANN_MIN_ROWS = 20_000
 INFO_KEY = b"qwen_embed"
-RESERVED_COLUMNS = ("id", "doc_id", "chunk", "text", "title", "hash", "vector")
+RESERVED_COLUMNS = ("id", "doc_id", "chunk", "text", "title", "hash", "vector", "rescore")
 _HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
 
 
@@ -58,10 +63,20 @@ class TableInfo:
     document_instruction: str | None = None
     model_name: str = ""
     format: int = 1
+    precision: str = "float32"  # of the stored vectors: see quantize.PRECISIONS
+    ranges: list[list[float]] | None = None  # int8 calibration [[min...], [max...]] (int8/uint8/binary tables)
 
     def __post_init__(self) -> None:
         if not self.model_name:
             object.__setattr__(self, "model_name", model_name(self.model))
+        from ..quantize import check_precision
+
+        check_precision(self.precision, self.dim)
+
+    @property
+    def needs_ranges(self) -> bool:
+        """Whether the stored codes need calibration ranges (int8/uint8 codes, or binary's rescore codes)."""
+        return self.precision not in ("float32", "float16")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -74,8 +89,9 @@ class TableInfo:
 
 
 def check_compatible(info: TableInfo, table: str, *, model: str | None = None, dim: int | None = None,
-                     hidden_size: int | None = None, tokenizer_fingerprint: str | None = None) -> None:
-    """Raise InputError when a model or dimension differs from what the table records.
+                     hidden_size: int | None = None, tokenizer_fingerprint: str | None = None,
+                     precision: str | None = None) -> None:
+    """Raise InputError when a model, dimension or precision differs from what the table records.
 
     Two spellings of one model (hub id vs cache folder) match by name, tokenizer and hidden size; pass
     the fingerprint and hidden size once the model is loaded to complete that check.
@@ -84,6 +100,11 @@ def check_compatible(info: TableInfo, table: str, *, model: str | None = None, d
         raise InputError(
             f"table {table!r} holds {info.dim}-dim vectors but dim={dim} was asked; use --dim {info.dim} "
             f"(or leave it out) or index into a new --table."
+        )
+    if precision is not None and precision != info.precision:
+        raise InputError(
+            f"table {table!r} stores {info.precision} vectors but precision={precision!r} was asked; vectors of "
+            f"different precisions are not mixed in one table: leave --precision out or index into a new --table."
         )
     if model is None or model == info.model:
         return
@@ -153,8 +174,10 @@ class VectorStore(Protocol):
         ...
 
     def search(self, vector: np.ndarray, k: int, *, where: str | None = None, exact: bool = False,
-               nprobes: int | None = None, refine_factor: int | None = None) -> list[StoreHit]:
-        """The k stored chunks nearest to a unit `vector`, best first; `where` filters metadata (SQL)."""
+               nprobes: int | None = None, refine_factor: int | None = None,
+               rescore_multiplier: int | None = None) -> list[StoreHit]:
+        """The k stored chunks nearest to a unit float `vector`, best first; `where` filters metadata (SQL).
+        Binary tables rescore the best `k * rescore_multiplier` Hamming candidates with the float query."""
         ...
 
     def maintain(self) -> str | None:
