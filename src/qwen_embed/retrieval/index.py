@@ -169,16 +169,33 @@ class Index:
     # -- writing ------------------------------------------------------------------------------------
     def add(self, documents: Iterable[Document], *, batch_docs: int = DEFAULT_BATCH_DOCS,
             progress: bool | None = None) -> IndexReport:
-        """Upsert documents: skip unchanged ones, embed and write the others in atomic batches."""
+        """Upsert documents: skip unchanged ones, embed and write the others in atomic batches.
+
+        The whole run holds the table's writer lock, so concurrent runs take turns and never duplicate
+        a chunk; documents found duplicated (by runs of older versions) are rewritten; maintenance left
+        undone by a run that died after its last commit is done now."""
         if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
         docs = list(documents)
         report = IndexReport(documents=len(docs))
-        stored = self.store.doc_hashes()
-        todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d))]
-        report.unchanged = len(docs) - len(todo)
-        if not todo:
-            return report
+        with self.store.writing():
+            stored = self.store.doc_hashes()
+            repaired = self.store.duplicate_doc_ids()
+            if repaired:
+                self.store.delete_documents(sorted(repaired))
+                report.skipped.extend((d, "stored twice by concurrent writers: rewritten") for d in sorted(repaired))
+            todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d)) or d.id in repaired]
+            report.unchanged = len(docs) - len(todo)
+            if todo:
+                self._write(todo, stored, report, batch_docs, progress)
+            if todo or repaired or self.store.maintenance_due():
+                t = time.perf_counter()
+                report.maintenance = self.store.maintain()
+                report.store_seconds += time.perf_counter() - t
+        return report
+
+    def _write(self, todo: list[tuple[Document, str]], stored: dict[str, str], report: IndexReport,
+               batch_docs: int, progress: bool | None) -> None:
         settings = ChunkSettings(self.info.chunk_tokens, self.info.overlap)
         emb = self.embedder
         show = progress if progress is not None else len(todo) >= 64
@@ -198,10 +215,6 @@ class Index:
                         report.added += 1
                 bar.update(len(batch))
                 bar.set_postfix(tokens=report.tokens, refresh=False)
-        t = time.perf_counter()
-        report.maintenance = self.store.maintain()
-        report.store_seconds += time.perf_counter() - t
-        return report
 
     def _embed(self, emb: Embedder, batch: Sequence[tuple[Document, str]], settings: ChunkSettings,
                report: IndexReport) -> ChunkRows:
@@ -221,17 +234,20 @@ class Index:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; returns the number of chunk rows removed."""
-        n = self.store.delete_documents(list(ids))
-        if n:
-            self.store.maintain()
+        with self.store.writing():
+            n = self.store.delete_documents(list(ids))
+            if n:
+                self.store.maintain()
         return n
 
     def delete_missing(self, present: Iterable[str]) -> int:
         """Delete every stored document whose id is not in `present`; returns the number of documents."""
         keep = set(present)
-        gone = [d for d in self.store.doc_hashes() if d not in keep]
-        if gone:
-            self.delete(gone)
+        with self.store.writing():
+            gone = [d for d in self.store.doc_hashes() if d not in keep]
+            if gone:
+                self.store.delete_documents(gone)
+                self.store.maintain()
         return len(gone)
 
     # -- reading ------------------------------------------------------------------------------------
@@ -240,9 +256,10 @@ class Index:
 
     def search(self, query: str, k: int = DEFAULT_K, *, reranker: Reranker | None = None,
                candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None, where: str | None = None,
-               exact: bool = False, nprobes: int | None = None, rescore_multiplier: int | None = None) -> list[Hit]:
+               exact: bool = False, nprobes: int | None = None, rescore_multiplier: int | None = None,
+               params: dict[str, Any] | None = None) -> list[Hit]:
         """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given.
         Binary tables rescore `k * rescore_multiplier` Hamming candidates with the float query (default 4)."""
         return search(self.store, self.embedder, query, k=k, reranker=reranker, candidates=candidates,
                       instruction=instruction, where=where, exact=exact, nprobes=nprobes,
-                      rescore_multiplier=rescore_multiplier)
+                      rescore_multiplier=rescore_multiplier, params=params)

@@ -17,6 +17,7 @@ codes kept beside them for rescoring the best `k * rescore_multiplier` candidate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -42,6 +43,86 @@ def model_name(model: str) -> str:
     if m:
         return m.group(2)
     return Path(model.rstrip("/\\")).name or model
+
+
+_PARAM = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def sql_literal(value: Any) -> str:
+    """A value as a SQL literal: strings quoted (quotes doubled), numbers and booleans as written, None NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InputError(f"filter parameter {value!r} is not a finite number.")
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise InputError(f"filter parameter of type {type(value).__name__} cannot be bound; pass a string, number, "
+                     f"boolean or None.")
+
+
+def _outside_strings(where: str) -> str:
+    """The filter with the contents of its string literals blanked out ('...' with '' as an escaped quote)."""
+    out, quoted, i = [], False, 0
+    while i < len(where):
+        c = where[i]
+        if c == "'":
+            if quoted and where[i + 1 : i + 2] == "'":
+                out.append("  ")
+                i += 2
+                continue
+            quoted = not quoted
+            out.append(c)
+        else:
+            out.append(" " if quoted else c)
+        i += 1
+    if quoted:
+        raise InputError(f"filter {where!r} has an unterminated string literal; close its quote.")
+    return "".join(out)
+
+
+def bind_where(where: str | None, params: dict[str, Any] | None = None) -> str | None:
+    """Check a metadata filter and bind its `:name` parameters as quoted literals.
+
+    A filter is one boolean SQL expression over the table's columns: a `;` (a second statement) or a
+    comment (`--`, `/*`) outside string literals is refused rather than silently cut. With `params`,
+    `:name` placeholders outside string literals are replaced by `sql_literal(params[name])`, so values
+    from users never become SQL: `bind_where("topic = :t", {"t": "a' OR 1=1"})`.
+    """
+    if where is None:
+        if params:
+            raise InputError("filter parameters were given without a filter; pass where='... :name ...'.")
+        return None
+    if not isinstance(where, str) or not where.strip():
+        raise InputError(f"filter must be a non-empty string, got {where!r}.")
+    bare = _outside_strings(where)
+    for bad, what in ((";", "a second statement (';')"), ("--", "a comment ('--')"), ("/*", "a comment ('/*')")):
+        if bad in bare:
+            raise InputError(f"filter {where!r} holds {what}; a filter is one expression such as "
+                             f"\"topic = 'x' AND year > 2000\". Use parameters to match values that contain it.")
+    names = _PARAM.findall(bare)
+    if not params:
+        if names:
+            raise InputError(f"filter {where!r} has parameter :{names[0]} but no value was given for it.")
+        return where
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise InputError(f"filter {where!r}: no value for parameter :{missing[0]} (given: {', '.join(params)}).")
+    unused = [n for n in params if n not in names]
+    if unused:
+        raise InputError(f"filter parameter {unused[0]!r} does not appear in {where!r} as :{unused[0]}.")
+    out, last = [], 0
+    for m in _PARAM.finditer(bare):
+        out.append(where[last : m.start()])
+        out.append(sql_literal(params[m.group(1)]))
+        last = m.end()
+    out.append(where[last:])
+    return "".join(out)
 
 
 class TableNotFoundError(InputError):
@@ -182,6 +263,18 @@ class VectorStore(Protocol):
 
     def maintain(self) -> str | None:
         """Build or refresh the ANN index and compact storage when due; returns what was done."""
+        ...
+
+    def maintenance_due(self) -> bool:
+        """Whether `maintain` has work to do (also after a run that died before its maintenance)."""
+        ...
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """The table's writer lock: one writer at a time, readers never wait."""
+        ...
+
+    def duplicate_doc_ids(self) -> set[str]:
+        """Documents with a chunk id stored more than once."""
         ...
 
     def has_ann_index(self) -> bool:

@@ -26,11 +26,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,16 @@ import pyarrow as pa
 
 from .. import quantize
 from ..errors import InputError
-from .base import ANN_MIN_ROWS, INFO_KEY, RESERVED_COLUMNS, ChunkRows, StoreHit, TableInfo, TableNotFoundError
+from .base import (
+    ANN_MIN_ROWS,
+    INFO_KEY,
+    RESERVED_COLUMNS,
+    ChunkRows,
+    StoreHit,
+    TableInfo,
+    TableNotFoundError,
+    bind_where,
+)
 
 DEFAULT_REFINE_FACTOR = 5
 DEFAULT_RESCORE_MULTIPLIER = 4
@@ -175,6 +187,65 @@ class LanceStore:
         width = stored.dim // 8 if stored.precision in ("binary", "ubinary") else stored.dim
         assert getattr(vec, "list_size", width) == width, "vector column and table record disagree"
         return cls(path, table, tbl, stored, conn)
+
+    # -- one writer at a time ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the table's writer lock (an advisory `flock` on `DB/.TABLE.write.lock`).
+
+        Two `qwen-embed index` runs on one table would otherwise both find a document missing and both
+        insert it (merge_insert commits do not see each other): the second run waits here, then reads
+        the table as the first one left it. Readers (search) never wait."""
+        lock_path = self.path / f".{self.name}.write.lock"
+        with open(lock_path, "a+b") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"table {self.name!r} in {self.path} is being written by another process; waiting for it",
+                      file=sys.stderr)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if self.table is not None:
+                    self.table.checkout_latest()
+                elif self._conn is not None and self.name in self._conn.list_tables().tables:
+                    self._adopt_created_table()
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _adopt_created_table(self) -> None:
+        """Another writer made this (calibrated) table while we waited: use it and its record."""
+        tbl = self._conn.open_table(self.name)
+        self.table = tbl
+        self.info = TableInfo.from_json((tbl.schema.metadata or {})[INFO_KEY])
+
+    def duplicate_doc_ids(self) -> set[str]:
+        """Documents with a chunk id stored more than once (left by concurrent writers before the lock)."""
+        t = self._scan(["id", "doc_id"])
+        ids = t["id"].to_pylist()
+        if len(set(ids)) == len(ids):
+            return set()
+        seen: set[str] = set()
+        dup: set[str] = set()
+        for i, d in zip(ids, t["doc_id"].to_pylist(), strict=True):
+            if i in seen:
+                dup.add(d)
+            seen.add(i)
+        return dup
+
+    def maintenance_due(self) -> bool:
+        """Whether `maintain` has work: an index to build or refresh, or small files to compact (a run
+        that died after its last commit left them)."""
+        if self.table is None:
+            return False
+        n = self.count()
+        stats = self._index_stats()
+        if not self._integer and stats is None and n >= ANN_MIN_ROWS:
+            return True
+        if stats is not None and (stats.num_indexed_rows * 2 < n or stats.num_unindexed_rows > 0):
+            return True
+        frags = self.table.stats().get("fragment_stats", {})
+        return int(frags.get("num_small_fragments", 0)) > 1
 
     # -- reading ------------------------------------------------------------------------------------
     def count(self) -> int:
@@ -358,6 +429,7 @@ class LanceStore:
             raise InputError(f"query vector has {q.shape[0]} dims; the table stores {self.info.dim}.")
         if not np.isfinite(q).all():
             raise InputError("the query vector holds NaN or infinite values; check the model.")
+        where = bind_where(where)
         m = DEFAULT_RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise InputError(f"rescore_multiplier must be an integer >= 0 (0: no rescoring), got {m!r}")
