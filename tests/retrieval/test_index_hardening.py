@@ -35,8 +35,6 @@ def test_concurrent_writers_never_duplicate(tmp_path: Path, tiny_embedding_path:
     script = textwrap.dedent(f"""
         import sys
         from qwen_embed.retrieval import Document, Index
-from qwen_embed.retrieval.chunking import ChunkSettings
-from qwen_embed.retrieval.index import IndexReport, doc_hash
         docs = [Document(f"d{{i}}", f"Notes {{i}} about topic {{i % 7}}. " * 20) for i in range(120)]
         index = Index.open({str(tmp_path / "db")!r}, model={str(tiny_embedding_path)!r}, device="cpu",
                            chunk_tokens=32, overlap=4)
