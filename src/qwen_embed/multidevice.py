@@ -43,7 +43,7 @@ from .errors import InputError, QwenEmbedError
 from .tokenizer import check_texts
 
 POLL_S = 0.2  # how often the parent checks that its workers are alive while it waits
-WARMUP_WORDS = (4, 40, 300, 700, 1000)  # one batch over the eager path, then short texts over the graph path
+WARMUP_WORDS = (4, 40, 300, 900, 1500)  # one batch over the eager path, then short texts over the graph path
 
 
 def shard_bounds(texts: Sequence[str], parts: int) -> list[tuple[int, int]]:
