@@ -203,9 +203,10 @@ def main() -> None:
         res["goal"] = GOALS.get(n, 0.85 * n)
         res.update(compare_steps(base["steps"], res["steps"], args.compare_steps))
         results["counts"][str(n)] = res
-        print(f"{n} process(es): {res['tokens_per_s']:,.0f} tok/s ({res['speedup']:.2f}x), step {res['step_s_mean']:.3f} s "
-              f"(all-reduce {res['allreduce_s_mean']:.3f} s, data {res['data_s_mean']:.3f} s); first steps vs 1: loss "
-              f"rel {res['loss_max_rel_diff']:.1e}, grad norm rel {res['grad_norm_max_rel_diff']:.1e}", flush=True)
+        print(f"{n} process(es): {res['tokens_per_s']:,.0f} tok/s ({res['speedup']:.2f}x), "
+              f"step {res['step_s_mean']:.3f} s (all-reduce {res['allreduce_s_mean']:.3f} s, "
+              f"data {res['data_s_mean']:.3f} s); first steps vs 1: loss rel {res['loss_max_rel_diff']:.1e}, "
+              f"grad norm rel {res['grad_norm_max_rel_diff']:.1e}", flush=True)
     if not args.no_cli:
         results["cli"] = cli_check(args, str(ckpt), str(data), tmp, max(counts))
         print("cli:", results["cli"], flush=True)

@@ -2,9 +2,10 @@
 
 `DevicePool` starts one worker per device, all at the same time; each pins itself to its device
 (`torch.cuda.set_device`, so that pinned buffers, streams and CUDA graphs live on its own GPU, not on
-cuda:0), takes its share of the host's CPU threads, loads the checkpoint and warms up (compilation,
-autotuning, the allocator) before it reports ready. The pool then serves any number of `encode`
-calls, so start-up is paid once. `encode_on_devices` is a pool used for one call.
+cuda:0), takes its share of the host's CPU threads (torch, the tokenizer's pool and the compiler's
+workers: N processes with a pool of every core each would oversubscribe the host), loads the
+checkpoint and warms up (compilation, autotuning, the allocator) before it reports ready. The pool
+then serves any number of `encode` calls, so start-up is paid once. `encode_on_devices` is a pool used for one call.
 
 One call: the texts are cut into contiguous shards of about equal token count (character count as
 the proxy), one per worker; each worker tokenizes its own shard (tokenization overlaps the device
@@ -97,14 +98,17 @@ def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any)
     t0 = time.time()
     try:
         os.environ["RAYON_NUM_THREADS"] = str(opts.threads)  # the tokenizer's pool, before its first use
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(opts.threads))  # compile workers, likewise
         import torch
 
         torch.set_num_threads(opts.threads)
+        t_import = time.time()
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
+            torch.zeros(1, device=device)  # the CUDA context, timed apart from loading
         from .embedder import Embedder
 
-        t_import = time.time()
+        t_cuda = time.time()
         emb = Embedder.from_pretrained(opts.model, device=device, dtype=opts.dtype, max_length=opts.max_length,
                                        batch_tokens=opts.batch_tokens, compile=opts.compile)
         t_load = time.time()
@@ -114,7 +118,8 @@ def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any)
             torch.cuda.synchronize()
         t_ready = time.time()
         outbox.put((rank, "ready", {"hidden": emb.hidden_size, "started": t0, "import_s": t_import - t0,
-                                    "load_s": t_load - t_import, "warmup_s": t_ready - t_load, "ready": t_ready}))
+                                    "cuda_init_s": t_cuda - t_import, "load_s": t_load - t_cuda,
+                                    "warmup_s": t_ready - t_load, "ready": t_ready}))
     except BaseException as e:  # reported to the parent, which raises it
         outbox.put((rank, "error", _error_text(e)))
         return
@@ -239,7 +244,7 @@ class DevicePool:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def worker_startup(self) -> list[dict[str, Any]]:
-        """Each worker's start-up phases in seconds (spawn, import, load, warm-up) with its device."""
+        """Each worker's start-up phases in seconds (spawn, import, CUDA init, load, warm-up) with its device."""
         return [{"device": self.devices[k], "spawn_s": self.ready[k]["started"] - self._t0, **self.ready[k]}
                 for k in sorted(self.ready)]
 
