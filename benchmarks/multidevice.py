@@ -50,6 +50,12 @@ def amortised_at(s1: float, r1: float, sn: float, rn: float, goal: float) -> flo
     return max(0.0, (goal * sn - s1) / denom)
 
 
+def save(results: dict[str, Any], path: str | None) -> None:
+    """Write the results so far (after every stage: a later failure keeps what was measured)."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=1))
+
+
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     return {"max_abs_diff": float(np.abs(ref - got).max()), "min_cosine": float(cos.min())}
@@ -96,13 +102,16 @@ def cli_run(path: Path, texts: list[str], devices: list[str], tmp: Path) -> tupl
     return time.perf_counter() - t, np.load(out)
 
 
-def second_gpu_check(path: Path) -> dict[str, float]:
+def second_gpu_check(path: Path) -> dict[str, Any]:
     """An Embedder on cuda:1 in a process whose current device is cuda:0 (short texts: the CUDA-graph path)."""
     from qwen_embed import Embedder
 
     texts = word_texts(48, 12, seed=7)
-    got = {d: Embedder.from_pretrained(path, device=d, compile=False).encode(texts, progress=False)
-           for d in ("cuda:0", "cuda:1")}
+    try:
+        got = {d: Embedder.from_pretrained(path, device=d, compile=False).encode(texts, progress=False)
+               for d in ("cuda:0", "cuda:1")}
+    except Exception as e:  # reported, not fatal: the results above are kept
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
     return compare(got["cuda:0"], got["cuda:1"])
 
 
@@ -159,6 +168,7 @@ def main() -> None:
         res["texts_for_goal_with_startup"] = amortised_at(base["startup_s"], base["texts_per_s"], res["startup_s"],
                                                           res["texts_per_s"], goal) if c > 1 else None
         results["counts"][str(c)] = res
+        save(results, args.json)
         print(f"{c} device(s): start-up {res['startup_s']:.1f} s, warm call {res['warm_call_s']:.2f} s "
               f"({res['tokens_per_s']:,.0f} tok/s), with start-up {res['with_startup_s']:.1f} s; "
               f"speed-up warm {res['speedup_warm']:.2f}x, with start-up {res['speedup_with_startup']:.2f}x"
@@ -167,6 +177,7 @@ def main() -> None:
         res, vecs = run_count(path, texts, devices[:c], tokens, tmp, compile=False, calls=1)
         res.update(compare(ref, vecs) if ref is not None else {})
         results["eager"][str(c)] = res
+        save(results, args.json)
         print(f"{c} device(s), uncompiled: start-up {res['startup_s']:.1f} s, call {res['first_call_s']:.2f} s, "
               f"with start-up {res['with_startup_s']:.1f} s", flush=True)
     if args.cli:
@@ -177,9 +188,8 @@ def main() -> None:
     if torch.cuda.device_count() >= 2 and not args.quick:
         results["second_gpu_in_one_process"] = second_gpu_check(path)
         print("one process, Embedder on cuda:1 vs cuda:0:", results["second_gpu_in_one_process"], flush=True)
+    save(results, args.json)
     print(json.dumps(results, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
