@@ -52,3 +52,17 @@ def test_worker_failure_names_the_device(tiny_embedding_path: Path) -> None:
 def test_start_up_failure_names_the_device(tmp_path: Path) -> None:
     with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: "):
         DevicePool(tmp_path / "no-such-model", ["cpu"])
+
+
+def test_a_dead_worker_is_reported_and_closes_the_pool(tiny_embedding_path: Path) -> None:
+    pool = DevicePool(tiny_embedding_path, ["cpu"], warmup=False)
+    pool._procs[0].kill()  # as the kernel's out-of-memory killer would
+    pool._procs[0].join()
+    with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: it exited with code -9"):
+        pool.encode(["a text"])
+    assert pool.closed
+
+
+def test_no_devices_is_refused_before_any_worker_starts(tiny_embedding_path: Path) -> None:
+    with pytest.raises(QwenEmbedError, match="non-empty list"):
+        DevicePool(tiny_embedding_path, [])
