@@ -99,18 +99,17 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
         from ..eval.beir import load_beir
 
         kind = src.get("pairs", "title-text")
-        if kind == "title-text":
-            import json as _json
-
+        if kind in ("title-text", "lead-rest"):
             rows = []
-            with open(Path(src["beir"]) / "corpus.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    d = _json.loads(line)
-                    title, text = (d.get("title") or "").strip(), (d.get("text") or "").strip()
-                    if title and text:
-                        rows.append({"query": title, "positive": text, "id": f"title:{d['_id']}"})
+            for n, d in enumerate(_read_jsonl(Path(src["beir"]) / "corpus.jsonl")):
+                title, text = (d.get("title") or "").strip(), (d.get("text") or "").strip()
+                doc_id = str(d.get("_id", n))
+                if kind == "title-text" and title and text:
+                    rows.append({"query": title, "positive": text, "id": f"title:{doc_id}"})
+                elif kind == "lead-rest":  # first sentence -> the rest of the text
+                    lead, _, rest = text.partition(". ")
+                    if len(lead.split()) >= 4 and len(rest.split()) >= 8:
+                        rows.append({"query": lead + ".", "positive": rest, "id": f"lead:{doc_id}"})
             return rows
         if kind == "qrels":
             ds = load_beir(src["beir"], src.get("split", "train"))
@@ -122,7 +121,7 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
                     rows.append({"query": text, "positive": corpus[pos[0]], "id": f"qrels:{q}",
                                  **({"instruction": src["instruction"]} if src.get("instruction") else {})})
             return rows
-        raise InputError(f"{where}: pairs must be title-text or qrels, got {kind!r}.")
+        raise InputError(f"{where}: pairs must be title-text, lead-rest or qrels, got {kind!r}.")
     if "stdlib" in src:
         from ..train.stdlib_pairs import collect_pairs
 
