@@ -83,7 +83,7 @@ def test_bad_inputs_and_existing_output(embedder: Embedder, tmp_path: Path) -> N
         filter_pairs(empty, tmp_path / "o.jsonl", embedder=embedder)
     assert not (tmp_path / "o.jsonl").exists()
     bad = write(tmp_path / "bad.jsonl", [{"query": "q"}])
-    with pytest.raises(InputError, match="bad.jsonl:1: needs 'positive'"):
+    with pytest.raises(InputError, match=r"bad\.jsonl:1: needs 'positive'"):
         filter_pairs(bad, tmp_path / "o.jsonl", embedder=embedder)
     (tmp_path / "exists.jsonl").write_text("mine\n")
     with pytest.raises(OutputExistsError):

@@ -59,7 +59,7 @@ def test_scripted_replies_kept_dropped_retried(fake_llm: FakeLLM, embedder: Embe
     # calls = prompts answered: 12 configuration replies + 9 query replies (the passages whose config passed)
     assert summary["calls"] == 21 and len(fake_llm.prompts("query")) == 9
     answered = {}
-    for stage, p in fake_llm.log:
+    for _stage, p in fake_llm.log:
         if "[case:dead" not in p:
             answered[p] = len(p.split())
     assert summary["prompt_tokens"] == sum(answered.values())
@@ -155,7 +155,7 @@ def test_unreachable_endpoint_fails_fast(embedder: Embedder, tmp_path: Path) -> 
     passages = write_passages(tmp_path / "p.jsonl", ["valid"] * 3)
     gen = OpenAIGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", FAST)  # nothing listens: refused
     t0 = time.monotonic()
-    with pytest.raises(GeneratorError, match="no answer from http://127.0.0.1"):
+    with pytest.raises(GeneratorError, match=r"no answer from http://127\.0\.0\.1"):
         generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
     assert time.monotonic() - t0 < 5
     gen.close()
@@ -183,7 +183,7 @@ def test_bad_inputs(fake_llm: FakeLLM, embedder: Embedder, tmp_path: Path) -> No
     with pytest.raises(InputError, match="holds no passages"):
         generate_queries(empty, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
     passages = write_passages(tmp_path / "p.jsonl", ["valid"])
-    with pytest.raises(InputError, match="personas file .*missing.jsonl does not exist"):
+    with pytest.raises(InputError, match=r"personas file .*missing\.jsonl does not exist"):
         generate_queries(passages, tmp_path / "missing.jsonl", tmp_path / "o.jsonl", generator=gen, embedder=embedder)
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')

@@ -91,5 +91,5 @@ def test_user_templates(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("- yes_or_no:", "- yes_no:"))
     with pytest.raises(InputError, match="yes_or_no"):
         load_prompts(folder)
-    with pytest.raises(InputError, match="lacks config.txt"):
+    with pytest.raises(InputError, match=r"lacks config\.txt"):
         load_prompts(tmp_path)
