@@ -72,3 +72,18 @@ def test_incomplete_run_exits_1_and_says_how_to_resume(fake_llm: FakeLLM, tiny_e
     summary = json.loads(err[-2])
     assert summary["pairs"] == 2 and summary["unanswered"] == 1 and summary["failed"] == 1
     assert "Run the same command again to resume" in err[-1]
+
+
+def test_docs_list_every_setting_and_the_prompts() -> None:
+    import dataclasses
+    from importlib import resources
+
+    from qwen_embed.synth import GeneratorSettings, SynthSettings
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "synth.md").read_text()
+    for cls in (SynthSettings, GeneratorSettings):
+        for f in dataclasses.fields(cls):
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            assert f"| `--{f.name.replace('_', '-')}` | {'unset' if default is None else default} |" in docs, f.name
+    for name in ("config.txt", "query.txt"):
+        assert (resources.files("qwen_embed.synth") / "prompts" / name).read_text().strip() in docs, name

@@ -84,12 +84,11 @@ class _Run:
         """Replies from the cache, the rest from the generator (each cached as it arrives)."""
         out: list[Completion | None] = [self.cache.get(p) for p in prompts]
         self.cached += sum(c is not None for c in out)
-        misses = [i for i, c in enumerate(out) if c is None]
-        if misses:
-            asked = [prompts[i] for i in misses]
+        asked = list(dict.fromkeys(p for p, c in zip(prompts, out, strict=True) if c is None))  # each once
+        if asked:
             got = self.generator.complete(asked, on_done=lambda j, c: self.cache.put(asked[j], c))
-            for i, c in zip(misses, got, strict=True):
-                out[i] = c
+            replies = dict(zip(asked, got, strict=True))
+            out = [c if c is not None else replies[p] for p, c in zip(prompts, out, strict=True)]
         return [c if c is not None else Completion(None, error="not sent") for c in out]
 
     def step(self, chunk: Sequence[Passage], index: PersonaIndex) -> list[dict[str, Any]]:
