@@ -268,7 +268,9 @@ class OpenAIGenerator:
                 self._abort = err
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Stop: prompts not yet sent are cancelled, requests in flight are left to end on their own."""
+        self._fail_job(GeneratorError("the generator was closed"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
 
@@ -359,6 +361,7 @@ class LocalGenerator:
         return out
 
     def close(self) -> None:
+        """Release the model."""
         del self.model
 
 
