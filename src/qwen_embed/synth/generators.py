@@ -7,7 +7,8 @@ writes it there, so a kill loses nothing that was paid for). Each prompt is sent
 - `OpenAIGenerator` talks to any chat-completions server (vLLM, SGLang, llama.cpp, a provider) through
   the `openai` client, with its own retry loop (the client's is switched off so that retries are
   counted): at most `concurrency` requests in flight, a `timeout` per request, retries with
-  exponential backoff and jitter on 429, 408, 5xx, timeouts and dropped connections (a `Retry-After`
+  exponential backoff and jitter on 429, 408, 409, 5xx, timeouts, dropped connections and unreadable
+  replies (a `Retry-After`
   header is honoured up to `max_backoff`), and a `max_requests` budget over all requests sent. The
   first prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one
   request and one clear error instead of a storm; 401, 403 and 404 end the job at once, as do
@@ -227,6 +228,8 @@ class OpenAIGenerator:
                 if code not in (408, 409, 429) and code < 500:
                     return self._failed(error)  # the prompt itself is refused (e.g. too long): not retried
                 retry_after = _retry_after(e)
+            except openai.APIError as e:  # a reply the client cannot read (e.g. a proxy's HTML page)
+                error = f"{type(e).__name__}: {e}"
             else:
                 return self._answer(resp)
             if attempt < s.max_retries:

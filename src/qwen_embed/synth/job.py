@@ -17,6 +17,7 @@ A row is a training row that `train embed` and `mine` read as it is:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..files import ResumableJsonl, check_output_file, file_digest, fingerprint
 from .cache import ResponseCache
-from .generators import Completion, Generator
+from .generators import Completion, Generator, GeneratorStats
 from .prompts import DROP_REASONS, Config, Dropped, Prompts, check_config, check_query, load_prompts
 from .settings import SynthSettings
 from .sources import Passage, PersonaIndex, read_passages, read_personas
@@ -160,6 +161,7 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
             resumed = len(writer.done)
             pending = [p for p in items if p.id not in writer.done]
             run = _Run(generator, rc, prompts, s)
+            before = dataclasses.replace(generator.stats)  # the generator may have served earlier runs
             bar = tqdm(total=len(items), initial=len(items) - len(pending), disable=not progress, unit="passage",
                        desc="synth")
             processed = 0
@@ -176,7 +178,10 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
                     if generator.stats.budget_spent:
                         break
             bar.close()
-            stats = generator.stats
+            now = generator.stats
+            stats = GeneratorStats(**{f.name: getattr(now, f.name) - getattr(before, f.name)
+                                      for f in dataclasses.fields(GeneratorStats) if f.name != "budget_spent"},
+                                   budget_spent=now.budget_spent)
             left = len(pending) - processed + run.unanswered  # passages the next run will ask again
             complete = left == 0
             summary: dict[str, Any] = {
