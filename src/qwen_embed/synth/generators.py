@@ -8,9 +8,8 @@ writes it there, so a kill loses nothing that was paid for). Each prompt is sent
   the `openai` client, with its own retry loop (the client's is switched off so that retries are
   counted): at most `concurrency` requests in flight, a `timeout` per request, retries with
   exponential backoff and jitter on 429, 408, 409, 5xx, timeouts, dropped connections and unreadable
-  replies (a `Retry-After`
-  header is honoured up to `max_backoff`), and a `max_requests` budget over all requests sent. The
-  first prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one
+  replies (a `Retry-After` header is honoured up to `max_backoff`), and a `max_requests` budget over
+  all requests sent. Other 4xx fail that prompt only (e.g. one too long for the server). The first prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one
   request and one clear error instead of a storm; 401, 403 and 404 end the job at once, as do
   ABORT_AFTER failures in a row. The API key comes from the environment variable `api_key_env`.
 - `LocalGenerator` runs a Qwen3 causal LM checkpoint with transformers' `generate` (chat template,
