@@ -204,3 +204,25 @@ def test_local_backend_garbage_is_dropped(tiny_reranker_path: Path, embedder: Em
     # the garbage replies were cached: a fresh run over the same passages pays nothing
     s = generate_queries(passages, PERSONAS, out, generator=gen, embedder=embedder, overwrite=True)
     assert s["cached"] == 4 and s["calls"] == 0 and s["requests"] == 0 and gen.stats.calls == 4
+
+
+def test_backoff_doubles_with_jitter_and_honours_retry_after() -> None:
+    gen = OpenAIGenerator("http://127.0.0.1:9/v1", "m", GeneratorSettings(backoff=1.0, max_backoff=10.0))
+    for attempt in range(6):
+        d = [gen._delay(attempt, None) for _ in range(50)]
+        assert all(min(10.0, 0.5 * 2 ** attempt) <= x <= min(10.0, 2 ** attempt) for x in d)
+    assert gen._delay(0, 7.0) == 7.0 and gen._delay(0, 99.0) == 10.0
+    gen.close()
+
+
+def test_endpoint_down_midway_ends_the_job(fake_llm: FakeLLM, embedder: Embedder, tmp_path: Path) -> None:
+    from qwen_embed.synth.generators import ABORT_AFTER
+
+    passages = write_passages(tmp_path / "p.jsonl", ["valid"] + ["dead"] * (ABORT_AFTER + 8))
+    gen = OpenAIGenerator(fake_llm.url, "m", GeneratorSettings(**{**FAST.__dict__, "max_retries": 0,
+                                                                  "concurrency": 2}))
+    with pytest.raises(GeneratorError, match=f"{ABORT_AFTER} prompts in a row"):
+        generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder,
+                         settings=SynthSettings(chunk=64))
+    gen.close()
+    assert len(fake_llm.prompts("config")) <= ABORT_AFTER + 2 + 1  # stops, not one request per passage
