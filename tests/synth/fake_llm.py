@@ -74,6 +74,8 @@ class FakeLLM:
                 return "drop", None
             if case == "dead":
                 return "status", 500
+            if case == "toolong":
+                return "status", 400
             if case == "think":
                 return "ok", "<think>\nthe nurse fits\n</think>\n```json\n" + json.dumps(good) + "\n```"
             return "ok", json.dumps(good)

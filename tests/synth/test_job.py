@@ -27,7 +27,7 @@ from .fake_llm import FakeLLM
 FAST = GeneratorSettings(concurrency=4, timeout=0.5, max_retries=2, backoff=0.01, max_backoff=0.05, temperature=0.0,
                          max_tokens=64)
 CASES = ["valid", "malformed", "badopt", "badchar", "empty", "copy", "slow", "ratelimit", "error", "drop", "dead",
-         "think", "valid"]
+         "think", "valid", "toolong"]
 KEPT = ["p0", "p6", "p7", "p8", "p9", "p11", "p12"]  # the valid ones, those valid after a retry, and `think`
 
 
@@ -51,16 +51,18 @@ def test_scripted_replies_kept_dropped_retried(fake_llm: FakeLLM, embedder: Embe
     assert not out.exists() and summary["output"] == str(out) + ".partial"
     rows = rows_of(Path(summary["output"]))
     assert [r["id"] for r in rows] == KEPT
-    assert summary["dropped"] == {"not_json": 1, "bad_option": 2, "empty_query": 1, "copies_passage": 1}
+    assert summary["dropped"] == {"not_json": 1, "bad_option": 2, "empty_query": 1, "copies_passage": 1,
+                                  "refused": 1}  # `toolong`: a 400 is final, not retried, not left for later
+    assert len([p for p in fake_llm.prompts() if "[case:toolong" in p]) == 1
     assert summary["kept"] == summary["pairs"] == len(KEPT)
     # retries: slow 1 (timeout), ratelimit 2 (429 twice), error 1 (500), drop 1 (connection closed), dead 2
     assert summary["retries"] == 7
-    assert summary["requests"] == len(fake_llm.prompts()) == 29
+    assert summary["requests"] == len(fake_llm.prompts()) == 30
     # calls = prompts answered: 12 configuration replies + 9 query replies (the passages whose config passed)
     assert summary["calls"] == 21 and len(fake_llm.prompts("query")) == 9
     answered = {}
     for _stage, p in fake_llm.log:
-        if "[case:dead" not in p:
+        if "[case:dead" not in p and "[case:toolong" not in p:
             answered[p] = len(p.split())
     assert summary["prompt_tokens"] == sum(answered.values())
     assert summary["cached"] == 0
@@ -83,7 +85,7 @@ def test_scripted_replies_kept_dropped_retried(fake_llm: FakeLLM, embedder: Embe
                          settings=SynthSettings(chunk=5, seed=3))
     gen.close()
     again = fake_llm.prompts()[before:]
-    assert again and all("[case:dead" in p for p in again)
+    assert again and all("[case:dead" in p or "[case:toolong" in p for p in again)
 
 
 def test_rows_are_training_rows(fake_llm: FakeLLM, embedder: Embedder, tmp_path: Path) -> None:

@@ -9,9 +9,10 @@ writes it there, so a kill loses nothing that was paid for). Each prompt is sent
   counted): at most `concurrency` requests in flight, a `timeout` per request, retries with
   exponential backoff and jitter on 429, 408, 409, 5xx, timeouts, dropped connections and unreadable
   replies (a `Retry-After` header is honoured up to `max_backoff`), and a `max_requests` budget over
-  all requests sent. Other 4xx fail that prompt only (e.g. one too long for the server). The first prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one
-  request and one clear error instead of a storm; 401, 403 and 404 end the job at once, as do
-  ABORT_AFTER failures in a row. The API key comes from the environment variable `api_key_env`.
+  all requests sent. Other 4xx refuse that prompt only (e.g. one too long for the server). The first
+  prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one request and
+  one clear error instead of a storm; 401, 403 and 404 end the job at once, as do ABORT_AFTER
+  failures in a row. The API key comes from the environment variable `api_key_env`.
 - `LocalGenerator` runs a Qwen3 causal LM checkpoint with transformers' `generate` (chat template,
   thinking off, left-padded batches) for small offline runs.
 """
@@ -96,23 +97,27 @@ class GeneratorSettings:
 
 @dataclass
 class Completion:
-    """One reply: its text, or `text=None` and the `error` when the prompt got no answer."""
+    """One reply: its text, or `text=None` and the `error` when the prompt got no answer (`refused`:
+    the endpoint rejected this prompt for good, e.g. as too long; asking again would not help)."""
 
     text: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    refused: bool = False
 
 
 @dataclass
 class GeneratorStats:
-    """Counts of one run: requests sent (retries included), prompts answered, retries, failures, tokens."""
+    """Counts of one run: requests sent (retries included), prompts answered, retries, prompts given up
+    after retries (`failed`) or refused by the endpoint (`refused`), tokens."""
 
     requests: int = 0
     calls: int = 0
     retries: int = 0
     failed: int = 0
+    refused: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     budget_spent: bool = False
@@ -182,8 +187,7 @@ class OpenAIGenerator:
             run(todo.pop(0))
             first = out[0]
             assert first is not None
-            gave_up = first.text is None and GAVE_UP in (first.error or "")  # not a refusal of this prompt
-            if self._abort is None and gave_up:
+            if self._abort is None and first.text is None and not first.refused and not self.stats.budget_spent:
                 self._abort = GeneratorError(f"no answer from {self.base_url} ({first.error}) after "
                                              f"{self.settings.max_retries + 1} attempts; check that the server "
                                              f"runs and that --generator is its base URL (e.g. "
@@ -225,7 +229,7 @@ class OpenAIGenerator:
                         f"${s.api_key_env}, the --model name and the --generator URL."))
                     return Completion(None, error=error)
                 if code not in (408, 409, 429) and code < 500:
-                    return self._failed(error)  # the prompt itself is refused (e.g. too long): not retried
+                    return self._failed(error, refused=True)  # this prompt is refused (e.g. too long): final
                 retry_after = _retry_after(e)
             except openai.APIError as e:  # a reply the client cannot read (e.g. a proxy's HTML page)
                 error = f"{type(e).__name__}: {e}"
@@ -254,15 +258,16 @@ class OpenAIGenerator:
             self.stats.completion_tokens += c.completion_tokens
         return c
 
-    def _failed(self, error: str) -> Completion:
+    def _failed(self, error: str, *, refused: bool = False) -> Completion:
         with self._lock:
-            self.stats.failed += 1
+            self.stats.refused += refused
+            self.stats.failed += not refused
             self._in_a_row += 1
             if self._in_a_row >= ABORT_AFTER and self._abort is None:
                 self._abort = GeneratorError(f"{ABORT_AFTER} prompts in a row got no answer from {self.base_url} "
                                              f"(last: {error}); the endpoint looks down. Re-run the same "
                                              f"command to resume.")
-        return Completion(None, error=error)
+        return Completion(None, error=error, refused=refused)
 
     def _fail_job(self, err: GeneratorError) -> None:
         with self._lock:

@@ -101,7 +101,7 @@ class _Run:
         configured = []
         for t, r in zip(steps, replies, strict=True):
             if r.text is None:
-                self.unanswered += 1
+                self._no_answer(r)
                 continue
             try:
                 t.config = check_config(r.text, t.characters)
@@ -116,7 +116,7 @@ class _Run:
         rows = []
         for t, r in zip(configured, replies, strict=True):
             if r.text is None:
-                self.unanswered += 1
+                self._no_answer(r)
                 continue
             try:
                 query = check_query(r.text, t.passage.text, s.copy_min_words)
@@ -126,6 +126,12 @@ class _Run:
             rows.append(self.row(t, query))
         self.kept += len(rows)
         return rows
+
+    def _no_answer(self, r: Completion) -> None:
+        if r.refused:
+            self.dropped["refused"] += 1  # final: asking again would be refused again
+        else:
+            self.unanswered += 1  # left for the next run
 
     def row(self, t: Step, query: str) -> dict[str, Any]:
         assert t.config is not None

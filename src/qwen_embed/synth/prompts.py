@@ -12,7 +12,8 @@ users can read and change them.
 A reply is kept only when it passes every check; otherwise it is dropped under one reason:
 `not_json` (no JSON object in the reply), `bad_option` (Character not one of the candidates,
 Question_Type or Difficulty outside its list, or missing), `empty_query`, `copies_passage` (the query
-is a run of at least `copy_min_words` words found verbatim in the passage). A `<think>...</think>`
+is a run of at least `copy_min_words` words found verbatim in the passage); the job adds `refused`
+(the endpoint rejected the prompt itself, a 4xx such as 400 or 413). A `<think>...</think>`
 block and a Markdown code fence around the JSON are tolerated.
 """
 
@@ -30,7 +31,7 @@ from ..errors import InputError
 
 QUESTION_TYPES = ("keywords", "acquire_knowledge", "summary", "yes_or_no", "background")
 DIFFICULTIES = ("high_school", "university", "phd")
-DROP_REASONS = ("not_json", "bad_option", "empty_query", "copies_passage")
+DROP_REASONS = ("not_json", "bad_option", "empty_query", "copies_passage", "refused")
 TEMPLATE_FILES = ("config.txt", "query.txt", "instructions.json")
 CONFIG_FIELDS = {"passage", "characters", "passage_language"}
 QUERY_FIELDS = {"character", "passage", "passage_language", "question_type", "difficulty", "length", "language"}
