@@ -50,13 +50,10 @@ def cmd_queries(args: argparse.Namespace) -> int:
     from ..files import check_output_file
     from .generators import make_generator
     from .job import LazyEmbedder, generate_queries
-    from .sources import read_passages, read_personas
 
     synth = settings_from_args(SynthSettings, args).check()
     gen_settings = settings_from_args(GeneratorSettings, args).check()
-    check_output_file(args.output, overwrite=args.overwrite)
-    read_passages(args.passages)  # bad inputs fail here, before any model loads
-    read_personas(args.personas)
+    check_output_file(args.output, overwrite=args.overwrite)  # the job checks its inputs before any model loads
 
     def load() -> Any:
         from ..embedder import Embedder

@@ -301,13 +301,14 @@ def _retry_after(e: Any) -> float | None:
 
 # -- local causal LM -------------------------------------------------------------------------------
 class LocalGenerator:
-    """A local Qwen3 causal LM checkpoint through transformers' `generate` (small offline runs)."""
+    """A local Qwen3 causal LM checkpoint through transformers' `generate` (small offline runs).
+
+    The model is loaded on the first `complete`, so that the job checks its inputs first."""
 
     def __init__(self, path: str | os.PathLike[str], settings: GeneratorSettings | None = None, *,
                  device: str | None = None, dtype: str | None = None, seed: int = 0) -> None:
         try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import transformers  # noqa: F401
         except ImportError as e:
             raise InputError(f"the local generator needs transformers ({e}); pip install 'qwen-embed[synth]'.") \
                 from None
@@ -317,16 +318,24 @@ class LocalGenerator:
             raise InputError(f"local generator {self.path} is not a checkpoint folder (no config.json); pass "
                              f"--generator local:FOLDER of a Qwen3 causal LM.")
         self.stats = GeneratorStats()
-        self.seed = seed
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda"
-                                                           else torch.float32)
+        self.seed, self._device, self._dtype = seed, device, dtype
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = torch.device(self._device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = getattr(torch, self._dtype) if self._dtype else (torch.bfloat16 if device.type == "cuda"
+                                                                 else torch.float32)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
-        self.model = model.to(self.device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype)
+        self.model = model.to(device).eval()
+        self.device = device
 
     def identity(self) -> dict[str, Any]:
         s = self.settings
@@ -342,6 +351,8 @@ class LocalGenerator:
     def complete(self, prompts: Sequence[str], on_done: OnDone | None = None) -> list[Completion]:
         import torch
 
+        if self.model is None:
+            self._load()
         s = self.settings
         out: list[Completion] = []
         for start in range(0, len(prompts), s.concurrency):
@@ -369,7 +380,7 @@ class LocalGenerator:
 
     def close(self) -> None:
         """Release the model."""
-        del self.model
+        self.model = self.tokenizer = None
 
 
 def make_generator(spec: str, model: str | None, settings: GeneratorSettings | None = None, *,
