@@ -159,7 +159,7 @@ def test_unreachable_endpoint_fails_fast(embedder: Embedder, tmp_path: Path) -> 
     t0 = time.monotonic()
     with pytest.raises(GeneratorError, match=r"no answer from http://127\.0\.0\.1"):
         generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 8  # three refused connections and two short backoffs, not a hang
     gen.close()
 
 
@@ -174,7 +174,7 @@ def test_silent_endpoint_fails_within_the_timeout(embedder: Embedder, tmp_path: 
         t0 = time.monotonic()
         with pytest.raises(GeneratorError, match="Timeout"):
             generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
-        assert time.monotonic() - t0 < 2 * 0.3 + 2  # two attempts of 0.3 s, a short backoff, the job's setup
+        assert time.monotonic() - t0 < 2 * 0.3 + 5  # two attempts of 0.3 s, a short backoff, the job's setup
         gen.close()
 
 
