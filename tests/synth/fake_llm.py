@@ -26,8 +26,11 @@ FIRST_CANDIDATE = re.compile(r"^1\. (.+)$", re.MULTILINE)
 class FakeLLM:
     """A scripted server on 127.0.0.1; `url` is its base URL (…/v1)."""
 
-    def __init__(self, *, api_key: str | None = None, timeout_sleep: float = 1.0, delay: float = 0.0) -> None:
+    def __init__(self, *, api_key: str | None = None, timeout_sleep: float = 1.0, delay: float = 0.0,
+                 models_route: bool = True) -> None:
         self.api_key = api_key
+        self.models_route = models_route  # answer GET /v1/models (vLLM does); else 404
+        self.gets = 0  # GET requests received
         self.timeout_sleep = timeout_sleep  # how long a "slow" reply takes (longer than the client timeout)
         self.delay = delay  # added to every reply
         self.log: list[tuple[str, str]] = []  # (stage, prompt) of every request received
@@ -101,6 +104,17 @@ class FakeLLM:
                 self.end_headers()
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                with fake.lock:
+                    fake.gets += 1
+                if not (fake.models_route and self.path.endswith("/models")):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                elif fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {fake.api_key}":
+                    self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                else:
+                    self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 0,
+                                                                 "owned_by": "test"}]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

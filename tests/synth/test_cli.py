@@ -56,7 +56,7 @@ def test_wrong_key_reported_once(tiny_embedding_path: Path, tmp_path: Path, caps
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "HTTP 401" in err[0] and "Incorrect API key" in err[0]
-        assert len(server.prompts()) == 1
+        assert server.gets == 1 and len(server.prompts()) == 0
     finally:
         server.close()
 

@@ -124,9 +124,10 @@ def test_request_budget_stops_and_resumes(fake_llm: FakeLLM, embedder: Embedder,
     assert len(set(fake_llm.prompts())) == 16
 
 
-def test_wrong_api_key_is_one_request_and_one_error(embedder: Embedder, tmp_path: Path,
+@pytest.mark.parametrize("models_route", [True, False])
+def test_wrong_api_key_is_one_request_and_one_error(models_route: bool, embedder: Embedder, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    server = FakeLLM(api_key="right-key")
+    server = FakeLLM(api_key="right-key", models_route=models_route)
     try:
         monkeypatch.setenv("SYNTH_TEST_KEY", "wrong-key")
         passages = write_passages(tmp_path / "p.jsonl", ["valid"] * 10)
@@ -136,7 +137,9 @@ def test_wrong_api_key_is_one_request_and_one_error(embedder: Embedder, tmp_path
             generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
         gen.close()
         assert str(err.value).count("401") == 1 and "SYNTH_TEST_KEY" in str(err.value)
-        assert len(server.prompts()) == 1  # no retry storm
+        # no retry storm: the preflight GET /models refuses the key, or (a server without that route)
+        # the first prompt, sent alone, does
+        assert server.gets == 1 and len(server.prompts()) == (0 if models_route else 1)
         monkeypatch.setenv("SYNTH_TEST_KEY", "right-key")
         gen = OpenAIGenerator(server.url, "fake-model",
                               GeneratorSettings(**{**FAST.__dict__, "api_key_env": "SYNTH_TEST_KEY"}))

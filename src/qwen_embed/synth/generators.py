@@ -12,7 +12,9 @@ writes it there, so a kill loses nothing that was paid for). Each prompt is sent
   all requests sent. Other 4xx refuse that prompt only (e.g. one too long for the server). The first
   prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one request and
   one clear error instead of a storm; 401, 403 and 404 end the job at once, as do ABORT_AFTER
-  failures in a row. The API key comes from the environment variable `api_key_env`.
+  failures in a row. Before that, `preflight` asks `GET /models` once, so that an unreachable server
+  or a wrong key is reported before the job embeds the personas. The API key comes from the
+  environment variable `api_key_env`.
 - `LocalGenerator` runs a Qwen3 causal LM checkpoint with transformers' `generate` (chat template,
   thinking off, left-padded batches) for small offline runs.
 """
@@ -135,6 +137,10 @@ class Generator(Protocol):
         """What determines a reply besides the prompt (model, sampling): the cache key's namespace."""
         ...
 
+    def preflight(self) -> None:
+        """Fail now, before the job's expensive setup, if the generator cannot work (GeneratorError)."""
+        ...
+
     def complete(self, prompts: Sequence[str], on_done: OnDone | None = None) -> list[Completion]:
         """One completion per prompt, in order; `on_done(i, c)` as each arrives."""
         ...
@@ -145,9 +151,6 @@ class Generator(Protocol):
 
 
 # -- OpenAI-compatible endpoint --------------------------------------------------------------------
-class _Fatal(Exception):
-    pass
-
 
 class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible server (see the module docstring for the policy)."""
@@ -172,6 +175,34 @@ class OpenAIGenerator:
         s = self.settings
         return {"backend": "openai", "model": self.model, "temperature": s.temperature, "max_tokens": s.max_tokens,
                 "extra_body": self._extra}
+
+    def preflight(self) -> None:
+        """One `GET /models` (with the retry policy; not counted in `stats`): an unreachable server or
+        refused credentials end the job before the personas are embedded. A server without that route,
+        or one that fails it with a 5xx, passes: the first prompt, sent alone, is the next check."""
+        import openai
+
+        s, error = self.settings, ""
+        for attempt in range(s.max_retries + 1):
+            if attempt:
+                time.sleep(self._delay(attempt - 1, None))
+            try:
+                self._client.models.list()
+                return
+            except openai.APIConnectionError as e:
+                error = f"{type(e).__name__}: {e}"
+            except openai.APIStatusError as e:
+                if e.status_code in (401, 403):
+                    raise GeneratorError(f"{self.base_url} answered HTTP {e.status_code}: {_message(e)}; check the "
+                                         f"API key in ${s.api_key_env} and the --generator URL.") from None
+                if e.status_code not in (408, 429):
+                    return
+                error = f"HTTP {e.status_code}: {_message(e)}"
+            except openai.APIError:
+                return
+        raise GeneratorError(f"no answer from {self.base_url} ({error} {GAVE_UP} {s.max_retries + 1} attempts); "
+                             f"check that the server runs and that --generator is its base URL (e.g. "
+                             f"http://HOST:8000/v1).")
 
     def complete(self, prompts: Sequence[str], on_done: OnDone | None = None) -> list[Completion]:
         out: list[Completion | None] = [None] * len(prompts)
@@ -341,6 +372,11 @@ class LocalGenerator:
         s = self.settings
         return {"backend": "local", "model": str(self.path.resolve()), "temperature": s.temperature,
                 "max_tokens": s.max_tokens, "seed": self.seed}
+
+    def preflight(self) -> None:
+        """Load the model now (a broken checkpoint fails before the job's setup)."""
+        if self.model is None:
+            self._load()
 
     def _chat(self, prompt: str) -> str:
         messages = [{"role": "user", "content": prompt}]

@@ -172,6 +172,7 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
                        desc="synth")
             processed = 0
             if pending:
+                generator.preflight()
                 emb = embedder.load() if isinstance(embedder, LazyEmbedder) else embedder
                 index = PersonaIndex(emb, people, k=s.top_personas)
                 for start in range(0, len(pending), s.chunk):
