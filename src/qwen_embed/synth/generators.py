@@ -151,7 +151,6 @@ class Generator(Protocol):
 
 
 # -- OpenAI-compatible endpoint --------------------------------------------------------------------
-
 class OpenAIGenerator:
     """Chat completions from an OpenAI-compatible server (see the module docstring for the policy)."""
 
@@ -219,9 +218,8 @@ class OpenAIGenerator:
             first = out[0]
             assert first is not None
             if self._abort is None and first.text is None and not first.refused and not self.stats.budget_spent:
-                self._abort = GeneratorError(f"no answer from {self.base_url} ({first.error}) after "
-                                             f"{self.settings.max_retries + 1} attempts; check that the server "
-                                             f"runs and that --generator is its base URL (e.g. "
+                self._abort = GeneratorError(f"no answer from {self.base_url} ({first.error}); check that the "
+                                             f"server runs and that --generator is its base URL (e.g. "
                                              f"http://HOST:8000/v1).")
         if self._abort is None:
             list(self._pool.map(run, todo))
