@@ -164,6 +164,7 @@ def test_unreachable_endpoint_fails_fast(embedder: Embedder, tmp_path: Path) -> 
         generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
     assert time.monotonic() - t0 < 8  # three refused connections and two short backoffs, not a hang
     gen.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]  # nothing created
 
 
 def test_silent_endpoint_fails_within_the_timeout(embedder: Embedder, tmp_path: Path) -> None:

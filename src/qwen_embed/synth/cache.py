@@ -34,7 +34,8 @@ class ResponseCache:
         self._lock = threading.Lock()
         if self.path.exists():
             self._load()
-        self._f: IO[str] | None = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._f: IO[str] | None = None  # opened on the first reply, so a run that got none leaves no file
+        self._closed = False
 
     def _load(self) -> None:
         good = 0
@@ -68,7 +69,9 @@ class ResponseCache:
         line = json.dumps({"key": key, "text": completion.text, "prompt_tokens": completion.prompt_tokens,
                            "completion_tokens": completion.completion_tokens}, ensure_ascii=False) + "\n"
         with self._lock:
-            assert self._f is not None, "put after close"
+            assert not self._closed, "put after close"
+            if self._f is None:
+                self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._f.write(line)
             self._f.flush()
             self.entries[key] = Completion(completion.text, completion.prompt_tokens, completion.completion_tokens,
@@ -77,6 +80,7 @@ class ResponseCache:
     def close(self) -> None:
         """Flush to disk and close."""
         with self._lock:
+            self._closed = True
             if self._f is not None:
                 self._f.flush()
                 os.fsync(self._f.fileno())

@@ -161,6 +161,7 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
     job = fingerprint("synth-queries/1", {k: v for k, v in vars(s).items() if k != "chunk"}, generator.identity(),
                       embedder.name, file_digest(passages), file_digest(personas), prompts.config, prompts.query,
                       prompts.instructions)
+    generator.preflight()  # an unusable endpoint fails here, before any file is created or model loaded
     rc = ResponseCache(cache if cache is not None else default_cache_path(output), generator.identity())
     try:
         with ResumableJsonl(output, key="id", job=job, overwrite=overwrite) as writer:
@@ -172,7 +173,6 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
                        desc="synth")
             processed = 0
             if pending:
-                generator.preflight()
                 emb = embedder.load() if isinstance(embedder, LazyEmbedder) else embedder
                 index = PersonaIndex(emb, people, k=s.top_personas)
                 for start in range(0, len(pending), s.chunk):
