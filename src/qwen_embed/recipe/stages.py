@@ -267,18 +267,32 @@ def run_merge(ctx: StageContext) -> StageResult:
 
 
 # -- synthetic data ------------------------------------------------------------------------------
-def _synth_call(name: str, ctx: StageContext) -> StageResult:
-    import importlib
+def run_synth(ctx: StageContext) -> StageResult:
+    """`synth queries`: persona-based two-stage generation (resumable, cached) into pairs.jsonl."""
+    from ..embedder import Embedder
+    from ..synth import GeneratorSettings, LazyEmbedder, SynthSettings, generate_queries, make_generator
 
-    try:
-        synth = importlib.import_module("qwen_embed.synth")
-    except ImportError:  # pragma: no cover
-        raise InputError("this installation has no synthetic-data package (qwen_embed.synth).") from None
-    fn = getattr(synth, f"recipe_{name}", None)
-    if fn is None:  # pragma: no cover
-        raise InputError(f"qwen_embed.synth has no recipe_{name} entry point.")
-    stats = fn(dict(ctx.settings), ctx.out / "pairs.jsonl")
-    return StageResult({"pairs": "pairs.jsonl"}, dict(stats or {}))
+    s = ctx.settings
+    gen_settings = GeneratorSettings(**(s.get("generator_settings") or {}))
+    generator = make_generator(str(s["generator"]), s.get("model"), gen_settings, seed=ctx.recipe.seed)
+    name = str(s["embedding_model"])
+    embedder = LazyEmbedder(name, lambda: Embedder.from_pretrained(name, max_length=512))
+    settings = SynthSettings(**{"seed": ctx.recipe.seed, **(s.get("settings") or {})})
+    summary = generate_queries(s["passages"], s["personas"], ctx.out / "pairs.jsonl", generator=generator,
+                               embedder=embedder, settings=settings)
+    return StageResult({"pairs": "pairs.jsonl"}, dict(summary))
+
+
+def run_filter(ctx: StageContext) -> StageResult:
+    """`synth filter`: keep pairs whose query-passage cosine exceeds min_cos, without duplicates."""
+    from ..embedder import Embedder
+    from ..synth import DEFAULT_MIN_COS, filter_pairs
+
+    s = ctx.settings
+    emb = Embedder.from_pretrained(s["embedding_model"], max_length=512)
+    stats = filter_pairs(s["input"], ctx.out / "pairs.jsonl", embedder=emb,
+                         min_cos=float(s.get("min_cos", DEFAULT_MIN_COS)))
+    return StageResult({"pairs": "pairs.jsonl"}, dict(stats))
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -350,9 +364,9 @@ KINDS: dict[str, Kind] = {
     "init": Kind(("model",), frozenset({"shape", "tokenizer", "seed", "dtype", "model_kind"}), run_init,
                  model_output="model"),
     "synth": Kind(("pairs",), frozenset({"passages", "personas", "generator", "model", "embedding_model",
-                                         "settings"}), lambda c: _synth_call("queries", c),
-                  frozenset({"passages", "personas", "generator"})),
-    "filter": Kind(("pairs",), frozenset({"input", "embedding_model", "min_cos"}), lambda c: _synth_call("filter", c),
+                                         "settings", "generator_settings"}), run_synth,
+                  frozenset({"passages", "personas", "generator", "embedding_model"})),
+    "filter": Kind(("pairs",), frozenset({"input", "embedding_model", "min_cos"}), run_filter,
                    frozenset({"input", "embedding_model"})),
     "train-embed": Kind(("model", "checkpoints", "log"), frozenset({"config"}), run_train_embed,
                         frozenset({"config"}), model_output="model"),
