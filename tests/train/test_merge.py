@@ -34,7 +34,7 @@ TEXTS = ["the heart pumps blood", "rivers flow into the sea"]
 
 def state_of(folder: Path) -> dict[str, torch.Tensor]:
     reader = WeightReader(safetensors_files(folder))
-    return {k: reader.get(k) for k in reader.keys()}
+    return {k: reader.get(k) for k in reader.where}
 
 
 def fine_tuned(base: Path, out: Path, seed: int, scale: float = 0.01) -> Path:
@@ -159,7 +159,7 @@ def test_embedding_merge_loads_in_embedder_and_transformers(ckpts: dict[str, Pat
     ours = Embedder.from_pretrained(out, device="cpu").encode_documents(TEXTS)
     from transformers import AutoModel
 
-    model, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    _, info = AutoModel.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert ours.shape == (2, 64) and np.isfinite(ours).all()
 
@@ -187,7 +187,7 @@ def test_mixed_layouts_keep_the_first_models(tmp_path: Path) -> None:
     torch.testing.assert_close(er[k], (e[k] + r["model." + k]) / 2, rtol=0, atol=1e-7)
     Embedder.from_pretrained(tmp_path / "er", device="cpu")
     # reranker (with lm_head) first, embedding second: the head is missing there -> refused, naming it
-    with pytest.raises(Exception, match="lm_head.weight"):
+    with pytest.raises(Exception, match=r"lm_head\.weight"):
         merge_checkpoints([rer, emb], tmp_path / "re", method="linear")
     assert not (tmp_path / "re").exists()
 
@@ -303,3 +303,33 @@ def test_a_shard_that_breaks_mid_merge_leaves_nothing(ckpts: dict[str, Path], tm
         err = run_cli([str(ckpts["a"]), str(cut), "-o", str(tmp_path / "o")], capsys)
     assert "truncated" in err or "cannot be read" in err
     assert_nothing_left(tmp_path, "o")
+
+
+# -- merge-lora, one of the merge methods ------------------------------------------------------------
+def test_merge_lora_keeps_a_reranker_base_layout_and_equals_peft(tmp_path: Path) -> None:
+    from qwen_embed.checkpoint import Checkpoint
+    from qwen_embed.train.lora import add_lora, lora_config, merge_lora, save_adapter
+
+    base = make_checkpoint(tmp_path / "rer", "reranker", tokenizer="small", seed=7, tie_word_embeddings=False,
+                           shards=2)
+    ck = Checkpoint.load(base, "cpu", "float32", want_head=False)
+    cfg = lora_config(r=4, alpha=8)
+    model = add_lora(ck.model, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    save_adapter(model, cfg, tmp_path / "adapter")
+    want = {k: v.detach() for k, v in merge_lora(model).state_dict().items()}  # peft's merge, in memory
+    assert main(["merge-lora", "--base", str(base), "--adapter", str(tmp_path / "adapter"), "-o",
+                 str(tmp_path / "m")]) == 0
+    got, orig = state_of(tmp_path / "m"), state_of(base)
+    assert set(got) == set(orig) and "lm_head.weight" in got  # the causal-LM layout is kept
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    for k, v in want.items():
+        torch.testing.assert_close(got["model." + k], v, rtol=0, atol=1e-6)
+    assert torch.equal(got["lm_head.weight"], orig["lm_head.weight"])
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(got[q], orig[q])
+    Reranker.from_pretrained(tmp_path / "m", device="cpu").score("query", TEXTS)

@@ -485,3 +485,111 @@ def merge_checkpoints(
     finally:
         bar.close()
     return report
+
+
+# -- LoRA: base + adapter, the `merge-lora` method -------------------------------------------------
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight$")
+
+
+def lora_merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """peft's LoRA merge of one projection: W + (B @ A) * scale, [out, in] + ([out, r] @ [r, in])."""
+    return weight + (b @ a) * scale
+
+
+def _lora_scale(raw: dict[str, Any], where: Path) -> float:
+    """alpha / r (alpha / sqrt(r) with rsLoRA), refusing the adapter features this merge does not fold."""
+    if raw.get("peft_type", "LORA") != "LORA":
+        raise InputError(f"{where}: peft_type {raw.get('peft_type')!r} is not LORA; only LoRA adapters merge.")
+    for key in ("use_dora", "fan_in_fan_out"):
+        if raw.get(key):
+            raise InputError(f"{where}: {key}=true is not supported by merge-lora; merge it with peft's "
+                             "merge_and_unload instead.")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if raw.get(key):
+            raise InputError(f"{where}: a per-layer {key} is not supported by merge-lora; merge it with peft's "
+                             "merge_and_unload instead.")
+    r, alpha = int(raw["r"]), float(raw["lora_alpha"])
+    return alpha / math.sqrt(r) if raw.get("use_rslora") else alpha / r
+
+
+def _read_adapter(adapter_dir: Path, src: Source) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """{trunk key of the adapted weight: (A, B)} and the scale, checked against the base's tensors."""
+    from safetensors.torch import load_file
+
+    from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PREFIX
+
+    if not (adapter_dir / ADAPTER_CONFIG).is_file() or not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise InputError(f"{adapter_dir} is not a PEFT adapter folder: it needs {ADAPTER_CONFIG} and "
+                         f"{ADAPTER_WEIGHTS}.")
+    scale = _lora_scale(json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8")), adapter_dir)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(adapter_dir / ADAPTER_WEIGHTS)).items():
+        m = _LORA_KEY.match(key.removeprefix(PREFIX))
+        module = m["module"] if m else ""
+        tid = module + ".weight"
+        if m and tid not in src.keys and module.startswith("model."):  # peft around a causal LM
+            tid = module.removeprefix("model.") + ".weight"
+        if not m or tid not in src.keys:
+            raise InputError(f"{adapter_dir}: adapter key {key!r} matches no layer of {src.path}.")
+        parts.setdefault(tid, {})[m["which"]] = value
+    pairs = {}
+    for tid, ab in parts.items():
+        if set(ab) != {"A", "B"}:
+            raise InputError(f"{adapter_dir}: {tid} has lora_{''.join(ab)} but not both lora_A and lora_B.")
+        out_f, in_f = src.shape(tid)
+        if ab["A"].shape[1] != in_f or ab["B"].shape[0] != out_f or ab["A"].shape[0] != ab["B"].shape[1]:
+            raise InputError(f"{adapter_dir}: {tid} is {[out_f, in_f]} but lora_B @ lora_A is "
+                             f"{list(ab['B'].shape)} @ {list(ab['A'].shape)}; the adapter belongs to another base.")
+        pairs[tid] = (ab["A"], ab["B"])
+    return pairs, scale
+
+
+def merge_adapter(base: str | os.PathLike[str], adapter_dir: str | os.PathLike[str], out: str | os.PathLike[str],
+                  *, dtype: str | torch.dtype | None = None, overwrite: bool = False,
+                  max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES, progress: bool | None = None) -> Path:
+    """Fold a PEFT LoRA adapter into its base, streaming the base one tensor at a time (`merge-lora`).
+
+    The output keeps the base's layout (embedding or causal-LM keys, lm_head), config and tokenizer;
+    `dtype` (float32 / bfloat16 / float16) changes the saved dtype of the floating-point weights.
+    """
+    from ..weights import pick_dtype
+
+    check_output_dir(out, overwrite=overwrite)
+    src = Source.open(base)
+    pairs, scale = _read_adapter(Path(adapter_dir), src)
+    out_dtype = pick_dtype(dtype, torch.device("cpu")) if dtype is not None else None
+    ids = {fk: tid for tid, fk in src.keys.items()}
+
+    def saved_dtype(fk: str) -> torch.dtype:
+        own = CODE_DTYPES[src.reader.dtypes[fk]]
+        return out_dtype if out_dtype is not None and own.is_floating_point else own
+
+    def produce(spec: TensorSpec) -> torch.Tensor:
+        bar.update(spec.nbytes)
+        tid = ids[spec.name]
+        w = src.get(tid)
+        if tid in pairs:
+            a, b = pairs[tid]
+            w = lora_merge(w.float(), a.float(), b.float(), scale)
+        return w.to(spec.dtype)
+
+    specs = [TensorSpec(fk, src.reader.shapes[fk], saved_dtype(fk)) for fk in src.reader.where]
+    bar = _progress_bar(sum(s.nbytes for s in specs), progress, "merge-lora")
+    try:
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            write_shards(tmp, plan_shards(specs, parse_size(max_shard_size)), produce)
+            _copy_side_files(src.path, tmp)
+            if out_dtype is not None:
+                _set_config_dtype(tmp / "config.json", out_dtype)
+    finally:
+        bar.close()
+    return Path(out)
+
+
+def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    raw["torch_dtype"] = name
+    if "dtype" in raw:
+        raw["dtype"] = name
+    path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
