@@ -7,6 +7,7 @@ The reference is mergekit itself (a dev dependency; `mergekit/merge_methods/sler
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -333,3 +334,55 @@ def test_merge_lora_keeps_a_reranker_base_layout_and_equals_peft(tmp_path: Path)
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(got[q], orig[q])
     Reranker.from_pretrained(tmp_path / "m", device="cpu").score("query", TEXTS)
+
+
+# -- the training config's merge section -------------------------------------------------------------
+def run_config(small_ckpt: Path, train_file: Path, out: Path, merge: dict[str, object], lora: bool = False) -> object:
+    from qwen_embed.train.config import TrainConfig
+
+    return TrainConfig.from_dict({
+        "model": {"path": str(small_ckpt), "device": "cpu"},
+        "data": {"train_files": [str(train_file)], "num_negatives": 0, "query_max_length": 16, "doc_max_length": 24},
+        "optim": {"lr": 5e-3, "warmup_steps": 1},
+        "train": {"output_dir": str(out), "batch_size": 8, "max_steps": 3, "save_every": 1, "keep_checkpoints": 3,
+                  "progress": False, "grad_cache": False},
+        "eval": {"file": str(train_file), "every": 100, "max_queries": 16},
+        "lora": {"enabled": lora, "r": 4, "alpha": 8},
+        "merge": merge,
+    })
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_ckpt: Path, train_file: Path, tmp_path: Path,
+                                                              lora: bool) -> None:
+    from qwen_embed.train.loop import Trainer
+
+    cfg = run_config(small_ckpt, train_file, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3",
+                                                                 "weights": [1, 1, 2]}, lora=lora)
+    Trainer(cfg).run()  # type: ignore[arg-type]
+    merged = tmp_path / "run" / "merged"
+    report = json.loads((merged / "merge_report.json").read_text())
+    assert [Path(p).parts[-2 if not lora else -1] for p in report["inputs"]] == [
+        "step-00000001", "step-00000002", "step-00000003"]
+    scores = json.loads((merged / "held_out_eval.json").read_text())
+    assert list(scores["inputs"]) == ["step-00000001", "step-00000002", "step-00000003"]
+    assert set(scores["merged"]) == {"recall@10", "mrr@10", "ndcg@10"}
+    Embedder.from_pretrained(merged, device="cpu").encode_documents(TEXTS)
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".merge-inputs")]
+
+
+def test_merge_settings_are_checked_when_the_config_is_read(small_ckpt: Path, train_file: Path,
+                                                            tmp_path: Path) -> None:
+    from qwen_embed.errors import ConfigError
+
+    cfg = run_config(small_ckpt, train_file, tmp_path, {"method": "linear", "checkpoints": [2, "step-00000003"]})
+    assert cfg.merge.checkpoints == [2, "step-00000003"]  # type: ignore[attr-defined]
+    bad = [({"method": "soup"}, "unknown"), ({"method": "slerp", "checkpoints": "last-3"}, "exactly 2"),
+           ({"method": "linear", "checkpoints": "last-5"}, "keep_checkpoints >= 5"),
+           ({"method": "linear", "checkpoints": "newest"}, "last-K"),
+           ({"method": "multislerp", "weights": [1, 2]}, "2 values for 3"),
+           ({"method": "slerp", "checkpoints": "last-2", "t": 2.0}, "[0, 1]"),
+           ({"method": "linear", "checkpoints": 3}, "must be str or list")]
+    for merge, msg in bad:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            run_config(small_ckpt, train_file, tmp_path, merge)

@@ -99,7 +99,8 @@ def register(sub: Any) -> None:
                         description="Contrastive training (improved InfoNCE) of a Qwen3 embedding model. Resumes "
                         "from the newest checkpoint in train.output_dir. Multi-process: torchrun "
                         "--nproc-per-node N -m qwen_embed train embed --config FILE.yaml")
-    e.add_argument("--config", required=True, help="YAML file: sections model, data, loss, optim, train, lora, eval")
+    e.add_argument("--config", required=True,
+                   help="YAML file: sections model, data, loss, optim, train, lora, eval, merge")
     e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting (repeatable), e.g. --set train.max_steps=100")
     e.set_defaults(func=cmd_train_embed)

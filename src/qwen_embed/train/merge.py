@@ -593,3 +593,87 @@ def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
     if "dtype" in raw:
         raw["dtype"] = name
     path.write_text(json.dumps(raw, indent=2), encoding="utf-8")
+
+
+# -- merging at the end of a training run (the `merge:` section of a training config) ---------------
+EvaluateFn = Callable[[Path], dict[str, float]]
+EVAL_NAME = "held_out_eval.json"
+
+
+def select_checkpoints(run_dir: Path, which: str | Sequence[int | str]) -> list[Path]:
+    """The run's checkpoint folders named by `which`: 'last-K', or steps / step-N names / folders."""
+    saved = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if (p / "state.pt").is_file())
+    if isinstance(which, str):
+        k = int(which.removeprefix("last-"))
+        if len(saved) < k:
+            raise InputError(f"merge.checkpoints={which} but {run_dir / 'checkpoints'} holds {len(saved)} "
+                             f"checkpoint(s); save more often (train.save_every) or merge fewer.")
+        return saved[-k:]
+    chosen = []
+    for item in which:
+        path = run_dir / "checkpoints" / (f"step-{item:08d}" if isinstance(item, int) else item)
+        if not path.is_dir():
+            path = Path(str(item))
+        if not path.is_dir():
+            raise InputError(f"merge.checkpoints names {item!r}, which is neither a checkpoint of {run_dir} nor a "
+                             f"folder; saved: {[p.name for p in saved]}.")
+        chosen.append(path)
+    return chosen
+
+
+def held_out_evaluator(cfg: Any, eval_set: Any, tokenizer: Any, device: torch.device,
+                       autocast: Callable[[], Any] | None = None) -> EvaluateFn | None:
+    """A function that loads a checkpoint folder's trunk and scores it on the run's held-out set
+    (`train.evaluate.evaluate` with the run's settings); None without an eval set or with evaluate off."""
+    if eval_set is None or not cfg.merge.evaluate:
+        return None
+
+    def fn(folder: Path) -> dict[str, float]:
+        from ..checkpoint import Checkpoint
+        from .evaluate import evaluate
+
+        model = Checkpoint.load(folder, device, torch.float32, want_head=False).model
+        d = cfg.data
+        return evaluate(model, tokenizer, eval_set, device=device, k=cfg.eval.k, query_max_length=d.query_max_length,
+                        doc_max_length=d.doc_max_length, batch_tokens=cfg.train.chunk_tokens,
+                        autocast=autocast() if autocast else None)
+    return fn
+
+
+def merge_run(run_dir: str | os.PathLike[str], settings: Any, *, base_model: str | os.PathLike[str],
+              evaluate_fn: EvaluateFn | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Merge a run's checkpoints into run_dir/merged as `settings` (a `MergeSettings`) say, then evaluate.
+
+    LoRA checkpoints (an `adapter/` folder) are first folded into `base_model` (temporary folders,
+    removed afterwards). With `evaluate_fn`, every input and the merge are scored and written to
+    merged/held_out_eval.json. Returns {"inputs": {name: metrics}, "merged": metrics, "report": ...}.
+    """
+    import tempfile
+
+    run = Path(run_dir)
+    steps = select_checkpoints(run, settings.checkpoints)
+    base = settings.base or (os.fspath(base_model) if settings.method == "task-slerp" else None)
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-inputs-", dir=run))
+    try:
+        inputs = []
+        for step in steps:
+            if (step / "adapter").is_dir():
+                inputs.append(merge_adapter(base_model, step / "adapter", tmp / step.name, progress=False))
+            else:
+                inputs.append(step / "model" if (step / "model").is_dir() else step)
+        report = merge_checkpoints(inputs, run / "merged", method=settings.method, base=base,
+                                   weights=settings.weights or None, t=settings.t, overwrite=True, progress=progress)
+        print(report.table(), file=sys.stderr)
+        result: dict[str, Any] = {"inputs": {}, "merged": None, "report": report.to_dict()["groups"]}
+        if evaluate_fn is not None:
+            for step, folder in zip(steps, inputs, strict=True):
+                result["inputs"][step.name] = evaluate_fn(folder)
+            result["merged"] = evaluate_fn(run / "merged")
+            from ..files import write_json_atomic
+
+            write_json_atomic(run / "merged" / EVAL_NAME, {k: v for k, v in result.items() if k != "report"})
+            for name, metrics in [*result["inputs"].items(), ("merged", result["merged"])]:
+                print(f"{name:<16} " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
