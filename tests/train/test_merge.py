@@ -386,3 +386,32 @@ def test_merge_settings_are_checked_when_the_config_is_read(small_ckpt: Path, tr
     for merge, msg in bad:
         with pytest.raises(ConfigError, match=re.escape(msg)):
             run_config(small_ckpt, train_file, tmp_path, merge)
+
+
+@pytest.mark.slow
+def test_scifact_run_merges_and_scores_on_real_pairs(shared_data: Path, small_ckpt: Path, tmp_path: Path) -> None:
+    """Real SciFact (claim, abstract) pairs: a short run, its last 3 checkpoints merged and scored on held-out
+    test claims. The merge of nearby checkpoints scores like them (docs/train.md has the full-size figures)."""
+    from qwen_embed.tokenizer import document_text
+    from qwen_embed.train.loop import Trainer
+
+    from .conftest import write_jsonl
+
+    src = shared_data / "beir" / "scifact"
+    corpus = map(json.loads, (src / "corpus.jsonl").read_text().splitlines())
+    docs = {r["_id"]: document_text(r.get("title"), r.get("text")) for r in corpus}
+    queries = {r["_id"]: r["text"] for r in map(json.loads, (src / "queries.jsonl").read_text().splitlines())}
+
+    def rows(split: str, n: int) -> list[dict[str, object]]:
+        lines = (src / "qrels" / f"{split}.tsv").read_text().splitlines()[1 : n + 1]
+        return [{"query": queries[q], "positive": docs[d]} for q, d, _ in (ln.split("\t") for ln in lines)]
+
+    train = write_jsonl(tmp_path / "train.jsonl", rows("train", 64))
+    held = write_jsonl(tmp_path / "test.jsonl", rows("test", 48))
+    cfg = run_config(small_ckpt, train, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3"})
+    cfg.eval.file = str(held)  # type: ignore[attr-defined]
+    cfg.train.max_steps = 4  # type: ignore[attr-defined]
+    Trainer(cfg).run()  # type: ignore[arg-type]
+    scores = json.loads((tmp_path / "run" / "merged" / "held_out_eval.json").read_text())
+    inputs = [m["ndcg@10"] for m in scores["inputs"].values()]
+    assert len(inputs) == 3 and min(inputs) - 0.1 <= scores["merged"]["ndcg@10"] <= max(inputs) + 0.1

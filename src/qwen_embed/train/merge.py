@@ -445,6 +445,8 @@ def merge_checkpoints(
     the files written here are replaced). Writes size-bounded shards and merge_report.json; returns the
     report.
     """
+    if isinstance(paths, str | os.PathLike):
+        raise InputError(f"paths must be a list of checkpoints, got the single path {os.fspath(paths)!r}.")
     params = check_params(method, len(paths), base=base is not None, weights=weights, t=t)
     max_bytes = parse_size(max_shard_size)
     check_output_dir(out, overwrite=overwrite)
