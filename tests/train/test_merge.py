@@ -187,6 +187,12 @@ def test_mixed_layouts_keep_the_first_models(tmp_path: Path) -> None:
     k = "layers.0.mlp.up_proj.weight"
     torch.testing.assert_close(er[k], (e[k] + r["model." + k]) / 2, rtol=0, atol=1e-7)
     Embedder.from_pretrained(tmp_path / "er", device="cpu")
+    # converted seq-cls rerankers: score.weight is merged as the head group
+    cls1 = make_checkpoint(tmp_path / "cls1", "seq-cls", tokenizer="small", seed=8)
+    cls2 = make_checkpoint(tmp_path / "cls2", "seq-cls", tokenizer="small", seed=9, shards=2)
+    report = merge_checkpoints([cls1, cls2], tmp_path / "cc", method="slerp", t=0.5)
+    assert report.to_dict()["groups"]["head"]["tensors"] == 1 and "score.weight" in state_of(tmp_path / "cc")
+    Reranker.from_pretrained(tmp_path / "cc", device="cpu").score("query", TEXTS)
     # reranker (with lm_head) first, embedding second: the head is missing there -> refused, naming it
     with pytest.raises(Exception, match=r"lm_head\.weight"):
         merge_checkpoints([rer, emb], tmp_path / "re", method="linear")
