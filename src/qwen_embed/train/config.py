@@ -1,6 +1,6 @@
 """TrainConfig: every setting of `qwen-embed train embed`, as plain dataclasses read once from YAML.
 
-The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval); a missing
+The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval, merge); a missing
 key takes the default shown here, an unknown key or a value of the wrong type is an error that names
 it and lists the valid keys. Each field's `help` is the documentation (`describe()` renders the table
 in docs/train.md).
@@ -112,6 +112,21 @@ class EvalSettings:
 
 
 @dataclass
+class MergeSettings:
+    method: str | None = setting(None, "at the end of the run, merge saved checkpoints into output_dir/merged: "
+                                 "linear, slerp, multislerp or task-slerp (None: no merge); see `qwen-embed merge`")
+    checkpoints: str | list[int | str] = setting("last-3", "which checkpoints: 'last-K' (the K newest saved ones; "
+                                                  "train.keep_checkpoints must keep K) or a list of steps, "
+                                                  "step-N names or checkpoint folders")
+    t: float | None = setting(None, "slerp / task-slerp position in [0, 1] (0: the first checkpoint); None: 0.5")
+    weights: list[float] = setting([], "one weight per checkpoint (linear, multislerp; task-slerp: t = w2 / "
+                                   "(w1 + w2)); empty: equal")
+    base: str | None = setting(None, "the base of task-slerp / multislerp (folder or hub id); None: model.path "
+                               "for task-slerp, no base for multislerp")
+    evaluate: bool = setting(True, "evaluate every merged checkpoint and the merge on eval.file (held out)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -120,6 +135,7 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +177,30 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{source}: {msg}.")
+        if self.merge.method is not None:
+            self._validate_merge(source)
+
+    def _validate_merge(self, source: str) -> None:
+        from ..errors import InputError
+        from .merge import check_params
+
+        m = self.merge
+        if isinstance(m.checkpoints, str):
+            k = m.checkpoints.removeprefix("last-")
+            if not m.checkpoints.startswith("last-") or not k.isdigit():
+                raise ConfigError(f"{source}: merge.checkpoints={m.checkpoints!r} must be 'last-K' (e.g. last-3) "
+                                  "or a list of steps / checkpoint folders.")
+            n = int(k)
+            if n > self.train.keep_checkpoints:
+                raise ConfigError(f"{source}: merge.checkpoints={m.checkpoints} needs train.keep_checkpoints >= "
+                                  f"{n} (it is {self.train.keep_checkpoints}).")
+        else:
+            n = len(m.checkpoints)
+        base = m.base is not None or m.method == "task-slerp"
+        try:
+            check_params(m.method or "", n, base=base, weights=m.weights or None, t=m.t)
+        except InputError as e:
+            raise ConfigError(f"{source}: merge: {e}") from None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -170,7 +210,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check_type(value, inner[0], where)
+        for i, a in enumerate(inner):
+            try:
+                return _check_type(value, a, where)
+            except ConfigError:
+                if i == len(inner) - 1 and len(inner) == 1:
+                    raise
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ConfigError(f"{where} must be {names}, got {value!r}.")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):

@@ -327,6 +327,11 @@ class Trainer:
                 from .export import save_trunk
 
                 save_trunk(self.model, self.base.path, self.out / "model", overwrite=True)
+            if self.cfg.merge.method is not None:  # stage 3: merge the last checkpoints -> output_dir/merged
+                from .merge import held_out_evaluator, merge_run
+
+                evaluate = held_out_evaluator(self.cfg, self.eval_set, self.tokenizer, self.info.device, self.autocast)
+                merge_run(self.out, self.cfg.merge, base_model=self.base.path, evaluate_fn=evaluate)
             if self.log_path.is_file():
                 try:
                     from .plot import plot_learning_curve
