@@ -16,6 +16,7 @@ the run at that step, before the optimiser applies it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -277,6 +278,11 @@ class Trainer:
             say(self.info, f"resuming {self.out} from checkpoint step-{self.step:08d} (step {self.step} of "
                 f"{t.max_steps}).")
         stop = t.max_steps if until is None else min(until, t.max_steps)
+        # the first batch is read and built before anything is written: bad data fails with nothing written
+        batches: Iterator[Any] = iter(())
+        if self.step < stop:
+            stream = iter(self.batches())
+            batches = itertools.chain([next(stream)], stream)
         show = sys.stderr.isatty() if t.progress is None else t.progress
         bar = _progress(t.max_steps, self.step, show and self.info.is_main)
         if self.step == 0 and self.objective.has_eval:
@@ -284,7 +290,7 @@ class Trainer:
         run_start = time.perf_counter()
         start, tokens_since, last = run_start, 0, None
         if self.step < stop:
-            for batch in self.batches():
+            for batch in batches:
                 tokens_since += batch.num_tokens
                 stats = self.train_step(batch)
                 last = stats
