@@ -200,3 +200,43 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, rr_ckpt: Path, tiny
     expected = {"no-positive": "needs 'positive'", "label-2": "'label' must be 0 or 1", "embedding-ckpt": "Qwen3Model",
                 "yes-split": "'yes' encodes to", "listwise-pointwise": "listwise needs"}[case]
     assert expected in err
+
+
+def _dp_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) -> None:
+    import os
+
+    from qwen_embed.train import distributed as D
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    info = D.init("cpu")
+    try:
+        t = Trainer(config(Path(ckpt), Path(data), Path(out) / "run", loss="listwise"), info, kind="rerank")
+        batch = next(iter(t.batches()))
+        loss = t.compute_gradients(batch)
+        grads = {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
+        torch.save({"loss": loss, "grads": grads, "offset": batch.offset}, Path(out) / f"rank{rank}.pt")
+    finally:
+        D.shutdown(info)
+
+
+def test_two_gloo_processes_equal_one(rr_ckpt: Path, rr_rows: Path, tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from qwen_embed.train import distributed as D
+
+    from .test_distributed import free_port
+
+    mp.start_processes(_dp_worker, args=(2, free_port(), str(rr_ckpt), str(rr_rows), str(tmp_path)), nprocs=2,
+                       start_method="spawn", join=True)
+    single = Trainer(config(rr_ckpt, rr_rows, tmp_path / "single", loss="listwise"), D.DistInfo(), kind="rerank")
+    batch = next(iter(single.batches()))
+    loss1 = single.compute_gradients(batch)
+    grads1 = {n: p.grad.clone() for n, p in single.model.named_parameters() if p.grad is not None}
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["offset"] for r in results] == [0, 2]
+    for r in results:
+        assert abs(r["loss"] - loss1) <= 1e-6 * abs(loss1)
+        for k, g in grads1.items():
+            torch.testing.assert_close(r["grads"][k], g, atol=1e-6, rtol=1e-5)
