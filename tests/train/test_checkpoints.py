@@ -58,7 +58,7 @@ def test_nan_base_refuses_to_train(small_ckpt: Path, train_file: Path, tmp_path:
     bad = tmp_path / "bad"
     shutil.copytree(small_ckpt, bad)
     poison(bad / "model.safetensors")
-    with pytest.raises(CheckpointError, match="base checkpoint .* NaN or inf"):
+    with pytest.raises(CheckpointError, match=r"base checkpoint .* NaN or inf"):
         Trainer(config(bad, train_file, tmp_path / "run"))
 
 

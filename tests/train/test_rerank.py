@@ -12,9 +12,9 @@ import torch
 from qwen_embed import Reranker
 from qwen_embed.batching import pack
 from qwen_embed.cli import main
+from qwen_embed.tiny import make_checkpoint
 from qwen_embed.train.config import TrainConfig
 from qwen_embed.train.loop import Trainer
-from qwen_embed.tiny import make_checkpoint
 
 from .conftest import make_rows, write_jsonl
 

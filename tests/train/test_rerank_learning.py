@@ -2,7 +2,8 @@
 mined from the corpus by BM25, reranks the BM25 candidates of the test queries better than before training.
 
 Candidates: each test query's BM25 top CANDIDATES (a tiny BM25 below, Robertson's formula with k1 0.9, b 0.4 as
-Anserini's default), fixed before and after. Measure: nDCG@10 from eval/metrics.py. Marked slow (about 100 s on the shared 2-core machine; measured 0.195 -> 0.275).
+Anserini's default), fixed before and after. Measure: nDCG@10 from eval/metrics.py. Marked slow (about
+100 s on the shared 2-core machine; measured 0.195 -> 0.275).
 """
 
 from __future__ import annotations

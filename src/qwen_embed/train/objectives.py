@@ -16,6 +16,7 @@ the schedule, gradient averaging over ranks, checkpoints, logs and the final exp
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -125,7 +126,7 @@ class EmbeddingObjective:
 
         assert self.eval_set is not None
         d = self.cfg.data
-        return evaluate(self.model, self.base.tokenizer, self.eval_set, device=self.info.device,  # type: ignore[arg-type]
+        return evaluate(self.model, self.base.tokenizer, self.eval_set, device=self.info.device,
                         k=self.cfg.eval.k, query_max_length=d.query_max_length, doc_max_length=d.doc_max_length,
                         batch_tokens=self.cfg.train.chunk_tokens, autocast=self.autocast())
 
@@ -186,7 +187,7 @@ class RerankObjective:
         scale = self.info.world_size / batch.count
         starts = np.cumsum([0, *batch.group_sizes]).tolist()
         # chunks of whole groups under the token budget
-        group_tokens = [sum(len(s) for s in batch.sequences[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+        group_tokens = [sum(len(s) for s in batch.sequences[a:b]) for a, b in itertools.pairwise(starts)]
         total = 0.0
         for idx in chunk_sequences([[0] * t for t in group_tokens], self.cfg.train.chunk_tokens):
             lo, hi = starts[idx[0]], starts[idx[-1] + 1]
