@@ -25,6 +25,16 @@ def cmd_train_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_rerank(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    cfg = load_config(args.config, args.set, kind="rerank")
+    summary = train(cfg, kind="rerank")
+    print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
+    return 0
+
+
 def cmd_train_settings(args: argparse.Namespace) -> int:
     from .config import describe
 
@@ -90,7 +100,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add `train`, `mine`, `merge` and `merge-lora` to the qwen-embed command."""
-    p = sub.add_parser("train", help="train embedding models (contrastive, LoRA, GradCache, data parallel)",
+    p = sub.add_parser("train", help="train embedding and reranker models (contrastive / yes-no SFT, LoRA, "
+                       "GradCache, data parallel)",
                        description="Training commands. Start with `qwen-embed train embed --config FILE.yaml`; "
                        "`qwen-embed train settings` lists every setting with its default.")
     tsub = p.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
@@ -104,6 +115,19 @@ def register(sub: Any) -> None:
     e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting (repeatable), e.g. --set train.max_steps=100")
     e.set_defaults(func=cmd_train_embed)
+
+    r = tsub.add_parser("rerank", help="train a Qwen3 reranker (yes/no SFT) from a YAML config",
+                        description="Supervised fine-tuning of a Qwen3 reranker on yes/no labels (losses sft, bce, "
+                        "listwise; section rerank). Starts from a Qwen3ForCausalLM (a Qwen3-Reranker or a base / "
+                        "instruct model) or a converted Qwen3ForSequenceClassification and writes the same layout. "
+                        "Data: the embedding training rows or pointwise {query, document, label} rows. Resumes "
+                        "from the newest checkpoint in train.output_dir. Multi-process: torchrun "
+                        "--nproc-per-node N -m qwen_embed train rerank --config FILE.yaml")
+    r.add_argument("--config", required=True, help="YAML file: sections model, data, optim, train, lora, eval, "
+                   "rerank")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting (repeatable), e.g. --set rerank.loss=bce")
+    r.set_defaults(func=cmd_train_rerank)
 
     s = tsub.add_parser("settings", help="print every training setting with its default (Markdown)")
     s.set_defaults(func=cmd_train_settings)
@@ -169,8 +193,9 @@ def register(sub: Any) -> None:
     mg.set_defaults(func=cmd_merge)
 
     g = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base: a plain checkpoint",
-                       description="Write base + adapter as one Qwen3Model checkpoint that Embedder and "
-                       "transformers load.")
+                       description="Write base + adapter as one checkpoint in the base's layout (Qwen3Model "
+                       "for embedders, Qwen3ForCausalLM / Qwen3ForSequenceClassification for rerankers) that "
+                       "Embedder / Reranker and transformers load.")
     g.add_argument("--base", required=True, help="base checkpoint (hub id or folder) the adapter was trained on")
     g.add_argument("--adapter", required=True, help="PEFT adapter folder (adapter_config.json + "
                    "adapter_model.safetensors)")

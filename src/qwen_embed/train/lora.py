@@ -8,6 +8,8 @@ so `peft.PeftModel.from_pretrained(AutoModel..., adapter_dir)` loads it too. `me
 adapters into the base weights with peft's own merge (W + alpha/r * B @ A) and restores plain
 `nn.Linear` modules (the trainer's in-memory merge); `merge_checkpoint`, the `qwen-embed merge-lora`
 command, streams the same formula through the merge module (`train.merge.merge_adapter`).
+A reranker (`rerank_model.RerankModel`: trunk under `model.`, head beside) gets the keys of a PeftModel
+around transformers' `Qwen3ForCausalLM` (`base_model.model.model.layers.{i}...`).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: list[str] | None = None,
-                base_model: str | None = None) -> Any:
+                base_model: str | None = None, task_type: str = "FEATURE_EXTRACTION") -> Any:
     # returns a peft.LoraConfig (peft is imported lazily so that the CLI starts fast)
-    """A peft LoraConfig for the trunk (feature extraction)."""
+    """A peft LoraConfig: task FEATURE_EXTRACTION (embedding trunk), CAUSAL_LM or SEQ_CLS (rerankers)."""
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or LORA_TARGETS,
-                      bias="none", task_type="FEATURE_EXTRACTION", base_model_name_or_path=base_model)
+                      bias="none", task_type=task_type, base_model_name_or_path=base_model)
 
 
 def add_lora(model: nn.Module, config: Any) -> nn.Module:
