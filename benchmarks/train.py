@@ -19,6 +19,7 @@ the ratio ours / sentence-transformers, for full fine-tuning and for LoRA (r 16 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -199,7 +200,7 @@ def rerank_main(args: argparse.Namespace, device: torch.device) -> None:
         need = (args.warmup + args.steps) * args.batch
         pairs = (pairs * (need // len(pairs) + 2))[: need + 1]
         rows = [{"query": p["query"], "positive": p["positive"], "negatives": [q["positive"]]}
-                for p, q in zip(pairs, pairs[1:], strict=False)]  # the next row's document: a "no"
+                for p, q in itertools.pairwise(pairs)]  # the next row's document: a "no"
         data = tmp / "rerank.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows))
         results: dict[str, Any] = {"device": str(device), "shape": "tiny" if args.quick else "0.6B",
