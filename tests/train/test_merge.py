@@ -368,8 +368,8 @@ def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_ckpt: Path, 
     Trainer(cfg).run()  # type: ignore[arg-type]
     merged = tmp_path / "run" / "merged"
     report = json.loads((merged / "merge_report.json").read_text())
-    assert [Path(p).parts[-2 if not lora else -1] for p in report["inputs"]] == [
-        "step-00000001", "step-00000002", "step-00000003"]
+    assert [Path(p).parts[-2] for p in report["inputs"]] == ["step-00000001", "step-00000002", "step-00000003"]
+    assert all(Path(p).is_dir() and Path(p).name == ("adapter" if lora else "model") for p in report["inputs"])
     scores = json.loads((merged / "held_out_eval.json").read_text())
     assert list(scores["inputs"]) == ["step-00000001", "step-00000002", "step-00000003"]
     assert set(scores["merged"]) == {"recall@10", "mrr@10", "ndcg@10"}

@@ -665,6 +665,12 @@ def merge_run(run_dir: str | os.PathLike[str], settings: Any, *, base_model: str
                 inputs.append(step / "model" if (step / "model").is_dir() else step)
         report = merge_checkpoints(inputs, run / "merged", method=settings.method, base=base,
                                    weights=settings.weights or None, t=settings.t, overwrite=True, progress=progress)
+        if any(p.parent == tmp for p in inputs):  # name folded LoRA inputs by their adapters, not temp folders
+            from ..files import write_json_atomic
+
+            report.inputs = [os.fspath(s / "adapter") if p.parent == tmp else os.fspath(p)
+                             for s, p in zip(steps, inputs, strict=True)]
+            write_json_atomic(run / "merged" / REPORT_NAME, report.to_dict())
         print(report.table(), file=sys.stderr)
         result: dict[str, Any] = {"inputs": {}, "merged": None, "report": report.to_dict()["groups"]}
         if evaluate_fn is not None:
