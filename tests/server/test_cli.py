@@ -55,7 +55,8 @@ def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Pa
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
         for t in threads:
             t.start()
-        queued = f'qwen_embed_queue_requests{{model="{small_embedding_path}"}} {len(texts)}.0'
+        # labelled by the model's name, never its absolute folder
+        queued = f'qwen_embed_queue_requests{{model="{small_embedding_path.name}"}} {len(texts)}.0'
         while queued not in httpx.get(url + "/metrics", timeout=5).text:  # all accepted, waiting in the window
             assert time.monotonic() < deadline
             time.sleep(0.02)

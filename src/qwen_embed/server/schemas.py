@@ -4,7 +4,9 @@ Field types are strict (a string is never taken for a number, `true` never for 1
 a 422 with the field's path, not a silent conversion. Ranges that depend on the model (dimensions,
 token ids, lengths) are checked by the handlers, which answer 400 / 413 with the limit in the message.
 Shapes follow the OpenAI embeddings API, the Cohere / Jina rerank API and text-embeddings-inference
-(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such.
+(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such. Unknown
+fields are refused (`extra="forbid"`: a typo such as `dimension` is a 400 naming the accepted fields,
+never silently ignored); a field documented as "accepted and ignored" (OpenAI's `user`) is declared.
 """
 
 from __future__ import annotations
@@ -13,17 +15,25 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+
+class Request(BaseModel):
+    """A request body: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
 TokenIds = list[StrictInt]
 EmbeddingInput = StrictStr | list[StrictStr] | list[TokenIds] | TokenIds
 
 INSTRUCTION = Field(None, description="Extension: task instruction; the input is embedded as a query with "
                     "`Instruct: {instruction}\\nQuery:{input}`.")
+TRUNCATION_DIRECTION = Field(None, description="TEI: which end of a too-long input is cut: Right (default) or "
+                             "Left (either case); Left keeps the prompt / instruction and the end token.")
 TRUNCATE = Field(True, description="Extension: cut inputs longer than the model's max length (keeping the end "
                  "token); false answers 413 instead.")
 
 
 # -- OpenAI embeddings ------------------------------------------------------------------------------
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(Request):
     """POST /v1/embeddings."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -41,9 +51,9 @@ class EmbeddingRequest(BaseModel):
     dimensions: StrictInt | None = Field(None, description="Matryoshka dimension, 32..hidden size (default: full).")
     user: StrictStr | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     instruction: StrictStr | None = INSTRUCTION
-    input_type: Literal["query", "document"] | None = Field(
-        None, description="Extension: `query` applies the query template (default instruction unless "
-        "`instruction` is given); `document` embeds the input as it is.")
+    input_type: Literal["query", "document", "search_query", "search_document"] | None = Field(
+        None, description="Extension: `query` (or Cohere's `search_query`) applies the query template (default "
+        "instruction unless `instruction` is given); `document` (or `search_document`) embeds the input as it is.")
     truncate: StrictBool = TRUNCATE
 
 
@@ -66,11 +76,11 @@ class EmbeddingResponse(BaseModel):
 
 
 # -- Cohere / Jina rerank ---------------------------------------------------------------------------
-class RerankDocument(BaseModel):
+class RerankDocument(Request):
     text: StrictStr
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(Request):
     """POST /v1/rerank (Cohere / Jina shape)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -107,7 +117,7 @@ class RerankResponse(BaseModel):
 
 
 # -- TEI routes -------------------------------------------------------------------------------------
-class EmbedRequest(BaseModel):
+class EmbedRequest(Request):
     """POST /embed (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["hello", "world"], "normalize": False}]})
@@ -118,9 +128,13 @@ class EmbedRequest(BaseModel):
     dimensions: StrictInt | None = None
     instruction: StrictStr | None = INSTRUCTION
     model: StrictStr | None = None
+    prompt_name: StrictStr | None = Field(None, description="TEI: a prompt of the model put before each input: "
+                                          "`query` (the query template), `document` (none), or a name from the "
+                                          "model's config_sentence_transformers.json.")
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = TRUNCATION_DIRECTION
 
 
-class TEIRerankRequest(BaseModel):
+class TEIRerankRequest(Request):
     """POST /rerank (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -133,6 +147,8 @@ class TEIRerankRequest(BaseModel):
     return_text: StrictBool = False
     instruction: StrictStr | None = None
     model: StrictStr | None = None
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = Field(
+        None, description="TEI: only Right (documents are cut at their end).")
 
 
 class TEIRank(BaseModel):
@@ -141,7 +157,7 @@ class TEIRank(BaseModel):
     text: str | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(Request):
     """POST /tokenize (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": "Hello world"}]})
