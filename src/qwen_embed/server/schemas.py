@@ -51,9 +51,10 @@ class EmbeddingRequest(Request):
     dimensions: StrictInt | None = Field(None, description="Matryoshka dimension, 32..hidden size (default: full).")
     user: StrictStr | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     instruction: StrictStr | None = INSTRUCTION
-    input_type: Literal["query", "document", "search_query", "search_document"] | None = Field(
-        None, description="Extension: `query` (or Cohere's `search_query`) applies the query template (default "
-        "instruction unless `instruction` is given); `document` (or `search_document`) embeds the input as it is.")
+    # Cohere's search_query / search_document are accepted as query / document
+    input_type: Literal["query", "document"] | Literal["search_query", "search_document"] | None = Field(
+        None, description="Extension: `query` applies the query template (default instruction unless "
+        "`instruction` is given); `document` embeds the input as it is.")
     truncate: StrictBool = TRUNCATE
 
 

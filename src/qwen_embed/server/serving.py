@@ -7,9 +7,10 @@
   so the process stays under its file-descriptor limit instead of failing accept() with EMFILE.
 - `DrainingServer` (uvicorn's Server): on SIGTERM / SIGINT the app is told first (`State.begin_drain`:
   /health and new requests answer 503 with `Connection: close`, the batchers run what was accepted
-  and fail what is left at the deadline with 503), the listener stays open a moment (`LINGER_S`) so
-  that requests already on their way on kept-alive connections are answered rather than dropped,
-  then uvicorn closes the connections and waits for the handlers, all within --graceful-timeout.
+  and fail what is left at the deadline with 503), the listener closes (new connections are refused,
+  never accepted and dropped), and kept-alive connections stay open a moment (`LINGER_S`), so that a
+  request already on its way on one is answered (with `Connection: close`) rather than cut off; then
+  uvicorn closes the idle connections and waits for the handlers, all within --graceful-timeout.
 - Accept errors (EMFILE) are logged once per `QUIET_S` seconds, not once per attempt.
 """
 
@@ -117,7 +118,9 @@ class DrainingServer(uvicorn.Server):
         total = float(self.config.timeout_graceful_shutdown or 30)
         if self.on_drain is not None:
             self.on_drain(max(0.1, total - LINGER_S - DRAIN_MARGIN_S))
-        await asyncio.sleep(LINGER_S)
+        for server in self.servers:  # new connections are refused from now on
+            server.close()
+        await asyncio.sleep(LINGER_S)  # kept-alive ones get their next answer with `Connection: close`
         self.config.timeout_graceful_shutdown = max(1, int(total - LINGER_S))
         await super().shutdown(sockets)
 

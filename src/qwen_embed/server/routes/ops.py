@@ -17,7 +17,7 @@ def router(state: State) -> APIRouter:
 
     @r.get("/health", responses={503: {"model": S.ErrorResponse}})
     async def health() -> Response:
-        """200 once a warm-up forward pass has succeeded, 503 before and while shutting down."""
+        """200 once a warm-up forward pass has succeeded, 503 before."""  # and while draining
         if state.ready and not state.draining:
             return JSONResponse({"status": "ok"})
         why = "shutting down" if state.draining else state.warmup_error or "warming up"

@@ -73,8 +73,8 @@ def router(state: State) -> APIRouter:
 
     @r.post("/tokenize", response_model=list[list[S.SimpleToken]], responses=ERRORS)
     async def tokenize(req: S.TokenizeRequest) -> Response:
-        """TEI: tokens of each input, with the end token and truncation as embedded (add_special_tokens).
-        Counted by admission like the model routes; at most --max-request-tokens tokens in all (413)."""
+        """TEI: tokens of each input, with the end token and truncation as embedded (add_special_tokens)."""
+        # counted by admission like the model routes; at most --max-request-tokens tokens in all (413)
         svc = state.main
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         svc.check_count(len(texts), "inputs")
