@@ -80,14 +80,22 @@ class Guard:
                     body_read.set()
             return message
 
-        task = asyncio.ensure_future(self.app(scope, limited, send))
+        answered = False
+
+        async def sent(message: Message) -> None:
+            nonlocal answered
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+
+        task = asyncio.ensure_future(self.app(scope, limited, sent))
         gone = False
 
         async def watch() -> None:
             nonlocal gone
             await body_read.wait()
-            message = await receive()  # after the body, the only message left is http.disconnect
-            if message["type"] == "http.disconnect" and not task.done():
+            message = await receive()  # after the body: http.disconnect (client gone, or response complete)
+            if message["type"] == "http.disconnect" and not answered and not task.done():
                 gone = True
                 task.cancel()
 
