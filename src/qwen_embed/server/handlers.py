@@ -98,6 +98,9 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
             idx = next((p for e in errs for p in e["loc"] if isinstance(p, int)), None)
             at = f" ({name}[{idx}] is not)" if idx is not None else ""
             parts.append(f"`{name}` must be {UNION_HELP[name]}{at}")
+        elif all(e["type"] == "literal_error" for e in errs):  # a union of literals: one list of values
+            expected = " or ".join(str((e.get("ctx") or {}).get("expected", "")) for e in errs)
+            parts.append(f"`{name}`: Input should be {expected}")
         else:
             parts.append(f"`{_loc(tuple(errs[0]['loc']))}`: {errs[0]['msg']}")
     more = f" (and {len(by_field) - 3} more fields)" if len(by_field) > 3 else ""
