@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError, InputError, QwenEmbedError, TokenizerError
 from .batcher import QueueFull, ShuttingDown
+from .model_process import ModelError, ModelProcessDied
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -37,6 +38,8 @@ ERROR_TYPES = {
 STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     QueueFull: (429, "queue_full"),
     ShuttingDown: (503, "shutting_down"),
+    ModelProcessDied: (503, "model_unavailable"),
+    ModelError: (500, "model_error"),
     InputError: (400, None),
     TokenizerError: (400, None),
     ConfigError: (400, None),
@@ -85,6 +88,8 @@ def as_api_error(exc: BaseException, rename: dict[str, str] | None = None) -> AP
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, ModelProcessDied):
+        headers["Retry-After"] = "1"
     if isinstance(exc, ShuttingDown):
         headers["Connection"] = "close"
     return APIError(status, str(exc), param=param, code=code, headers=headers)
