@@ -199,8 +199,9 @@ class EmbeddingService(Service):
                     raise self.too_long(i, len(s), what, bool(cut and cut[i]))
                 body = s[:-1]
                 if left:
-                    room = self.max_length - 1 - keep_head
-                    body = [*body[:keep_head], *body[len(body) - room :]]
+                    head = keep_head if keep_head < self.max_length - 1 else 0  # a prompt that fills it all: none
+                    room = self.max_length - 1 - head
+                    body = [*body[:head], *body[len(body) - room :]]
                 s = truncate_keep_end(body, self.max_length, self.eos_id)
             out.append(s)
         return out
