@@ -105,3 +105,27 @@ def test_through_the_batcher_every_request_is_answered_once(emb_process: ModelPr
     assert len(ok) + len(died) == 8 and died  # each answered exactly once: rows or 503
     for r in ok:
         assert r.shape == (50, small_embedder.hidden_size)
+
+
+def test_health_and_routes_say_when_a_model_process_is_down(small_embedder: Embedder) -> None:
+    import httpx
+
+    from qwen_embed.server import ServerSettings, create_app
+
+    from .conftest import LiveServer
+
+    class Down:  # a `run` whose process is restarting (the ModelProcess contract: a `ready` flag)
+        ready = False
+
+        def __call__(self, seqs: object) -> None:
+            raise ModelProcessDied("restarting")
+
+    app = create_app(ServerSettings(embedding_model="emb", warmup=False), embedder=small_embedder)
+    with LiveServer(app) as srv:
+        assert app.state.qe.embedding is not None
+        app.state.qe.embedding.batcher.run = Down()
+        r = httpx.get(srv.url + "/health", timeout=5)
+        assert r.status_code == 503 and "model process of emb is restarting" in r.json()["error"]["message"]
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": "x"}, timeout=5)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+        assert r.headers["retry-after"] == "1"

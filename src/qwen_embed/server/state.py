@@ -47,7 +47,17 @@ class State:
         for svc in self.services:
             svc.batcher.drain(timeout)
 
+    def down(self) -> str | None:
+        """Why a model cannot run now (its `run` reports not ready: a model process restarting), else None."""
+        for svc in self.services:
+            if not getattr(svc.batcher.run, "ready", True):
+                return f"the model process of {svc.name} is restarting"
+        return None
+
     def check_ready(self) -> None:
+        down = self.down()
+        if down is not None:
+            raise APIError(503, f"{down}; retry shortly.", code="model_unavailable", headers={"Retry-After": "1"})
         if self.draining:
             raise APIError(503, "the server is shutting down; retry on another replica.", code="shutting_down",
                            headers={"Connection": "close"})

@@ -18,9 +18,10 @@ def router(state: State) -> APIRouter:
     @r.get("/health", responses={503: {"model": S.ErrorResponse}})
     async def health() -> Response:
         """200 once a warm-up forward pass has succeeded, 503 before."""  # and while draining
-        if state.ready and not state.draining:
+        down = state.down()
+        if state.ready and not state.draining and down is None:
             return JSONResponse({"status": "ok"})
-        why = "shutting down" if state.draining else state.warmup_error or "warming up"
+        why = "shutting down" if state.draining else down or state.warmup_error or "warming up"
         return error_response(503, f"not ready: {why}", {"Retry-After": "1"}, code="not_ready")
 
     r.add_api_route("/health", health, methods=["HEAD"], operation_id="health_head",
