@@ -68,6 +68,8 @@ def test_tei_prompt_name(live: LiveServer, small_embedder: Embedder) -> None:
     assert np.abs(np.array(d) - small_embedder.encode(texts)).max() <= 1e-6
     bad = post(live, "/embed", {"inputs": texts, "prompt_name": "passage"})
     assert bad.status_code == 400 and "document, query" in bad.json()["error"]["message"]
+    toks = post(live, "/tokenize", {"inputs": texts[0], "prompt_name": "query"}).json()
+    assert [t["id"] for t in toks[0]] == small_embedder.tokenize(texts[:1], instruction=DEFAULT_INSTRUCTION)[0]
     both = post(live, "/embed", {"inputs": texts, "prompt_name": "query", "instruction": "x"})
     assert both.status_code == 400 and both.json()["error"]["param"] == "prompt_name"
 

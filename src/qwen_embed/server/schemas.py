@@ -165,6 +165,8 @@ class TokenizeRequest(Request):
 
     inputs: StrictStr | list[StrictStr]
     add_special_tokens: StrictBool = Field(True, description="Append the end token and truncate, as embedded.")
+    prompt_name: StrictStr | None = Field(None, description="TEI: tokenize each input after this prompt of the "
+                                          "embedding model (as /embed's `prompt_name`).")
 
 
 class SimpleToken(BaseModel):

@@ -81,10 +81,13 @@ def router(state: State) -> APIRouter:
         for i, t in enumerate(texts):
             if not t:
                 raise APIError(400, f"inputs[{i}] is an empty string.", param="inputs")
+        prefix = ""
+        if req.prompt_name is not None:
+            prefix = state.embedding_service(None).prefix_for(None, None, req.prompt_name) or ""
         timing = Timing()
         with svc.admission():
             start = time.perf_counter()
-            toks = await svc.off_loop(lambda: tokens_of(svc, texts, req.add_special_tokens))
+            toks = await svc.off_loop(lambda: tokens_of(svc, texts, req.add_special_tokens, prefix))
             timing.tokenization = time.perf_counter() - start
         return await encoded(svc, lambda: toks, timing)
 
@@ -111,14 +114,15 @@ def router(state: State) -> APIRouter:
     return r
 
 
-def tokens_of(svc: Service, texts: list[str], add_special: bool) -> list[list[dict[str, Any]]]:
-    """TEI /tokenize rows: id, text, special, start, stop (None for the end token we append). Huge
-    texts are cut by characters before tokenization; more than --max-request-tokens tokens is a 413."""
+def tokens_of(svc: Service, texts: list[str], add_special: bool, prefix: str = "") -> list[list[dict[str, Any]]]:
+    """TEI /tokenize rows: id, text, special, start, stop (None for the end token we append), of each
+    text after `prefix` (a prompt; offsets are in prompt + text). Huge texts are cut by characters
+    before tokenization; more than --max-request-tokens tokens is a 413."""
     check_unicode(texts, "inputs")
     tok = svc.tokenizer
     cap = svc.settings.max_request_tokens
     keep = svc.max_length - 1 if add_special else cap
-    texts = [head_text(tok, t, keep)[0] for t in texts]
+    texts = [prefix + head_text(tok, t, keep)[0] for t in texts]
     out = []
     total = 0
     for enc in tok.tok.encode_batch(texts, add_special_tokens=False):
