@@ -134,11 +134,15 @@ def test_a_huge_id_list_does_not_stall_health(small_embedder: Embedder) -> None:
         try:
             r = httpx.post(srv.url + "/v1/embeddings", content=body, headers={"Content-Type": "application/json"},
                            timeout=60)
+            # just under the cap: parsed off the loop, validated on it in ~0.02 s (a plain union: 1.1 s)
+            ok = httpx.post(srv.url + "/v1/embeddings", json={"input": [7] * 262_000}, timeout=60)
         finally:
             done.set()
             t.join(30)
     assert r.status_code == 413 and "262144 tokens per request" in r.json()["error"]["message"]
-    assert worst < 1.0, f"/health waited {worst:.2f} s"
+    assert ok.status_code == 200 and ok.json()["usage"]["total_tokens"] == 64
+    print(f"worst /health latency: {worst:.3f} s")
+    assert worst < 0.5, f"/health waited {worst:.2f} s"
 
 
 def test_deep_nesting_is_400(hardened: LiveServer) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, WithJsonSchema
 
 
 class Request(BaseModel):
@@ -22,7 +22,26 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 TokenIds = list[StrictInt]
-EmbeddingInput = StrictStr | list[StrictStr] | list[TokenIds] | TokenIds
+
+
+def input_shape(value: object) -> str:
+    """Which member of `EmbeddingInput` a value is meant to be, from its first element: validating one
+    member only keeps a list of 262k token ids at 0.03 s instead of 1.1 s (a plain union validates the
+    list against every member, with one error per element)."""
+    if isinstance(value, list) and value:
+        first = value[0]
+        return "texts" if isinstance(first, str) else "id_lists" if isinstance(first, list) else "ids"
+    return "text" if isinstance(value, str) else "texts"
+
+
+EmbeddingInput = Annotated[
+    Annotated[StrictStr, Tag("text")] | Annotated[list[StrictStr], Tag("texts")]
+    | Annotated[list[TokenIds], Tag("id_lists")] | Annotated[TokenIds, Tag("ids")],
+    Discriminator(input_shape),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"items": {"type": "string"}, "type": "array"},
+                              {"items": {"items": {"type": "integer"}, "type": "array"}, "type": "array"},
+                              {"items": {"type": "integer"}, "type": "array"}]}),
+]
 
 INSTRUCTION = Field(None, description="Extension: task instruction; the input is embedded as a query with "
                     "`Instruct: {instruction}\\nQuery:{input}`.")
