@@ -26,7 +26,8 @@ from .conftest import LiveServer
 
 HOSTILE = ["partial-headers", "stalled-body", "connection-flood", "emfile-log-flood", "huge-id-list-health",
            "huge-single-text", "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length",
-           "metrics-auth", "metrics-path-label", "head-health", "deep-nesting"]
+           "metrics-auth", "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation",
+           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit"]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -225,3 +226,17 @@ def test_one_long_id_list_is_counted_as_tokens_not_inputs(hardened: LiveServer, 
     assert np.abs(np.array(r.json()["data"][0]["embedding"]) - want).max() <= 1e-6
     r = httpx.post(hardened.url + "/v1/embeddings", json={"input": ids, "truncate": False}, timeout=30)
     assert r.status_code == 413 and "input[0] has 3001 tokens" in r.json()["error"]["message"]
+
+
+def test_fd_limit_is_raised_for_the_connection_cap() -> None:
+    import resource
+
+    from qwen_embed.server.serving import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        got = raise_fd_limit(300, spare=100)
+        assert got == min(400, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

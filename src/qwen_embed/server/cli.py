@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..embedder import Embedder
     from ..reranker import Reranker, get_template
     from .app import create_app
-    from .serving import DrainingServer, uvicorn_config
+    from .serving import DrainingServer, raise_fd_limit, uvicorn_config
 
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             template=settings.reranker_template, max_length=settings.max_length,
                                             batch_tokens=settings.max_batch_tokens, compile=settings.compile)
     app = create_app(settings, embedder=embedder, reranker=reranker)
+    raise_fd_limit(settings.max_connections)
     server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)
     # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,
     # that re-raise is a no-op and a SIGTERM ends with status 0.

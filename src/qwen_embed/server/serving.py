@@ -125,6 +125,26 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def raise_fd_limit(connections: int, spare: int = 256) -> int:
+    """Raise the soft file-descriptor limit (up to the hard one) to hold `connections` plus `spare` (model
+    files, pipes, logs); returns the limit in force, and logs a warning when it is still too low."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + spare
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        log.warning("the file-descriptor limit (%d) is below --max-connections %d plus %d spare; lower "
+                    "--max-connections or raise `ulimit -n`", soft, connections, spare)
+    return int(soft)
+
+
 def uvicorn_config(app: Any, settings: ServerSettings, **kw: Any) -> uvicorn.Config:
     """The uvicorn config of `settings` (protocol with limits, keep-alive, graceful timeout)."""
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
