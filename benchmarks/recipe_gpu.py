@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--pack", default="merged.model:demo-embedding,rerank.model:demo-reranker",
                     help="STAGE.OUTPUT:NAME pairs of model folders to bring back")
+    ap.add_argument("--skip", default="", help="comma-separated leaf stages to leave out (e.g. the ablation's)")
+    ap.add_argument("--pack-only", action="store_true", help="pack what finished stages hold, run nothing")
     args = ap.parse_args()
     from qwen_embed.recipe import load_recipe, run
 
@@ -67,25 +69,31 @@ def main() -> None:
 
     raw = fix(raw)
     raw["workdir"] = args.workdir
+    skip = set(filter(None, args.skip.split(",")))
+    raw["stages"] = [s for s in raw["stages"] if s["name"] not in skip]
     path = Path(args.workdir + ".yaml")
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    records = run(load_recipe(path))
-    result = {"seconds": time.perf_counter() - t, "stages": [r.to_json() for r in records]}
-    (out / "recipe_result.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "recipe_report.md").write_text((Path(args.workdir) / "recipe_report.md").read_text())
-    by_name = {r.name: r for r in records}
+    if not args.pack_only:
+        records = run(load_recipe(path))
+        result = {"seconds": time.perf_counter() - t, "stages": [r.to_json() for r in records]}
+        (out / "recipe_result.json").write_text(json.dumps(result, indent=2, default=str))
+        (out / "recipe_report.md").write_text((Path(args.workdir) / "recipe_report.md").read_text())
+        print(json.dumps({r.name: (r.metric or {}).get("ndcg_at_10", r.stats.get("ndcg_at_10")) for r in records}))
     for item in args.pack.split(","):
         ref, name = item.split(":")
         stage, output = ref.split(".")
-        folder = Path(args.workdir) / stage / str(by_name[stage].outputs[output])
+        record = Path(args.workdir) / stage / "stage.json"
+        if not record.is_file() or (out / f"{name}.tar.gz").exists():
+            continue
+        folder = Path(args.workdir) / stage / str(json.loads(record.read_text())["outputs"][output])
         tmp = Path("/tmp") / name
         to_bf16(folder, tmp)
         with tarfile.open(out / f"{name}.tar.gz", "w:gz") as tar:
             tar.add(tmp, arcname=name)
-    print(json.dumps({r.name: (r.metric or {}).get("ndcg_at_10", r.stats.get("ndcg_at_10")) for r in records}))
+        print(f"packed {folder} -> {name}.tar.gz")
 
 
 if __name__ == "__main__":
