@@ -10,17 +10,15 @@ interrupted or failed run leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError, QwenEmbedError
+from .files import atomic_file
 from .jsonl import iter_jsonl
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
@@ -37,25 +35,6 @@ def add_model_options(p: argparse.ArgumentParser, default: str | None, flag: str
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside `path` and rename it into place only on success."""
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"output {target} is a folder; give a file name.")
-    if not target.parent.exists():
-        raise InputError(f"the folder of output {target} does not exist; create {target.parent} first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_text_file(path: str) -> str:
@@ -113,7 +92,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
                           progress=None if sys.stderr.isatty() else False)
     if out.endswith(".npy"):
-        with atomic_output(out, "wb") as f:
+        with atomic_file(out, "wb") as f:
             np.save(f, vecs)
     else:
         def lines(f: IO[str]) -> None:
@@ -123,7 +102,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if out == "-":
             lines(sys.stdout)
         else:
-            with atomic_output(out) as f:
+            with atomic_file(out) as f:
                 lines(f)
     print(f"embedded {len(records)} texts -> {vecs.shape[1]} dims ({out})", file=sys.stderr)
     return 0
@@ -148,7 +127,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     if args.output == "-":
         print(text)
     else:
-        with atomic_output(args.output) as f:
+        with atomic_file(args.output) as f:
             f.write(text + "\n")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from qwen_embed import Reranker
 from qwen_embed.errors import InputError
 from qwen_embed.eval.beir import load_beir
+from qwen_embed.eval import rerank
 from qwen_embed.eval.rerank import evaluate_rerank, pair_ids, rerank_run
 from qwen_embed.eval.trec import truncate_run
 
@@ -37,19 +39,41 @@ def test_empty_document_gets_an_empty_document_part(small_reranker: Reranker, fi
     assert set(run["q1"]) == {"d5", "d2"}
 
 
-def test_resume_from_partial_scores(small_reranker: Reranker, five_docs: Path, tmp_path: Path) -> None:
+def test_resume_from_partial_scores(small_reranker: Reranker, five_docs: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     ds = load_beir(five_docs)
     partial = tmp_path / "rerank.partial.jsonl"
     first = rerank_run(small_reranker, ds, CANDIDATES, top=2, instruction="i", partial=partial)
     lines = partial.read_text().splitlines()
-    assert len(lines) == 3  # key + two queries
-    row = json.loads(lines[1])
+    assert len(lines) == 2  # two queries
+    partial.unlink()
+    monkeypatch.setattr(rerank, "BLOCK_QUERIES", 1)  # interrupted after the first query's block
+    real, calls = small_reranker.score_ids, []
+
+    def interrupted(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(small_reranker, "score_ids", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rerank_run(small_reranker, ds, CANDIDATES, top=2, instruction="i", partial=partial)
+    monkeypatch.setattr(small_reranker, "score_ids", real)
+    rows_file = partial.with_name(partial.name + ".partial")
+    saved = rows_file.read_text().splitlines()
+    assert not partial.exists() and len(saved) == 1  # one query saved, the run not finished
+    row = json.loads(saved[0])
     row["scores"] = {d: 42.0 for d in row["scores"]}
-    partial.write_text("\n".join([lines[0], json.dumps(row), lines[2][:5]]) + "\n")  # last line cut short
+    rows_file.write_text(json.dumps(row) + "\n" + lines[1][:5])  # and a last line cut short
+    meta = partial.with_name(partial.name + ".partial.meta.json")
+    interrupted_state = rows_file.read_text(), meta.read_text()
     again = rerank_run(small_reranker, ds, CANDIDATES, top=2, instruction="i", partial=partial)
     assert set(again[row["qid"]].values()) == {42.0}  # taken from the file, not recomputed
     other = next(q for q in first if q != row["qid"])
     assert again[other] == pytest.approx(first[other], rel=1e-5)
+    rows_file.write_text(interrupted_state[0])
+    meta.write_text(interrupted_state[1])
     fresh = rerank_run(small_reranker, ds, CANDIDATES, top=3, instruction="i", partial=partial)  # new key
     assert 42.0 not in fresh[row["qid"]].values()
 
