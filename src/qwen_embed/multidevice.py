@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QwenEmbedError
+from .settings import DEFAULT_MAX_LENGTH, ModelSettings
 from .tokenizer import check_texts
 
 
@@ -39,14 +40,9 @@ def shard_bounds(texts: Sequence[str], parts: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(cuts))
 
 
-def _worker(model: str, device: str, texts: list[str], kwargs: dict[str, Any], out: str, err: str) -> None:
+def _worker(load: ModelSettings, texts: list[str], kwargs: dict[str, Any], out: str, err: str) -> None:
     try:
-        from .embedder import Embedder
-
-        emb = Embedder.from_pretrained(model, device=device, dtype=kwargs.pop("dtype", None),
-                                       max_length=kwargs.pop("max_length", 8192),
-                                       batch_tokens=kwargs.pop("batch_tokens", None))
-        np.save(out, emb.encode(texts, **kwargs))
+        np.save(out, load.load_embedder().encode(texts, **kwargs))
     except BaseException as e:  # reported to the parent, which raises it
         Path(err).write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise SystemExit(1) from None
@@ -54,15 +50,16 @@ def _worker(model: str, device: str, texts: list[str], kwargs: dict[str, Any], o
 
 def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devices: Sequence[str], *,
                       instruction: str | None = None, dim: int | None = None, normalize: bool = True,
-                      dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None) -> np.ndarray:
+                      dtype: str | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+                      batch_tokens: int | None = None) -> np.ndarray:
     """Embed `texts` with one worker process per device -> float32 [n, dim] in input order."""
     import torch.multiprocessing as mp
 
     items = check_texts(texts)
     if not devices:
         raise InputError("devices is empty; pass e.g. ['cuda:0', 'cuda:1'].")
-    kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize, "progress": False,
-              "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens}
+    kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize, "progress": False}
+    load = ModelSettings(os.fspath(model), dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="qwen-embed-devices-") as tmp:
         jobs = []
@@ -70,7 +67,7 @@ def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devic
             if a == b:
                 continue
             out, err = str(Path(tmp) / f"{k}.npy"), str(Path(tmp) / f"{k}.err")
-            p = ctx.Process(target=_worker, args=(os.fspath(model), dev, items[a:b], dict(kwargs), out, err))
+            p = ctx.Process(target=_worker, args=(load.with_device(dev), items[a:b], kwargs, out, err))
             p.start()
             jobs.append((dev, p, out, err))
         parts = []
