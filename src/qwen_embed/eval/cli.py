@@ -55,8 +55,9 @@ def _say(msg: str) -> None:
 # -- metrics -------------------------------------------------------------------------------------------
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .beir import read_beir_qrels
-    from .metrics import evaluate, format_trec_eval
+    from .metrics import evaluate
     from .trec import read_qrels, read_run_file
+    from .trec_text import format_trec_eval
 
     qpath = Path(args.qrels)
     qrels = read_beir_qrels(qpath) if qpath.suffix == ".tsv" and qpath.is_file() else read_qrels(qpath)
@@ -112,8 +113,8 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 # -- rerank --------------------------------------------------------------------------------------------
 def cmd_rerank(args: argparse.Namespace) -> int:
     from ..reranker import get_template
+    from .at_k import check_ks
     from .beir import load_beir
-    from .metrics import check_ks
     from .report import rerank_markdown, write_rerank_report
     from .rerank import check_candidates, evaluate_rerank
     from .trec import read_run, write_run

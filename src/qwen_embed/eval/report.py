@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_file, write_text_atomic
-from .metrics import MTEB_PREFIXES, Evaluation
+from .at_k import MTEB_PREFIXES
+from .metrics import Evaluation
 from .rerank import RerankEvaluation
 from .retrieval import RetrievalResult
 

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..files import ResumableJsonl, fingerprint, fingerprint_rows
+from .at_k import DEFAULT_K, check_ks
 from .beir import BeirDataset
-from .metrics import DEFAULT_K, Evaluation, check_ks, evaluate
+from .metrics import Evaluation, evaluate
 from .trec import Run, sorted_docs
 
 if TYPE_CHECKING:

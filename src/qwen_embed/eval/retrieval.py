@@ -28,8 +28,9 @@ import torch
 from ..errors import InputError
 from ..files import atomic_file, fingerprint, fingerprint_rows
 from ..pooling import check_dim, finish
+from .at_k import DEFAULT_K, check_ks
 from .beir import BeirDataset
-from .metrics import DEFAULT_K, Evaluation, check_ks, evaluate
+from .metrics import Evaluation, evaluate
 from .trec import Run
 
 if TYPE_CHECKING:
