@@ -63,7 +63,7 @@ def test_outputs_log_eval_and_final_model(small_ckpt: Path, train_file: Path, tm
     records = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [0, 4]
-    assert set(evals[0]["eval"]) == {"recall@5", "mrr@5", "ndcg@5"}
+    assert set(evals[0]["eval"]) == {"recall@5", "mrr@5", "ndcg@5", "recall_at_5", "mrr_at_5", "ndcg_at_5"}
     train_rec = [r for r in records if "loss" in r]
     assert {"lr", "grad_norm", "tokens", "tokens_per_s", "task"} <= set(train_rec[0])
     assert [p.name for p in t.checkpoints()] == ["step-00000004"]  # older ones pruned

@@ -43,7 +43,8 @@ def plot_learning_curve(log_path: str | Path, out_png: str | Path, title: str | 
     ax.grid(alpha=0.3)
     if evals:
         ax2 = axes[0][1]
-        for key in evals[-1]["eval"]:
+        last = evals[-1]["eval"]
+        for key in [k for k in last if k.replace("@", "_at_") == k or k.replace("@", "_at_") not in last]:
             ax2.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", label=key)
         ax2.set_xlabel("step")
         ax2.set_ylabel("held-out retrieval")
