@@ -22,6 +22,7 @@ from qwen_embed.files import (
     file_digest,
     fingerprint,
 )
+from tests.threads import subprocess_env
 
 
 def test_check_output_file(tmp_path: Path) -> None:
@@ -105,7 +106,8 @@ def test_atomic_dir_new_and_overwrite_keeps_other_files(tmp_path: Path) -> None:
 
 
 def test_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          env=subprocess_env())
     pid = int(dead.stdout)
     stale = tmp_path / f".out.tmp-{pid}-0123abcd"
     stale.mkdir()
