@@ -27,7 +27,7 @@ def test_embedding_checkpoint_facts(small_embedding_path: Path) -> None:
 
 
 def test_an_embedding_checkpoint_is_no_reranker(small_embedding_path: Path) -> None:
-    with pytest.raises(ConfigError, match="is an embedding checkpoint .* Use Embedder for this one"):
+    with pytest.raises(ConfigError, match=r"is an embedding checkpoint .* Use Embedder for this one"):
         Checkpoint.load(small_embedding_path, "cpu", want_head=True)
 
 
