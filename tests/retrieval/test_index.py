@@ -118,6 +118,7 @@ def test_search_with_reranking(tmp_path: Path, embedder: Embedder, reranker: Rer
     assert all(h.rerank_score == h.score for h in hits)
 
 
+@pytest.mark.slow
 def test_a_10mb_document_is_chunked(tmp_path: Path, embedder: Embedder) -> None:
     text = ("=" * 63 + "\n") * (10_000_000 // 64)  # 10 MB that the real tokenizer packs into ~312k tokens
     index = Index.open(tmp_path / "db", model=embedder, chunk_tokens=1024, overlap=0)

@@ -26,6 +26,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Path, small_embedder: Embedder) -> None:
     port = free_port()
     env = subprocess_env(QWEN_EMBED_EMBEDDING_MODEL=str(small_embedding_path), QWEN_EMBED_PORT=str(port),

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -48,6 +49,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
     mp.start_processes(_worker, args=(2, free_port(), str(small_embedding_path), str(train_file), str(tmp_path)),
                        nprocs=2, start_method="spawn", join=True)
