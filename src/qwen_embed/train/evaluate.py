@@ -19,7 +19,6 @@ from ..pooling import l2_normalize
 from ..tokenizer import QwenTokenizer
 from .data import EvalSet
 
-
 MEASURES = ("recall", "mrr", "ndcg")
 
 
