@@ -1,4 +1,5 @@
-# qwen-embed: `make demo` runs the main job, `make test` runs the test suite.
+# qwen-embed: `make demo` runs the main job, `make test` runs the test suite (`make test-fast`: without the
+# tests marked slow). Tests pin torch to one thread, so they run in JOBS pytest-xdist workers (default 2).
 # Both create .venv and install everything on a fresh machine (torch==2.13.0 first: a bare
 # `torch` requirement would pull a multi-GB CUDA build on these machines).
 PYTHON ?= python3
@@ -6,7 +7,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench-gpu clean venv
+JOBS ?= 2
+
+.PHONY: demo test test-fast lint bench-gpu clean venv
 
 venv: $(STAMP)
 
@@ -25,7 +28,10 @@ lint: $(STAMP)
 	$(PY) -m mypy src
 
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(JOBS) --dist worksteal
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(JOBS) --dist worksteal -m "not slow"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,22 +1,34 @@
-"""Shared fixtures: tiny random-weight checkpoints made once per session, and the shared data folder.
+"""Shared fixtures: the one tiny-checkpoint factory, the models loaded from it, and the shared data folder.
+
+`tiny_checkpoint(kind, **options)` writes a random-weight checkpoint with `qwen_embed.tiny.make_checkpoint`
+once per session for each distinct request; every checkpoint fixture is one request of it:
+
+- `tiny_embedding_path` / `tiny_reranker_path`: hidden 64, 2 layers, the real Qwen tokenizer when
+  ../shared has it (else the small one); loaded as `embedder` / `reranker`.
+- `small_embedding_path` / `small_reranker_path`: the same shape with the small (~1k) tokenizer: short
+  sequences, fast to train and to serve; loaded as `small_embedder` (64-token context) and
+  `small_reranker` (256-token context, card template).
 
 `../shared/data` beside the repository holds real data (BEIR SciFact, the real Qwen tokenizer,
 trec_eval outputs); tests that need it take the `shared_data` fixture and skip, saying why, when it
-is absent.
+is absent. Tests that start a process pass `tests.threads.subprocess_env()`: one torch thread there too.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-# One thread per test process and per subprocess it starts: 2 threads on 2 shared cores made a
-# 20-step training test 10x slower. Set before torch starts its pools.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from tests.threads import ONE_THREAD
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# One thread per test process and per process it starts (they inherit the environment; tests that build an
+# environment use `tests.threads.subprocess_env`). Set before torch starts its pools.
+os.environ.update(ONE_THREAD)
+
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
@@ -34,16 +46,48 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+TinyCheckpoint = Callable[..., Path]
+
+
 @pytest.fixture(scope="session")
-def tiny_embedding_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """The one tiny-checkpoint factory: `tiny_checkpoint(kind="embedding", **make_checkpoint options)` -> a
+    folder, written once per session for each distinct (kind, options); treat it as read-only."""
+    made: dict[tuple[str, tuple[tuple[str, Any], ...]], Path] = {}
+
+    def get(kind: str = "embedding", **options: Any) -> Path:
+        key = (kind, tuple(sorted(options.items())))
+        if key not in made:  # a distinct folder name per checkpoint: the index tells models apart by name
+            name = f"tiny-{kind}" + (f"-{len(made)}" if options else "")
+            made[key] = make_checkpoint(tmp_path_factory.mktemp("ckpt") / name, kind,  # type: ignore[arg-type]
+                                        **options)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding_path(tiny_checkpoint: TinyCheckpoint) -> Path:
     """Tiny embedding checkpoint (hidden 64, 2 layers); real Qwen tokenizer when ../shared has it."""
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-embedding", "embedding")
+    return tiny_checkpoint("embedding")
 
 
 @pytest.fixture(scope="session")
-def tiny_reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_reranker_path(tiny_checkpoint: TinyCheckpoint) -> Path:
     """Tiny causal-LM reranker checkpoint (hidden 64, 2 layers)."""
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-reranker", "reranker")
+    return tiny_checkpoint("reranker")
+
+
+@pytest.fixture(scope="session")
+def small_embedding_path(tiny_checkpoint: TinyCheckpoint) -> Path:
+    """Tiny embedding checkpoint with the small (~1k) tokenizer: short sequences, fast to train and serve."""
+    return tiny_checkpoint("embedding", tokenizer="small")
+
+
+@pytest.fixture(scope="session")
+def small_reranker_path(tiny_checkpoint: TinyCheckpoint) -> Path:
+    """Tiny causal-LM reranker with the small (~1k) tokenizer."""
+    return tiny_checkpoint("reranker", tokenizer="small")
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +98,15 @@ def embedder(tiny_embedding_path: Path) -> Embedder:
 @pytest.fixture(scope="session")
 def reranker(tiny_reranker_path: Path) -> Reranker:
     return Reranker.from_pretrained(tiny_reranker_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def small_embedder(small_embedding_path: Path) -> Embedder:
+    """The small-tokenizer embedder with a 64-token context."""
+    return Embedder.from_pretrained(small_embedding_path, device="cpu", max_length=64)
+
+
+@pytest.fixture(scope="session")
+def small_reranker(small_reranker_path: Path) -> Reranker:
+    """The small-tokenizer reranker with a 256-token context (card template)."""
+    return Reranker.from_pretrained(small_reranker_path, device="cpu", max_length=256)

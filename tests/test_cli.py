@@ -1,7 +1,6 @@
 """The core commands: embed, rerank, info, make-tiny; user mistakes give one line and status 2."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,9 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.cli import main
+from tests.threads import subprocess_env
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+ENV = subprocess_env(HF_HUB_OFFLINE="1")
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,9 @@ from qwen_embed.files import (
     clean_stale_temps,
     file_digest,
     fingerprint,
+    fingerprint_rows,
 )
+from tests.threads import subprocess_env
 
 
 def test_check_output_file(tmp_path: Path) -> None:
@@ -105,7 +107,8 @@ def test_atomic_dir_new_and_overwrite_keeps_other_files(tmp_path: Path) -> None:
 
 
 def test_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          env=subprocess_env())
     pid = int(dead.stdout)
     stale = tmp_path / f".out.tmp-{pid}-0123abcd"
     stale.mkdir()
@@ -121,6 +124,27 @@ def test_fingerprints(tmp_path: Path) -> None:
     p = tmp_path / "x"
     p.write_bytes(b"abc")
     assert file_digest(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_fingerprint_rows_is_sha256_of_canonical_json_lines() -> None:
+    import hashlib
+
+    rows = [{"b": 1, "a": "é"}, ["x", 2]]
+    want = hashlib.sha256('{"a":"é","b":1}\n["x",2]\n'.encode()).hexdigest()
+    assert fingerprint_rows(iter(rows)) == want
+    assert fingerprint_rows([("a", "b")]) != fingerprint_rows([("ab", "")])  # rows are kept apart
+
+
+def test_resumable_jsonl_rows_reads_back_what_was_written(tmp_path: Path) -> None:
+    out = tmp_path / "rows.jsonl"
+    w = ResumableJsonl(out, key="qid", job="j")
+    w.write_many([{"qid": "q1", "s": 1.5}, {"qid": "q2", "s": 2.5}])
+    w.close()
+    again = ResumableJsonl(out, key="qid", job="j")
+    assert list(again.rows()) == [{"qid": "q1", "s": 1.5}, {"qid": "q2", "s": 2.5}]
+    again.write({"qid": "q3", "s": 0.0})
+    assert [r["qid"] for r in again.rows()] == ["q1", "q2", "q3"]  # flushed before reading
+    again.close()
 
 
 def test_resumable_jsonl_resume_after_torn_line(tmp_path: Path) -> None:

@@ -22,7 +22,10 @@ def _compare(ours: np.ndarray, ref: torch.Tensor) -> None:
     assert np.abs(ours - ref_np).max() <= 1e-4, np.abs(ours - ref_np).max()
 
 
-@pytest.fixture(scope="module", params=["tiny", "0.6B-layers"])
+SHAPES = ["tiny", pytest.param("0.6B-layers", marks=pytest.mark.slow)]  # the real layer shape: slow on a CPU
+
+
+@pytest.fixture(scope="module", params=SHAPES)
 def emb_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shape = request.param
     return save_hf_checkpoint(tmp_path_factory.mktemp(f"hf-emb-{shape}"), "embedding", shape,
@@ -63,7 +66,7 @@ def test_embedding_truncation_keeps_end_token(emb_ckpt: Path) -> None:
     _compare(emb.encode(texts), official_embed(emb_ckpt, texts, max_length=16))
 
 
-@pytest.fixture(scope="module", params=["tiny", "0.6B-layers"])
+@pytest.fixture(scope="module", params=SHAPES)
 def rr_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shape = request.param
     # a larger init spread makes the scores spread, so that the comparison means something
@@ -119,7 +122,8 @@ def test_converted_sequence_classification(rr_ckpt: Path, tmp_path: Path) -> Non
     conv = Reranker.from_pretrained(out, device="cpu")
     assert conv.config.kind == "seq-cls"
     docs = random_texts(7, seed=6, max_words=60)
-    np.testing.assert_allclose(conv.score("q", docs), rr.score("q", docs), atol=1e-5)
+    conv_scores = conv.score("q", docs)
+    np.testing.assert_allclose(conv_scores, rr.score("q", docs), atol=1e-5)
 
     # and transformers' own sequence-classification model agrees
     tok = AutoTokenizer.from_pretrained(out, padding_side="left")
@@ -128,4 +132,4 @@ def test_converted_sequence_classification(rr_ckpt: Path, tmp_path: Path) -> Non
     batch = tok.pad({"input_ids": ids}, padding=True, return_tensors="pt")
     with torch.no_grad():
         ref = torch.sigmoid(model(**batch).logits[:, 0])
-    np.testing.assert_allclose(conv.score("q", docs), ref.numpy(), atol=1e-4)
+    np.testing.assert_allclose(conv_scores, ref.numpy(), atol=1e-4)

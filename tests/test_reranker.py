@@ -1,5 +1,6 @@
 """Reranker behaviour through the public API."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 from qwen_embed import Reranker, RerankResult
 from qwen_embed.errors import InputError
 from qwen_embed.reranker import TEMPLATES, yes_probability
-from qwen_embed.tiny import make_checkpoint
 
 
 def test_yes_probability_is_two_way_softmax() -> None:
@@ -60,8 +60,8 @@ def test_max_tokens_per_doc(reranker: Reranker) -> None:
     assert len(full) - len(cut) > 250
 
 
-def test_seq_cls_tiny(tmp_path: Path) -> None:
-    rr = Reranker.from_pretrained(make_checkpoint(tmp_path / "sc", "seq-cls", tokenizer="small"), device="cpu")
+def test_seq_cls_tiny(tiny_checkpoint: Callable[..., Path]) -> None:
+    rr = Reranker.from_pretrained(tiny_checkpoint("seq-cls", tokenizer="small"), device="cpu")
     assert rr.config.kind == "seq-cls" and rr.score("q", ["a", "b"]).shape == (2,)
 
 

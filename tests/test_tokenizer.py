@@ -1,5 +1,6 @@
 """End-token policy, the real Qwen tokenizer's facts, and input validation."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ from tokenizers import Tokenizer
 
 from qwen_embed import Embedder, Reranker
 from qwen_embed.errors import InputError, TokenizerError
-from qwen_embed.tiny import make_checkpoint, train_small_tokenizer
+from qwen_embed.tiny import train_small_tokenizer
 from qwen_embed.tokenizer import QwenTokenizer, check_texts
 
 
@@ -16,10 +17,9 @@ def real_tokenizer_path(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "qwen" / "tokenizer.json"
 
 
-def test_real_tokenizer_embedder_ids(real_tokenizer_path: Path, tmp_path: Path) -> None:
+def test_real_tokenizer_embedder_ids(real_tokenizer_path: Path, tiny_checkpoint: Callable[..., Path]) -> None:
     for post in (True, False):  # current official tokenizer (appends) and older one (does not)
-        path = make_checkpoint(tmp_path / f"e{post}", "embedding", tokenizer=str(real_tokenizer_path),
-                               eos_postprocessor=post)
+        path = tiny_checkpoint("embedding", tokenizer=str(real_tokenizer_path), eos_postprocessor=post)
         emb = Embedder.from_pretrained(path, device="cpu")
         assert emb.tokenizer.appends_eos is post
         assert emb.tokenize(["test"]) == [[1944, 151643]]
@@ -31,8 +31,9 @@ def test_real_tokenizer_yes_no(real_tokenizer_path: Path) -> None:
     assert tok.eos_id == 151643 and tok.token_id("<|im_end|>") == 151645
 
 
-def test_real_tokenizer_reranker_ids_equal_template_string(real_tokenizer_path: Path, tmp_path: Path) -> None:
-    path = make_checkpoint(tmp_path / "rr", "reranker", tokenizer=str(real_tokenizer_path))
+def test_real_tokenizer_reranker_ids_equal_template_string(real_tokenizer_path: Path,
+                                                           tiny_checkpoint: Callable[..., Path]) -> None:
+    path = tiny_checkpoint("reranker", tokenizer=str(real_tokenizer_path))
     tok = Tokenizer.from_file(str(real_tokenizer_path))
     q, docs, instr = "What is the capital of China?", ["The capital of China is Beijing.", "Gravity."], "Find it"
     for template in ("card", "official-eval"):

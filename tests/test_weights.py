@@ -3,6 +3,7 @@
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from qwen_embed.tiny import make_checkpoint
 from qwen_embed.weights import pick_dtype, resolve_model_dir
 
 
-def test_sharded_equals_single(tmp_path: Path) -> None:
-    one = make_checkpoint(tmp_path / "one", "embedding", tokenizer="small", seed=3)
-    three = make_checkpoint(tmp_path / "three", "embedding", tokenizer="small", seed=3, shards=3)
+def test_sharded_equals_single(tiny_checkpoint: Callable[..., Path]) -> None:
+    one = tiny_checkpoint("embedding", tokenizer="small", seed=3)
+    three = tiny_checkpoint("embedding", tokenizer="small", seed=3, shards=3)
     assert (three / "model.safetensors.index.json").is_file() and len(list(three.glob("*.safetensors"))) == 3
     texts = ["sharded weights", "one file"]
     a = Embedder.from_pretrained(one, device="cpu").encode(texts)
@@ -33,8 +34,8 @@ def test_default_dtype_and_override(tiny_embedding_path: Path) -> None:
         pick_dtype("int8", torch.device("cpu"))
 
 
-def test_untied_reranker_reads_lm_head(tmp_path: Path) -> None:
-    path = make_checkpoint(tmp_path / "rr", "reranker", tokenizer="small", tie_word_embeddings=False)
+def test_untied_reranker_reads_lm_head(tiny_checkpoint: Callable[..., Path]) -> None:
+    path = tiny_checkpoint("reranker", tokenizer="small", tie_word_embeddings=False)
     rr = Reranker.from_pretrained(path, device="cpu")
     from safetensors.torch import load_file
 

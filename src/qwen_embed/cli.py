@@ -10,53 +10,26 @@ interrupted or failed run leaves no partial file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import InputError, QwenEmbedError
+from .files import atomic_file
 from .jsonl import iter_jsonl
+from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
 
-DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
-DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli",
               "qwen_embed.synth.cli", "qwen_embed.recipe.cli"]
 
 
 # -- helpers shared by every command --------------------------------------------------------------
 def add_model_options(p: argparse.ArgumentParser, default: str | None, flag: str = "--model") -> None:
-    """--model/--device/--dtype/--max-length/--batch-tokens, the options every model command takes."""
-    p.add_argument(flag, default=default, required=default is None,
-                   help=f"hub id or local checkpoint folder (default: {default})")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside `path` and rename it into place only on success."""
-    target = Path(path)
-    if target.is_dir():
-        raise InputError(f"output {target} is a folder; give a file name.")
-    if not target.parent.exists():
-        raise InputError(f"the folder of output {target} does not exist; create {target.parent} first.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """--model/--device/--dtype/--max-length/--batch-tokens: `ModelSettings.add_arguments` (kept for callers)."""
+    ModelSettings.add_arguments(p, default, flag=flag)
 
 
 def read_text_file(path: str) -> str:
@@ -95,7 +68,7 @@ def read_records(path: str, field: str = "text") -> list[dict[str, Any]]:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .embedder import DEFAULT_INSTRUCTION, Embedder
+    from .embedder import DEFAULT_INSTRUCTION
 
     records = read_records(args.input, args.field)
     out = args.output
@@ -109,12 +82,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         vecs = encode_on_devices(args.model, texts, args.devices.split(","), instruction=instruction, dim=args.dim,
                                  dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
     else:
-        emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                       max_length=args.max_length, batch_tokens=args.batch_tokens)
+        emb = ModelSettings.from_args(args).load_embedder()
         vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
                           progress=None if sys.stderr.isatty() else False)
     if out.endswith(".npy"):
-        with atomic_output(out, "wb") as f:
+        with atomic_file(out, "wb") as f:
             np.save(f, vecs)
     else:
         def lines(f: IO[str]) -> None:
@@ -124,7 +96,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         if out == "-":
             lines(sys.stdout)
         else:
-            with atomic_output(out) as f:
+            with atomic_file(out) as f:
                 lines(f)
     print(f"embedded {len(records)} texts -> {vecs.shape[1]} dims ({out})", file=sys.stderr)
     return 0
@@ -132,7 +104,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 # -- rerank --------------------------------------------------------------------------------------
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from .reranker import Reranker, get_template
+    from .reranker import get_template
 
     get_template(args.template)
     docs = list(args.document or [])
@@ -140,8 +112,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         docs += [r[args.field] for r in read_records(args.documents, args.field)]
     if not docs:
         raise InputError("no documents: pass --document TEXT (repeatable) or --documents FILE.")
-    rr = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, template=args.template,
-                                  max_length=args.max_length, batch_tokens=args.batch_tokens)
+    rr = ModelSettings.from_args(args).load_reranker(args.template)
     results = rr.rerank(args.query, docs, top_n=args.top_n, instruction=args.instruction)
     payload = {"query": args.query, "model": args.model,
                "results": [{"index": r.index, "score": r.score, "document": r.document} for r in results]}
@@ -149,7 +120,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     if args.output == "-":
         print(text)
     else:
-        with atomic_output(args.output) as f:
+        with atomic_file(args.output) as f:
             f.write(text + "\n")
     return 0
 
@@ -227,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Embed each line (or each JSONL object's `text`) of INPUT.")
     p.add_argument("input", nargs="?", default="-", help="text or .jsonl file, '-' for stdin (default)")
     p.add_argument("-o", "--output", default="-", help="out.npy, out.jsonl, or '-' for JSONL on stdout")
-    add_model_options(p, DEFAULT_EMBEDDING_MODEL)
+    ModelSettings.add_arguments(p, DEFAULT_EMBEDDING_MODEL)
     p.add_argument("--query", action="store_true", help="inputs are queries: apply the query template "
                    "with the default instruction")
     p.add_argument("--instruction", default=None, help="query instruction (implies --query)")
@@ -246,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default="card", help="prompt form: card (default) or official-eval")
     p.add_argument("--field", default="text", help="JSONL field that holds the text (default: text)")
     p.add_argument("-o", "--output", default="-", help="JSON file, '-' for stdout (default)")
-    add_model_options(p, DEFAULT_RERANKER_MODEL)
+    ModelSettings.add_arguments(p, DEFAULT_RERANKER_MODEL)
     p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser("info", help="kind, shape, dims, max length and dtype of a checkpoint")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 from .embedder import Embedder
 from .errors import ModelNotFoundError, QwenEmbedError
 from .reranker import Reranker
+from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 
 QUERIES = ["What is the capital of China?", "Explain gravity"]
 DOCUMENTS = [
@@ -102,7 +102,7 @@ def show_core(emb: Embedder, rr: Reranker) -> None:
 def show_retrieval(emb: Embedder, rr: Reranker, db: Path) -> None:
     """Part 2: index the sample corpus into a LanceDB folder and run searches with reranking."""
     from .retrieval import Index, read_sources
-    from .retrieval.cli import format_hits
+    from .retrieval.format import format_hits
 
     docs = read_sources([sample_corpus()]).documents
     index = Index.open(db, model=emb)

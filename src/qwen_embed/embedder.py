@@ -21,10 +21,11 @@ from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
 from .quantize import check_precision
+from .settings import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # the model this class defaults to
+from .settings import DEFAULT_MAX_LENGTH
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
-DEFAULT_MAX_LENGTH = 8192
 PROGRESS_MIN_TEXTS = 512
 TOKENIZE_CHUNK = 4096  # texts per chunk: the worker pool tokenizes the next chunk while the device runs
 

@@ -15,8 +15,9 @@ synthetic data, indexing):
   with the adapter in `runs/x/adapter`) is therefore safe: the adapter is not one of the names written.
 - **No leftovers.** Temporary siblings are named `.{name}.tmp-{pid}-{random}`; a failure removes
   them, and `clean_stale_temps` removes those whose process is gone (a SIGKILL mid-write).
-- **Fingerprints** are SHA-256 over canonical JSON (`fingerprint`) or over a file's bytes
-  (`file_digest`), so resume keys and cache keys are computed one way everywhere.
+- **Fingerprints** are SHA-256 over canonical JSON (`fingerprint`, `fingerprint_rows` for a stream of
+  rows) or over a file's bytes (`file_digest`), so resume keys and cache keys are computed one way
+  everywhere.
 - **Resumable JSONL** (`ResumableJsonl`): append-only rows keyed by an id, flushed as they come; on
   reopen the ids already written are known (a torn last line from a kill is dropped), a job whose
   fingerprint differs is refused unless overwritten, and `finish` renames the partial file into place.
@@ -266,6 +267,16 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def fingerprint_rows(rows: Iterable[Any]) -> str:
+    """SHA-256 (hex) of many rows, each as canonical JSON on its own line, hashed as they stream by (for a
+    corpus too large to hold as one JSON document); pass the result to `fingerprint` with the settings."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(_jsonable(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
     """SHA-256 (hex) of a file's bytes, read in chunks."""
     h = hashlib.sha256()
@@ -336,6 +347,16 @@ class ResumableJsonl:
         with open(self.partial, "r+b") as f:
             f.truncate(good)
         self.resumed = len(self.done)
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The rows written so far (those of an earlier run first, when resumed)."""
+        if self._f is not None:
+            self._f.flush()
+        with open(self.partial, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if isinstance(row, dict):
+                    yield row
 
     def __enter__(self) -> ResumableJsonl:
         return self

@@ -32,6 +32,7 @@ from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
 from .pooling import rank_by_score
+from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
 from .tokenizer import QwenTokenizer, check_texts
 
 SYSTEM_PROMPT = (

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +25,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .errors import InputError
+from .files import atomic_dir
 from .shards import TensorSpec, split_shards, write_shards
 
 TinyKind = Literal["embedding", "reranker", "seq-cls"]
@@ -148,18 +147,11 @@ def make_checkpoint(
     state = {k: v.to(tdt).contiguous() for k, v in state.items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         _save_weights(tmp, state, shards)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(kind), indent=2))
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -39,13 +39,13 @@ def five_docs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_embedder(embedder: Embedder) -> Embedder:
+def short_embedder(embedder: Embedder) -> Embedder:
     """The tiny embedder with a 64-token context (same weights), to keep SciFact fast on a CPU."""
     return Embedder(embedder.checkpoint, max_length=64)
 
 
 @pytest.fixture(scope="session")
-def small_reranker(reranker: Reranker) -> Reranker:
+def short_reranker(reranker: Reranker) -> Reranker:
     return Reranker(reranker.checkpoint, template="official-eval", max_length=128)
 
 
@@ -58,10 +58,10 @@ def scifact(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def scifact_retrieval(small_embedder: Embedder, scifact: Path) -> object:
+def scifact_retrieval(short_embedder: Embedder, scifact: Path) -> object:
     """SciFact test split retrieved once with the tiny embedder (64-token context), dims 32 and 64."""
     from qwen_embed.eval.beir import load_beir
     from qwen_embed.eval.retrieval import evaluate_retrieval
 
     ds = load_beir(scifact)
-    return ds, evaluate_retrieval(small_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 5, 10, 100], depth=100)
+    return ds, evaluate_retrieval(short_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 5, 10, 100], depth=100)

@@ -12,10 +12,10 @@ from qwen_embed.eval.rerank import evaluate_rerank
 from qwen_embed.eval.retrieval import evaluate_retrieval
 
 
-def test_retrieval_and_rerank_reports(small_embedder: Embedder, small_reranker: Reranker, five_docs: Path,
+def test_retrieval_and_rerank_reports(short_embedder: Embedder, short_reranker: Reranker, five_docs: Path,
                                       tmp_path: Path) -> None:
     ds = load_beir(five_docs)
-    res = evaluate_retrieval(small_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 3], depth=5)
+    res = evaluate_retrieval(short_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 3], depth=5)
     paths = write_retrieval_report(res, tmp_path)
     assert [p.name for p in paths] == ["scores.json", "summary.md", "ndcg_vs_dim.png"]
     obj = json.loads(paths[0].read_text())
@@ -26,7 +26,7 @@ def test_retrieval_and_rerank_reports(small_embedder: Embedder, small_reranker: 
     assert "| dim | nDCG@1 | nDCG@3 | MAP@3 | MRR@3 | Recall@3 |" in md and "\n| 64 | " in md
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    rr = evaluate_rerank(small_reranker, ds, res.dims[0].run, instruction="x", top=3, ks=[1, 3])
+    rr = evaluate_rerank(short_reranker, ds, res.dims[0].run, instruction="x", top=3, ks=[1, 3])
     paths = write_rerank_report(rr, tmp_path)
     obj = json.loads(paths[0].read_text())
     assert obj["before"]["aggregate"]["num_q"] == 2 and set(obj["after"]["per_query"]) == {"q1", "q2"}

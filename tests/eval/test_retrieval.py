@@ -60,37 +60,37 @@ def test_hand_made_five_documents_exact_values(five_docs: Path) -> None:
     assert ev.aggregate["num_q"] == 2 and ev.aggregate["num_rel"] == 3
 
 
-def test_empty_document_is_the_end_token_alone(small_embedder: Embedder) -> None:
-    ids = tokenize_texts(small_embedder, ["", "some text"])
-    assert ids[0] == [small_embedder.tokenizer.eos_id] and ids[1][-1] == small_embedder.tokenizer.eos_id
-    v = embed_texts(small_embedder, ["", "some text"])
-    ref = small_embedder.embed_ids([ids[0]], normalize=False)
+def test_empty_document_is_the_end_token_alone(short_embedder: Embedder) -> None:
+    ids = tokenize_texts(short_embedder, ["", "some text"])
+    assert ids[0] == [short_embedder.tokenizer.eos_id] and ids[1][-1] == short_embedder.tokenizer.eos_id
+    v = embed_texts(short_embedder, ["", "some text"])
+    ref = short_embedder.embed_ids([ids[0]], normalize=False)
     np.testing.assert_allclose(v[:1], ref, rtol=1e-5, atol=1e-6)
 
 
-def test_at_dim_equals_encode_with_dim(small_embedder: Embedder) -> None:
+def test_at_dim_equals_encode_with_dim(short_embedder: Embedder) -> None:
     texts = ["a short text", "another one, a little longer"]
-    full = embed_texts(small_embedder, texts, instruction="Find it")
-    np.testing.assert_allclose(at_dim(full, 32), small_embedder.encode(texts, instruction="Find it", dim=32),
+    full = embed_texts(short_embedder, texts, instruction="Find it")
+    np.testing.assert_allclose(at_dim(full, 32), short_embedder.encode(texts, instruction="Find it", dim=32),
                                rtol=1e-5, atol=1e-6)
 
 
-def test_corpus_cache_resumes(small_embedder: Embedder, tmp_path: Path) -> None:
+def test_corpus_cache_resumes(short_embedder: Embedder, tmp_path: Path) -> None:
     ids, texts = ["a", "b", "c"], ["one", "two", ""]
-    first = embed_corpus(small_embedder, ids, texts, tmp_path, shard=2)
+    first = embed_corpus(short_embedder, ids, texts, tmp_path, shard=2)
     shards = sorted(tmp_path.glob("corpus-*/*.npy"))
     assert len(shards) == 2
-    np.save(shards[0], np.zeros((2, small_embedder.hidden_size), np.float32))  # a finished shard is reused
-    again = embed_corpus(small_embedder, ids, texts, tmp_path, shard=2)
+    np.save(shards[0], np.zeros((2, short_embedder.hidden_size), np.float32))  # a finished shard is reused
+    again = embed_corpus(short_embedder, ids, texts, tmp_path, shard=2)
     assert (again[:2] == 0).all() and np.array_equal(again[2], first[2])
 
 
-def test_end_to_end_five_documents(small_embedder: Embedder, five_docs: Path) -> None:
+def test_end_to_end_five_documents(short_embedder: Embedder, five_docs: Path) -> None:
     ds = load_beir(five_docs)
-    res = evaluate_retrieval(small_embedder, ds, instruction="Find it", dims=[32, 64], ks=[1, 3], depth=5)
+    res = evaluate_retrieval(short_embedder, ds, instruction="Find it", dims=[32, 64], ks=[1, 3], depth=5)
     assert [d.dim for d in res.dims] == [32, 64]
-    docs = at_dim(embed_texts(small_embedder, ds.corpus_texts), 32)
-    qs = at_dim(embed_texts(small_embedder, ds.query_texts, instruction="Find it"), 32)
+    docs = at_dim(embed_texts(short_embedder, ds.corpus_texts), 32)
+    qs = at_dim(embed_texts(short_embedder, ds.query_texts, instruction="Find it"), 32)
     brute = qs @ docs.T
     for n, q in enumerate(ds.query_ids):
         ranked = sorted(res.dims[0].run[q], key=lambda d: -res.dims[0].run[q][d])
@@ -98,14 +98,14 @@ def test_end_to_end_five_documents(small_embedder: Embedder, five_docs: Path) ->
     assert res.dims[0].evaluation.aggregate == evaluate(ds.qrels, res.dims[0].run, extra_k=[1, 3]).aggregate
 
 
-def test_bad_dims_and_depth(small_embedder: Embedder, five_docs: Path) -> None:
+def test_bad_dims_and_depth(short_embedder: Embedder, five_docs: Path) -> None:
     with pytest.raises(InputError, match="dim=128 is out of range"):
-        check_dims([32, 128], small_embedder.hidden_size)
+        check_dims([32, 128], short_embedder.hidden_size)
     with pytest.raises(InputError, match="twice"):
         check_dims([32, 32], 64)
     assert check_dims(None, 64) == [64]
     with pytest.raises(InputError, match="depth"):
-        evaluate_retrieval(small_embedder, load_beir(five_docs), instruction="x", ks=[10], depth=5)
+        evaluate_retrieval(short_embedder, load_beir(five_docs), instruction="x", ks=[10], depth=5)
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_scifact_end_to_end(scifact_retrieval: tuple) -> None:
     assert set(res.timings) == {"embed_corpus_s", "embed_queries_s", "search_s", "metrics_s"}
 
 
-def test_identical_ids_are_dropped_as_mteb_does(small_embedder: Embedder, tmp_path: Path) -> None:
+def test_identical_ids_are_dropped_as_mteb_does(short_embedder: Embedder, tmp_path: Path) -> None:
     from qwen_embed.eval.retrieval import ignores_identical_ids
 
     from .conftest import CORPUS, write_beir
@@ -129,7 +129,7 @@ def test_identical_ids_are_dropped_as_mteb_does(small_embedder: Embedder, tmp_pa
     assert ignores_identical_ids("ArguAna") and ignores_identical_ids("fiqa") and not ignores_identical_ids("scifact")
     folder = write_beir(tmp_path / "arguana", corpus=[*CORPUS, {"_id": "q1", "title": "", "text": "What pumps blood?"}])
     ds = load_beir(folder)
-    res = evaluate_retrieval(small_embedder, ds, instruction="x", ks=[1], depth=6)
+    res = evaluate_retrieval(short_embedder, ds, instruction="x", ks=[1], depth=6)
     assert "q1" not in res.dims[0].run["q1"] and len(res.dims[0].run["q1"]) == 5 and res.stats["ignore_identical_ids"]
-    kept = evaluate_retrieval(small_embedder, ds, instruction="x", ks=[1], depth=6, ignore_identical_ids=False)
+    kept = evaluate_retrieval(short_embedder, ds, instruction="x", ks=[1], depth=6, ignore_identical_ids=False)
     assert "q1" in kept.dims[0].run["q1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,6 @@ import torch
 
 from qwen_embed import Embedder, Reranker
 from qwen_embed.attention import packed_causal_attention
-from qwen_embed.tiny import make_checkpoint
 from tests.reference import random_texts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
@@ -48,12 +48,10 @@ def test_flash_varlen_matches_dense(prefix: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("gpu")
+def ckpts(tiny_checkpoint: Callable[..., Path]) -> tuple[Path, Path]:
     shape = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                  intermediate_size=512)
-    return (make_checkpoint(d / "e", "embedding", **shape),  # type: ignore[arg-type]
-            make_checkpoint(d / "r", "reranker", std=0.05, **shape))  # type: ignore[arg-type]
+    return tiny_checkpoint("embedding", **shape), tiny_checkpoint("reranker", std=0.05, **shape)
 
 
 def test_bf16_engine_matches_float32_reference(ckpts: tuple[Path, Path]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 from qwen_embed.cli import main
 from qwen_embed.store import open_store
+from tests.threads import subprocess_env
 
 
 def write_docs(path: Path, n: int, words: int = 30) -> Path:
@@ -107,7 +107,7 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path: Path
     src = write_docs(tmp_path / "docs.jsonl", n, words=30)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     argv = ["index", str(src), "--model", str(tiny_embedding_path), "--batch-docs", "20"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", *argv, "--db", str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120

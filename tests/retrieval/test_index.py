@@ -11,7 +11,6 @@ from qwen_embed import Embedder, Reranker
 from qwen_embed.errors import InputError
 from qwen_embed.retrieval import Document, Index
 from qwen_embed.retrieval.search import passage
-from qwen_embed.tiny import make_checkpoint
 
 TOPICS = ["the moon and tides", "baking bread at home", "vaccines and the immune system", "rivers of Europe",
           "compound interest", "guitar strings", "coral reefs", "printing press history"]
@@ -67,7 +66,8 @@ def test_delete_and_delete_missing(tmp_path: Path, embedder: Embedder) -> None:
 
 
 def test_table_records_settings_and_refuses_another_model_or_dim(tmp_path: Path, embedder: Embedder,
-                                                                  tiny_embedding_path: Path) -> None:
+                                                                  tiny_embedding_path: Path,
+                                                                  small_embedding_path: Path) -> None:
     index = Index.open(tmp_path / "db", model=embedder, dim=32, instruction="Find notes", chunk_tokens=128,
                        overlap=8)
     index.add(corpus(3))
@@ -81,7 +81,7 @@ def test_table_records_settings_and_refuses_another_model_or_dim(tmp_path: Path,
         Index.open(tmp_path / "db", chunk_tokens=256)
     with pytest.raises(InputError, match="made with instruction='Find notes', not 'Other'"):
         Index.open(tmp_path / "db", instruction="Other")
-    other = make_checkpoint(tmp_path / "other-model", "embedding", tokenizer="small")
+    other = small_embedding_path  # another model than the index's
     with pytest.raises(InputError, match="was indexed with model"):
         Index.open(tmp_path / "db", model=other)
     # the recorded model loads by default for searching, with the recorded dim
@@ -118,6 +118,7 @@ def test_search_with_reranking(tmp_path: Path, embedder: Embedder, reranker: Rer
     assert all(h.rerank_score == h.score for h in hits)
 
 
+@pytest.mark.slow
 def test_a_10mb_document_is_chunked(tmp_path: Path, embedder: Embedder) -> None:
     text = ("=" * 63 + "\n") * (10_000_000 // 64)  # 10 MB that the real tokenizer packs into ~312k tokens
     index = Index.open(tmp_path / "db", model=embedder, chunk_tokens=1024, overlap=0)

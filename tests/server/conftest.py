@@ -1,4 +1,4 @@
-"""Server fixtures: small tiny checkpoints (~1k-vocab tokenizer), and a live uvicorn on 127.0.0.1.
+"""Server fixtures: a live uvicorn on 127.0.0.1 around the small models of tests/conftest.py.
 
 `LiveServer(app)` runs uvicorn in a thread on a free loopback port (a real socket, so the official
 openai client and concurrent httpx clients go through HTTP) and waits for /health to say ready.
@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 
 import httpx
@@ -22,7 +21,6 @@ from fastapi import FastAPI
 from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
-from qwen_embed.tiny import make_checkpoint
 
 
 class LiveServer:
@@ -58,26 +56,6 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         self.sock.close()
-
-
-@pytest.fixture(scope="session")
-def small_embedding_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("srv") / "emb", "embedding", tokenizer="small")
-
-
-@pytest.fixture(scope="session")
-def small_reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("srv") / "rr", "reranker", tokenizer="small")
-
-
-@pytest.fixture(scope="session")
-def small_embedder(small_embedding_path: Path) -> Embedder:
-    return Embedder.from_pretrained(small_embedding_path, device="cpu", max_length=64)
-
-
-@pytest.fixture(scope="session")
-def small_reranker(small_reranker_path: Path) -> Reranker:
-    return Reranker.from_pretrained(small_reranker_path, device="cpu", max_length=256)
 
 
 @pytest.fixture(scope="module")

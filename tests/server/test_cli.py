@@ -17,6 +17,7 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.cli import main
+from tests.threads import subprocess_env
 
 
 def free_port() -> int:
@@ -25,10 +26,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Path, small_embedder: Embedder) -> None:
     port = free_port()
-    env = {**os.environ, "QWEN_EMBED_EMBEDDING_MODEL": str(small_embedding_path), "QWEN_EMBED_PORT": str(port),
-           "QWEN_EMBED_MAX_WAIT_MS": "3000", "QWEN_EMBED_LOG_LEVEL": "info"}
+    env = subprocess_env(QWEN_EMBED_EMBEDDING_MODEL=str(small_embedding_path), QWEN_EMBED_PORT=str(port),
+                         QWEN_EMBED_MAX_WAIT_MS="3000", QWEN_EMBED_LOG_LEVEL="info")
     proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", "serve", "--max-length", "64", "--device", "cpu"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

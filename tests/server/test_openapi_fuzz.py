@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -43,6 +44,7 @@ def fuzz(op: Any, mode: GenerationMode, url: str, session: requests.Session, fai
     return calls
 
 
+@pytest.mark.slow
 def test_no_input_gives_a_server_error(live: LiveServer) -> None:
     schema = schemathesis.openapi.from_url(live.url + "/openapi.json")
     operations = [r.ok() for r in schema.get_all_operations()]

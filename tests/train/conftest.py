@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: a tiny embedding checkpoint with the small (~1k) tokenizer and rows."""
+"""Fixtures of the training tests: synthetic rows (the checkpoint is tests/conftest.py's `small_embedding_path`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
-from qwen_embed.tiny import make_checkpoint
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
          "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
@@ -30,12 +28,6 @@ def make_rows(n: int, negatives: int = 2, tasks: tuple[str, ...] = ("a",)) -> li
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-@pytest.fixture(scope="session")
-def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny embedding checkpoint (hidden 64, 2 layers) with the small tokenizer: fast to train."""
-    return make_checkpoint(tmp_path_factory.mktemp("train-ckpt") / "tiny", "embedding", tokenizer="small")
 
 
 @pytest.fixture(scope="session")

@@ -61,8 +61,8 @@ def test_too_few_rows_for_a_batch(tmp_path: Path) -> None:
         next(iter(BatchStream([path], 4)))
 
 
-def test_collator_templates_negatives_and_rank_slices(small_ckpt: Path, tmp_path: Path) -> None:
-    tok = Checkpoint.load(small_ckpt, "cpu", "float32", want_head=False).tokenizer
+def test_collator_templates_negatives_and_rank_slices(small_embedding_path: Path, tmp_path: Path) -> None:
+    tok = Checkpoint.load(small_embedding_path, "cpu", "float32", want_head=False).tokenizer
     rows = make_rows(8, negatives=3)
     rows[2]["instruction"] = "Find code"
     rows[5]["negatives"] = ["only one"]

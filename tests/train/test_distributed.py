@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -48,10 +49,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_two_gloo_processes_equal_one(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
-    mp.start_processes(_worker, args=(2, free_port(), str(small_ckpt), str(train_file), str(tmp_path)), nprocs=2,
-                       start_method="spawn", join=True)
-    single = Trainer(config(small_ckpt, train_file, tmp_path / "single"), D.DistInfo())
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
+    mp.start_processes(_worker, args=(2, free_port(), str(small_embedding_path), str(train_file), str(tmp_path)),
+                       nprocs=2, start_method="spawn", join=True)
+    single = Trainer(config(small_embedding_path, train_file, tmp_path / "single"), D.DistInfo())
     loss1, grads1 = first_step(single)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert [r["rows"] for r in results] == [0, 4]  # each rank holds its slice; labels offset by 4

@@ -23,3 +23,12 @@ def test_metrics_by_hand() -> None:
     ndcg0 = 1 / math.log2(3)
     ndcg1 = (1 / math.log2(4)) / (1 + 1 / math.log2(3))
     assert m["ndcg@3"] == pytest.approx((ndcg0 + ndcg1) / 2)
+
+
+def test_names_are_evals_and_the_old_ones_stay() -> None:
+    """One naming with eval (`ndcg_at_k`), the training log's earlier keys kept with the same values."""
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.5], [0.2, 0.1, 0.3, 0.4]])
+    m = retrieval_metrics(scores, [{1}, {0, 1}], k=3)
+    for name in ("recall", "mrr", "ndcg"):
+        assert m[f"{name}_at_3"] == m[f"{name}@3"]
+    assert set(m) == {"recall_at_3", "mrr_at_3", "ndcg_at_3", "recall@3", "mrr@3", "ndcg@3"}

@@ -53,9 +53,9 @@ def test_chunks_respect_the_token_budget() -> None:
     assert chunks == [[0, 1], [2], [3, 4], [5]]  # in order; an over-long sequence gets a chunk alone
 
 
-def test_grad_cache_equals_full_batch(small_ckpt: Path) -> None:
-    model = load_model(small_ckpt)
-    seqs = batch_sequences(small_ckpt)
+def test_grad_cache_equals_full_batch(small_embedding_path: Path) -> None:
+    model = load_model(small_embedding_path)
+    seqs = batch_sequences(small_embedding_path)
     chunks = pack_chunks(seqs, 40, torch.device("cpu"))
     assert len(chunks) >= 4
 
@@ -70,11 +70,11 @@ def test_grad_cache_equals_full_batch(small_ckpt: Path) -> None:
     assert_close_rel(g_gc, g_full)
 
 
-def test_grad_cache_replays_randomness(small_ckpt: Path) -> None:
+def test_grad_cache_replays_randomness(small_embedding_path: Path) -> None:
     """Dropout on the token embeddings (inside the encoder) and on the output: both passes must draw alike."""
-    model = load_model(small_ckpt)
+    model = load_model(small_embedding_path)
     model.embed_tokens.register_forward_hook(lambda m, i, o: F.dropout(o, 0.3, training=True))
-    seqs = batch_sequences(small_ckpt)
+    seqs = batch_sequences(small_embedding_path)
     chunks = pack_chunks(seqs, 40, torch.device("cpu"))
 
     def encode(c: PackedBatch) -> torch.Tensor:

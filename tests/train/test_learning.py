@@ -9,11 +9,11 @@ that the tiny model sees short sequences.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from qwen_embed.tiny import make_checkpoint
 from qwen_embed.train.config import load_config
 from qwen_embed.train.loop import Trainer
 from qwen_embed.train.stdlib_pairs import train_tokenizer, write_pairs
@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_stdlib_retrieval(tmp_path: Path) -> None:
+def test_tiny_model_learns_stdlib_retrieval(tmp_path: Path, tiny_checkpoint: Callable[..., Path]) -> None:
     train, held, n_train, n_held = write_pairs(tmp_path / "data")
     assert n_train > 1000 and n_held > 100
     tok = train_tokenizer(train, tmp_path / "data" / "tokenizer.json", 2048)
-    init = make_checkpoint(tmp_path / "init", "embedding", tokenizer=str(tok))
+    init = tiny_checkpoint("embedding", tokenizer=str(tok))
     cfg = load_config(REPO / "examples" / "train_tiny.yaml", [
         f"model.path={init}", f"data.train_files=[{train}]", f"eval.file={held}",
         f"train.output_dir={tmp_path / 'run'}", "train.progress=false"])

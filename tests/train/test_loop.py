@@ -40,13 +40,13 @@ def losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_resume_equals_straight_run(small_ckpt: Path, train_file: Path, tmp_path: Path, lora: bool) -> None:
-    straight = Trainer(config(small_ckpt, train_file, tmp_path / "a", lora))
+def test_resume_equals_straight_run(small_embedding_path: Path, train_file: Path, tmp_path: Path, lora: bool) -> None:
+    straight = Trainer(config(small_embedding_path, train_file, tmp_path / "a", lora))
     straight.run()
-    first = Trainer(config(small_ckpt, train_file, tmp_path / "b", lora))
+    first = Trainer(config(small_embedding_path, train_file, tmp_path / "b", lora))
     first.run(until=10)  # as if the job stopped after the step-10 checkpoint
     assert first.step == 10 and [p.name for p in first.checkpoints()] == ["step-00000010"]
-    second = Trainer(config(small_ckpt, train_file, tmp_path / "b", lora))
+    second = Trainer(config(small_embedding_path, train_file, tmp_path / "b", lora))
     summary = second.run()
     assert summary["resumed"] and second.step == 20
     a, b = params(straight), params(second)
@@ -56,14 +56,15 @@ def test_resume_equals_straight_run(small_ckpt: Path, train_file: Path, tmp_path
     assert [s for s, _ in losses(tmp_path / "a")] == [5, 10, 15, 20]
 
 
-def test_outputs_log_eval_and_final_model(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
+def test_outputs_log_eval_and_final_model(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    t = Trainer(config(small_ckpt, train_file, out, max_steps=4, save_every=2, keep_checkpoints=1, log_every=2))
+    t = Trainer(config(small_embedding_path, train_file, out, max_steps=4, save_every=2, keep_checkpoints=1,
+                       log_every=2))
     t.run()
     records = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval" in r]
     assert [r["step"] for r in evals] == [0, 4]
-    assert set(evals[0]["eval"]) == {"recall@5", "mrr@5", "ndcg@5"}
+    assert set(evals[0]["eval"]) == {"recall@5", "mrr@5", "ndcg@5", "recall_at_5", "mrr_at_5", "ndcg_at_5"}
     train_rec = [r for r in records if "loss" in r]
     assert {"lr", "grad_norm", "tokens", "tokens_per_s", "task"} <= set(train_rec[0])
     assert [p.name for p in t.checkpoints()] == ["step-00000004"]  # older ones pruned

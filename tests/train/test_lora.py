@@ -21,10 +21,10 @@ TEXTS = ["alpha beta gamma", "what is delta 3", "omega is the answer number 7 om
 
 
 @pytest.fixture(scope="module")
-def lora_run(small_ckpt: Path, train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_run(small_embedding_path: Path, train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lora") / "run"
     cfg = TrainConfig.from_dict({
-        "model": {"path": str(small_ckpt), "device": "cpu"},
+        "model": {"path": str(small_embedding_path), "device": "cpu"},
         "data": {"train_files": [str(train_file)], "num_negatives": 1, "query_max_length": 32, "doc_max_length": 32},
         "optim": {"lr": 5e-3, "warmup_steps": 1},
         "train": {"output_dir": str(out), "batch_size": 8, "max_steps": 4, "save_every": 0, "progress": False},
@@ -58,19 +58,19 @@ def test_adapter_is_peft_format(lora_run: Path) -> None:
         assert any(float(f.get_tensor(k).abs().max()) > 0 for k in keys if "lora_B" in k)  # it trained
 
 
-def test_merged_equals_base_plus_adapter(lora_run: Path, small_ckpt: Path, tmp_path: Path) -> None:
-    want = base_plus_adapter(small_ckpt, lora_run / "adapter")
-    plain = Embedder.from_pretrained(small_ckpt, device="cpu").encode_documents(TEXTS)
+def test_merged_equals_base_plus_adapter(lora_run: Path, small_embedding_path: Path, tmp_path: Path) -> None:
+    want = base_plus_adapter(small_embedding_path, lora_run / "adapter")
+    plain = Embedder.from_pretrained(small_embedding_path, device="cpu").encode_documents(TEXTS)
     assert np.abs(want - plain).max() > 1e-4  # the adapter changes the embeddings
     merged_at_end = Embedder.from_pretrained(lora_run / "model", device="cpu").encode_documents(TEXTS)
     np.testing.assert_allclose(merged_at_end, want, atol=2e-6)
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(lora_run / "adapter"),
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(lora_run / "adapter"),
                  "-o", str(tmp_path / "merged")]) == 0
     merged = Embedder.from_pretrained(tmp_path / "merged", device="cpu").encode_documents(TEXTS)
     np.testing.assert_allclose(merged, want, atol=2e-6)
 
 
-def test_transformers_and_peft_load_it(lora_run: Path, small_ckpt: Path) -> None:
+def test_transformers_and_peft_load_it(lora_run: Path, small_embedding_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     from peft import PeftModel
 
@@ -88,19 +88,20 @@ def test_transformers_and_peft_load_it(lora_run: Path, small_ckpt: Path) -> None
 
     hf = transformers.AutoModel.from_pretrained(lora_run / "model", dtype=torch.float32).eval()
     np.testing.assert_allclose(last_states(hf), ours, atol=1e-5)
-    base = transformers.AutoModel.from_pretrained(small_ckpt, dtype=torch.float32)
+    base = transformers.AutoModel.from_pretrained(small_embedding_path, dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(base, lora_run / "adapter").eval()
     np.testing.assert_allclose(last_states(peft_model), ours, atol=1e-5)
 
 
-def test_merge_lora_errors_are_one_line(small_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(tmp_path), "-o",
+def test_merge_lora_errors_are_one_line(small_embedding_path: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(tmp_path), "-o",
                  str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a PEFT adapter folder" in err and len(err.splitlines()) == 1
 
 
-def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_ckpt: Path, tmp_path: Path,
+def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_embedding_path: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 11.1: `-o runs/x` (the run folder holding the adapter) and `-o .` lost user files."""
@@ -110,12 +111,13 @@ def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_ckpt: Pat
     shutil.copytree(lora_run, run)
     before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
     # refused without --overwrite, and nothing changes
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", str(run)]) == 2
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(run / "adapter"), "-o",
+                 str(run)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
     # with --overwrite: the merged model's files are added, every other file is kept
     adapter_bytes = (run / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", str(run),
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(run / "adapter"), "-o", str(run),
                  "--overwrite"]) == 0
     after = {str(p.relative_to(run)) for p in run.rglob("*")}
     assert set(before) <= after and {"config.json", "model.safetensors"} <= after
@@ -126,9 +128,9 @@ def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_ckpt: Pat
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", "."]) == 2
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(run / "adapter"), "-o", "."]) == 2
     assert [p.name for p in work.iterdir()] == ["notes.txt"]
-    assert main(["merge-lora", "--base", str(small_ckpt), "--adapter", str(run / "adapter"), "-o", ".",
+    assert main(["merge-lora", "--base", str(small_embedding_path), "--adapter", str(run / "adapter"), "-o", ".",
                  "--overwrite"]) == 0
     assert (work / "notes.txt").read_text() == "mine" and (work / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

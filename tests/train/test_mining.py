@@ -30,36 +30,31 @@ def test_select_negatives_rules() -> None:
     assert few == [3, 4]  # fewer candidates than n: all of them, best first
 
 
-@pytest.fixture(scope="module")
-def embedder(small_ckpt: Path) -> Embedder:
-    return Embedder.from_pretrained(small_ckpt, device="cpu", max_length=64)
-
-
-def test_mine_writes_rows_that_obey_the_rules(embedder: Embedder, tmp_path: Path) -> None:
+def test_mine_writes_rows_that_obey_the_rules(small_embedder: Embedder, tmp_path: Path) -> None:
     rows = make_rows(30, negatives=0)
     src = write_jsonl(tmp_path / "rows.jsonl", rows)
     out = tmp_path / "mined.jsonl"
     s = MiningSettings(top_k=10, num_negatives=3, margin=0.0, chunk=7)
-    stats = mine(embedder, src, out, settings=s)
+    stats = mine(small_embedder, src, out, settings=s)
     assert stats["rows"] == 30 and stats["corpus"] == 30
     mined = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert [m["query"] for m in mined] == [r["query"] for r in rows]
     corpus = [str(r["positive"]) for r in rows]
-    c = embedder.encode_documents(corpus)
+    c = small_embedder.encode_documents(corpus)
     for r, m in zip(rows, mined, strict=True):
         assert m["positive"] not in m["negatives"] and len(m["negatives"]) <= 3
-        q = embedder.encode([str(r["query"])], instruction=DEFAULT_INSTRUCTION)[0]
+        q = small_embedder.encode([str(r["query"])], instruction=DEFAULT_INSTRUCTION)[0]
         pos = float(c[corpus.index(m["positive"])] @ q)
         assert all(float(c[corpus.index(n)] @ q) <= pos + 1e-5 for n in m["negatives"])
     assert sum(len(m["negatives"]) == 3 for m in mined) >= 10
     assert not list(tmp_path.glob("mined.jsonl.*"))  # no leftovers: partial, progress, corpus cache
 
 
-def test_mine_resumes_after_an_interruption(embedder: Embedder, tmp_path: Path,
+def test_mine_resumes_after_an_interruption(small_embedder: Embedder, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     src = write_jsonl(tmp_path / "rows.jsonl", make_rows(20, negatives=2))
     s = MiningSettings(top_k=8, num_negatives=2, chunk=5)
-    mine(embedder, src, tmp_path / "ref.jsonl", settings=s)
+    mine(small_embedder, src, tmp_path / "ref.jsonl", settings=s)
     real, calls = mining._embed_queries, []
 
     def flaky(*args: object, **kw: object) -> np.ndarray:
@@ -71,12 +66,12 @@ def test_mine_resumes_after_an_interruption(embedder: Embedder, tmp_path: Path,
     monkeypatch.setattr(mining, "_embed_queries", flaky)
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        mine(embedder, src, out, settings=s)
+        mine(small_embedder, src, out, settings=s)
     assert not out.exists()
     assert json.loads((tmp_path / "out.jsonl.progress.json").read_text())["done"] == 10
     monkeypatch.setattr(mining, "_embed_queries", real)
     done_before = []
     monkeypatch.setattr(mining, "_embed_queries", lambda *a, **k: done_before.append(1) or real(*a, **k))
-    mine(embedder, src, out, settings=s)
+    mine(small_embedder, src, out, settings=s)
     assert len(done_before) == 2  # only the two chunks that were missing
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, add_model_options
 from ..errors import InputError
+from ..settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
 
 DEFAULT_OUTPUT = "eval-results"
 
@@ -55,8 +55,9 @@ def _say(msg: str) -> None:
 # -- metrics -------------------------------------------------------------------------------------------
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .beir import read_beir_qrels
-    from .metrics import evaluate, format_trec_eval
+    from .metrics import evaluate
     from .trec import read_qrels, read_run_file
+    from .trec_text import format_trec_eval
 
     qpath = Path(args.qrels)
     qrels = read_beir_qrels(qpath) if qpath.suffix == ".tsv" and qpath.is_file() else read_qrels(qpath)
@@ -78,7 +79,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 # -- retrieval -----------------------------------------------------------------------------------------
 def cmd_retrieval(args: argparse.Namespace) -> int:
-    from ..embedder import Embedder
     from .beir import load_beir
     from .report import write_retrieval_report
     from .retrieval import check_dims, evaluate_retrieval
@@ -88,8 +88,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     ks = _int_list(args.k, "--k")
     ds = load_beir(args.dataset, args.split)
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
-    emb = Embedder.from_pretrained(args.embedding_model, device=args.device, dtype=args.dtype,
-                                   max_length=args.max_length, batch_tokens=args.batch_tokens)
+    emb = ModelSettings.from_args(args, flag="--embedding-model").load_embedder()
     check_dims(dims, emb.hidden_size)
     out = _output_dir(args.output_dir, ds.name, args.embedding_model)
     _say(f"{ds.name}/{ds.split}: {ds.stats['documents']} documents, {ds.stats['queries']} judged queries "
@@ -113,9 +112,9 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 
 # -- rerank --------------------------------------------------------------------------------------------
 def cmd_rerank(args: argparse.Namespace) -> int:
-    from ..reranker import Reranker, get_template
+    from ..reranker import get_template
+    from .at_k import check_ks
     from .beir import load_beir
-    from .metrics import check_ks
     from .report import rerank_markdown, write_rerank_report
     from .rerank import check_candidates, evaluate_rerank
     from .trec import read_run, write_run
@@ -128,8 +127,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     candidates = read_run(args.candidates)
     check_candidates(ds, candidates)  # before loading the model
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
-    rr = Reranker.from_pretrained(args.reranker_model, device=args.device, dtype=args.dtype,
-                                  template=args.template, max_length=args.max_length, batch_tokens=args.batch_tokens)
+    rr = ModelSettings.from_args(args, flag="--reranker-model").load_reranker(args.template)
     out = _output_dir(args.output_dir, ds.name, args.reranker_model)
     _say(f"instruction from {source}")
     partial = out / "rerank.partial.jsonl"
@@ -178,7 +176,7 @@ def register(subparsers: Any) -> None:
                        description="MTEB/BEIR retrieval evaluation of an embedding model.")
     p.add_argument("--dataset", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test", help="qrels split (default: test)")
-    add_model_options(p, DEFAULT_EMBEDDING_MODEL, flag="--embedding-model")
+    ModelSettings.add_arguments(p, DEFAULT_EMBEDDING_MODEL, flag="--embedding-model")
     _instruction_options(p)
     p.add_argument("--dim", default=None, help="Matryoshka dimension(s), comma-separated, e.g. 128,256,1024 "
                    "(default: the full size)")
@@ -200,7 +198,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", help="qrels split (default: test)")
     p.add_argument("--candidates", required=True, help="TREC run whose top documents are reranked")
     p.add_argument("--top", type=int, default=100, help="candidates reranked per query (default 100)")
-    add_model_options(p, DEFAULT_RERANKER_MODEL, flag="--reranker-model")
+    ModelSettings.add_arguments(p, DEFAULT_RERANKER_MODEL, flag="--reranker-model")
     _instruction_options(p)
     p.add_argument("--template", default="official-eval",
                    help="reranker prompt form: official-eval (default, the published scores') or card")

@@ -1,4 +1,5 @@
-"""Retrieval metrics in our own code: trec_eval's measures by their trec_eval names, and the @k view MTEB reports.
+"""Retrieval metrics in our own code: trec_eval's measures by their trec_eval names (the @k view MTEB reports is
+`at_k.py`, trec_eval's text output `trec_text.py`; their names stay importable from here).
 
 The per-query code is a line-by-line port of trec_eval 10.0 (usnistgov/trec_eval, `m_*.c`, `form_res_rels.c`),
 including what is easy to get wrong:
@@ -22,19 +23,35 @@ Skipped trec_eval measures: `dcg`, `ideal_dcg` (not printed by `-a`), the prefer
 they need a preference-format qrels), the judgment-group measures (`*_avgjg`, they need qrels_jg), `yaap`
 and `Runj` (not in trec_eval's `-a` output either).
 
-`mteb_scores` gives the numbers MTEB and BEIR report (ndcg_at_k, map_at_k, recall_at_k, precision_at_k,
-mrr_at_k, hit_rate_at_k), computed from the same per-query code: MTEB gets them from pytrec_eval's
-ndcg_cut / map_cut / recall / P / success and its own MRR@k (first document with rel > 0 in the top k).
+Average precision is computed once per query: `Prefix` holds the running sums down the ranking that map,
+map_cut and the @k view's map_at read. `_ndcg` / `_ndcg_rel` keep trec_eval's summation order.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .trec import sorted_docs
+
+if TYPE_CHECKING:
+    pass
+
+# names that moved to at_k.py / trec_text.py, importable from here as before
+_MOVED = {"DEFAULT_K": ("at_k", "DEFAULT_K"), "MTEB_PREFIXES": ("at_k", "MTEB_PREFIXES"),
+          "check_ks": ("at_k", "check_ks"), "mteb_scores": ("at_k", "mteb_scores"),
+          "mteb_query_scores": ("at_k", "query_scores"), "format_trec_eval": ("trec_text", "format_trec_eval")}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(f".{module}", __package__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 NONPOOL = -1  # retrieved, not in the qrels
 UNJUDGED = -2  # retrieved, in the qrels with a negative judgment (pooled but not judged)
@@ -69,8 +86,6 @@ MEASURES: list[str] = [
 SUMMED = frozenset({"num_ret", "num_rel", "num_rel_ret", "num_nonrel_judged_ret"})
 GEOMETRIC = frozenset({"gm_map", "gm_bpref"})
 INTEGER = SUMMED
-MTEB_PREFIXES = ("ndcg_at", "map_at", "recall_at", "precision_at", "mrr_at", "hit_rate_at")
-DEFAULT_K = (1, 3, 5, 10, 100)
 
 
 @dataclass
@@ -158,13 +173,32 @@ def _is_rel(rr: Ranked, r: int) -> bool:
     return r >= rr.relevance_level
 
 
-def _average_precision(rr: Ranked) -> float:
-    rel_so_far, total = 0, 0.0
-    for i, r in enumerate(rr.rels):
-        if _is_rel(rr, r):
-            rel_so_far += 1
-            total += rel_so_far / (i + 1)
-    return total / rr.num_rel if rel_so_far else 0.0
+@dataclass
+class Prefix:
+    """Running sums down one ranking, computed once per query and read by every cutoff measure:
+    `relevant[k]` = relevant documents in the top k, `precision_sum[k]` = the sum of the precision at each
+    relevant rank within the top k (average precision = precision_sum / num_rel: map, map_cut, map_at)."""
+
+    relevant: list[int]
+    precision_sum: list[float]
+
+    @classmethod
+    def of(cls, rr: Ranked, depth: int) -> Prefix:
+        """Sums for k = 0 .. max(depth, num_ret), in rank order (trec_eval's summation order)."""
+        top = max(depth, rr.num_ret)
+        relevant, precision_sum = [0] * (top + 1), [0.0] * (top + 1)
+        hits, total = 0, 0.0
+        for i in range(top):
+            if i < rr.num_ret and _is_rel(rr, rr.rels[i]):
+                hits += 1
+                total += hits / (i + 1)
+            relevant[i + 1], precision_sum[i + 1] = hits, total
+        return cls(relevant, precision_sum)
+
+    def average_precision(self, rr: Ranked, k: int | None = None) -> float:
+        """Average precision over the top k (all retrieved when None), 0 without relevant documents."""
+        k = rr.num_ret if k is None else k
+        return self.precision_sum[k] / rr.num_rel if rr.num_rel and self.relevant[k] else 0.0
 
 
 def _bpref(rr: Ranked) -> float:
@@ -448,17 +482,17 @@ def relstring(rr: Ranked, length: int = RELSTRING_LEN) -> str:
     return "".join(char(r) for r in rr.rels[:length])
 
 
-def query_measures(rr: Ranked) -> dict[str, float]:
-    """Every measure of MEASURES for one ranked query (gm_* as logs, the counts as floats)."""
+def query_measures(rr: Ranked, prefix: Prefix | None = None) -> dict[str, float]:
+    """Every measure of MEASURES for one ranked query (gm_* as logs, the counts as floats).
+
+    prefix: the query's running sums (`Prefix.of(rr, depth)` with depth >= max(CUTOFFS)), made here when None."""
     n, rels, num_rel, rel_ret = rr.num_ret, rr.rels, rr.num_rel, rr.num_rel_ret
     is_rel = [_is_rel(rr, r) for r in rels]
-    top = max(max(CUTOFFS), n)
-    cum = [0] * (top + 1)  # cum[k] = relevant documents in the top k
-    for k in range(1, top + 1):
-        cum[k] = cum[k - 1] + (1 if k <= n and is_rel[k - 1] else 0)
+    prefix = prefix or Prefix.of(rr, max(CUTOFFS))
+    cum = prefix.relevant  # cum[k] = relevant documents in the top k
     first_rel = next((i for i, x in enumerate(is_rel) if x), None)
     g = _Gains.of(rr)
-    ap = _average_precision(rr)
+    ap = prefix.average_precision(rr)
     bpref = _bpref(rr)
     m: dict[str, float] = {
         "num_ret": float(n), "num_rel": float(num_rel), "num_rel_ret": float(rel_ret), "map": ap,
@@ -489,13 +523,7 @@ def query_measures(rr: Ranked) -> dict[str, float]:
     m["ndcg_rel"] = _ndcg_rel(rr, g)
     m["Rndcg"] = _rndcg(rr, g)
     m.update(zip(_names("ndcg_cut", CUTOFFS), _ndcg_cut(rr, CUTOFFS), strict=True))
-    ap_sum, rel_so_far, ap_at = 0.0, 0, [0.0] * (top + 1)
-    for i in range(top):
-        if i < n and is_rel[i]:
-            rel_so_far += 1
-            ap_sum += rel_so_far / (i + 1)
-        ap_at[i + 1] = ap_sum
-    m.update({f"map_cut_{k}": ap_at[k] / num_rel if num_rel else 0.0 for k in CUTOFFS})
+    m.update({f"map_cut_{k}": prefix.precision_sum[k] / num_rel if num_rel else 0.0 for k in CUTOFFS})
     m.update({f"relative_P_{k}": cum[k] / min(k, num_rel) if num_rel else 0.0 for k in CUTOFFS})
     m.update({f"success_{k}": 1.0 if cum[k] > 0 else 0.0 for k in SUCCESS_CUTOFFS})
     m["set_P"] = rel_ret / n if n else 0.0
@@ -559,6 +587,8 @@ def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[s
     version: "10" follows trec_eval 10.0; "9" places the recall points of iprec_at_recall and 11pt_avg as
     trec_eval 9 did (p * R + 0.9, truncated), which is what pytrec_eval computes. Nothing else differs.
     """
+    from . import at_k  # the @k view builds on this module
+
     if version not in ("9", "10"):
         raise InputError(f"version must be '10' (trec_eval 10.0) or '9' (trec_eval 9 / pytrec_eval), got {version!r}")
     if depth is not None and depth < 1:
@@ -570,9 +600,10 @@ def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[s
         if qid not in run and not complete:
             continue
         rr = rank_query(qrels[qid], run.get(qid, {}), relevance_level, judged_only, depth, version)
-        per_query[qid] = query_measures(rr)
+        prefix = Prefix.of(rr, max([*CUTOFFS, *extra_k]))  # once, for trec_eval's cutoffs and the @k view
+        per_query[qid] = query_measures(rr, prefix)
         if extra_k:
-            per_query[qid].update(mteb_query_scores(rr, extra_k))
+            per_query[qid].update(at_k.query_scores(rr, extra_k, prefix))
         strings[qid] = relstring(rr)
     if not per_query:
         raise InputError(
@@ -583,70 +614,3 @@ def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[s
     return Evaluation(per_query, agg, strings, run_name, missing, [q for q in run if q not in qrels])
 
 
-# -- the @k view of MTEB / BEIR -----------------------------------------------------------------------------
-def mteb_query_scores(rr: Ranked, ks: Sequence[int]) -> dict[str, float]:
-    """ndcg_at_k, map_at_k, recall_at_k, precision_at_k, mrr_at_k, hit_rate_at_k of one query."""
-    out: dict[str, float] = {}
-    ndcg = _ndcg_cut(rr, ks)
-    for k, nd in zip(ks, ndcg, strict=True):
-        top = rr.rels[:k]
-        hits = [_is_rel(rr, r) for r in top]
-        ap, seen = 0.0, 0
-        for i, h in enumerate(hits):
-            if h:
-                seen += 1
-                ap += seen / (i + 1)
-        first = next((i for i, r in enumerate(top) if r > 0), None)
-        out[f"ndcg_at_{k}"] = nd
-        out[f"map_at_{k}"] = ap / rr.num_rel if rr.num_rel else 0.0
-        out[f"recall_at_{k}"] = seen / rr.num_rel if rr.num_rel else 0.0
-        out[f"precision_at_{k}"] = seen / k
-        out[f"mrr_at_{k}"] = 1.0 / (first + 1) if first is not None else 0.0
-        out[f"hit_rate_at_{k}"] = 1.0 if seen else 0.0
-    return out
-
-
-def mteb_scores(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]],
-                ks: Sequence[int] = DEFAULT_K) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """(mean, per query) of MTEB's @k measures over the queries with judgments and results."""
-    ks = check_ks(ks)
-    per_query = {q: mteb_query_scores(rank_query(qrels[q], run[q]), ks) for q in sorted(qrels) if q in run}
-    if not per_query:
-        raise InputError("no query has both judgments and results; check the query ids of the run.")
-    names = list(next(iter(per_query.values())))
-    mean = {n: sum(v[n] for v in per_query.values()) / len(per_query) for n in names}
-    return mean, per_query
-
-
-def check_ks(ks: Sequence[int]) -> list[int]:
-    """Validate cutoffs: positive integers, no duplicates; returned in ascending order."""
-    out = sorted(set(ks))
-    if not out or len(out) != len(ks) or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in out):
-        raise InputError(f"cutoffs must be distinct positive integers, got {list(ks)}; e.g. --k 1,3,5,10,100")
-    return out
-
-
-# -- trec_eval's text output --------------------------------------------------------------------------------
-def _line(name: str, qid: str, value: float | str) -> str:
-    if isinstance(value, str):
-        return f"{name:<22}\t{qid}\t{value}\n"
-    if name in INTEGER or name == "num_q":
-        return f"{name:<22}\t{qid}\t{int(value)}\n"
-    return f"{name:<22}\t{qid}\t{value:6.4f}\n"
-
-
-def format_trec_eval(ev: Evaluation, per_query: bool = False) -> str:
-    """The text `trec_eval -a` prints (with `-q`: each query first, in qrels order, then `all`)."""
-    out = []
-    if per_query:
-        for qid, values in ev.per_query.items():
-            for name in MEASURES:
-                if name in GEOMETRIC:
-                    continue
-                out.append(_line(name, qid, values[name]))
-                if name == "P_1000":
-                    out.append(_line("relstring", qid, f"'{ev.relstrings[qid]}'"))
-    out.append(_line("runid", "all", ev.run_name))
-    out.append(_line("num_q", "all", ev.aggregate["num_q"]))
-    out += [_line(name, "all", ev.aggregate[name]) for name in MEASURES]
-    return "".join(out)

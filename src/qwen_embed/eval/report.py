@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli import atomic_output
-from .metrics import MTEB_PREFIXES, Evaluation
+from ..files import atomic_file, write_text_atomic
+from .at_k import MTEB_PREFIXES
+from .metrics import Evaluation
 from .rerank import RerankEvaluation
 from .retrieval import RetrievalResult
 
@@ -84,18 +85,17 @@ def rerank_markdown(res: RerankEvaluation) -> str:
 
 
 def _save_json(path: Path, obj: Any) -> None:
-    with atomic_output(path) as f:
+    with atomic_file(path) as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
 
 
 def _save_text(path: Path, text: str) -> None:
-    with atomic_output(path) as f:
-        f.write(text)
+    write_text_atomic(path, text)
 
 
 def _save_figure(path: Path, fig: Any) -> None:
-    with atomic_output(path, "wb") as f:
+    with atomic_file(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
 
 

@@ -7,14 +7,13 @@ evaluated; "before" is the same top N in the candidate order, so both sides see 
   (a wrong run file or dataset). Queries of queries.jsonl that the split does not judge are skipped and
   counted; judged queries without candidates are counted and left out of both sides (trec_eval's rule).
 - A document whose text is empty is scored with an empty document part.
-- Scores are saved block by block to `<output>/rerank.partial.jsonl`; an interrupted run resumes from it
-  when the model, template, instruction, N and candidates are the same.
+- Scores are saved block by block through `files.ResumableJsonl` (rows `{"qid", "scores"}` keyed by the
+  query id); an interrupted run resumes from them when the model, template, instruction, N and candidates
+  are the same (the job fingerprint), and starts again otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
+from ..files import ResumableJsonl, fingerprint, fingerprint_rows
+from .at_k import DEFAULT_K, check_ks
 from .beir import BeirDataset
-from .metrics import DEFAULT_K, Evaluation, check_ks, evaluate
+from .metrics import Evaluation, evaluate
 from .trec import Run, sorted_docs
 
 if TYPE_CHECKING:
@@ -85,39 +86,46 @@ def pair_ids(reranker: Reranker, query: str, docs: Sequence[str], instruction: s
     return out
 
 
-def _key(reranker: Reranker, instruction: str, top: int, candidates: Run) -> str:
-    h = hashlib.sha256(json.dumps([str(reranker.name), reranker.template.name, instruction, top,
-                                   reranker.max_length, reranker.tokenizer.fingerprint]).encode())
-    for q in sorted(candidates):
-        h.update(json.dumps([q, sorted_docs(candidates[q])[:top]]).encode())
-    return h.hexdigest()[:16]
+def _job(reranker: Reranker, instruction: str, top: int, candidates: Run) -> str:
+    """The fingerprint of a rerank job: what must be equal for saved scores to be reused."""
+    return fingerprint(str(reranker.name), reranker.template.name, instruction, top, reranker.max_length,
+                       reranker.tokenizer.fingerprint,
+                       fingerprint_rows([q, sorted_docs(candidates[q])[:top]] for q in sorted(candidates)))
 
 
 def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top: int = DEFAULT_TOP,
                instruction: str, partial: Path | None = None, progress: bool | None = None) -> Run:
-    """Score the top `top` candidates of every judged query -> the reranked run {qid: {docid: score}}."""
+    """Score the top `top` candidates of every judged query -> the reranked run {qid: {docid: score}}.
+
+    With `partial`, scores are kept there as they come (resumable JSONL, finished into `partial` at the end)."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise InputError(f"top must be a positive number of candidates, got {top!r}")
-    text = dataset.corpus
     queries = [q for q in dataset.query_ids if q in candidates]
     done: Run = {}
-    key = _key(reranker, instruction, top, candidates)
-    if partial is not None and partial.is_file():
-        lines = partial.read_text(encoding="utf-8").splitlines()
-        if lines and json.loads(lines[0]).get("key") == key:
-            for ln in lines[1:]:
-                try:
-                    row = json.loads(ln)
-                except json.JSONDecodeError:
-                    break  # a line cut by an interruption
-                done[row["qid"]] = row["scores"]
-    if partial is not None and not done:
-        partial.write_text(json.dumps({"key": key}) + "\n", encoding="utf-8")
-    todo = [q for q in queries if q not in done]
+    saved = None
+    if partial is not None:  # another job's scores are dropped: overwrite=True
+        saved = ResumableJsonl(partial, key="qid", job=_job(reranker, instruction, top, candidates), overwrite=True)
+        done = {row["qid"]: row["scores"] for row in saved.rows()}
+    try:
+        run = _score_queries(reranker, dataset, candidates, [q for q in queries if q not in done], done, top,
+                             instruction, saved, progress, len(queries))
+    except BaseException:
+        if saved is not None:
+            saved.close()  # resumable
+        raise
+    if saved is not None:
+        saved.finish()
+    return {q: run[q] for q in queries}
+
+
+def _score_queries(reranker: Reranker, dataset: BeirDataset, candidates: Run, todo: list[str], done: Run, top: int,
+                   instruction: str, saved: ResumableJsonl | None, progress: bool | None, total: int) -> Run:
+    """Score the queries of `todo` block by block into `done` (and `saved`)."""
+    text = dataset.corpus
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(queries), initial=len(queries) - len(todo), disable=not progress, unit="query",
-               desc="reranking", leave=False)
+    bar = tqdm(total=total, initial=total - len(todo), disable=not progress, unit="query", desc="reranking",
+               leave=False)
     for b in range(0, len(todo), BLOCK_QUERIES):
         block = todo[b:b + BLOCK_QUERIES]
         seqs: list[list[int]] = []
@@ -131,13 +139,12 @@ def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top
         for q, docs in zip(block, docs_of, strict=True):
             done[q] = dict(zip(docs, scores[:len(docs)], strict=True))
             scores = scores[len(docs):]
-            rows.append(json.dumps({"qid": q, "scores": done[q]}))
-        if partial is not None:
-            with partial.open("a", encoding="utf-8") as f:
-                f.write("\n".join(rows) + "\n")
+            rows.append({"qid": q, "scores": done[q]})
+        if saved is not None:
+            saved.write_many(rows)
         bar.update(len(block))
     bar.close()
-    return {q: done[q] for q in queries}
+    return done
 
 
 def evaluate_rerank(

@@ -3,7 +3,7 @@
 - Queries get the instruction template, documents none (Qwen3-Embedding). A document whose text is empty is
   embedded as the end token alone, which is what the reference tokenizer makes of "".
 - The corpus is embedded once at the full hidden size without normalisation; each Matryoshka dimension is
-  then the first `dim` features, L2-normalised (the core's `truncate_dim` + `l2_normalize`), so one pass
+  then the first `dim` features, L2-normalised (the core's `pooling.finish`), so one pass
   serves every `--dim`. Corpus embeddings are cached in shards under `<output>/cache/`, keyed by model,
   tokenizer, max length, dtype and corpus, so an interrupted run resumes where it stopped.
 - Search is exact: scores = queries @ documents.T by chunks of documents and queries (memory bounded by the
@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +26,11 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..pooling import check_dim, l2_normalize, truncate_dim
+from ..files import atomic_file, fingerprint, fingerprint_rows
+from ..pooling import check_dim, finish
+from .at_k import DEFAULT_K, check_ks
 from .beir import BeirDataset
-from .metrics import DEFAULT_K, Evaluation, check_ks, evaluate
+from .metrics import Evaluation, evaluate
 from .trec import Run
 
 if TYPE_CHECKING:
@@ -69,17 +69,13 @@ def embed_texts(embedder: Embedder, texts: Sequence[str], instruction: str | Non
 
 
 def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
-    """Matryoshka: first `dim` features, then L2-normalised, exactly as `Embedder.encode(dim=...)`."""
-    return l2_normalize(truncate_dim(torch.from_numpy(vectors), dim)).numpy()
+    """Matryoshka: first `dim` features, then L2-normalised (`pooling.finish`, as `Embedder.encode(dim=...)`)."""
+    return finish(vectors, dim)
 
 
 def _corpus_key(embedder: Embedder, ids: Sequence[str], texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([str(embedder.name), embedder.tokenizer.fingerprint, embedder.max_length,
-                         str(embedder.dtype)]).encode())
-    for i, t in zip(ids, texts, strict=True):
-        h.update(i.encode() + b"\0" + t.encode() + b"\1")
-    return h.hexdigest()[:16]
+    return fingerprint(str(embedder.name), embedder.tokenizer.fingerprint, embedder.max_length, str(embedder.dtype),
+                       fingerprint_rows(zip(ids, texts, strict=True)))[:16]
 
 
 def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], cache_dir: Path | None = None,
@@ -96,9 +92,8 @@ def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], c
             parts.append(np.load(path))
             continue
         vecs = embed_texts(embedder, texts[start:start + shard], progress=progress)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, vecs)
-        tmp.replace(path)
+        with atomic_file(path, "wb") as f:
+            np.save(f, vecs)
         parts.append(vecs)
     return np.concatenate(parts)
 

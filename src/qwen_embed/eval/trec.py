@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from ..errors import InputError
+from ..files import atomic_file
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -114,17 +115,13 @@ def write_run_lines(f: IO[str], run: Mapping[str, Mapping[str, float]], name: st
 def write_run(path: str | os.PathLike[str], run: Mapping[str, Mapping[str, float]],
               name: str = DEFAULT_RUN_NAME) -> None:
     """Write a run file atomically (scores keep full float precision, so they read back exactly)."""
-    from ..cli import atomic_output
-
-    with atomic_output(path) as f:
+    with atomic_file(path) as f:
         write_run_lines(f, run, name)
 
 
 def write_qrels(path: str | os.PathLike[str], qrels: Mapping[str, Mapping[str, int]]) -> None:
     """Write qrels in TREC format (`qid 0 docno rel`), atomically."""
-    from ..cli import atomic_output
-
-    with atomic_output(path) as f:
+    with atomic_file(path) as f:
         for qid, docs in qrels.items():
             for doc, rel in docs.items():
                 f.write(f"{qid} 0 {doc} {rel}\n")

@@ -10,18 +10,9 @@ import json
 import sys
 from typing import Any
 
-from ..cli import DEFAULT_EMBEDDING_MODEL
 from ..errors import InputError
-
-SNIPPET_CHARS = 100
-
-
-def _add_load_options(p: argparse.ArgumentParser, model_help: str) -> None:
-    p.add_argument("--model", default=None, help=model_help)
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
-    p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
+from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
+from .format import format_hits
 
 
 def _progress() -> bool | None:
@@ -55,36 +46,14 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= SNIPPET_CHARS else flat[: SNIPPET_CHARS - 1] + "…"
-
-
-def format_hits(hits: list[Any]) -> str:
-    """Ranked hits as a readable table: rank, score, id, title and a snippet."""
-    if not hits:
-        return "no hits"
-    id_w = min(32, max(2, *(len(h.id) for h in hits)))
-    lines = [f"{'#':>3}  {'score':>7}  {'id':<{id_w}}  title / snippet"]
-    for n, h in enumerate(hits, 1):
-        head = f"{n:>3}  {h.score:7.4f}  {h.id[:id_w]:<{id_w}}  "
-        lines.append(head + (h.title if h.title else _snippet(h.text)))
-        if h.title:
-            lines.append(" " * len(head) + _snippet(h.text))
-    return "\n".join(lines)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    from ..reranker import Reranker
     from .index import Index
 
     index = Index.open(args.db, table=args.table, model=args.model, create=False, device=args.device,
                        dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
     reranker = None
     if args.rerank_model:
-        reranker = Reranker.from_pretrained(args.rerank_model, device=args.device, dtype=args.dtype,
-                                            template=args.template, max_length=args.max_length,
-                                            batch_tokens=args.batch_tokens)
+        reranker = ModelSettings.from_args(args).with_model(args.rerank_model).load_reranker(args.template)
     hits = index.search(args.query, k=args.k, reranker=reranker, candidates=args.candidates,
                         instruction=args.instruction, where=args.where, exact=args.exact, nprobes=args.nprobes)
     if args.json:
@@ -104,8 +73,8 @@ def register(sub: Any) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to index")
     p.add_argument("--db", required=True, help="LanceDB folder (created when missing)")
     p.add_argument("--table", default="documents", help="table name (default: documents)")
-    _add_load_options(p, f"embedding model: hub id or folder (default: the table's, or {DEFAULT_EMBEDDING_MODEL} "
-                      "for a new table)")
+    ModelSettings.add_arguments(p, None, required=False, model_help="embedding model: hub id or folder (default: "
+                                f"the table's, or {DEFAULT_EMBEDDING_MODEL} for a new table)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension of a new table (default: hidden size)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk of a new table (default 512)")
     p.add_argument("--overlap", type=int, default=None, help="tokens shared by consecutive chunks (default 64)")
@@ -123,7 +92,8 @@ def register(sub: Any) -> None:
     p.add_argument("query", help="the search query")
     p.add_argument("--db", required=True, help="LanceDB folder made by `qwen-embed index`")
     p.add_argument("--table", default="documents", help="table name (default: documents)")
-    _add_load_options(p, "embedding model (default: the one recorded in the table)")
+    ModelSettings.add_arguments(p, None, required=False,
+                                model_help="embedding model (default: the one recorded in the table)")
     p.add_argument("--k", type=int, default=10, help="hits to return (default 10)")
     p.add_argument("--rerank-model", default=None, help="reranker hub id or folder, e.g. Qwen/Qwen3-Reranker-0.6B "
                    "(default: no reranking)")

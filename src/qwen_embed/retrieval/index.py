@@ -32,6 +32,7 @@ from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
 from ..errors import InputError
 from ..pooling import check_dim
 from ..reranker import Reranker
+from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
 from ..store import ChunkRows, TableInfo, TableNotFoundError, VectorStore, check_compatible, open_store
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, ChunkSettings, split_texts
 from .search import DEFAULT_CANDIDATES, DEFAULT_K, Hit, passage, search
@@ -39,7 +40,7 @@ from .sources import Document
 
 DEFAULT_TABLE = "documents"
 DEFAULT_BATCH_DOCS = 256
-DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+DEFAULT_MODEL = DEFAULT_EMBEDDING_MODEL
 
 
 def doc_hash(doc: Document) -> str:
@@ -84,10 +85,10 @@ class Index:
     """A vector store plus the embedder that fills and queries it."""
 
     def __init__(self, store: VectorStore, embedder: Embedder | None = None,
-                 load: dict[str, Any] | None = None) -> None:
+                 load: ModelSettings | None = None) -> None:
         self.store = store
         self._embedder = embedder
-        self._load = load or {}
+        self._load = load or ModelSettings()  # how to load the embedder on first use (model None: the table's)
 
     @property
     def info(self) -> TableInfo:
@@ -112,8 +113,7 @@ class Index:
         calibration `ranges` ([2, dim]; default: calibrated on the first batch); an existing table keeps
         its own and refuses another.
         """
-        load: dict[str, Any] = {"device": device, "dtype": dtype, "max_length": max_length,
-                                "batch_tokens": batch_tokens}
+        load = ModelSettings(device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
         embedder: Embedder | None = None
         wanted: str | None = None
         if isinstance(model, Embedder):
@@ -134,14 +134,14 @@ class Index:
                 if value is not None and value != have:
                     raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave it out "
                                      f"(a search takes --instruction of its own) or index into a new --table.")
-            index = cls(store, embedder, {**load, "model": wanted or info.model})
+            index = cls(store, embedder, load.with_model(wanted or info.model))
             if embedder is not None:
                 index._check_embedder(embedder)
             return index
         settings = ChunkSettings(chunk_tokens or DEFAULT_CHUNK_TOKENS,
                                  DEFAULT_OVERLAP if overlap is None else overlap)
         if embedder is None:
-            embedder = Embedder.from_pretrained(wanted or DEFAULT_MODEL, **load)
+            embedder = load.with_model(wanted or DEFAULT_MODEL).load_embedder()
         info = TableInfo(
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
             tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
@@ -153,15 +153,14 @@ class Index:
 
     # -- the embedder -------------------------------------------------------------------------------
     def _check_embedder(self, embedder: Embedder) -> None:
-        check_compatible(self.info, self.store.name, model=model_id(self._load.get("model") or embedder.name),
+        check_compatible(self.info, self.store.name, model=model_id(self._load.model or embedder.name),
                          hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint)
 
     @property
     def embedder(self) -> Embedder:
         """The table's embedder, loaded on first use."""
         if self._embedder is None:
-            load = dict(self._load)
-            emb = Embedder.from_pretrained(load.pop("model", self.info.model), **load)
+            emb = (self._load if self._load.model else self._load.with_model(self.info.model)).load_embedder()
             self._check_embedder(emb)
             self._embedder = emb
         return self._embedder

@@ -13,8 +13,10 @@ from typing import Any
 
 from ..embedder import Embedder
 from ..errors import InputError
+from ..pooling import rank_by_score
 from ..reranker import Reranker
 from ..store import StoreHit, VectorStore, bind_where
+from ..tokenizer import document_text
 
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
@@ -63,8 +65,8 @@ def best_per_document(hits: list[StoreHit], n: int) -> list[StoreHit]:
 
 
 def passage(title: str, text: str) -> str:
-    """What the reranker reads for a chunk: title and text joined as for embedding."""
-    return (title + " " + text).strip() if title else text.strip()
+    """What the reranker reads for a chunk: title and text joined as for embedding (`document_text`)."""
+    return document_text(title, text)
 
 
 def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAULT_K,
@@ -87,6 +89,6 @@ def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAU
     if reranker is None or not found:
         return [Hit(h.doc_id, h.score, h.title, h.text, h.chunk, h.score, None, h.metadata) for h in found[:k]]
     scores = reranker.score(query, [passage(h.title, h.text) or h.doc_id for h in found], instruction=instr)
-    order = sorted(range(len(found)), key=lambda i: (-float(scores[i]), i))[:k]
+    order = rank_by_score(scores)[:k]
     return [Hit(found[i].doc_id, float(scores[i]), found[i].title, found[i].text, found[i].chunk, found[i].score,
                 float(scores[i]), found[i].metadata) for i in order]

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..jsonl import iter_jsonl
+from ..tokenizer import document_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -38,8 +39,8 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def embedding_text(self) -> str:
-        """Title and text joined by a space (MTEB's document string)."""
-        return (self.title + " " + self.text).strip() if self.title else self.text.strip()
+        """Title and text joined by a space (MTEB's document string, `tokenizer.document_text`)."""
+        return document_text(self.title, self.text)
 
 
 @dataclass

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import InputError
+from ..settings import DEFAULT_MAX_LENGTH, HELP, ModelSettings
 
 ENV_PREFIX = "QWEN_EMBED_"
 
@@ -28,7 +29,7 @@ class ServerSettings:
     reranker_name: str | None = None
     device: str | None = None
     dtype: str | None = None
-    max_length: int = 8192
+    max_length: int = DEFAULT_MAX_LENGTH
     reranker_template: str = "card"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -53,6 +54,13 @@ class ServerSettings:
     warmup: bool = True
     compile: bool | None = None
     log_level: str = "info"
+
+    def model_settings(self, kind: Literal["embedding", "reranker"]) -> ModelSettings:
+        """How to load the embedding model or the reranker: the shared `qwen_embed.settings.ModelSettings`
+        (device, dtype, max length, compile are common to both; --max-batch-tokens is the forward budget)."""
+        return ModelSettings(model=self.embedding_model if kind == "embedding" else self.reranker_model,
+                             device=self.device, dtype=self.dtype, max_length=self.max_length,
+                             batch_tokens=self.max_batch_tokens, compile=self.compile)
 
     def with_overrides(self, **kw: Any) -> ServerSettings:
         return replace(self, **kw)
@@ -124,8 +132,8 @@ SETTINGS: list[Setting] = [
     Setting("reranker_model", str, "reranker checkpoint: hub id or local folder"),
     Setting("embedding_name", str, "name clients pass as `model` for embeddings (default: --embedding-model)"),
     Setting("reranker_name", str, "name clients pass as `model` for rerank (default: --reranker-model)"),
-    Setting("device", str, "cpu, cuda or cuda:N (default: cuda when available)"),
-    Setting("dtype", str, "float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)"),
+    Setting("device", str, HELP["device"]),
+    Setting("dtype", str, HELP["dtype"]),
     Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
     Setting("host", str, "address to listen on"),

@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from ..cli import DEFAULT_EMBEDDING_MODEL, add_model_options
 from ..errors import InputError
+from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
 
 
 def cmd_train_embed(args: argparse.Namespace) -> int:
@@ -64,15 +64,13 @@ def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from ..embedder import Embedder
     from .mining import MiningSettings, mine
 
     settings = MiningSettings(top_k=args.top_k, num_negatives=args.negatives, margin=args.margin, seed=args.seed,
                               chunk=args.chunk, dim=args.dim, default_instruction=args.instruction)
     if args.chunk < 1:
         raise InputError(f"--chunk {args.chunk} must be >= 1.")
-    emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-                                   batch_tokens=args.batch_tokens)
+    emb = ModelSettings.from_args(args).load_embedder()
     stats: dict[str, Any] = mine(emb, args.input, args.output, corpus_path=args.corpus, settings=settings,
                                  progress=sys.stderr.isatty())
     print(json.dumps(stats), file=sys.stderr)
@@ -165,7 +163,7 @@ def register(sub: Any) -> None:
     m.add_argument("--dim", type=int, default=None, help="Matryoshka dim of the search (default: full)")
     m.add_argument("--instruction", default=None,
                    help="query instruction for rows without one (default: the web-search instruction)")
-    add_model_options(m, DEFAULT_EMBEDDING_MODEL)
+    ModelSettings.add_arguments(m, DEFAULT_EMBEDDING_MODEL)
     m.set_defaults(func=cmd_mine)
 
     mg = sub.add_parser("merge", help="merge fine-tuned checkpoints: linear, slerp, multislerp, task-slerp",

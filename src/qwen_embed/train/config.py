@@ -20,6 +20,8 @@ from typing import Any
 
 from ..embedder import DEFAULT_INSTRUCTION
 from ..errors import ConfigError
+from ..settings import DEFAULT_EMBEDDING_MODEL
+from ..settings import ModelSettings as LoadingSettings
 from .losses import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -34,12 +36,20 @@ def setting(default: Any, help: str) -> Any:
 
 @dataclass
 class ModelSettings:
-    path: str = setting("Qwen/Qwen3-Embedding-0.6B", "base checkpoint: hub id or local folder (embedding, "
+    """The `model` section: which checkpoint, where, in which precision (`loading()` gives the shared
+    `qwen_embed.settings.ModelSettings` of its weights)."""
+
+    path: str = setting(DEFAULT_EMBEDDING_MODEL, "base checkpoint: hub id or local folder (embedding, "
                         "reranker or base LM; its trunk is trained)")
     device: str | None = setting(None, "cpu, cuda or cuda:N; None: cuda when available (torchrun: cuda:LOCAL_RANK)")
     precision: str = setting("auto", "auto (bf16-autocast on cuda, fp32 on cpu), fp32, bf16-autocast (fp32 "
                              "weights, bf16 compute), or bf16 (bf16 weights and optimiser state)")
     gradient_checkpointing: bool = setting(False, "recompute each layer in the backward pass (less memory)")
+
+    def loading(self) -> LoadingSettings:
+        """How the weights are loaded: this checkpoint and device, bf16 weights for `bf16`, else float32."""
+        return LoadingSettings(model=self.path, device=self.device,
+                               dtype="bfloat16" if self.precision == "bf16" else "float32")
 
 
 @dataclass

@@ -1,36 +1,36 @@
 """Held-out retrieval evaluation during training: Recall@k, MRR@k and nDCG@k with the model being trained.
 
 Queries and corpus are embedded with the shared `Engine` (packed, token-budget batches, last-token
-states), compared by cosine similarity, and scored against the binary relevance of the eval rows.
+states), compared by cosine similarity, and scored against the binary relevance of the eval rows by the
+one metrics implementation (`eval.at_k`, trec_eval's ranking and measures). The keys are eval's
+(`recall_at_10`, `mrr_at_10`, `ndcg_at_10`); the log's earlier names (`recall@10`, ...) are kept beside them.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
 from ..engine import Engine
+from ..eval.at_k import mteb_scores
 from ..model import Qwen3Model
 from ..pooling import l2_normalize
 from ..tokenizer import QwenTokenizer
 from .data import EvalSet
 
+MEASURES = ("recall", "mrr", "ndcg")
+
 
 def retrieval_metrics(scores: torch.Tensor, relevant: list[set[int]], k: int) -> dict[str, float]:
-    """scores [Q, C] -> mean Recall@k, MRR@k and nDCG@k (binary relevance)."""
-    top = scores.topk(min(k, scores.shape[1]), dim=1).indices.tolist()  # [Q, k]
-    recall = mrr = ndcg = 0.0
-    for ranked, rel in zip(top, relevant, strict=True):
-        hits = [i for i, d in enumerate(ranked) if d in rel]
-        recall += len(hits) / len(rel)
-        mrr += 1.0 / (hits[0] + 1) if hits else 0.0
-        dcg = sum(1.0 / math.log2(i + 2) for i in hits)
-        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), k)))
-        ndcg += dcg / ideal
-    n = len(relevant)
-    return {f"recall@{k}": recall / n, f"mrr@{k}": mrr / n, f"ndcg@{k}": ndcg / n}
+    """scores [Q, C] -> mean Recall@k, MRR@k and nDCG@k (binary relevance), as `recall_at_k` ... and `recall@k` ..."""
+    top_s, top_i = scores.topk(min(k, scores.shape[1]), dim=1)  # [Q, k]
+    run = {str(q): {str(d): s for d, s in zip(docs, sc, strict=True)}
+           for q, (docs, sc) in enumerate(zip(top_i.tolist(), top_s.tolist(), strict=True))}
+    qrels = {str(q): {str(d): 1 for d in rel} for q, rel in enumerate(relevant)}
+    mean, _ = mteb_scores(qrels, run, [k])
+    out = {f"{m}_at_{k}": mean[f"{m}_at_{k}"] for m in MEASURES}
+    return out | {f"{m}@{k}": out[f"{m}_at_{k}"] for m in MEASURES}
 
 
 def evaluate(model: Qwen3Model, tokenizer: QwenTokenizer, data: EvalSet, *, device: torch.device, k: int = 10,

@@ -15,7 +15,6 @@ by rename only when every row is done.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -28,6 +27,8 @@ from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, Embedder
 from ..errors import InputError
+from ..files import atomic_file, fingerprint, fingerprint_rows, write_json_atomic
+from ..tokenizer import document_text
 from .data import Example, iter_examples
 
 
@@ -57,7 +58,7 @@ def read_corpus(path: str | Path) -> list[str]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{p}:{n}: not valid JSON ({e.msg}).") from None
-                text = " ".join(str(obj.get(k) or "") for k in ("title", "text")).strip()
+                text = document_text(str(obj.get("title") or ""), str(obj.get("text") or ""))
             else:
                 text = line.rstrip("\n")
             if text.strip():
@@ -81,20 +82,6 @@ def build_corpus(examples: list[Example], extra: list[str] | None) -> tuple[list
     return texts, ids
 
 
-def _fingerprint(*parts: object) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode())
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def corpus_embeddings(embedder: Embedder, texts: list[str], cache: Path, key: str, dim: int | None,
                       progress: bool) -> np.ndarray:
     """[C, dim] normalised document embeddings, from the cache when its key matches."""
@@ -102,10 +89,9 @@ def corpus_embeddings(embedder: Embedder, texts: list[str], cache: Path, key: st
     if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         return np.load(cache)
     emb = embedder.encode_documents(texts, dim=dim, progress=progress)
-    tmp = cache.with_name(f".{cache.name}.tmp.npy")
-    np.save(tmp, emb)
-    os.replace(tmp, cache)
-    _atomic_json(meta, {"key": key})
+    with atomic_file(cache, "wb") as f:
+        np.save(f, emb)
+    write_json_atomic(meta, {"key": key})
     return emb
 
 
@@ -138,11 +124,10 @@ def mine(embedder: Embedder, rows_path: str | Path, out_path: str | Path, *, cor
         raise InputError(f"{rows_path} holds no rows.")
     extra = read_corpus(corpus_path) if corpus_path is not None else None
     texts, ids = build_corpus(examples, extra)
-    key = _fingerprint(embedder.name, embedder.hidden_size, s.dim, len(texts),
-                       hashlib.sha256("\0".join(texts).encode()).hexdigest())
+    key = fingerprint(str(embedder.name), embedder.hidden_size, s.dim, len(texts), fingerprint_rows(texts))
     corpus = corpus_embeddings(embedder, texts, out.with_name(out.name + ".corpus.npy"), key, s.dim, progress)
     partial, state_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress.json")
-    job = _fingerprint(key, s, os.fspath(rows_path))
+    job = fingerprint(key, s, os.fspath(rows_path))
     done, size = 0, 0
     if state_file.is_file() and partial.is_file():
         state = json.loads(state_file.read_text())
@@ -175,7 +160,7 @@ def mine(embedder: Embedder, rows_path: str | Path, out_path: str | Path, *, cor
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
-        _atomic_json(state_file, {"job": job, "done": start + len(chunk), "bytes": size})
+        write_json_atomic(state_file, {"job": job, "done": start + len(chunk), "bytes": size})
         bar.update(len(chunk))
     bar.close()
     os.replace(partial, out)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..files import atomic_file
 
 
 def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -42,7 +43,8 @@ def plot_learning_curve(log_path: str | Path, out_png: str | Path, title: str | 
     ax.grid(alpha=0.3)
     if evals:
         ax2 = axes[0][1]
-        for key in evals[-1]["eval"]:
+        last = evals[-1]["eval"]
+        for key in [k for k in last if k.replace("@", "_at_") == k or k.replace("@", "_at_") not in last]:
             ax2.plot([r["step"] for r in evals], [r["eval"][key] for r in evals], marker="o", label=key)
         ax2.set_xlabel("step")
         ax2.set_ylabel("held-out retrieval")
@@ -52,8 +54,9 @@ def plot_learning_curve(log_path: str | Path, out_png: str | Path, title: str | 
     fig.suptitle(title or Path(log_path).parent.name)
     fig.tight_layout()
     out = Path(out_png)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        with atomic_file(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return out

@@ -23,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_text_atomic
+
 MODULES = [
     "_pydecimal", "_pyio", "argparse", "ast", "asyncio.base_events", "asyncio.streams", "base64", "bisect",
     "calendar", "cmd", "code", "codecs", "collections", "colorsys", "configparser", "contextlib", "copy", "csv",
@@ -129,9 +131,7 @@ def write_pairs(out_dir: str | Path, *, held_out: float = 0.1, strip_docstring: 
         (test_rows if is_held_out(p.name, held_out) else train_rows).append(row)
     paths = out / "train.jsonl", out / "heldout.jsonl"
     for path, rows in zip(paths, (train_rows, test_rows), strict=True):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, "".join(r + "\n" for r in rows))
     return paths[0], paths[1], len(train_rows), len(test_rows)
 
 
