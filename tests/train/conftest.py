@@ -33,3 +33,9 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
 @pytest.fixture(scope="session")
 def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("train-data") / "train.jsonl", make_rows(64))
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(small_embedding_path: Path) -> Path:
+    """The small embedding checkpoint (an alias of the shared factory's `small_embedding_path`)."""
+    return small_embedding_path

@@ -44,26 +44,26 @@ def poison(file: Path) -> None:
     save_file(w, str(file))
 
 
-def test_nan_checkpoint_refuses_to_resume(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
+def test_nan_checkpoint_refuses_to_resume(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    Trainer(config(small_embedding_path, train_file, out)).run(until=2)
+    Trainer(config(small_ckpt, train_file, out)).run(until=2)
     poison(out / "checkpoints" / "step-00000002" / "model" / "model.safetensors")
     with pytest.raises(CheckpointError, match="NaN or inf"):
-        Trainer(config(small_embedding_path, train_file, out)).run()
+        Trainer(config(small_ckpt, train_file, out)).run()
 
 
-def test_nan_base_refuses_to_train(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
+def test_nan_base_refuses_to_train(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
     import shutil
 
     bad = tmp_path / "bad"
-    shutil.copytree(small_embedding_path, bad)
+    shutil.copytree(small_ckpt, bad)
     poison(bad / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"base checkpoint .* NaN or inf"):
         Trainer(config(bad, train_file, tmp_path / "run"))
 
 
-def test_non_finite_loss_stops_at_that_step(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
-    t = Trainer(config(small_embedding_path, train_file, tmp_path / "run", max_steps=6))
+def test_non_finite_loss_stops_at_that_step(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
+    t = Trainer(config(small_ckpt, train_file, tmp_path / "run", max_steps=6))
     calls = {"n": 0}
     real = t.objective.gradients
 
@@ -82,9 +82,9 @@ def test_non_finite_loss_stops_at_that_step(small_embedding_path: Path, train_fi
     assert all(torch.equal(before[k], v) for k, v in params(t).items())  # the bad step applied nothing
 
 
-def test_resume_never_unpickles_code(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
+def test_resume_never_unpickles_code(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    Trainer(config(small_embedding_path, train_file, out)).run(until=2)
+    Trainer(config(small_ckpt, train_file, out)).run(until=2)
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -93,21 +93,21 @@ def test_resume_never_unpickles_code(small_embedding_path: Path, train_file: Pat
 
     (out / "checkpoints" / "step-00000002" / "state.pt").write_bytes(pickle.dumps({"step": 2, "x": Evil()}))
     with pytest.raises(CheckpointError, match="damaged"):
-        Trainer(config(small_embedding_path, train_file, out)).run()
+        Trainer(config(small_ckpt, train_file, out)).run()
     assert not marker.exists()
 
 
-def test_damaged_checkpoint_falls_back_to_the_previous_one(small_embedding_path: Path, train_file: Path, tmp_path: Path,
+def test_damaged_checkpoint_falls_back_to_the_previous_one(small_ckpt: Path, train_file: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    straight = Trainer(config(small_embedding_path, train_file, tmp_path / "a"))
+    straight = Trainer(config(small_ckpt, train_file, tmp_path / "a"))
     straight.run()
     out = tmp_path / "b"
-    Trainer(config(small_embedding_path, train_file, out)).run(until=4)  # checkpoints at 2 and 4, then "killed"
+    Trainer(config(small_ckpt, train_file, out)).run(until=4)  # checkpoints at 2 and 4, then "killed"
     (out / "checkpoints" / "step-00000004" / "state.pt").write_bytes(b"\x80\x02garbage")
     with (out / "train_log.jsonl").open("a") as f:
         f.write('{"step": 5, "loss": 0.')  # a line cut by a crash
     capsys.readouterr()
-    t = Trainer(config(small_embedding_path, train_file, out))
+    t = Trainer(config(small_ckpt, train_file, out))
     t.run()
     err = capsys.readouterr().err
     assert "checkpoint step-00000004 is damaged" in err and "from checkpoint step-00000002" in err
@@ -117,17 +117,17 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(small_embedding_path:
     assert steps == [1, 2, 3, 4]
 
 
-def test_damaged_weights_fall_back_too(small_embedding_path: Path, train_file: Path, tmp_path: Path,
+def test_damaged_weights_fall_back_too(small_ckpt: Path, train_file: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    Trainer(config(small_embedding_path, train_file, out)).run(until=4)
+    Trainer(config(small_ckpt, train_file, out)).run(until=4)
     w = out / "checkpoints" / "step-00000004" / "model" / "model.safetensors"
     w.write_bytes(w.read_bytes()[: len(w.read_bytes()) // 2])
-    Trainer(config(small_embedding_path, train_file, out)).run()
+    Trainer(config(small_ckpt, train_file, out)).run()
     assert "step-00000004 is damaged" in capsys.readouterr().err
 
 
-def test_stale_temp_folders_are_removed_at_start(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
+def test_stale_temp_folders_are_removed_at_start(small_ckpt: Path, train_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     code = (f"import os, sys; sys.path.insert(0, {str(Path(__file__).parents[2] / 'src')!r})\n"
             "from qwen_embed.train.checkpoints import CheckpointStore\n"
@@ -143,17 +143,17 @@ def test_stale_temp_folders_are_removed_at_start(small_embedding_path: Path, tra
     assert len(leftovers) == 1 and leftovers[0].startswith(".step-00000002.tmp-")
     legacy = out / "checkpoints" / ".step-00000004.ab_cd123"  # tempfile.mkdtemp name of older versions
     legacy.mkdir()
-    Trainer(config(small_embedding_path, train_file, out)).run(until=2)
+    Trainer(config(small_ckpt, train_file, out)).run(until=2)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
 
 
-def test_messages_and_elapsed_across_resume(small_embedding_path: Path, train_file: Path, tmp_path: Path,
+def test_messages_and_elapsed_across_resume(small_ckpt: Path, train_file: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     data = write_jsonl(tmp_path / "rows.jsonl", make_rows(32))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps(config(small_embedding_path, data, out).to_dict()))
-    Trainer(config(small_embedding_path, data, out)).run(until=2)
+    cfg.write_text(json.dumps(config(small_ckpt, data, out).to_dict()))
+    Trainer(config(small_ckpt, data, out)).run(until=2)
     capsys.readouterr()
     assert main(["train", "embed", "--config", str(cfg)]) == 0
     assert "resuming" in capsys.readouterr().err

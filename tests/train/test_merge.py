@@ -344,11 +344,11 @@ def test_merge_lora_keeps_a_reranker_base_layout_and_equals_peft(tmp_path: Path)
 
 
 # -- the training config's merge section -------------------------------------------------------------
-def run_config(small_embedding_path: Path, train_file: Path, out: Path, merge: dict[str, object], lora: bool = False) -> object:
+def run_config(small_ckpt: Path, train_file: Path, out: Path, merge: dict[str, object], lora: bool = False) -> object:
     from qwen_embed.train.config import TrainConfig
 
     return TrainConfig.from_dict({
-        "model": {"path": str(small_embedding_path), "device": "cpu"},
+        "model": {"path": str(small_ckpt), "device": "cpu"},
         "data": {"train_files": [str(train_file)], "num_negatives": 0, "query_max_length": 16, "doc_max_length": 24},
         "optim": {"lr": 5e-3, "warmup_steps": 1},
         "train": {"output_dir": str(out), "batch_size": 8, "max_steps": 3, "save_every": 1, "keep_checkpoints": 3,
@@ -360,11 +360,11 @@ def run_config(small_embedding_path: Path, train_file: Path, out: Path, merge: d
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_embedding_path: Path, train_file: Path, tmp_path: Path,
+def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_ckpt: Path, train_file: Path, tmp_path: Path,
                                                               lora: bool) -> None:
     from qwen_embed.train.loop import Trainer
 
-    cfg = run_config(small_embedding_path, train_file, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3",
+    cfg = run_config(small_ckpt, train_file, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3",
                                                                  "weights": [1, 1, 2]}, lora=lora)
     Trainer(cfg).run()  # type: ignore[arg-type]
     merged = tmp_path / "run" / "merged"
@@ -378,11 +378,11 @@ def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_embedding_pa
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".merge-inputs")]
 
 
-def test_merge_settings_are_checked_when_the_config_is_read(small_embedding_path: Path, train_file: Path,
+def test_merge_settings_are_checked_when_the_config_is_read(small_ckpt: Path, train_file: Path,
                                                             tmp_path: Path) -> None:
     from qwen_embed.errors import ConfigError
 
-    cfg = run_config(small_embedding_path, train_file, tmp_path, {"method": "linear", "checkpoints": [2, "step-00000003"]})
+    cfg = run_config(small_ckpt, train_file, tmp_path, {"method": "linear", "checkpoints": [2, "step-00000003"]})
     assert cfg.merge.checkpoints == [2, "step-00000003"]  # type: ignore[attr-defined]
     bad = [({"method": "soup"}, "unknown"), ({"method": "slerp", "checkpoints": "last-3"}, "exactly 2"),
            ({"method": "linear", "checkpoints": "last-5"}, "keep_checkpoints >= 5"),
@@ -392,11 +392,11 @@ def test_merge_settings_are_checked_when_the_config_is_read(small_embedding_path
            ({"method": "linear", "checkpoints": 3}, "must be str or list")]
     for merge, msg in bad:
         with pytest.raises(ConfigError, match=re.escape(msg)):
-            run_config(small_embedding_path, train_file, tmp_path, merge)
+            run_config(small_ckpt, train_file, tmp_path, merge)
 
 
 @pytest.mark.slow
-def test_scifact_run_merges_and_scores_on_real_pairs(shared_data: Path, small_embedding_path: Path, tmp_path: Path) -> None:
+def test_scifact_run_merges_and_scores_on_real_pairs(shared_data: Path, small_ckpt: Path, tmp_path: Path) -> None:
     """Real SciFact (claim, abstract) pairs: a short run, its last 3 checkpoints merged and scored on held-out
     test claims. The merge of nearby checkpoints scores like them (docs/train.md has the full-size figures)."""
     from qwen_embed.tokenizer import document_text
@@ -415,7 +415,7 @@ def test_scifact_run_merges_and_scores_on_real_pairs(shared_data: Path, small_em
 
     train = write_jsonl(tmp_path / "train.jsonl", rows("train", 64))
     held = write_jsonl(tmp_path / "test.jsonl", rows("test", 48))
-    cfg = run_config(small_embedding_path, train, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3"})
+    cfg = run_config(small_ckpt, train, tmp_path / "run", {"method": "multislerp", "checkpoints": "last-3"})
     cfg.eval.file = str(held)  # type: ignore[attr-defined]
     cfg.train.max_steps = 4  # type: ignore[attr-defined]
     Trainer(cfg).run()  # type: ignore[arg-type]
