@@ -1,6 +1,10 @@
 """A loaded checkpoint: folder, config, tokenizer, trunk and (for rerankers) the score vector.
 
-Shared by `Embedder` and `Reranker`, so that both load through one path.
+Shared by `Embedder` and `Reranker`, so that both load through one path, which refuses the wrong kind
+both ways: an embedding checkpoint loaded as a reranker, and a reranker (causal LM or sequence
+classification) loaded as an embedder unless its trunk is wanted on purpose (`allow_causal_lm`). A PEFT
+adapter folder given where a checkpoint is expected is named as such, with its base and the two ways to
+use it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .model import Qwen3Model
 from .tokenizer import QwenTokenizer
 from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
@@ -33,11 +37,15 @@ class Checkpoint:
     @classmethod
     def load(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None, want_head: bool = True,
+        dtype: str | torch.dtype | None = None, want_head: bool = True, *, allow_causal_lm: bool = True,
     ) -> Checkpoint:
-        """Resolve, parse and load. `want_head=False` loads only the trunk (an embedder may use the
-        trunk of a reranker or base-LM checkpoint); a reranker needs the head."""
+        """Resolve, parse and load. `want_head=False` loads only the trunk; a reranker needs the head.
+
+        allow_causal_lm: with `want_head=False`, accept the trunk of a reranker or base causal-LM
+        checkpoint (training starts from one); `Embedder` passes False unless told otherwise, so that a
+        reranker is not silently used as an embedder."""
         path = resolve_model_dir(name_or_path)
+        check_not_adapter(path)
         config = ModelConfig.from_file(path / "config.json")
         tokenizer = QwenTokenizer.from_dir(path)
         dev = pick_device(device)
@@ -48,12 +56,49 @@ class Checkpoint:
                 f"{path} is an embedding checkpoint ({config.architecture}); a reranker needs "
                 "Qwen3ForCausalLM or a converted Qwen3ForSequenceClassification. Use Embedder for this one."
             )
+        if not want_head and config.is_reranker and not allow_causal_lm:
+            raise ConfigError(
+                f"{path} is a reranker checkpoint ({config.architecture}), not an embedding one (Qwen3Model); "
+                "load it with Reranker (`qwen-embed rerank`, --reranker-model), or pass allow_causal_lm=True "
+                "(--allow-causal-lm) to embed with its trunk on purpose."
+            )
         if want_head and config.is_reranker:
             yes_no = (tokenizer.single_token_id("yes"), tokenizer.single_token_id("no"))
         model, head = load_trunk(path, config, dev, dt, head_rows=yes_no, want_head=want_head)
         if head is not None:
             head = head.to(dev)
         return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> str | None:
+    """The base model recorded in a PEFT adapter folder (None when it is not an adapter folder)."""
+    import json
+
+    cfg = path / ADAPTER_CONFIG
+    if not cfg.is_file() or (path / "config.json").is_file():
+        return None
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = {}
+    base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+    return str(base) if base else ""
+
+
+def check_not_adapter(path: Path) -> None:
+    """Refuse a PEFT adapter folder given as a checkpoint, naming its base and the two ways to use it."""
+    base = adapter_base(path)
+    if base is None:
+        return
+    b = base or "BASE"
+    raise InputError(
+        f"{path} is a LoRA adapter ({ADAPTER_CONFIG}), not a checkpoint; its base is {base or 'not recorded'}. "
+        f"Load it on its base (Embedder.from_pretrained({b!r}, adapter={str(path)!r}), or --model {b} --adapter "
+        f"{path}), or merge it first: qwen-embed merge-lora --base {b} --adapter {path} -o MERGED."
+    )
 
 
 class CheckpointFacts:
