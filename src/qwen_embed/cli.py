@@ -209,7 +209,7 @@ def _doc_truncation(rr: Any, queries: list[str], docs: list[Any]) -> Any:
 
 def cmd_rerank(args: argparse.Namespace) -> int:
     from .reranker import Reranker, get_template
-    from .textio import check_run_output, read_records
+    from .textio import check_run_output, read_records, write_answers
 
     get_template(args.template)
     if (args.query is None) == (args.queries is None):
@@ -267,27 +267,6 @@ def _query_documents(own: list[Any], path: str, index: int) -> list[Any]:
     if not docs:
         raise InputError(f"{path}: line {index + 1} has an empty `documents` list.")
     return docs
-
-
-def write_answers(path: str, answers: list[dict[str, Any]], kind: str, key: str, run_name: str, *,
-                  overwrite: bool = False) -> None:
-    """Many-query answers as JSONL (one line per query) or a TREC run (`qid Q0 docid rank score name`)."""
-    def lines(f: IO[str]) -> None:
-        for a in answers:
-            if kind == "jsonl":
-                f.write(json.dumps(a, ensure_ascii=False) + "\n")
-                continue
-            for rank, hit in enumerate(a[key], 1):
-                doc = hit.get("id", hit.get("index"))
-                f.write(f"{a['query_id']} Q0 {doc} {rank} {hit['score']!r} {run_name}\n")
-
-    if not run_name or any(c.isspace() for c in run_name):
-        raise InputError(f"--run-name {run_name!r} must be one word without spaces.")
-    if path == "-":
-        lines(sys.stdout)
-    else:
-        with atomic_file(path, overwrite=overwrite) as f:
-            lines(f)
 
 
 # -- info ----------------------------------------------------------------------------------------

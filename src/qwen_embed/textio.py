@@ -31,7 +31,7 @@ from .files import atomic_file, check_output_file
 Format = Literal["auto", "lines", "jsonl"]
 FORMATS = ("auto", "lines", "jsonl")
 VECTOR_SUFFIXES = (".jsonl", ".json", ".npy", ".parquet")
-RUN_SUFFIXES = (".jsonl", ".trec", ".run", ".txt")
+RUN_SUFFIXES = (".jsonl", ".trec", ".run")
 ID_FIELDS = ("id", "_id")
 
 
@@ -256,3 +256,23 @@ def check_run_output(path: str, *, overwrite: bool = False) -> str:
     check_output_file(path, overwrite=overwrite)
     return "jsonl" if low.endswith(".jsonl") else "trec"
 
+
+def write_answers(path: str, answers: list[dict[str, Any]], kind: str, key: str, run_name: str, *,
+                  overwrite: bool = False) -> None:
+    """Many-query answers as JSONL (one line per query) or a TREC run (`qid Q0 docid rank score name`)."""
+    def lines(f: IO[str]) -> None:
+        for a in answers:
+            if kind == "jsonl":
+                f.write(json.dumps(a, ensure_ascii=False) + "\n")
+                continue
+            for rank, hit in enumerate(a[key], 1):
+                doc = hit.get("id", hit.get("index"))
+                f.write(f"{a['query_id']} Q0 {doc} {rank} {hit['score']!r} {run_name}\n")
+
+    if not run_name or any(c.isspace() for c in run_name):
+        raise InputError(f"--run-name {run_name!r} must be one word without spaces.")
+    if path == "-":
+        lines(sys.stdout)
+    else:
+        with atomic_file(path, overwrite=overwrite) as f:
+            lines(f)

@@ -10,8 +10,13 @@ written in batches, each one atomic commit, so an interrupted run (Ctrl-C, kill,
 the batch in flight and the next run picks up where it stopped, with no duplicates. After a run that
 changed the table, the store builds or refreshes its ANN index when the table is large enough.
 
-The table records the model, dimension, query instruction, tokenizer fingerprint and chunking; opening
-it with another model or dimension is an error, and the recorded model is the default for searching.
+The table records the model (its name, where it was loaded from, and a fingerprint of its weights),
+dimension, query instruction, tokenizer fingerprint and chunking; opening it with other weights or
+another dimension is an error (the same weights in a moved folder or under a hub id are accepted), and
+the recorded model is the default for searching.
+
+`check_db_folder` runs before any work: a database folder is updated in place by design, but a file,
+or a folder holding anything other than LanceDB tables, is refused so that no user file is touched.
 """
 
 from __future__ import annotations
@@ -48,10 +53,39 @@ def doc_hash(doc: Document) -> str:
 
 
 def model_id(model: str | os.PathLike[str]) -> str:
-    """A hub id as given; a local folder as its absolute path."""
+    """A hub id as given; a local folder as its absolute path (where to load it from by default)."""
     text = os.fspath(model)
     path = Path(text).expanduser()
     return str(path.resolve()) if path.exists() else text
+
+
+def model_fingerprint(model: str | os.PathLike[str]) -> str:
+    """The weights fingerprint of a hub id or folder (resolving it, without loading it)."""
+    from ..weights import resolve_model_dir, weights_fingerprint
+
+    return weights_fingerprint(resolve_model_dir(model))
+
+
+def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Refuse, before any work, a --db that is a file, sits under a file or a missing folder, or is a
+    folder holding other things than LanceDB tables (`NAME.lance`); a database is updated in place."""
+    from ..files import check_output_dir
+
+    path = Path(db).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--db {path} is a file, not a database folder; give the folder "
+                         + ("made by `qwen-embed index`." if not create else "to index into (a new one is created)."))
+    if not path.exists():
+        if not create:
+            return path
+        check_output_dir(path, what="--db")
+        return path
+    others = sorted(e.name for e in path.iterdir() if not (e.name.endswith(".lance") and e.is_dir()))
+    if others:
+        raise InputError(f"--db {path} is a folder that holds other files ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}), not a LanceDB database; choose a new folder "
+                         f"or one made by `qwen-embed index`.")
+    return path
 
 
 @dataclass
@@ -111,10 +145,14 @@ class Index:
                                 "batch_tokens": batch_tokens}
         embedder: Embedder | None = None
         wanted: str | None = None
+        fingerprint: str | None = None
+        check_db_folder(db, create=create)
         if isinstance(model, Embedder):
             embedder, wanted = model, model_id(model.name)
+            fingerprint = model_fingerprint(model.checkpoint.path)
         elif model is not None:
             wanted = model_id(model)
+            fingerprint = model_fingerprint(model)
         try:
             store: VectorStore = open_store(db, table)
         except TableNotFoundError:
@@ -122,13 +160,21 @@ class Index:
                 raise
         else:
             info = store.info
-            check_compatible(info, table, model=wanted, dim=dim)
+            check_compatible(info, table, model=wanted, dim=dim, weights_fingerprint=fingerprint)
             for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
                                       ("overlap", overlap, info.overlap), ("instruction", instruction,
                                                                             info.query_instruction)):
                 if value is not None and value != have:
-                    raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave it out "
-                                     f"(a search takes --instruction of its own) or index into a new --table.")
+                    flag = "--" + name.replace("_", "-")
+                    why = (" (a search takes --instruction of its own)" if name == "instruction" else
+                           f" (the table's chunks were cut with {have}; changing it means re-indexing everything)")
+                    raise InputError(f"table {table!r} was made with {flag} {have}, not {value}; leave {flag} "
+                                     f"out{why}, or index into a new --table.")
+            if wanted is None and info.weights_fingerprint and not Path(info.model).exists() \
+                    and Path(info.model).is_absolute():
+                raise InputError(f"table {table!r} was indexed with the model folder {info.model}, which is no longer "
+                                 f"there; pass the model with --model (the same weights are recognised wherever "
+                                 f"they are).")
             index = cls(store, embedder, {**load, "model": wanted or info.model})
             if embedder is not None:
                 index._check_embedder(embedder)
@@ -138,6 +184,7 @@ class Index:
         if embedder is None:
             embedder = Embedder.from_pretrained(wanted or DEFAULT_MODEL, **load)
         info = TableInfo(
+            weights_fingerprint=fingerprint or model_fingerprint(embedder.checkpoint.path),
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
             tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
             chunk_tokens=settings.chunk_tokens, overlap=settings.overlap, max_length=embedder.max_length,
@@ -147,7 +194,8 @@ class Index:
     # -- the embedder -------------------------------------------------------------------------------
     def _check_embedder(self, embedder: Embedder) -> None:
         check_compatible(self.info, self.store.name, model=model_id(self._load.get("model") or embedder.name),
-                         hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint)
+                         hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint,
+                         weights_fingerprint=model_fingerprint(embedder.checkpoint.path))
 
     @property
     def embedder(self) -> Embedder:
@@ -219,13 +267,32 @@ class Index:
             self.store.maintain()
         return n
 
+    def missing(self, present: Iterable[str]) -> list[str]:
+        """Ids of stored documents that are not in `present` (what `delete_missing` would remove), sorted."""
+        keep = set(present)
+        return sorted(d for d in self.store.doc_hashes() if d not in keep)
+
     def delete_missing(self, present: Iterable[str]) -> int:
         """Delete every stored document whose id is not in `present`; returns the number of documents."""
-        keep = set(present)
-        gone = [d for d in self.store.doc_hashes() if d not in keep]
+        gone = self.missing(present)
         if gone:
             self.delete(gone)
         return len(gone)
+
+    def plan(self, documents: Iterable[Document]) -> IndexReport:
+        """What `add` would do (added / updated / unchanged counts), without embedding or writing."""
+        docs = list(documents)
+        stored = self.store.doc_hashes()
+        report = IndexReport(documents=len(docs))
+        for d in docs:
+            h = stored.get(d.id)
+            if h is None:
+                report.added += 1
+            elif h == doc_hash(d):
+                report.unchanged += 1
+            else:
+                report.updated += 1
+        return report
 
     # -- reading ------------------------------------------------------------------------------------
     def __len__(self) -> int:
