@@ -246,6 +246,15 @@ class Trainer:
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         tmp.replace(self.log_path)
 
+    def _logged_elapsed(self) -> float:
+        """elapsed_s of the last training record in the log (a resumed run goes on from it), else 0."""
+        if not self.log_path.is_file():
+            return 0.0
+        for line in reversed(self.log_path.read_text(encoding="utf-8").splitlines()):
+            if line.strip() and "elapsed_s" in (rec := json.loads(line)):
+                return float(rec["elapsed_s"])
+        return 0.0
+
     def log(self, record: dict[str, Any]) -> None:
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -285,6 +294,7 @@ class Trainer:
         if self.step == 0 and self.eval_set is not None:
             self.evaluate()
         start, tokens_since, last = time.perf_counter(), 0, None
+        run_start, elapsed_before = start, self._logged_elapsed()  # elapsed_s counts from the run's start
         if self.step < stop:
             for batch in self.batches():
                 tokens_since += batch.num_tokens
@@ -296,7 +306,8 @@ class Trainer:
                     elapsed = time.perf_counter() - start
                     tokens = D.average_scalar(float(tokens_since), self.info) * self.info.world_size
                     self.log({"step": self.step, **stats, "task": batch.task, "tokens": int(tokens),
-                              "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": elapsed})
+                              "tokens_per_s": tokens / max(elapsed, 1e-9),
+                              "elapsed_s": elapsed_before + time.perf_counter() - run_start})
                     start, tokens_since = time.perf_counter(), 0
                 if self.eval_set is not None and (self.step % self.cfg.eval.every == 0 or self.step == t.max_steps):
                     self.evaluate()
