@@ -127,22 +127,12 @@ def say(command: str, message: str | None) -> None:
         print(f"qwen-embed {command}: {message}", file=sys.stderr)
 
 
-def check_dim_arg(dim: int | None) -> None:
-    """Refuse a --dim below the Matryoshka minimum before any model is loaded."""
-    from .pooling import MIN_DIM
-
-    if dim is not None and dim < MIN_DIM:
-        raise InputError(f"--dim {dim} is below the smallest Matryoshka dimension {MIN_DIM}; use {MIN_DIM}.. the "
-                         f"model's hidden size, or leave --dim out for the full size.")
-
-
 # -- embed ---------------------------------------------------------------------------------------
 def cmd_embed(args: argparse.Namespace) -> int:
     from .embedder import DEFAULT_INSTRUCTION
     from .textio import check_vector_output, read_records, truncation, write_vectors
 
     check_vector_output(args.output, overwrite=args.overwrite)  # before reading or loading anything
-    check_dim_arg(args.dim)
     if args.devices and args.adapter:
         raise InputError("--devices and --adapter do not go together yet; merge the adapter first (qwen-embed "
                          "merge-lora) or leave --devices out.")
