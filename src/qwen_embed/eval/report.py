@@ -63,7 +63,7 @@ UNIT = "Scores in % (x100, as MTEB leaderboards print them)."
 
 def _table(rows: Sequence[tuple[str, Mapping[str, float]]], ks: Sequence[int], first: str) -> str:
     cols = _columns(ks)
-    out = [f"| {first} | " + " | ".join(f"{c} (%)" for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    out = [f"| {first} | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for label, agg in rows:
         out.append(f"| {label} | " + " | ".join(f"{100 * agg[key]:.2f}" for _, key in cols) + " |")
     return "\n".join(out)

@@ -73,8 +73,8 @@ def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
 
     path = Path(db).expanduser()
     if path.exists() and not path.is_dir():
-        raise InputError(f"--db {path} is a file, not a database folder; give the folder "
-                         + ("made by `qwen-embed index`." if not create else "to index into (a new one is created)."))
+        raise InputError(f"--db {path} is a file; give a folder for the database: "
+                         + ("one made by `qwen-embed index`." if not create else "a new one is created."))
     if not path.exists():
         if not create:
             return path
@@ -166,10 +166,10 @@ class Index:
                                                                             info.query_instruction)):
                 if value is not None and value != have:
                     flag = "--" + name.replace("_", "-")
-                    why = (" (a search takes --instruction of its own)" if name == "instruction" else
-                           f" (the table's chunks were cut with {have}; changing it means re-indexing everything)")
-                    raise InputError(f"table {table!r} was made with {flag} {have}, not {value}; leave {flag} "
-                                     f"out{why}, or index into a new --table.")
+                    why = ("a search takes --instruction of its own" if name == "instruction" else
+                           f"the stored chunks were cut with {name}={have}; another value means indexing anew")
+                    raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave {flag} "
+                                     f"out ({why}), or index into a new --table.")
             if wanted is None and info.weights_fingerprint and not Path(info.model).exists() \
                     and Path(info.model).is_absolute():
                 raise InputError(f"table {table!r} was indexed with the model folder {info.model}, which is no longer "

@@ -200,15 +200,19 @@ def read_sources(sources: Sequence[str | os.PathLike[str]],
                 continue
             files = _walk(path, settings, report)
             if not files:
-                raise InputError(f"folder {path} holds no {', '.join(settings.extensions)} files; nothing to index "
-                                 f"(choose the file types with --extensions).")
+                kinds = (".txt, .md or .jsonl" if settings.extensions == DEFAULT_SOURCES.extensions else
+                         ", ".join(settings.extensions))
+                raise InputError(f"folder {path} holds no {kinds} files; nothing to index (choose the file types "
+                                 f"with --extensions).")
             for f in files:
                 _read_file(f, f.relative_to(path).as_posix(), report, settings)
         elif settings.wants(path.name):
             _read_file(path, path.name, report, settings)
         else:
-            raise InputError(f"source {path} is not a {', '.join(settings.extensions)} file or a folder (choose the "
-                             f"file types with --extensions).")
+            kinds = (".txt, .md, .jsonl" if settings.extensions == DEFAULT_SOURCES.extensions else
+                     ", ".join(settings.extensions))
+            raise InputError(f"source {path} is not a {kinds} file or a folder (choose the file types with "
+                             f"--extensions).")
     docs = []
     seen: set[str] = set()
     for d in report.documents:
