@@ -30,7 +30,7 @@ def check_dim(dim: int | None, hidden_size: int) -> int:
     if not MIN_DIM <= dim <= hidden_size:
         raise InputError(
             f"dim={dim} is out of range: this model supports {MIN_DIM}..{hidden_size}; "
-            f"pass a value in that range or None for the full {hidden_size}."
+            f"pass a value in that range, or leave it out for the full {hidden_size}."
         )
     return dim
 

@@ -286,7 +286,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise WeightsError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'.")
+        raise WeightsError(f"device {device!r} was asked for but CUDA is not available here; use the cpu device.")
     return dev
 
 

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,24 @@ def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
                          f"{', ...' if len(others) > 3 else ''}), not a LanceDB database; choose a new folder "
                          f"or one made by `qwen-embed index`.")
     return path
+
+
+def as_document(doc: Document | Mapping[str, Any], position: int = 0) -> Document:
+    """A `Document` from itself or from a dict like a JSONL source line (see `Index.add`)."""
+    if isinstance(doc, Document):
+        return doc
+    if not isinstance(doc, Mapping):
+        raise InputError(f"documents[{position}] is a {type(doc).__name__}; pass Document objects or dicts with "
+                         f"'id' and 'text'.")
+    doc_id = doc.get("id", doc.get("_id"))
+    text, title = doc.get("text", ""), doc.get("title") or ""
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+        raise InputError(f"documents[{position}] needs an 'id' (or '_id') string or integer, got {doc_id!r}.")
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise InputError(f"documents[{position}] ({doc_id!r}): 'text' and 'title' must be strings.")
+    meta = dict(doc.get("metadata") or {})
+    meta.update({k: v for k, v in doc.items() if k not in ("id", "_id", "text", "title", "metadata")})
+    return Document(str(doc_id), text, title, meta)
 
 
 @dataclass
@@ -208,12 +226,13 @@ class Index:
         return self._embedder
 
     # -- writing ------------------------------------------------------------------------------------
-    def add(self, documents: Iterable[Document], *, batch_docs: int = DEFAULT_BATCH_DOCS,
+    def add(self, documents: Iterable[Document | Mapping[str, Any]], *, batch_docs: int = DEFAULT_BATCH_DOCS,
             progress: bool | None = None) -> IndexReport:
-        """Upsert documents: skip unchanged ones, embed and write the others in atomic batches."""
+        """Upsert documents (`Document`s or dicts with `id` / `_id`, `text`, optional `title` and `metadata`,
+        other keys kept as metadata): skip unchanged ones, embed and write the others in atomic batches."""
         if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
-        docs = list(documents)
+        docs = [as_document(d, i) for i, d in enumerate(documents)]
         report = IndexReport(documents=len(docs))
         stored = self.store.doc_hashes()
         todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d))]
@@ -279,9 +298,9 @@ class Index:
             self.delete(gone)
         return len(gone)
 
-    def plan(self, documents: Iterable[Document]) -> IndexReport:
+    def plan(self, documents: Iterable[Document | Mapping[str, Any]]) -> IndexReport:
         """What `add` would do (added / updated / unchanged counts), without embedding or writing."""
-        docs = list(documents)
+        docs = [as_document(d, i) for i, d in enumerate(documents)]
         stored = self.store.doc_hashes()
         report = IndexReport(documents=len(docs))
         for d in docs:
