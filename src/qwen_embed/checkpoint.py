@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
-from .errors import ConfigError, InputError
+from .config import ModelConfig, check_not_adapter
+from .errors import ConfigError
 from .model import Qwen3Model
 from .tokenizer import QwenTokenizer
 from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
@@ -68,37 +68,6 @@ class Checkpoint:
         if head is not None:
             head = head.to(dev)
         return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)
-
-
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def adapter_base(path: Path) -> str | None:
-    """The base model recorded in a PEFT adapter folder (None when it is not an adapter folder)."""
-    import json
-
-    cfg = path / ADAPTER_CONFIG
-    if not cfg.is_file() or (path / "config.json").is_file():
-        return None
-    try:
-        raw = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raw = {}
-    base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
-    return str(base) if base else ""
-
-
-def check_not_adapter(path: Path) -> None:
-    """Refuse a PEFT adapter folder given as a checkpoint, naming its base and the two ways to use it."""
-    base = adapter_base(path)
-    if base is None:
-        return
-    b = base or "BASE"
-    raise InputError(
-        f"{path} is a LoRA adapter ({ADAPTER_CONFIG}), not a checkpoint; its base is {base or 'not recorded'}. "
-        f"Load it on its base (Embedder.from_pretrained({b!r}, adapter={str(path)!r}), or --model {b} --adapter "
-        f"{path}), or merge it first: qwen-embed merge-lora --base {b} --adapter {path} -o MERGED."
-    )
 
 
 class CheckpointFacts:

@@ -140,7 +140,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     instruction = args.instruction or (DEFAULT_INSTRUCTION if args.query else None)
     texts = [r.text for r in records]
     if args.devices:  # one worker process per device
-        from .checkpoint import check_not_adapter
+        from .config import check_not_adapter
         from .multidevice import encode_on_devices
         from .tokenizer import QwenTokenizer
         from .weights import resolve_model_dir

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, CheckpointFacts, adapter_base
-from .config import ModelConfig
+from .checkpoint import Checkpoint, CheckpointFacts
+from .config import ModelConfig, adapter_base
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
