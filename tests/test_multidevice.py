@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qwen_embed import Embedder, QwenEmbedError
-from qwen_embed.multidevice import encode_on_devices, shard_bounds
+from qwen_embed.multidevice import DevicePool, encode_on_devices, shard_bounds
 from tests.reference import random_texts
 
 
@@ -26,6 +26,43 @@ def test_two_workers_equal_one_process(tiny_embedding_path: Path) -> None:
     assert two.shape == one.shape and np.abs(two - one).max() <= 1e-5
 
 
+def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: Path) -> None:
+    emb = Embedder.from_pretrained(tiny_embedding_path, device="cpu")
+    docs, queries = random_texts(9, seed=3, max_words=40), random_texts(3, seed=4, max_words=10)
+    with DevicePool(tiny_embedding_path, ["cpu", "cpu"]) as pool:
+        assert [s["device"] for s in pool.worker_startup()] == ["cpu", "cpu"]
+        got_docs = pool.encode(docs)
+        with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*dim=31"):
+            pool.encode(docs, dim=31)
+        got_queries = pool.encode(queries, instruction="find it", dim=32, normalize=False)
+        one_text = pool.encode(["only one text"])  # the second worker gets an empty shard
+        assert len(pool.last_stats) == 1
+    assert np.abs(got_docs - emb.encode(docs)).max() <= 1e-5
+    assert np.abs(got_queries - emb.encode(queries, instruction="find it", dim=32, normalize=False)).max() <= 1e-5
+    assert np.abs(one_text - emb.encode(["only one text"])).max() <= 1e-5
+    with pytest.raises(QwenEmbedError, match="closed"):
+        pool.encode(docs)
+
+
 def test_worker_failure_names_the_device(tiny_embedding_path: Path) -> None:
     with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*dim=31"):
         encode_on_devices(tiny_embedding_path, ["a", "b"], ["cpu"], dim=31)
+
+
+def test_start_up_failure_names_the_device(tmp_path: Path) -> None:
+    with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: "):
+        DevicePool(tmp_path / "no-such-model", ["cpu"])
+
+
+def test_a_dead_worker_is_reported_and_closes_the_pool(tiny_embedding_path: Path) -> None:
+    pool = DevicePool(tiny_embedding_path, ["cpu"], warmup=False)
+    pool._procs[0].kill()  # as the kernel's out-of-memory killer would
+    pool._procs[0].join()
+    with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: it exited with code -9"):
+        pool.encode(["a text"])
+    assert pool.closed
+
+
+def test_no_devices_is_refused_before_any_worker_starts(tiny_embedding_path: Path) -> None:
+    with pytest.raises(QwenEmbedError, match="non-empty list"):
+        DevicePool(tiny_embedding_path, [])

@@ -28,7 +28,8 @@ from .files import atomic_file, check_output_dir, check_output_file
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
-EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli"]
+EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli",
+              "qwen_embed.synth.cli", "qwen_embed.recipe.cli"]
 
 
 # -- the parser every command shares ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from .config import ModelConfig, adapter_base
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
+from .quantize import check_precision
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -99,51 +100,64 @@ class Embedder(CheckpointFacts):
 
     # -- vectors -----------------------------------------------------------------------------------
     def embed_ids(self, seqs: Sequence[Sequence[int]], *, dim: int | None = None, normalize: bool = True,
-                  progress: bool | None = None) -> np.ndarray:
-        """Embed already tokenized inputs (each ending with the end token) -> float32 [n, dim]."""
+                  progress: bool | None = None, precision: str = "float32",
+                  ranges: np.ndarray | None = None) -> np.ndarray:
+        """Embed already tokenized inputs (each ending with the end token) -> [n, dim] (float32 unless a
+        `precision` of `quantize.PRECISIONS` is asked)."""
         d = check_dim(dim, self.hidden_size)
+        check_precision(precision, d)
         if not seqs:
             raise InputError("no inputs to embed; pass at least one sequence.")
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
-        return finish(self.engine.last_hidden(seqs, progress=show), d, normalize)
+        return finish(self.engine.last_hidden(seqs, progress=show), d, normalize, precision, ranges)
 
     def encode(self, texts: str | Sequence[str], *, instruction: str | None = None, dim: int | None = None,
-               normalize: bool = True, progress: bool | None = None, convert_to_tensor: bool = False) -> Any:
+               normalize: bool = True, progress: bool | None = None, precision: str = "float32",
+               ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
         """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied.
 
         One string (not in a list) gives one vector [dim], as sentence-transformers does;
-        `convert_to_tensor=True` returns a torch tensor (CPU, float32) instead of a numpy array.
+        `convert_to_tensor=True` returns a torch tensor (CPU) instead of a numpy array.
+        `precision` quantizes the normalised vectors (`float16`, `int8`, `uint8`, `binary`,
+        `ubinary`; byte-compatible with sentence-transformers' `quantize_embeddings`); int8/uint8 use
+        `ranges` ([2, dim] minima/maxima from `qwen_embed.quantize.calibration_ranges`) or, without
+        them, the batch itself when it holds at least two texts.
         Long inputs are tokenized in chunks by a worker pool while the device embeds earlier chunks."""
         if isinstance(texts, str):
             one = self.encode([texts], instruction=instruction, dim=dim, normalize=normalize, progress=progress,
-                              convert_to_tensor=convert_to_tensor)
+                              precision=precision, ranges=ranges, convert_to_tensor=convert_to_tensor)
             return one[0]
-        vecs = self._encode(texts, instruction, dim, normalize, progress)
+        vecs = self._encode(texts, instruction, dim, normalize, progress, precision, ranges)
         return torch.from_numpy(vecs) if convert_to_tensor else vecs
 
     def _encode(self, texts: Sequence[str], instruction: str | None, dim: int | None, normalize: bool,
-                progress: bool | None) -> np.ndarray:
+                progress: bool | None, precision: str, ranges: np.ndarray | None) -> np.ndarray:
         d = check_dim(dim, self.hidden_size)
+        check_precision(precision, d)
         items = self.prepare(texts, instruction)  # validates everything before any work starts
         if len(items) <= TOKENIZE_CHUNK:
-            return self.embed_ids(self.tokenize(items), dim=dim, normalize=normalize, progress=progress)
+            return self.embed_ids(self.tokenize(items), dim=dim, normalize=normalize, progress=progress,
+                                  precision=precision, ranges=ranges)
         show = len(items) >= PROGRESS_MIN_TEXTS if progress is None else progress
         chunks = [items[i : i + TOKENIZE_CHUNK] for i in range(0, len(items), TOKENIZE_CHUNK)]
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="qwen-embed-tokenize") as pool:
             futures = [pool.submit(self.tokenize, c) for c in chunks]
             pooled = self.engine.last_hidden_stream((f.result() for f in futures), len(items), show)
-        return finish(pooled, d, normalize)
+        return finish(pooled, d, normalize, precision, ranges)
 
     def encode_queries(self, texts: str | Sequence[str], *, instruction: str | None = None,
-                       dim: int | None = None, progress: bool | None = None, convert_to_tensor: bool = False) -> Any:
+                       dim: int | None = None, progress: bool | None = None, precision: str = "float32",
+                       ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
         """Embed search queries with the query template (default: the web-search instruction)."""
         return self.encode(texts, instruction=instruction or DEFAULT_INSTRUCTION, dim=dim, progress=progress,
-                           convert_to_tensor=convert_to_tensor)
+                           precision=precision, ranges=ranges, convert_to_tensor=convert_to_tensor)
 
     def encode_documents(self, texts: str | Sequence[str], *, dim: int | None = None,
-                         progress: bool | None = None, convert_to_tensor: bool = False) -> Any:
-        """Embed documents as they are (no instruction)."""
-        return self.encode(texts, dim=dim, progress=progress, convert_to_tensor=convert_to_tensor)
+                         progress: bool | None = None, precision: str = "float32",
+                         ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
+        """Embed documents as they are (no instruction), optionally quantized (see `encode`)."""
+        return self.encode(texts, dim=dim, progress=progress, precision=precision, ranges=ranges,
+                           convert_to_tensor=convert_to_tensor)
 
     def token_lengths(self, texts: Sequence[str], instruction: str | None = None) -> list[int]:
         """Tokens of each input before truncation (template and end token included), to report what

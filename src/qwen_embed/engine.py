@@ -184,10 +184,13 @@ class CudaEngine(Engine):
         g.input_ids.copy_(host.input_ids, non_blocking=True)
         g.position_ids.copy_(host.position_ids, non_blocking=True)
         g.cu_seqlens.copy_(host.cu_seqlens, non_blocking=True)
-        if g.graph is None:
-            self._capture(g, record)
-        assert g.graph is not None and g.out is not None
-        g.graph.replay()
+        # capture and replay use the current device's stream: make it ours (an engine on cuda:1 in a process
+        # whose current device is cuda:0 otherwise fails: "operation not permitted when stream is capturing")
+        with torch.cuda.device(self.device):
+            if g.graph is None:
+                self._capture(g, record)
+            assert g.graph is not None and g.out is not None
+            g.graph.replay()
         return g
 
     def _capture(self, g: _Graph, record: bool) -> None:

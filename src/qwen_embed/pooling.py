@@ -46,14 +46,21 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True) -> np.ndarray:
+def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True, precision: str = "float32",
+           ranges: np.ndarray | None = None) -> np.ndarray:
     """The one post-processing rule: [n, H] float32 states -> Matryoshka slice to `dim` -> optional L2
-    normalisation -> float32 numpy [n, dim]. Every path (Embedder, server, eval, training) calls this."""
+    normalisation -> numpy [n, dim], quantized to `precision` (see `quantize.py`) when not float32.
+    Every path (Embedder, server, eval, training) calls this."""
     x = torch.from_numpy(np.ascontiguousarray(pooled)) if isinstance(pooled, np.ndarray) else pooled
     out = truncate_dim(x.float(), dim)
     if normalize:
         out = l2_normalize(out)
-    return out.detach().cpu().numpy().astype(np.float32, copy=False)
+    vectors = out.detach().cpu().numpy().astype(np.float32, copy=False)
+    if precision == "float32":
+        return vectors
+    from .quantize import quantize
+
+    return quantize(vectors, precision, ranges=ranges)
 
 
 def rank_by_score(scores: Sequence[float] | np.ndarray | torch.Tensor) -> list[int]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
@@ -149,7 +150,8 @@ class Index:
         cls, db: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, model: str | os.PathLike[str] | Embedder |
         None = None, dim: int | None = None, instruction: str | None = None, chunk_tokens: int | None = None,
         overlap: int | None = None, create: bool = True, device: str | None = None, dtype: str | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, precision: str | None = None,
+        ranges: Any = None,
     ) -> Index:
         """Open (or, with `create`, make) the table `table` in the LanceDB folder `db`.
 
@@ -157,7 +159,10 @@ class Index:
         Qwen/Qwen3-Embedding-0.6B for a new table. dim: Matryoshka dimension (default: the table's, or the
         model's hidden size). instruction: default query instruction recorded in a new table (default:
         the web-search one). chunk_tokens / overlap: chunking of a new table (default 512 / 64); an
-        existing table keeps its own and refuses other values.
+        existing table keeps its own and refuses other values. precision: how a new table stores its
+        vectors (float32 default, float16, int8, uint8, binary, ubinary; see `quantize.py`), with int8
+        calibration `ranges` ([2, dim]; default: calibrated on the first batch); an existing table keeps
+        its own and refuses another.
         """
         load: dict[str, Any] = {"device": device, "dtype": dtype, "max_length": max_length,
                                 "batch_tokens": batch_tokens}
@@ -178,7 +183,7 @@ class Index:
                 raise
         else:
             info = store.info
-            check_compatible(info, table, model=wanted, dim=dim, weights_fingerprint=fingerprint)
+            check_compatible(info, table, model=wanted, dim=dim, precision=precision, weights_fingerprint=fingerprint)
             for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
                                       ("overlap", overlap, info.overlap), ("instruction", instruction,
                                                                             info.query_instruction)):
@@ -206,6 +211,8 @@ class Index:
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
             tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
             chunk_tokens=settings.chunk_tokens, overlap=settings.overlap, max_length=embedder.max_length,
+            precision=precision or "float32",
+            ranges=None if ranges is None else np.asarray(ranges, dtype=np.float32).tolist(),
         )
         return cls(open_store(db, table, info), embedder)
 
@@ -229,16 +236,33 @@ class Index:
     def add(self, documents: Iterable[Document | Mapping[str, Any]], *, batch_docs: int = DEFAULT_BATCH_DOCS,
             progress: bool | None = None) -> IndexReport:
         """Upsert documents (`Document`s or dicts with `id` / `_id`, `text`, optional `title` and `metadata`,
-        other keys kept as metadata): skip unchanged ones, embed and write the others in atomic batches."""
+        other keys kept as metadata): skip unchanged ones, embed and write the others in atomic batches.
+
+        The whole run holds the table's writer lock, so concurrent runs take turns and never duplicate
+        a chunk; documents found duplicated (by runs of older versions) are rewritten; maintenance left
+        undone by a run that died after its last commit is done now."""
         if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
         docs = [as_document(d, i) for i, d in enumerate(documents)]
         report = IndexReport(documents=len(docs))
-        stored = self.store.doc_hashes()
-        todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d))]
-        report.unchanged = len(docs) - len(todo)
-        if not todo:
-            return report
+        with self.store.writing():
+            stored = self.store.doc_hashes()
+            repaired = self.store.duplicate_doc_ids()
+            if repaired:
+                self.store.delete_documents(sorted(repaired))
+                report.skipped.extend((d, "stored twice by concurrent writers: rewritten") for d in sorted(repaired))
+            todo = [(d, h) for d in docs if stored.get(d.id) != (h := doc_hash(d)) or d.id in repaired]
+            report.unchanged = len(docs) - len(todo)
+            if todo:
+                self._write(todo, stored, report, batch_docs, progress)
+            if todo or repaired or self.store.maintenance_due():
+                t = time.perf_counter()
+                report.maintenance = self.store.maintain()
+                report.store_seconds += time.perf_counter() - t
+        return report
+
+    def _write(self, todo: list[tuple[Document, str]], stored: dict[str, str], report: IndexReport,
+               batch_docs: int, progress: bool | None) -> None:
         settings = ChunkSettings(self.info.chunk_tokens, self.info.overlap)
         emb = self.embedder
         show = progress if progress is not None else len(todo) >= 64
@@ -258,10 +282,6 @@ class Index:
                         report.added += 1
                 bar.update(len(batch))
                 bar.set_postfix(tokens=report.tokens, refresh=False)
-        t = time.perf_counter()
-        report.maintenance = self.store.maintain()
-        report.store_seconds += time.perf_counter() - t
-        return report
 
     def _embed(self, emb: Embedder, batch: Sequence[tuple[Document, str]], settings: ChunkSettings,
                report: IndexReport) -> ChunkRows:
@@ -281,9 +301,10 @@ class Index:
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; returns the number of chunk rows removed."""
-        n = self.store.delete_documents(list(ids))
-        if n:
-            self.store.maintain()
+        with self.store.writing():
+            n = self.store.delete_documents(list(ids))
+            if n:
+                self.store.maintain()
         return n
 
     def missing(self, present: Iterable[str]) -> list[str]:
@@ -293,9 +314,12 @@ class Index:
 
     def delete_missing(self, present: Iterable[str]) -> int:
         """Delete every stored document whose id is not in `present`; returns the number of documents."""
-        gone = self.missing(present)
-        if gone:
-            self.delete(gone)
+        keep = set(present)
+        with self.store.writing():
+            gone = [d for d in self.store.doc_hashes() if d not in keep]
+            if gone:
+                self.store.delete_documents(gone)
+                self.store.maintain()
         return len(gone)
 
     def plan(self, documents: Iterable[Document | Mapping[str, Any]]) -> IndexReport:
@@ -319,7 +343,10 @@ class Index:
 
     def search(self, query: str, k: int = DEFAULT_K, *, reranker: Reranker | None = None,
                candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None, where: str | None = None,
-               exact: bool = False, nprobes: int | None = None) -> list[Hit]:
-        """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given."""
+               exact: bool = False, nprobes: int | None = None, rescore_multiplier: int | None = None,
+               params: dict[str, Any] | None = None) -> list[Hit]:
+        """Ranked hits for `query`: top-`candidates` by embedding, reranked when a reranker is given.
+        Binary tables rescore `k * rescore_multiplier` Hamming candidates with the float query (default 4)."""
         return search(self.store, self.embedder, query, k=k, reranker=reranker, candidates=candidates,
-                      instruction=instruction, where=where, exact=exact, nprobes=nprobes)
+                      instruction=instruction, where=where, exact=exact, nprobes=nprobes,
+                      rescore_multiplier=rescore_multiplier, params=params)

@@ -14,7 +14,7 @@ from typing import Any
 from ..embedder import Embedder
 from ..errors import InputError
 from ..reranker import Reranker
-from ..store import StoreHit, VectorStore
+from ..store import StoreHit, VectorStore, bind_where
 
 DEFAULT_K = 10
 DEFAULT_CANDIDATES = 100
@@ -69,16 +69,20 @@ def passage(title: str, text: str) -> str:
 
 def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAULT_K,
            reranker: Reranker | None = None, candidates: int = DEFAULT_CANDIDATES, instruction: str | None = None,
-           where: str | None = None, exact: bool = False, nprobes: int | None = None) -> list[Hit]:
-    """Ranked hits for `query` (see the module docstring)."""
+           where: str | None = None, exact: bool = False, nprobes: int | None = None,
+           rescore_multiplier: int | None = None, params: dict[str, Any] | None = None) -> list[Hit]:
+    """Ranked hits for `query` (see the module docstring). `where` is one SQL expression over the metadata
+    columns; its `:name` placeholders take `params` values as quoted literals (`store.bind_where`)."""
     _check_count("k", k)
     _check_count("candidates", candidates)
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"the query must be a non-empty string, got {query!r:.60}")
+    where = bind_where(where, params)
     instr = instruction or store.info.query_instruction
     qvec = embedder.encode([query], instruction=instr, dim=store.info.dim)[0]
     n = max(k, candidates) if reranker is not None else k
-    raw = store.search(qvec, 2 * n, where=where, exact=exact, nprobes=nprobes)  # 2n: chunks merge into docs
+    raw = store.search(qvec, 2 * n, where=where, exact=exact, nprobes=nprobes,  # 2n: chunks merge into docs
+                       rescore_multiplier=rescore_multiplier)
     found = best_per_document(raw, n)
     if reranker is None or not found:
         return [Hit(h.doc_id, h.score, h.title, h.text, h.chunk, h.score, None, h.metadata) for h in found[:k]]

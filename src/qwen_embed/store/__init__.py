@@ -4,8 +4,29 @@ The retrieval pipeline talks only to the protocol, so that a server-based engine
 without touching it. `open_store` picks the implementation (LanceDB in a local folder by default).
 """
 
-from .base import ANN_MIN_ROWS, ChunkRows, StoreHit, TableInfo, TableNotFoundError, VectorStore, check_compatible
+from .base import (
+    ANN_MIN_ROWS,
+    ChunkRows,
+    StoreHit,
+    TableInfo,
+    TableNotFoundError,
+    VectorStore,
+    bind_where,
+    check_compatible,
+    sql_literal,
+)
 from .lance import LanceStore, open_store
 
-__all__ = ["ANN_MIN_ROWS", "ChunkRows", "LanceStore", "StoreHit", "TableInfo", "TableNotFoundError", "VectorStore",
-           "check_compatible", "open_store"]
+__all__ = [
+    "ANN_MIN_ROWS",
+    "ChunkRows",
+    "LanceStore",
+    "StoreHit",
+    "TableInfo",
+    "TableNotFoundError",
+    "VectorStore",
+    "bind_where",
+    "check_compatible",
+    "open_store",
+    "sql_literal",
+]

@@ -54,7 +54,9 @@ def init(device: str | None = None, backend: str | None = None) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), rank=rank, world_size=world)
+        # device_id binds NCCL to this rank's GPU (barriers and collectives then never guess the device)
+        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"), rank=rank, world_size=world,
+                                device_id=dev if use_cuda else None)
     return DistInfo(rank, world, local, dev)
 
 

@@ -1,0 +1,447 @@
+"""The stage kinds of a recipe: what each accepts, what it outputs, and the library call that runs it.
+
+Each kind calls the same library function as its command (`train embed` -> `train.loop.train`, `mine`
+-> `train.mining.mine`, `merge` -> `train.merge.merge_checkpoints`, `eval retrieval` ->
+`eval.retrieval.evaluate_retrieval`, ...), with the stage's folder as its output. Outputs are paths
+relative to the stage folder (a list for `checkpoints`); later stages name them `{from: stage.output}`.
+
+| kind | outputs | what it runs |
+|---|---|---|
+| pairs | train, heldout | weak pairs from local real text: BEIR titles -> texts, BEIR qrels, docstrings -> sources |
+| tokenizer | tokenizer | a byte-level BPE trained on pair files (Qwen's special tokens, single-token yes/no) |
+| init | model | a random-weight Qwen3 checkpoint of a given shape (`tiny.make_checkpoint`) |
+| synth | pairs | persona-based synthetic queries (`qwen_embed.synth`) |
+| filter | pairs | the report's cosine filter of synthetic pairs |
+| train-embed | model, checkpoints, log | `train embed` (stage 1 or stage 2) |
+| mine | pairs | hard negatives mined with an embedder |
+| merge | model | stage 3: merge of checkpoints (slerp, ...) |
+| train-rerank | model, checkpoints, log | `train rerank` (labelled data only) |
+| eval | report | retrieval with the embedder, then reranking of its top candidates |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .spec import Recipe, Stage, refs_in
+
+
+@dataclass
+class StageContext:
+    """What a stage's run function gets: resolved settings, its (partial) folder, the recipe."""
+
+    recipe: Recipe
+    stage: Stage
+    settings: dict[str, Any]  # references replaced by absolute paths
+    out: Path
+    say: Callable[[str], None] = print
+
+
+@dataclass
+class StageResult:
+    """Outputs (paths relative to the stage folder) and facts for the report."""
+
+    outputs: dict[str, str | list[str]]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Kind:
+    outputs: tuple[str, ...]
+    settings: frozenset[str]
+    run: Callable[[StageContext], StageResult]
+    required: frozenset[str] = frozenset()
+    model_output: str | None = None  # an embedding model evaluated after the stage (held-out metric)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    from ..files import atomic_file
+
+    with atomic_file(path) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _held_out(key: str, fraction: float, seed: int) -> bool:
+    h = int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16)
+    return h / 0xFFFFFFFF < fraction
+
+
+def _read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    from ..jsonl import iter_jsonl
+
+    with open(path, encoding="utf-8") as f:
+        return [obj for _, obj in iter_jsonl(f, str(path))]
+
+
+def _log_tokens(log: Path) -> int:
+    total = 0
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                total += int(json.loads(line).get("tokens", 0))
+            except (ValueError, AttributeError):
+                continue
+    return total
+
+
+# -- pairs ---------------------------------------------------------------------------------------
+def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if "beir" in src:
+        from ..eval.beir import load_beir
+
+        kind = src.get("pairs", "title-text")
+        if kind in ("title-text", "lead-rest"):
+            rows = []
+            for n, d in enumerate(_read_jsonl(Path(src["beir"]) / "corpus.jsonl")):
+                title, text = (d.get("title") or "").strip(), (d.get("text") or "").strip()
+                doc_id = str(d.get("_id", n))
+                if kind == "title-text" and title and text:
+                    rows.append({"query": title, "positive": text, "id": f"title:{doc_id}"})
+                elif kind == "lead-rest":  # first sentence -> the rest of the text
+                    lead, _, rest = text.partition(". ")
+                    if len(lead.split()) >= 4 and len(rest.split()) >= 8:
+                        rows.append({"query": lead + ".", "positive": rest, "id": f"lead:{doc_id}"})
+            return rows
+        if kind == "qrels":
+            ds = load_beir(src["beir"], src.get("split", "train"))
+            corpus = ds.corpus
+            rows = []
+            for q, text in zip(ds.query_ids, ds.query_texts, strict=True):
+                pos = [d for d, g in ds.qrels[q].items() if g > 0 and corpus.get(d)]
+                if pos:
+                    rows.append({"query": text, "positive": corpus[pos[0]], "id": f"qrels:{q}",
+                                 **({"instruction": src["instruction"]} if src.get("instruction") else {})})
+            return rows
+        raise InputError(f"{where}: pairs must be title-text, lead-rest or qrels, got {kind!r}.")
+    if "stdlib" in src:
+        from ..train.stdlib_pairs import collect_pairs
+
+        opts = src["stdlib"] or {}
+        return [{"query": p.query, "positive": p.source[: int(opts.get("max_chars", 2000))], "task": "code",
+                 "id": f"stdlib:{p.name}"} for p in collect_pairs(strip_docstring=opts.get("strip_docstring", True))]
+    if "file" in src:
+        rows = _read_jsonl(src["file"])
+        return [{**r, "id": r.get("id", f"file:{i}")} for i, r in enumerate(rows)]
+    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|qrels}}, {{stdlib: {{}}}} or "
+                     f"{{file: PATH}}, got {src!r:.80}.")
+
+
+def run_pairs(ctx: StageContext) -> StageResult:
+    s = ctx.settings
+    fraction = float(s.get("held_out", 0.05))
+    rows: list[dict[str, Any]] = []
+    counts = {}
+    for i, src in enumerate(s["sources"]):
+        got = _pairs_from_source(src, f"stage {ctx.stage.name}: sources[{i}]")
+        limit = src.get("max_rows")
+        if limit:
+            random.Random(ctx.recipe.seed + i).shuffle(got)
+            got = got[: int(limit)]
+        counts[str(i)] = len(got)
+        rows += got
+    if not rows:
+        raise InputError(f"stage {ctx.stage.name}: its sources gave no pairs.")
+    train = [r for r in rows if not _held_out(r["id"], fraction, ctx.recipe.seed)]
+    held = [r for r in rows if _held_out(r["id"], fraction, ctx.recipe.seed)]
+    random.Random(ctx.recipe.seed).shuffle(train)
+    _write_rows(ctx.out / "train.jsonl", train)
+    _write_rows(ctx.out / "heldout.jsonl", held)
+    return StageResult({"train": "train.jsonl", "heldout": "heldout.jsonl"},
+                       {"rows": len(train), "held_out_rows": len(held), "per_source": counts})
+
+
+# -- tokenizer and init ----------------------------------------------------------------------------
+def run_tokenizer(ctx: StageContext) -> StageResult:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from ..tiny import SPECIAL_TOKENS
+
+    files = ctx.settings["train_on"]
+    files = files if isinstance(files, list) else [files]
+    texts: list[str] = []
+    for f in files:
+        for r in _read_jsonl(f):
+            texts += [str(r.get("query", "")), str(r.get("positive", ""))]
+    texts += ["yes", "no", "yes no", "no yes"] * 200  # the reranker's answers stay single tokens
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    vocab = int(ctx.settings.get("vocab_size", 8192))
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    for word in ("yes", "no"):
+        if len(tok.encode(word, add_special_tokens=False).ids) != 1:
+            raise InputError(f"stage {ctx.stage.name}: {word!r} did not become one token; raise vocab_size.")
+    tok.save(str(ctx.out / "tokenizer.json"))
+    return StageResult({"tokenizer": "tokenizer.json"}, {"vocab_size": tok.get_vocab_size(), "texts": len(texts)})
+
+
+def run_init(ctx: StageContext) -> StageResult:
+    from ..tiny import make_checkpoint
+
+    s = ctx.settings
+    shape = dict(s.get("shape") or {})
+    allowed = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size", "max_position_embeddings", "tie_word_embeddings"}
+    unknown = sorted(set(shape) - allowed)
+    if unknown:
+        raise InputError(f"stage {ctx.stage.name}: unknown shape key {unknown[0]!r}; use "
+                         f"{', '.join(sorted(allowed))}.")
+    path = make_checkpoint(ctx.out / "model", s.get("model_kind", "embedding"),
+                           tokenizer=str(s.get("tokenizer", "auto")), seed=int(s.get("seed", ctx.recipe.seed)),
+                           dtype=s.get("dtype", "float32"), **shape)
+    return StageResult({"model": path.name}, {"shape": shape})
+
+
+# -- training --------------------------------------------------------------------------------------
+def _train_config(ctx: StageContext) -> Any:
+    from ..train.config import TrainConfig
+
+    raw = json.loads(json.dumps(ctx.settings["config"]))
+    raw.setdefault("train", {})["output_dir"] = str(ctx.out / "run")
+    return TrainConfig.from_dict(raw, source=f"stage {ctx.stage.name}")
+
+
+def _training_result(ctx: StageContext, summary: dict[str, Any]) -> StageResult:
+    run = ctx.out / "run"
+    ckpts = sorted(p for p in (run / "checkpoints").glob("step-*") if (p / "model").is_dir())
+    return StageResult(
+        {"model": "run/model", "checkpoints": [str(p.relative_to(ctx.out) / "model") for p in ckpts],
+         "log": "run/train_log.jsonl"},
+        {"steps": summary.get("step"), "tokens": _log_tokens(run / "train_log.jsonl"),
+         "resumed_from": summary.get("resumed")})
+
+
+def run_train_embed(ctx: StageContext) -> StageResult:
+    from ..train.loop import train
+
+    return _training_result(ctx, train(_train_config(ctx)))
+
+
+def run_train_rerank(ctx: StageContext) -> StageResult:
+    from ..train import loop
+
+    trainer = getattr(loop, "train_rerank", None)
+    if trainer is None:  # pragma: no cover - depends on the reranker trainer being installed
+        raise InputError("this installation has no reranker training (qwen_embed.train.loop.train_rerank).")
+    return _training_result(ctx, trainer(_train_config(ctx)))
+
+
+# -- mining, merging ------------------------------------------------------------------------------
+def run_mine(ctx: StageContext) -> StageResult:
+    from ..embedder import Embedder
+    from ..train.mining import MiningSettings, mine
+
+    s = ctx.settings
+    emb = Embedder.from_pretrained(s["model"], device=s.get("device"), max_length=int(s.get("max_length", 512)))
+    settings = MiningSettings(**{k: s[k] for k in ("top_k", "num_negatives", "margin", "chunk", "dim")
+                                 if k in s}, seed=ctx.recipe.seed)
+    stats = mine(emb, s["input"], ctx.out / "pairs.jsonl", corpus_path=s.get("corpus"), settings=settings)
+    return StageResult({"pairs": "pairs.jsonl"}, stats)
+
+
+def run_merge(ctx: StageContext) -> StageResult:
+    from ..train.merge import merge_checkpoints
+
+    s = ctx.settings
+    models = s["models"] if isinstance(s["models"], list) else [s["models"]]
+    models = [m for group in models for m in (group if isinstance(group, list) else [group])]
+    last = s.get("last")
+    if last is not None:
+        models = models[-int(last):]
+    if len(models) < 2:
+        raise InputError(f"stage {ctx.stage.name}: merging needs at least two checkpoints, got {len(models)}.")
+    opts = {k: s[k] for k in ("method", "base", "weights", "t") if k in s}
+    merge_checkpoints(models, ctx.out / "model", **opts)
+    return StageResult({"model": "model"}, {"inputs": [str(m) for m in models]})
+
+
+# -- synthetic data ------------------------------------------------------------------------------
+def run_synth(ctx: StageContext) -> StageResult:
+    """`synth queries`: persona-based two-stage generation (resumable, cached) into pairs.jsonl."""
+    from ..embedder import Embedder
+    from ..synth import GeneratorSettings, LazyEmbedder, SynthSettings, generate_queries, make_generator
+
+    s = ctx.settings
+    gen_settings = GeneratorSettings(**(s.get("generator_settings") or {}))
+    generator = make_generator(str(s["generator"]), s.get("model"), gen_settings, seed=ctx.recipe.seed)
+    name = str(s["embedding_model"])
+    embedder = LazyEmbedder(name, lambda: Embedder.from_pretrained(name, max_length=512))
+    settings = SynthSettings(**{"seed": ctx.recipe.seed, **(s.get("settings") or {})})
+    summary = generate_queries(s["passages"], s["personas"], ctx.out / "pairs.jsonl", generator=generator,
+                               embedder=embedder, settings=settings)
+    return StageResult({"pairs": "pairs.jsonl"}, dict(summary))
+
+
+def run_filter(ctx: StageContext) -> StageResult:
+    """`synth filter`: keep pairs whose query-passage cosine exceeds min_cos, without duplicates."""
+    from ..embedder import Embedder
+    from ..synth import DEFAULT_MIN_COS, filter_pairs
+
+    s = ctx.settings
+    emb = Embedder.from_pretrained(s["embedding_model"], max_length=512)
+    stats = filter_pairs(s["input"], ctx.out / "pairs.jsonl", embedder=emb,
+                         min_cos=float(s.get("min_cos", DEFAULT_MIN_COS)))
+    return StageResult({"pairs": "pairs.jsonl"}, dict(stats))
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def load_eval_dataset(settings: dict[str, Any]) -> Any:
+    """A BEIR split, optionally cut to its first `max_queries` judged queries and a corpus of at most
+    `max_docs` documents (the judged ones first), for quick held-out checks."""
+    from ..eval.beir import BeirDataset, load_beir
+
+    ds = load_beir(settings["dataset"], settings.get("split", "test"))
+    mq, md = settings.get("max_queries"), settings.get("max_docs")
+    if not mq and not md:
+        return ds
+    qids = ds.query_ids[: int(mq)] if mq else ds.query_ids
+    judged = [d for q in qids for d in ds.qrels[q]]
+    first = list(dict.fromkeys(judged))
+    rest = [d for d in ds.corpus_ids if d not in set(first)]
+    limit = max(int(md), len(first)) if md else len(ds.corpus_ids)
+    keep = set(first + rest[: max(0, limit - len(first))])
+    corpus = [(i, t) for i, t in zip(ds.corpus_ids, ds.corpus_texts, strict=True) if i in keep]
+    qtext = dict(zip(ds.query_ids, ds.query_texts, strict=True))
+    return BeirDataset(ds.name, ds.split, [i for i, _ in corpus], [t for _, t in corpus], qids,
+                       [qtext[q] for q in qids], {q: ds.qrels[q] for q in qids}, dict(ds.stats))
+
+
+def retrieval_metric(model: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """nDCG@10 (and Recall@100) of an embedding model on the recipe's held-out set."""
+    from ..embedder import DEFAULT_INSTRUCTION, Embedder
+    from ..eval.retrieval import evaluate_retrieval
+
+    emb = Embedder.from_pretrained(model, device=settings.get("device"),
+                                   max_length=int(settings.get("max_length", 512)))
+    ds = load_eval_dataset(settings)
+    instruction = settings.get("instruction", DEFAULT_INSTRUCTION)
+    res = evaluate_retrieval(emb, ds, instruction=instruction, ks=[10, 100], depth=100, progress=False)
+    agg = res.dims[0].evaluation.aggregate
+    return {"ndcg_at_10": agg.get("ndcg_cut_10"), "recall_at_100": agg.get("recall_100"),
+            "queries": len(ds.query_ids), "documents": len(ds.corpus_ids), "run": res.dims[0].run}
+
+
+def run_eval(ctx: StageContext) -> StageResult:
+    s = ctx.settings
+    result = retrieval_metric(s["embedder"], s)
+    run = result.pop("run")
+    report: dict[str, Any] = {"retrieval": result}
+    if s.get("reranker"):
+        from ..embedder import DEFAULT_INSTRUCTION
+        from ..eval.rerank import evaluate_rerank
+        from ..reranker import Reranker
+
+        rr = Reranker.from_pretrained(s["reranker"], device=s.get("device"),
+                                      max_length=int(s.get("max_length", 512)))
+        ds = load_eval_dataset(s)
+        ev = evaluate_rerank(rr, ds, run, instruction=s.get("instruction", DEFAULT_INSTRUCTION),
+                             top=int(s.get("top", 100)), ks=[10], progress=False)
+        report["rerank"] = {"ndcg_at_10_before": ev.before.aggregate.get("ndcg_cut_10"),
+                            "ndcg_at_10_after": ev.after.aggregate.get("ndcg_cut_10"), "top": ev.top}
+    from ..files import write_json_atomic
+
+    write_json_atomic(ctx.out / "report.json", report)
+    stats = {"ndcg_at_10": result["ndcg_at_10"]}
+    if "rerank" in report:
+        stats["rerank_ndcg_at_10"] = report["rerank"]["ndcg_at_10_after"]
+    return StageResult({"report": "report.json"}, stats)
+
+
+KINDS: dict[str, Kind] = {
+    "pairs": Kind(("train", "heldout"), frozenset({"sources", "held_out"}), run_pairs, frozenset({"sources"})),
+    "tokenizer": Kind(("tokenizer",), frozenset({"train_on", "vocab_size"}), run_tokenizer, frozenset({"train_on"})),
+    "init": Kind(("model",), frozenset({"shape", "tokenizer", "seed", "dtype", "model_kind"}), run_init,
+                 model_output="model"),
+    "synth": Kind(("pairs",), frozenset({"passages", "personas", "generator", "model", "embedding_model",
+                                         "settings", "generator_settings"}), run_synth,
+                  frozenset({"passages", "personas", "generator", "embedding_model"})),
+    "filter": Kind(("pairs",), frozenset({"input", "embedding_model", "min_cos"}), run_filter,
+                   frozenset({"input", "embedding_model"})),
+    "train-embed": Kind(("model", "checkpoints", "log"), frozenset({"config"}), run_train_embed,
+                        frozenset({"config"}), model_output="model"),
+    "mine": Kind(("pairs",), frozenset({"model", "input", "corpus", "top_k", "num_negatives", "margin", "chunk", "dim",
+                                        "device", "max_length"}), run_mine, frozenset({"model", "input"})),
+    "merge": Kind(("model",), frozenset({"models", "last", "method", "base", "weights", "t"}), run_merge,
+                  frozenset({"models", "method"}), model_output="model"),
+    "train-rerank": Kind(("model", "checkpoints", "log"), frozenset({"config"}), run_train_rerank,
+                         frozenset({"config"})),
+    "eval": Kind(("report",), frozenset({"embedder", "reranker", "dataset", "split", "top", "max_queries",
+                                         "max_docs", "instruction", "device", "max_length"}), run_eval,
+                 frozenset({"embedder", "dataset"})),
+}
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Validate names, kinds, settings and the reference graph before any work (see spec.py)."""
+    where = str(recipe.path)
+    position = {}
+    for i, s in enumerate(recipe.stages):
+        if s.name in position:
+            raise InputError(f"recipe {where}: two stages are named {s.name!r}; names must be unique.")
+        if not s.name.replace("-", "_").isidentifier():
+            raise InputError(f"recipe {where}: stage name {s.name!r} must be letters, digits, '_' or '-'.")
+        position[s.name] = i
+    edges: dict[str, set[str]] = {s.name: set() for s in recipe.stages}
+    for s in recipe.stages:
+        kind = KINDS.get(s.kind)
+        if kind is None:
+            raise InputError(f"recipe {where}: stage {s.name!r} has unknown kind {s.kind!r}; kinds: "
+                             f"{', '.join(KINDS)}.")
+        unknown = sorted(set(s.settings) - kind.settings)
+        if unknown:
+            raise InputError(f"recipe {where}: stage {s.name!r} ({s.kind}) has unknown setting {unknown[0]!r}; "
+                             f"it takes {', '.join(sorted(kind.settings))}.")
+        missing = sorted(kind.required - set(s.settings))
+        if missing:
+            raise InputError(f"recipe {where}: stage {s.name!r} ({s.kind}) needs the setting {missing[0]!r}.")
+        for key, ref in refs_in(s.settings, s.name):
+            if ref.stage not in position:
+                raise InputError(f"recipe {where}: {key} refers to {ref}, but there is no stage {ref.stage!r}.")
+            edges[s.name].add(ref.stage)
+            target = recipe.stages[position[ref.stage]]
+            if ref.output not in KINDS[target.kind].outputs:
+                raise InputError(f"recipe {where}: {key} refers to {ref}, but a {target.kind} stage outputs "
+                                 f"{', '.join(KINDS[target.kind].outputs)}.")
+    cycle = _find_cycle(edges)
+    if cycle:
+        raise InputError(f"recipe {where}: the stages form a cycle: {' -> '.join(cycle)}; each stage may only "
+                         f"use outputs of stages before it.")
+    for i, s in enumerate(recipe.stages):
+        for key, ref in refs_in(s.settings, s.name):
+            if position[ref.stage] >= i:
+                what = "itself" if ref.stage == s.name else f"the later stage {ref.stage!r}"
+                raise InputError(f"recipe {where}: {key} refers to {ref}, an output of {what}; a stage may only "
+                                 f"use outputs of stages before it (move it after {ref.stage!r}).")
+
+
+def _find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(edges[n]):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m):], m]
+            if state.get(m) is None and (found := visit(m)):
+                return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in edges:
+        if state.get(n) is None and (found := visit(n)):
+            return found
+    return None

@@ -1,0 +1,107 @@
+"""qwen_embed.quantize: byte equality with sentence-transformers' quantize_embeddings, and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwen_embed import Embedder
+from qwen_embed.errors import InputError
+from qwen_embed.quantize import (
+    PRECISIONS,
+    bytes_per_vector,
+    calibration_ranges,
+    dequantize,
+    hamming_distances,
+    load_ranges,
+    quantize,
+    save_ranges,
+)
+
+st_quant = pytest.importorskip("sentence_transformers.util.quantization")
+
+
+def _random(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+def test_byte_equal_to_sentence_transformers_random(precision: str) -> None:
+    x = _random(300, 64)
+    calib = _random(500, 64, seed=1)
+    want = st_quant.quantize_embeddings(x, precision, calibration_embeddings=calib)
+    got = quantize(x, precision, calibration=calib)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+    if precision.endswith("int8"):  # explicit ranges, and ranges from the batch itself
+        r = calibration_ranges(calib)
+        want_r = st_quant.quantize_embeddings(x, precision, ranges=r)
+        assert quantize(x, precision, ranges=r).tobytes() == want_r.tobytes()
+        assert quantize(x, precision).tobytes() == st_quant.quantize_embeddings(x, precision).tobytes()
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary", "float16"])
+def test_embedder_precision_on_real_embeddings(embedder: Embedder, precision: str) -> None:
+    texts = [f"document number {i} about topic {i % 7}" for i in range(40)]
+    floats = embedder.encode(texts, dim=32)
+    ranges = calibration_ranges(floats)
+    got = embedder.encode(texts, dim=32, precision=precision, ranges=ranges if precision.endswith("int8") else None)
+    if precision == "float16":
+        np.testing.assert_array_equal(got, floats.astype(np.float16))
+        return
+    want = st_quant.quantize_embeddings(floats, precision, ranges=ranges)
+    assert got.tobytes() == want.tobytes() and got.dtype == want.dtype
+    q = embedder.encode_queries(texts[:3], dim=32, precision=precision,
+                                ranges=ranges if precision.endswith("int8") else None)
+    assert q.shape[0] == 3
+
+
+def test_dequantize_matches_sentence_transformers() -> None:
+    x = _random(200, 48)
+    r = calibration_ranges(x)
+    for p in ("int8", "uint8"):
+        codes = quantize(x, p, ranges=r)
+        np.testing.assert_allclose(dequantize(codes, p, r), st_quant._dequantize_embeddings(codes, p, r), atol=1e-6)
+        assert np.abs(dequantize(codes, p, r) - x).max() <= (r[1] - r[0]).max() / 255 + 1e-6
+
+
+def test_hamming_distances() -> None:
+    x = _random(50, 64)
+    ub = quantize(x, "ubinary")
+    b = quantize(x, "binary")
+    bits = (x > 0).astype(int)
+    want = np.abs(bits - bits[3]).sum(axis=1)
+    np.testing.assert_array_equal(hamming_distances(ub[3], ub, "ubinary"), want)
+    np.testing.assert_array_equal(hamming_distances(b[3], b, "binary"), want)
+
+
+def test_errors_are_clear(embedder: Embedder) -> None:
+    x = _random(4, 64)
+    with pytest.raises(InputError, match="precision='int4' is not supported"):
+        quantize(x, "int4")
+    with pytest.raises(InputError, match="not a multiple of 8"):
+        quantize(_random(4, 36), "binary")
+    with pytest.raises(InputError, match="needs calibration ranges"):
+        quantize(x[:1], "int8")
+    with pytest.raises(InputError, match="shape"):
+        quantize(x, "int8", ranges=np.zeros((2, 3)))
+    with pytest.raises(InputError, match="must be float"):
+        quantize(x.astype(np.int8), "binary")
+    with pytest.raises(InputError, match="not supported"):
+        embedder.encode(["a"], precision="int4")
+    with pytest.raises(InputError, match="not a multiple of 8"):
+        embedder.encode(["a", "b"], dim=36, precision="ubinary")
+    with pytest.raises(InputError, match="needs calibration ranges"):
+        embedder.encode(["a"], precision="int8")
+
+
+def test_ranges_round_trip(tmp_path: Path) -> None:
+    r = calibration_ranges(_random(10, 32))
+    save_ranges(tmp_path / "r.json", r)
+    np.testing.assert_array_equal(load_ranges(tmp_path / "r.json"), r)
+    with pytest.raises(InputError, match="does not exist"):
+        load_ranges(tmp_path / "missing.json")
+    assert [bytes_per_vector(1024, p) for p in PRECISIONS] == [4096, 2048, 1024, 1024, 128, 128]
