@@ -57,8 +57,13 @@ WITH_OUTPUT: dict[str, Argv] = {
     "train stdlib-pairs": lambda t, out: ["train", "stdlib-pairs", out],
     "mine": lambda t, out: ["mine", "--input", str(t / "rows.jsonl"), "-o", out + ".jsonl", "--model", MISSING_MODEL],
     "merge-lora": lambda t, out: ["merge-lora", "--base", MISSING_MODEL, "--adapter", str(t), "-o", out],
+    "synth queries": lambda t, out: ["synth", "queries", "--passages", str(t / "in.txt"), "--personas",
+                                     str(t / "in.txt"), "--generator", MISSING_MODEL, "-o", out + ".jsonl"],
+    "synth filter": lambda t, out: ["synth", "filter", str(t / "rows.jsonl"), "-o", out + ".jsonl", "--embedding-model",
+                                    MISSING_MODEL],
 }
-NO_OUTPUT = {"info", "serve", "eval metrics", "train settings"}  # they print to stdout / serve HTTP
+# they print to stdout or serve HTTP; `recipe run` writes the folders its recipe file names
+NO_OUTPUT = {"info", "serve", "eval metrics", "train settings", "recipe run", "recipe status"}
 
 
 def test_every_command_is_classified() -> None:

@@ -67,7 +67,7 @@ class Parser(argparse.ArgumentParser):
         hints = []
         for arg in extras:
             name = arg.split("=", 1)[0]
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) if name.startswith("-") else []
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75) if name.startswith("-") else []
             hints += [f"did you mean {close[0]} (for {name})?"] if close else []
         text = f"unrecognized argument{'s' if len(extras) > 1 else ''}: {' '.join(extras)}"
         return "; ".join([text, *hints])
