@@ -77,24 +77,30 @@ class CheckpointFacts:
 
     @property
     def config(self) -> ModelConfig:
+        """The parsed config.json (ModelConfig)."""
         return self.checkpoint.config
 
     @property
     def tokenizer(self) -> QwenTokenizer:
+        """The checkpoint's tokenizer (QwenTokenizer)."""
         return self.checkpoint.tokenizer
 
     @property
     def hidden_size(self) -> int:
+        """Width of the trunk, the largest embedding dimension."""
         return self.checkpoint.config.hidden_size
 
     @property
     def device(self) -> torch.device:
+        """Device the weights are on."""
         return self.checkpoint.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
         return self.checkpoint.dtype
 
     @property
     def name(self) -> str:
+        """The hub id or folder it was loaded from, as given."""
         return self.checkpoint.name

@@ -143,6 +143,7 @@ class Index:
 
     @property
     def info(self) -> TableInfo:
+        """How the table was made (model, weights fingerprint, dimension, chunking, instruction)."""
         return self.store.info
 
     @classmethod
