@@ -43,7 +43,7 @@ def test_dataset_examples_use_the_folder_the_download_step_makes() -> None:
         for d in datasets:
             assert d.startswith("data/"), f"{name}: --dataset {d} is not where the download step unpacks"
             zipname = d.removeprefix("data/").replace("$d", "")
-            assert zipname == "" or f"{zipname}.zip" in text or f"$d.zip" in text, f"{name}: {d} is never downloaded"
+            assert zipname == "" or f"{zipname}.zip" in text or "$d.zip" in text, f"{name}: {d} is never downloaded"
 
 
 def test_tokenize_example_has_the_real_tokenizers_ids(shared_data: Path) -> None:
