@@ -80,7 +80,7 @@ class Embedder(CheckpointFacts):
         if adapter is not None:
             from .train.lora import load_adapter  # peft, lazily: only adapter users need it
 
-            load_adapter(ckpt.model, adapter)
+            load_adapter(ckpt.model, Path(os.fspath(adapter)))
             ckpt.model.eval().requires_grad_(False)
         return cls(ckpt, max_length=max_length, batch_tokens=batch_tokens, compile=compile)
 

@@ -63,9 +63,9 @@ def cmd_index(args: argparse.Namespace) -> int:
                  f"documents; nothing was changed.")
             return 0
         plan = index.plan(sources.documents)
-        gone = index.missing(present) if args.delete_missing and sources.complete else []
+        doomed = index.missing(present) if args.delete_missing and sources.complete else []
         _say(f"dry run: would add {plan.added}, update {plan.updated}, leave {plan.unchanged} unchanged"
-             + (f" and delete {len(gone)}: {_listing(gone)}" if gone else "") + "; nothing was changed.")
+             + (f" and delete {len(doomed)}: {_listing(doomed)}" if doomed else "") + "; nothing was changed.")
         return 0
     index = Index.open(args.db, **opts)
     gone: list[str] = []
