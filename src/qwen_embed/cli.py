@@ -141,13 +141,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     instruction = args.instruction or (DEFAULT_INSTRUCTION if args.query else None)
     texts = [r.text for r in records]
     if args.devices:  # one worker process per device
-        from .config import check_not_adapter
+        from .config import ModelConfig, check_not_adapter
         from .multidevice import encode_on_devices
         from .tokenizer import QwenTokenizer
         from .weights import resolve_model_dir
 
         path = resolve_model_dir(args.model)
         check_not_adapter(path)
+        if ModelConfig.from_file(path / "config.json").is_reranker:  # refused before any worker starts
+            raise InputError(f"{args.model} is a reranker checkpoint, not an embedding one; --devices embeds with "
+                             f"embedding checkpoints only (without --devices, --allow-causal-lm uses its trunk).")
         from .embedder import format_query
 
         prepared = texts if instruction is None else [format_query(t, instruction) for t in texts]

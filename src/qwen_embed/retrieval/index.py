@@ -67,6 +67,12 @@ def model_fingerprint(model: str | os.PathLike[str]) -> str:
     return weights_fingerprint(resolve_model_dir(model))
 
 
+def _db_entry(entry: Path) -> bool:
+    """Whether a folder entry is the store's own: a table (`NAME.lance/`) or a writer lock (`.NAME.write.lock`)."""
+    name = entry.name
+    return (name.endswith(".lance") and entry.is_dir()) or (name.startswith(".") and name.endswith(".write.lock"))
+
+
 def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
     """Refuse, before any work, a --db that is a file, sits under a file or a missing folder, or is a
     folder holding other things than LanceDB tables (`NAME.lance`); a database is updated in place."""
@@ -81,7 +87,7 @@ def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
             return path
         check_output_dir(path, what="--db")
         return path
-    others = sorted(e.name for e in path.iterdir() if not (e.name.endswith(".lance") and e.is_dir()))
+    others = sorted(e.name for e in path.iterdir() if not _db_entry(e))
     if others:
         raise InputError(f"--db {path} is a folder that holds other files ({', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}), not a LanceDB database; choose a new folder "
