@@ -26,8 +26,8 @@ from ..files import OutputExistsError, check_output_dir, fingerprint, remove_pat
 from .config import TrainConfig
 
 RUN_RECORD = "run.json"
-RUN_ENTRIES = ("checkpoints", "train_log.jsonl", "train_log.tmp", "model", "adapter", "learning_curve.png", RUN_RECORD,
-               ".*.tmp-*")
+RUN_ENTRIES = ("checkpoints", "train_log.jsonl", "train_log.tmp", "model", "adapter", "merged", "learning_curve.png",
+               RUN_RECORD, ".*.tmp-*")
 NOT_THE_RUN = {"train": ("max_steps", "progress", "log_every", "save_every", "keep_checkpoints", "resume",
                          "output_dir"), "eval": ("every",)}
 _STEP = re.compile(r"^step-(\d+)$")
@@ -60,10 +60,10 @@ class RunState:
     step: int = 0
     note: str = ""
 
-    def message(self, max_steps: int) -> str:
-        """One line for the user."""
+    def message(self, max_steps: int) -> str | None:
+        """One line for the user (None for a resume: the trainer says it, naming the checkpoint it loads)."""
         if self.kind == "resume":
-            return f"resuming the run in {self.folder} from step {self.step} (of {max_steps}){self.note}"
+            return self.note.strip(" ()") or None
         if self.kind == "finished":
             return (f"the run in {self.folder} finished at step {self.step} (train.max_steps={max_steps}); to "
                     f"continue it, raise train.max_steps (e.g. --set train.max_steps={max_steps * 2}); to start "
