@@ -135,3 +135,18 @@ def test_rerank_many_queries_jsonl_and_trec(tiny_reranker_path: Path, tmp_path: 
     lines = (tmp_path / "r.trec").read_text().splitlines()
     assert len(lines) == 6 and lines[0].split()[:2] == ["q1", "Q0"] and lines[0].split()[3] == "1"
     assert all(ln.endswith(" mine") for ln in lines)
+
+
+def test_serve_refuses_a_reranker_as_its_embedding_model(tiny_reranker_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.4: `serve --embedding-model` goes through the same loader as `embed`."""
+    pytest.importorskip("uvicorn")
+    import qwen_embed.server.app as app
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the server was built with a reranker as its embedder")
+
+    monkeypatch.setattr(app, "create_app", never)
+    assert main(["serve", "--embedding-model", str(tiny_reranker_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "is a reranker checkpoint (Qwen3ForCausalLM)" in err and len(err.strip().splitlines()) == 1
