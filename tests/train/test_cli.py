@@ -58,7 +58,7 @@ def test_train_embed_resumes_says_so_and_explains_a_finished_run(small_ckpt: Pat
     assert "starting a new run in" in capsys.readouterr().err
     assert main(["train", "embed", "--config", str(cfg)]) == 0  # finished: nothing is trained again
     err = capsys.readouterr().err
-    assert "finished at step 2 (train.max_steps=2)" in err and "--set train.max_steps=4" in err
+    assert "already finished its 2 steps" in err and "--set train.max_steps=4" in err
     assert main(["train", "embed", "--config", str(cfg), "--set", "train.max_steps=3"]) == 0
     err = capsys.readouterr().err
     assert "resuming" in err and "(step 2 of 3)" in err and "resumed at step 2" in err

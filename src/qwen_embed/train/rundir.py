@@ -64,10 +64,10 @@ class RunState:
         """One line for the user (None for a resume: the trainer says it, naming the checkpoint it loads)."""
         if self.kind == "resume":
             return self.note.strip(" ()") or None
-        if self.kind == "finished":
-            return (f"the run in {self.folder} finished at step {self.step} (train.max_steps={max_steps}); to "
-                    f"continue it, raise train.max_steps (e.g. --set train.max_steps={max_steps * 2}); to start "
-                    f"again, choose a new train.output_dir or pass --overwrite")
+        if self.kind == "finished":  # the trainer's own wording, said here without loading the model
+            return (f"{self.folder} already finished its {max_steps} steps (at step {self.step}); to continue it, "
+                    f"raise train.max_steps (e.g. --set train.max_steps={max_steps * 2}); to start over, choose "
+                    f"another train.output_dir, or pass --overwrite")
         return f"starting a new run in {self.folder}"
 
 
@@ -89,8 +89,8 @@ def check_run_dir(cfg: TrainConfig, *, overwrite: bool = False) -> RunState:
     if same:
         step = last_checkpoint_step(out)
         note = "" if recorded else f" ({RUN_RECORD} missing: assuming the same settings)"
-        if step >= cfg.train.max_steps:
-            return RunState("finished", out, step)
+        if step >= cfg.train.max_steps and ((out / "model").is_dir() or (out / "adapter").is_dir()):
+            return RunState("finished", out, step)  # (without its final model, the trainer writes it)
         if step > 0:
             _start(cfg, out)
             return RunState("resume", out, step, note)
