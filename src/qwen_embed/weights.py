@@ -197,9 +197,11 @@ class WeightReader:
             h.__exit__(None, None, None)
 
     def keys(self) -> list[str]:
+        """Every tensor name, shard by shard."""
         return list(self.where)
 
     def get(self, key: str) -> torch.Tensor:
+        """One tensor, read from its shard (WeightsError when the file is damaged)."""
         try:
             with self._handle(key) as h:
                 return h.get_tensor(key)
@@ -208,6 +210,7 @@ class WeightReader:
                                "truncated: download it again.") from None
 
     def rows(self, key: str, rows: list[int]) -> torch.Tensor:
+        """Some rows of a 2-D tensor, read without the rest (the reranker's yes / no rows)."""
         try:
             with self._handle(key) as h:
                 sl = h.get_slice(key)

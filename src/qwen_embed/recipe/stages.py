@@ -229,12 +229,9 @@ def run_train_embed(ctx: StageContext) -> StageResult:
 
 
 def run_train_rerank(ctx: StageContext) -> StageResult:
-    from ..train import loop
+    from ..train.loop import train
 
-    trainer = getattr(loop, "train_rerank", None)
-    if trainer is None:  # pragma: no cover - depends on the reranker trainer being installed
-        raise InputError("this installation has no reranker training (qwen_embed.train.loop.train_rerank).")
-    return _training_result(ctx, trainer(_train_config(ctx)))
+    return _training_result(ctx, train(_train_config(ctx), kind="rerank"))
 
 
 # -- mining, merging ------------------------------------------------------------------------------

@@ -24,9 +24,10 @@ Pure per-tensor functions in one `{name: function}` table (`METHODS`), driven by
 
 Departures from mergekit, none visible beyond float rounding: the arithmetic is float32 (float64 for
 float64 inputs) and the result takes the first model's dtype, as mergekit's slerp does; dot products
-and norms are summed in chunks (as mergekit's current slerp does) so that scratch memory stays bounded;
-a tensor that is identical in every input is copied, not recomputed (any weighted interpolation of
-equal points is that point), so frozen or untouched tensors keep their exact bits.
+and norms are summed in chunks, as mergekit's current slerp does, so that scratch memory stays bounded
+(norms and the report's angles accumulate in float64); a tensor that is identical in every input is
+copied, not recomputed (any weighted interpolation of equal points is that point), so frozen or
+untouched tensors keep their exact bits.
 
 Streaming: every input is read through the loader's `WeightReader` in its streaming mode (a shard is
 opened for each tensor and closed again), keys are matched through the loader's own trunk mapping, and
@@ -283,6 +284,7 @@ class Source:
 
     @classmethod
     def open(cls, name: str | os.PathLike[str]) -> Source:
+        """Resolve, parse config.json, read the shard headers and check the keys against the trunk."""
         path = resolve_model_dir(name)
         cfg = ModelConfig.from_file(path / "config.json")
         reader = WeightReader(safetensors_files(path), keep_open=False)
@@ -292,9 +294,11 @@ class Source:
         return cls(os.fspath(name), path, cfg, reader, keys)
 
     def shape(self, tid: str) -> tuple[int, ...]:
+        """Shape of a tensor (from the header; nothing is read)."""
         return self.reader.shapes[self.keys[tid]]
 
     def get(self, tid: str) -> torch.Tensor:
+        """Read one tensor (its shard is opened for this read only)."""
         return self.reader.get(self.keys[tid])
 
 
@@ -349,12 +353,15 @@ def max_pairwise_angle(vectors: Sequence[torch.Tensor], origin: torch.Tensor | N
 
 @dataclass
 class GroupStats:
+    """Counts and angles of one tensor group."""
+
     tensors: int = 0
     linear_fallback: int = 0
     identical: int = 0
     angles: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """tensors, linear_fallback, identical and the angle's min / mean / max (degrees)."""
         a = self.angles
         angle = {"min": min(a), "mean": sum(a) / len(a), "max": max(a)} if a else None
         return {"tensors": self.tensors, "linear_fallback": self.linear_fallback, "identical": self.identical,
@@ -375,6 +382,7 @@ class MergeReport:
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, tid: str, angle: float | None, fallback: bool, identical: bool) -> None:
+        """Record one merged tensor."""
         g = self.groups.setdefault(tensor_group(tid), GroupStats())
         g.tensors += 1
         g.linear_fallback += int(fallback)
@@ -384,9 +392,11 @@ class MergeReport:
         self.tensors[tid] = {"angle_deg": angle, "linear_fallback": fallback, "identical": identical}
 
     def ordered_groups(self) -> list[tuple[str, GroupStats]]:
+        """Groups in the order embeddings, attention, mlp, norms, head."""
         return sorted(self.groups.items(), key=lambda kv: GROUPS.index(kv[0]))
 
     def to_dict(self) -> dict[str, Any]:
+        """The content of merge_report.json."""
         return {"method": self.method, "inputs": self.inputs, "base": self.base, "weights": self.weights,
                 "t": self.t, "output": self.output, "groups": {k: v.to_dict() for k, v in self.ordered_groups()},
                 "tensors": self.tensors}
@@ -665,6 +675,12 @@ def merge_run(run_dir: str | os.PathLike[str], settings: Any, *, base_model: str
                 inputs.append(step / "model" if (step / "model").is_dir() else step)
         report = merge_checkpoints(inputs, run / "merged", method=settings.method, base=base,
                                    weights=settings.weights or None, t=settings.t, overwrite=True, progress=progress)
+        if any(p.parent == tmp for p in inputs):  # name folded LoRA inputs by their adapters, not temp folders
+            from ..files import write_json_atomic
+
+            report.inputs = [os.fspath(s / "adapter") if p.parent == tmp else os.fspath(p)
+                             for s, p in zip(steps, inputs, strict=True)]
+            write_json_atomic(run / "merged" / REPORT_NAME, report.to_dict())
         print(report.table(), file=sys.stderr)
         result: dict[str, Any] = {"inputs": {}, "merged": None, "report": report.to_dict()["groups"]}
         if evaluate_fn is not None:
