@@ -24,8 +24,10 @@ def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.txt"
     src.write_text("first line\nsecond line\n\nthird\n")
     assert main(["embed", str(src), "-o", str(tmp_path / "v.npy"), "--model", str(tiny_embedding_path),
-                 "--dim", "32"]) == 0
+                 "--dim", "32", "--skip-empty"]) == 0
     v = np.load(tmp_path / "v.npy")
+    ids = [json.loads(ln) for ln in (tmp_path / "v.ids.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in ids] == [0, 1, 3]  # the blank line 2 (0-based) was skipped, and said so
     ref = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode(["first line", "second line", "third"],
                                                                            dim=32)
     assert v.shape == (3, 32) and np.allclose(v, ref, atol=1e-6)
@@ -70,8 +72,8 @@ def test_info(tiny_reranker_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     ("args", "needle"),
     [(["embed", "/nonexistent/in.txt"], "does not exist"),
      (["embed", "{in}", "--dim", "31"], "dim=31 is out of range"),
-     (["embed", "{in}", "-o", "{tmp}/out.csv"], "must end in .npy or .jsonl"),
-     (["embed", "{in}", "--model", "/no/such/model"], "neither an existing folder"),
+     (["embed", "{in}", "-o", "{tmp}/out.csv"], "must end in .jsonl, .json, .npy, .parquet"),
+     (["embed", "{in}", "--model", "/no/such/model"], "model folder /no/such/model does not exist"),
      (["rerank", "--query", "q", "--model", "{rr}"], "no documents"),
      (["rerank", "--query", "q", "--document", "d", "--template", "x", "--model", "{rr}"], "unknown reranker template"),
      (["info", "Qwen/Not-Here-Model"], "HF_HUB_OFFLINE")],

@@ -71,3 +71,33 @@ def test_chunked_tokenization_pipeline_equals_one_pass(embedder: Embedder, monke
     one = embedder.encode(texts, dim=48)
     monkeypatch.setattr(mod, "TOKENIZE_CHUNK", 5)  # 5 chunks through the worker pool
     assert np.abs(embedder.encode(texts, dim=48) - one).max() <= 1e-6
+
+
+def test_one_string_gives_one_vector_and_tensors_on_request(embedder: Embedder) -> None:
+    """Issue 11.11: sentence-transformers' conventions."""
+    import torch
+
+    one = embedder.encode("alpha")
+    assert one.shape == (64,) and np.allclose(one, embedder.encode(["alpha"])[0])
+    assert embedder.encode_queries("what is alpha").shape == (64,)
+    t = embedder.encode(["alpha", "beta"], convert_to_tensor=True, dim=32)
+    assert isinstance(t, torch.Tensor) and t.shape == (2, 32) and t.dtype == torch.float32
+    assert np.allclose(t.numpy(), embedder.encode(["alpha", "beta"], dim=32))
+    assert isinstance(embedder.encode_documents("beta", convert_to_tensor=True), torch.Tensor)
+
+
+def test_similarity_is_the_cosine_matrix() -> None:
+    import torch
+
+    from qwen_embed import similarity
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(4, 8)).astype(np.float32)
+    ref = np.array([[x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for y in b] for x in a])  # by definition
+    out = similarity(a, b)
+    assert isinstance(out, np.ndarray) and out.shape == (3, 4) and np.allclose(out, ref, atol=1e-6)
+    tout = similarity(torch.from_numpy(a), torch.from_numpy(b))
+    assert isinstance(tout, torch.Tensor) and np.allclose(tout.numpy(), ref, atol=1e-6)
+    assert similarity(a[0], b).shape == (1, 4)  # a 1-D vector is one row, as in sentence-transformers
+    with pytest.raises(InputError, match="one dimension"):
+        similarity(a, b[:, :4])

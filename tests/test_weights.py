@@ -90,8 +90,14 @@ def test_reranker_refuses_embedding_checkpoint(tiny_embedding_path: Path) -> Non
         Reranker.from_pretrained(tiny_embedding_path)
 
 
-def test_embedder_accepts_trunk_of_reranker(tiny_reranker_path: Path) -> None:
-    assert Embedder.from_pretrained(tiny_reranker_path, device="cpu").encode(["x"]).shape == (1, 64)
+def test_embedder_refuses_a_reranker_unless_its_trunk_is_wanted(tiny_reranker_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"is a reranker checkpoint \(Qwen3ForCausalLM\).*allow_causal_lm=True"):
+        Embedder.from_pretrained(tiny_reranker_path, device="cpu")
+    seq_cls = make_checkpoint(tmp_path / "sc", "seq-cls", tokenizer="small")
+    with pytest.raises(ConfigError, match="Qwen3ForSequenceClassification"):
+        Embedder.from_pretrained(seq_cls, device="cpu")
+    emb = Embedder.from_pretrained(tiny_reranker_path, device="cpu", allow_causal_lm=True)
+    assert emb.encode(["x"]).shape == (1, 64)
 
 
 def test_hub_id_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,5 +119,5 @@ def test_paths_that_are_not_checkpoints(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(ModelNotFoundError, match="is a file"):
         resolve_model_dir(f)
-    with pytest.raises(ModelNotFoundError, match="neither an existing folder nor a hub id"):
+    with pytest.raises(ModelNotFoundError, match="does not exist; check the path"):
         resolve_model_dir(tmp_path / "missing" / "deeper" / "folder")

@@ -4,7 +4,7 @@
     emb = Embedder.from_pretrained("Qwen/Qwen3-Embedding-0.6B")
     q = emb.encode_queries(["What is the capital of China?"])
     d = emb.encode_documents(["The capital of China is Beijing."])
-    scores = q @ d.T
+    scores = q @ d.T                      # or qwen_embed.similarity(q, d): cosine, numpy or torch
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from .errors import QwenEmbedError
 
 if TYPE_CHECKING:
     from .embedder import DEFAULT_INSTRUCTION, Embedder, format_query
+    from .pooling import similarity
     from .reranker import Reranker, RerankResult
 
-__all__ = ["DEFAULT_INSTRUCTION", "Embedder", "QwenEmbedError", "RerankResult", "Reranker", "format_query"]
+__all__ = ["DEFAULT_INSTRUCTION", "Embedder", "QwenEmbedError", "RerankResult", "Reranker", "format_query",
+           "similarity"]
 __version__ = "0.1.0"
 
 _LAZY = {"DEFAULT_INSTRUCTION": "embedder", "Embedder": "embedder", "format_query": "embedder",
-         "Reranker": "reranker", "RerankResult": "reranker"}
+         "Reranker": "reranker", "RerankResult": "reranker", "similarity": "pooling"}
 
 
 def __getattr__(name: str) -> Any:

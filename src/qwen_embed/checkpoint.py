@@ -1,6 +1,10 @@
 """A loaded checkpoint: folder, config, tokenizer, trunk and (for rerankers) the score vector.
 
-Shared by `Embedder` and `Reranker`, so that both load through one path.
+Shared by `Embedder` and `Reranker`, so that both load through one path, which refuses the wrong kind
+both ways: an embedding checkpoint loaded as a reranker, and a reranker (causal LM or sequence
+classification) loaded as an embedder unless its trunk is wanted on purpose (`allow_causal_lm`). A PEFT
+adapter folder given where a checkpoint is expected is named as such, with its base and the two ways to
+use it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, check_not_adapter
 from .errors import ConfigError
 from .model import Qwen3Model
 from .tokenizer import QwenTokenizer
@@ -33,11 +37,15 @@ class Checkpoint:
     @classmethod
     def load(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None, want_head: bool = True,
+        dtype: str | torch.dtype | None = None, want_head: bool = True, *, allow_causal_lm: bool = True,
     ) -> Checkpoint:
-        """Resolve, parse and load. `want_head=False` loads only the trunk (an embedder may use the
-        trunk of a reranker or base-LM checkpoint); a reranker needs the head."""
+        """Resolve, parse and load. `want_head=False` loads only the trunk; a reranker needs the head.
+
+        allow_causal_lm: with `want_head=False`, accept the trunk of a reranker or base causal-LM
+        checkpoint (training starts from one); `Embedder` passes False unless told otherwise, so that a
+        reranker is not silently used as an embedder."""
         path = resolve_model_dir(name_or_path)
+        check_not_adapter(path)
         config = ModelConfig.from_file(path / "config.json")
         tokenizer = QwenTokenizer.from_dir(path)
         dev = pick_device(device)
@@ -47,6 +55,12 @@ class Checkpoint:
             raise ConfigError(
                 f"{path} is an embedding checkpoint ({config.architecture}); a reranker needs "
                 "Qwen3ForCausalLM or a converted Qwen3ForSequenceClassification. Use Embedder for this one."
+            )
+        if not want_head and config.is_reranker and not allow_causal_lm:
+            raise ConfigError(
+                f"{path} is a reranker checkpoint ({config.architecture}), not an embedding one (Qwen3Model); "
+                "load it with Reranker (`qwen-embed rerank`, --reranker-model), or pass allow_causal_lm=True "
+                "(--allow-causal-lm) to embed with its trunk on purpose."
             )
         if want_head and config.is_reranker:
             yes_no = (tokenizer.single_token_id("yes"), tokenizer.single_token_id("no"))
@@ -63,24 +77,30 @@ class CheckpointFacts:
 
     @property
     def config(self) -> ModelConfig:
+        """The parsed config.json (ModelConfig)."""
         return self.checkpoint.config
 
     @property
     def tokenizer(self) -> QwenTokenizer:
+        """The checkpoint's tokenizer (QwenTokenizer)."""
         return self.checkpoint.tokenizer
 
     @property
     def hidden_size(self) -> int:
+        """Width of the trunk, the largest embedding dimension."""
         return self.checkpoint.config.hidden_size
 
     @property
     def device(self) -> torch.device:
+        """Device the weights are on."""
         return self.checkpoint.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
         return self.checkpoint.dtype
 
     @property
     def name(self) -> str:
+        """The hub id or folder it was loaded from, as given."""
         return self.checkpoint.name

@@ -105,6 +105,7 @@ class ModelConfig:
     def from_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
         if not path.is_file():
+            check_not_adapter(path.parent)
             raise ConfigError(f"{path} does not exist; a checkpoint folder needs config.json.")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -113,3 +114,32 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object, found {type(raw).__name__}.")
         return cls.from_dict(raw, source=str(path))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: Path) -> str | None:
+    """The base model recorded in a PEFT adapter folder (None when it is not an adapter folder)."""
+    cfg = path / ADAPTER_CONFIG
+    if not cfg.is_file() or (path / "config.json").is_file():
+        return None
+    try:
+        raw = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = {}
+    base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+    return str(base) if base else ""
+
+
+def check_not_adapter(path: Path) -> None:
+    """Refuse a PEFT adapter folder given as a checkpoint, naming its base and the two ways to use it."""
+    base = adapter_base(path)
+    if base is None:
+        return
+    b = base or "BASE"
+    raise ConfigError(
+        f"{path} is a LoRA adapter ({ADAPTER_CONFIG}), not a checkpoint; its base is {base or 'not recorded'}. "
+        f"Load it on its base (Embedder.from_pretrained({b!r}, adapter={str(path)!r}), or --model {b} --adapter "
+        f"{path}), or merge it first: qwen-embed merge-lora --base {b} --adapter {path} -o MERGED."
+    )

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, CheckpointFacts
-from .config import ModelConfig
+from .config import ModelConfig, adapter_base
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
@@ -57,7 +59,8 @@ class Embedder(CheckpointFacts):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int | None = None, compile: bool | None = None,
+        batch_tokens: int | None = None, compile: bool | None = None, adapter: str | os.PathLike[str] | None = None,
+        allow_causal_lm: bool = False,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
@@ -65,9 +68,22 @@ class Embedder(CheckpointFacts):
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
         compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
+        adapter: a PEFT LoRA adapter folder applied on top of the base without merging (needs peft, the
+            `train` extra). A LoRA adapter folder given as `name_or_path` is loaded on the base it records.
+        allow_causal_lm: embed with the trunk of a reranker / causal-LM checkpoint on purpose (refused
+            by default, as loading an embedding checkpoint as a Reranker is).
         """
-        return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
-                   batch_tokens=batch_tokens, compile=compile)
+        if adapter is None:
+            base = adapter_base(Path(os.fspath(name_or_path)).expanduser())
+            if base:  # an adapter folder given as the model: load it on its recorded base
+                name_or_path, adapter = base, name_or_path
+        ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=False, allow_causal_lm=allow_causal_lm)
+        if adapter is not None:
+            from .train.lora import load_adapter  # peft, lazily: only adapter users need it
+
+            load_adapter(ckpt.model, Path(os.fspath(adapter)))
+            ckpt.model.eval().requires_grad_(False)
+        return cls(ckpt, max_length=max_length, batch_tokens=batch_tokens, compile=compile)
 
     # -- tokens ------------------------------------------------------------------------------------
     def prepare(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
@@ -96,16 +112,27 @@ class Embedder(CheckpointFacts):
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
         return finish(self.engine.last_hidden(seqs, progress=show), d, normalize, precision, ranges)
 
-    def encode(self, texts: Sequence[str], *, instruction: str | None = None, dim: int | None = None,
+    def encode(self, texts: str | Sequence[str], *, instruction: str | None = None, dim: int | None = None,
                normalize: bool = True, progress: bool | None = None, precision: str = "float32",
-               ranges: np.ndarray | None = None) -> np.ndarray:
+               ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
         """Embed texts -> numpy float32 [n, dim]; with `instruction`, the query template is applied.
 
+        One string (not in a list) gives one vector [dim], as sentence-transformers does;
+        `convert_to_tensor=True` returns a torch tensor (CPU) instead of a numpy array.
         `precision` quantizes the normalised vectors (`float16`, `int8`, `uint8`, `binary`,
         `ubinary`; byte-compatible with sentence-transformers' `quantize_embeddings`); int8/uint8 use
         `ranges` ([2, dim] minima/maxima from `qwen_embed.quantize.calibration_ranges`) or, without
         them, the batch itself when it holds at least two texts.
         Long inputs are tokenized in chunks by a worker pool while the device embeds earlier chunks."""
+        if isinstance(texts, str):
+            one = self.encode([texts], instruction=instruction, dim=dim, normalize=normalize, progress=progress,
+                              precision=precision, ranges=ranges, convert_to_tensor=convert_to_tensor)
+            return one[0]
+        vecs = self._encode(texts, instruction, dim, normalize, progress, precision, ranges)
+        return torch.from_numpy(vecs) if convert_to_tensor else vecs
+
+    def _encode(self, texts: Sequence[str], instruction: str | None, dim: int | None, normalize: bool,
+                progress: bool | None, precision: str, ranges: np.ndarray | None) -> np.ndarray:
         d = check_dim(dim, self.hidden_size)
         check_precision(precision, d)
         items = self.prepare(texts, instruction)  # validates everything before any work starts
@@ -119,18 +146,24 @@ class Embedder(CheckpointFacts):
             pooled = self.engine.last_hidden_stream((f.result() for f in futures), len(items), show)
         return finish(pooled, d, normalize, precision, ranges)
 
-    def encode_queries(self, texts: Sequence[str], *, instruction: str | None = None,
+    def encode_queries(self, texts: str | Sequence[str], *, instruction: str | None = None,
                        dim: int | None = None, progress: bool | None = None, precision: str = "float32",
-                       ranges: np.ndarray | None = None) -> np.ndarray:
+                       ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
         """Embed search queries with the query template (default: the web-search instruction)."""
         return self.encode(texts, instruction=instruction or DEFAULT_INSTRUCTION, dim=dim, progress=progress,
-                           precision=precision, ranges=ranges)
+                           precision=precision, ranges=ranges, convert_to_tensor=convert_to_tensor)
 
-    def encode_documents(self, texts: Sequence[str], *, dim: int | None = None,
+    def encode_documents(self, texts: str | Sequence[str], *, dim: int | None = None,
                          progress: bool | None = None, precision: str = "float32",
-                         ranges: np.ndarray | None = None) -> np.ndarray:
+                         ranges: np.ndarray | None = None, convert_to_tensor: bool = False) -> Any:
         """Embed documents as they are (no instruction), optionally quantized (see `encode`)."""
-        return self.encode(texts, dim=dim, progress=progress, precision=precision, ranges=ranges)
+        return self.encode(texts, dim=dim, progress=progress, precision=precision, ranges=ranges,
+                           convert_to_tensor=convert_to_tensor)
+
+    def token_lengths(self, texts: Sequence[str], instruction: str | None = None) -> list[int]:
+        """Tokens of each input before truncation (template and end token included), to report what
+        `max_length` cuts."""
+        return self.tokenizer.embedding_lengths(self.prepare(texts, instruction))
 
     def __repr__(self) -> str:
         c = self.config

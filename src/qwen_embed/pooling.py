@@ -69,3 +69,23 @@ def rank_by_score(scores: Sequence[float] | np.ndarray | torch.Tensor) -> list[i
     """The one ranking rule: indices sorted by score, best first, ties in input order."""
     values = [float(s) for s in (scores.tolist() if hasattr(scores, "tolist") else scores)]
     return sorted(range(len(values)), key=lambda i: (-values[i], i))
+
+
+def similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Cosine similarity matrix [n, m] of vectors a [n, d] (or [d]) and b [m, d] (or [d]).
+
+    Like sentence-transformers' `similarity` (cosine): a 1-D input counts as one row. numpy in gives
+    numpy out, a torch tensor in (either argument) gives a torch tensor out (on a's device when a is one).
+    """
+    as_torch = isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+    ta = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    tb = b if isinstance(b, torch.Tensor) else torch.as_tensor(np.asarray(b), device=ta.device)
+    ta, tb = (t.unsqueeze(0) if t.ndim == 1 else t for t in (ta, tb))
+    if ta.ndim != 2 or tb.ndim != 2 or ta.shape[1] != tb.shape[1]:
+        raise InputError(f"similarity needs [n, d] and [m, d] vectors of one dimension d; got shapes "
+                         f"{tuple(ta.shape)} and {tuple(tb.shape)}.")
+    dt = torch.promote_types(torch.promote_types(ta.dtype, tb.dtype), torch.float32)
+    ta = torch.nn.functional.normalize(ta.to(dt), dim=-1)
+    tb = torch.nn.functional.normalize(tb.to(ta.device, dt), dim=-1)
+    out = ta @ tb.T  # [n, m]
+    return out if as_torch else out.cpu().numpy()

@@ -104,12 +104,13 @@ class ModelSettings:
 
             torch.set_num_threads(self.threads)
 
-    def load_embedder(self) -> Embedder:
-        """Load the embedding model these settings describe."""
+    def load_embedder(self, **extra: Any) -> Embedder:
+        """Load the embedding model these settings describe (`extra`: other `Embedder.from_pretrained`
+        arguments, e.g. adapter=, allow_causal_lm=)."""
         from .embedder import Embedder
 
         self._apply_threads()
-        return Embedder.from_pretrained(self._model(), **self.loader_kwargs())
+        return Embedder.from_pretrained(self._model(), **self.loader_kwargs(), **extra)
 
     def load_reranker(self, template: str = "card", *, share_prefix: bool | None = None) -> Reranker:
         """Load the reranker these settings describe, with its prompt `template` (card or official-eval)."""

@@ -25,7 +25,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .errors import InputError
-from .files import atomic_dir
+from .files import atomic_dir, check_output_dir
 from .shards import TensorSpec, split_shards, write_shards
 
 TinyKind = Literal["embedding", "reranker", "seq-cls"]
@@ -109,18 +109,20 @@ def make_checkpoint(
     std: float = 0.02,
     dtype: Literal["float32", "bfloat16"] = "float32",
     shards: int = 1,
+    overwrite: bool = False,
 ) -> Path:
     """Write a random-weight Qwen3 checkpoint folder of the given kind and shape; returns the folder.
 
     tokenizer: "auto" (real when found, else small), "real" (error when absent), "small", or the path
     of a tokenizer.json. The folder is written to a temporary sibling and renamed, so a failure leaves
-    nothing behind.
+    nothing behind; an existing non-empty folder is refused unless `overwrite`, and then only the
+    checkpoint's own files in it are replaced.
     """
     if kind not in ("embedding", "reranker", "seq-cls"):
         raise InputError(f"kind must be 'embedding', 'reranker' or 'seq-cls', got {kind!r}")
     out = Path(path)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} exists and is not empty; choose a new folder.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, overwrite=overwrite)
     tok = _load_tokenizer(tokenizer)
     if eos_postprocessor and kind == "embedding":
         tok = _with_eos_postprocessor(tok)
@@ -146,8 +148,7 @@ def make_checkpoint(
     tdt = torch.float32 if dtype == "float32" else torch.bfloat16
     state = {k: v.to(tdt).contiguous() for k, v in state.items()}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         _save_weights(tmp, state, shards)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tok.save(str(tmp / "tokenizer.json"))

@@ -83,6 +83,11 @@ class QwenTokenizer:
             out.append(truncate_keep_end(ids, max_length, self.eos_id))
         return out
 
+    def embedding_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Untruncated length of each embedder input, the end token counted once."""
+        extra = 0 if self.appends_eos else 1
+        return [len(e.ids) + extra for e in self.tok.encode_batch(list(texts), add_special_tokens=True)]
+
 
 def check_texts(texts: object, what: str = "texts") -> list[str]:
     """Validate a list of non-empty strings; the errors name the offending position."""

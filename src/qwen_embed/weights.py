@@ -39,11 +39,27 @@ def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
         if not path.is_dir():
             raise ModelNotFoundError(f"{path} is a file; pass the checkpoint folder that holds config.json.")
         return path
-    if not _HUB_ID.match(text):
-        raise ModelNotFoundError(
-            f"{text!r} is neither an existing folder nor a hub id like 'Qwen/Qwen3-Embedding-0.6B'."
-        )
+    missing = ModelNotFoundError(f"model folder {text} does not exist; check the path (a hub id looks like "
+                                 f"'Qwen/Qwen3-Embedding-0.6B').")
+    if not _HUB_ID.match(text) or text.startswith((".", "~")):
+        raise missing
+    if path.parent.is_dir():  # 'runs/tiny-init' with a local runs/: a missing folder, unless the cache has it
+        cached = _from_cache(text)
+        if cached is None:
+            raise ModelNotFoundError(f"model folder {text} does not exist (its folder {path.parent} does); check "
+                                     f"the path, or run the step that writes it first.")
+        return cached
     return _from_hub(text)
+
+
+def _from_cache(repo_id: str) -> Path | None:
+    """The local hub cache's snapshot of `repo_id`, or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+    except Exception:
+        return None
 
 
 def _from_hub(repo_id: str) -> Path:
@@ -51,22 +67,50 @@ def _from_hub(repo_id: str) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - a dependency
         raise ModelNotFoundError("huggingface_hub is not installed; pass a local folder.") from None
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
-    except Exception:
-        pass  # not cached: try the network below
+    cached = _from_cache(repo_id)
+    if cached is not None:
+        return cached
     how = (
         f"Download it where the hub is reachable (`huggingface-cli download {repo_id}`) and pass the "
         f"folder instead, e.g. --model /path/to/{repo_id.split('/')[-1]}."
     )
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise ModelNotFoundError(f"{repo_id} is not in the local hub cache and HF_HUB_OFFLINE is set. {how}")
+        raise ModelNotFoundError(f"{repo_id} is not a local folder, and not in the local hub cache with HF_HUB_OFFLINE "
+                                 f"set. {how}")
     if not _hub_reachable():
-        raise ModelNotFoundError(f"{repo_id} is not in the local hub cache and the hub cannot be reached. {how}")
+        raise ModelNotFoundError(f"{repo_id} is not a local folder, and not in the local hub cache with the hub out of "
+                                 f"reach. {how}")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, etag_timeout=10))
     except Exception as e:
         raise ModelNotFoundError(f"could not download {repo_id} ({type(e).__name__}: {e}). {how}") from None
+
+
+FINGERPRINT_SAMPLES = 16
+FINGERPRINT_BLOCK = 1 << 16
+
+
+def weights_fingerprint(model_dir: str | os.PathLike[str]) -> str:
+    """A cheap identity of a checkpoint's weights: SHA-256 over each safetensors file's header (tensor
+    names, shapes, dtypes, offsets), size and 16 blocks of 64 KiB spread over its bytes.
+
+    The same weights give the same value wherever the folder is (moved, copied, a hub cache); other
+    weights differ in their sampled bytes (trained or random weights differ everywhere), so two models of
+    one shape are told apart without reading gigabytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in safetensors_files(Path(model_dir)):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            h.update(head + fh.read(min(n, size)))
+            for i in range(FINGERPRINT_SAMPLES):
+                fh.seek(max(0, (size - FINGERPRINT_BLOCK) * i // max(1, FINGERPRINT_SAMPLES - 1)))
+                h.update(fh.read(FINGERPRINT_BLOCK))
+    return h.hexdigest()[:32]
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -292,7 +336,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise WeightsError(f"device {device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'.")
+        raise WeightsError(f"device {device!r} was asked for but CUDA is not available here; use the cpu device.")
     return dev
 
 

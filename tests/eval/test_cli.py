@@ -91,3 +91,66 @@ def test_resolve_instruction() -> None:
     assert resolve_instruction(None, None, "scifact")[1] == "table entry of 'scifact'"
     assert resolve_instruction(None, None, "my-data")[0].startswith("Given a web search query")
     assert "official default" in resolve_instruction(None, "Unknown", "x")[1]
+
+
+def test_metrics_measure_selection_as_trec_eval(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.9: `-m ndcg_cut.10` prints trec_eval's line for that measure (trec_eval 10's own output)."""
+    d = shared_data / "trec_eval"
+    reference = {ln.split()[0]: ln for ln in (d / "out.test.a").read_text().splitlines()}
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-m", "ndcg_cut.10"],
+                        capsys)
+    assert code == 0 and out.splitlines() == [reference["runid"], reference["num_q"], reference["ndcg_cut_10"]]
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-m", "map",
+                         "-m", "P.5,10", "-m", "ndcg_cut"], capsys)
+    names = [ln.split()[0] for ln in out.splitlines()[2:]]
+    assert names == ["map", "P_5", "P_10", *[f"ndcg_cut_{k}" for k in (5, 10, 15, 20, 30, 100, 200, 500, 1000)]]
+    assert all(ln == reference[ln.split()[0]] for ln in out.splitlines())
+    # a cutoff trec_eval does not print by default equals MTEB's @k (same code path as ndcg_cut at 10)
+    code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-m", "ndcg_cut.3,10",
+                         "--json"], capsys)
+    obj = json.loads(out)
+    assert set(obj) == {"num_q", "ndcg_cut_3", "ndcg_cut_10"} and f"{obj['ndcg_cut_10']:.4f}" == "0.3016"
+    code, _, err = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-m", "ndcgg"], capsys)
+    assert code == 2 and "not a trec_eval measure" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_outputs_unit_top_cutoffs_and_stale_files(tiny_embedding_path: Path, tiny_reranker_path: Path,
+                                                       five_docs: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.9: tables say their unit; --top 3 reports @3, not @100; a re-run with other dims removes the
+    run files it wrote before, and only those."""
+    out = tmp_path / "out"
+    base = ["eval", "retrieval", "--dataset", str(five_docs), "--embedding-model", str(tiny_embedding_path),
+            "--device", "cpu", "--max-length", "64", "--k", "1,3", "--depth", "5", "--output-dir", str(out)]
+    code, stdout, err = _run([*base, "--dim", "32,64"], capsys)
+    assert code == 0, err
+    assert "Scores in %" in stdout and (out / "summary.md").read_text().count("Scores in %") == 1
+    assert (out / "run.dim32.trec").is_file() and (out / "ndcg_vs_dim.png").is_file()
+    (out / "run.dim48.trec").write_text("a file this evaluation did not write\n")
+    code, stdout, err = _run([*base, "--dim", "64"], capsys)  # an earlier run's folder: no --overwrite needed
+    assert code == 0, err
+    assert not (out / "run.dim32.trec").exists() and not (out / "run.dim64.trec").exists()
+    assert not (out / "ndcg_vs_dim.png").exists() and (out / "run.trec").is_file()
+    assert (out / "run.dim48.trec").read_text() == "a file this evaluation did not write\n"
+    assert "removed files of an earlier run" in err and "run.dim32.trec" in err
+    code, stdout, err = _run(["eval", "rerank", "--dataset", str(five_docs), "--reranker-model",
+                              str(tiny_reranker_path), "--device", "cpu", "--max-length", "128", "--candidates",
+                              str(out / "run.trec"), "--top", "3", "--output-dir", str(out)], capsys)
+    assert code == 0, err
+    header = next(ln for ln in stdout.splitlines() if ln.startswith("| run |"))
+    assert "@100" not in header and "nDCG@3" in header and "Recall@3" in header and "MRR@3" in header
+    assert "percentage points" in stdout and "--top 3: reporting @1,3" in err
+
+
+def test_output_dir_of_user_files_and_not_a_beir_folder(tiny_embedding_path: Path, five_docs: Path,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    code, _, err = _run(["eval", "retrieval", "--dataset", str(notes), "--embedding-model", str(tiny_embedding_path),
+                         "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and "is not a BEIR folder" in err and "available splits" not in err
+    code, _, err = _run(["eval", "retrieval", "--dataset", str(five_docs), "--embedding-model",
+                         str(tiny_embedding_path), "--output-dir", str(notes)], capsys)
+    assert code == 2 and "holds files an evaluation did not write (todo.txt)" in err
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"]

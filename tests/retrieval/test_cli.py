@@ -126,3 +126,80 @@ def test_sigkill_then_resume_gives_exactly_the_uninterrupted_rows(tmp_path: Path
     assert sorted(ids_k) == sorted(ids_c)
     order_k, order_c = np.argsort(ids_k), np.argsort(ids_c)
     np.testing.assert_allclose(vec_k[order_k], vec_c[order_c], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_index_lists_skipped_types_and_takes_extensions_and_fields(tmp_path: Path, tiny_embedding_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.6: unsupported files are listed with the reason; --extensions, --text-field, --title-field."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.txt").write_text("note a")
+    (folder / "b.py").write_text("def b(): pass")
+    (folder / "rows.jsonl").write_text(json.dumps({"id": "r1", "body": "the body", "name": "The Name"}) + "\n")
+    db, model = str(tmp_path / "db"), ["--model", str(tiny_embedding_path)]
+    assert main(["index", str(folder), "--db", db, *model, "--text-field", "body", "--title-field", "name"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'b.py'}: file type .py is not indexed" in err and "--extensions" in err
+    assert sorted(open_store(db).doc_hashes()) == ["a.txt", "r1"]
+    assert main(["search", "the body", "--db", db, "--json", "--k", "5"]) == 0
+    hit = next(h for h in json.loads(capsys.readouterr().out) if h["id"] == "r1")
+    assert (hit["title"], hit["text"]) == ("The Name", "the body")
+    assert main(["index", str(folder), "--db", db, "--extensions", "txt,py,jsonl", "--text-field", "body",
+                 "--title-field", "name"]) == 0
+    assert sorted(open_store(db).doc_hashes()) == ["a.txt", "b.py", "r1"]
+
+
+def test_delete_missing_lists_needs_yes_and_dry_run_changes_nothing(tmp_path: Path, tiny_embedding_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for i in range(8):
+        (folder / f"n{i}.txt").write_text(f"note {i}")
+    db = str(tmp_path / "db")
+    assert main(["index", str(folder), "--db", db, "--model", str(tiny_embedding_path)]) == 0
+    for i in range(1, 8):
+        (folder / f"n{i}.txt").unlink()
+    (folder / "new.txt").write_text("a new note")
+    capsys.readouterr()
+    assert main(["index", str(folder), "--db", db, "--delete-missing", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "dry run: would add 1, update 0, leave 1 unchanged and delete 7: n1.txt, n2.txt" in err
+    assert len(open_store(db).doc_hashes()) == 8  # nothing changed
+    assert main(["index", str(folder), "--db", db, "--delete-missing"]) == 2
+    err = capsys.readouterr().err
+    assert "would delete 7 documents (n1.txt" in err and "pass --yes" in err and "Nothing was changed" in err
+    assert len(open_store(db).doc_hashes()) == 8
+    assert main(["index", str(folder), "--db", db, "--delete-missing", "--yes"]) == 0
+    assert "deleting 7 documents not in the sources: n1.txt" in capsys.readouterr().err
+    assert sorted(open_store(db).doc_hashes()) == ["n0.txt", "new.txt"]
+
+
+def test_db_folder_of_user_files_is_refused(tmp_path: Path, tiny_embedding_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_docs(tmp_path / "docs.jsonl", 2)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    assert main(["index", str(src), "--db", str(tmp_path / "work"), "--model", str(tiny_embedding_path)]) == 2
+    assert "holds other files (notes.txt), not a LanceDB database" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["notes.txt"]
+
+
+def test_search_many_queries_jsonl_and_trec(tmp_path: Path, tiny_embedding_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.7: a file of queries answered in one process."""
+    src = write_docs(tmp_path / "docs.jsonl", 6)
+    db = str(tmp_path / "db")
+    assert main(["index", str(src), "--db", db, "--model", str(tiny_embedding_path)]) == 0
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"_id": "q1", "text": "w5 w12"}\n{"id": "q2", "query": "w40"}\n')
+    assert main(["search", "--db", db, "--queries", str(queries), "--k", "3", "-o", str(tmp_path / "r.jsonl")]) == 0
+    rows = [json.loads(ln) for ln in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["query_id"] for r in rows] == ["q1", "q2"] and all(len(r["hits"]) == 3 for r in rows)
+    capsys.readouterr()
+    assert main(["search", "w5 w12", "--db", db, "--json", "--k", "3"]) == 0
+    assert [h["id"] for h in json.loads(capsys.readouterr().out)] == [h["id"] for h in rows[0]["hits"]]
+    assert main(["search", "--db", db, "--queries", str(queries), "--k", "2", "-o", str(tmp_path / "r.trec")]) == 0
+    lines = [ln.split() for ln in (tmp_path / "r.trec").read_text().splitlines()]
+    assert [ln[0] for ln in lines] == ["q1", "q1", "q2", "q2"] and [ln[3] for ln in lines] == ["1", "2", "1", "2"]
+    assert lines[0][2] == rows[0]["hits"][0]["id"]

@@ -11,6 +11,7 @@ from qwen_embed import Embedder, Reranker
 from qwen_embed.errors import InputError
 from qwen_embed.retrieval import Document, Index
 from qwen_embed.retrieval.search import passage
+from qwen_embed.tiny import make_checkpoint
 
 TOPICS = ["the moon and tides", "baking bread at home", "vaccines and the immune system", "rivers of Europe",
           "compound interest", "guitar strings", "coral reefs", "printing press history"]
@@ -127,3 +128,36 @@ def test_a_10mb_document_is_chunked(tmp_path: Path, embedder: Embedder) -> None:
     assert rep.chunks == len(index) and 290 <= rep.chunks <= 320
     assert rep.tokens >= 300_000
     assert len(index.search("====", k=3)) == 1  # one document, however many chunks
+
+
+def test_add_takes_dicts_like_documents(tmp_path: Path, embedder: Embedder) -> None:
+    """Issue 11.11: dicts with id/_id, text, title and other keys as metadata."""
+    index = Index.open(tmp_path / "db", model=embedder)
+    report = index.add([{"id": "a", "text": "Notes about the moon.", "title": "Moon", "year": 2020},
+                        {"_id": 7, "text": "Baking bread."}, Document("c", "Rivers of Europe.")])
+    assert report.added == 3
+    hit = index.search("moon", k=3)
+    assert {h.id for h in hit} == {"a", "7", "c"}
+    assert next(h for h in hit if h.id == "a").metadata == {"year": 2020}
+    with pytest.raises(InputError, match=r"documents\[0\] needs an 'id'"):
+        index.add([{"text": "no id"}])
+
+
+def test_table_knows_its_model_by_weights_not_by_folder(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    """Issue 11.6: a moved folder with the same weights is accepted, other weights are refused."""
+    import shutil
+
+    src = tmp_path / "model-a"
+    shutil.copytree(tiny_embedding_path, src)
+    index = Index.open(tmp_path / "db", model=src, device="cpu")
+    index.add(corpus(3))
+    moved = tmp_path / "moved" / "renamed-model"
+    moved.parent.mkdir()
+    src.rename(moved)
+    assert Index.open(tmp_path / "db", model=moved, device="cpu").add(corpus(4)).added == 1
+    with pytest.raises(InputError, match="no longer there; pass the model with --model"):
+        Index.open(tmp_path / "db").search("q")
+    # same name, shape and tokenizer as the table's model, other weights
+    other = make_checkpoint(tmp_path / "elsewhere" / "model-a", "embedding", seed=1)
+    with pytest.raises(InputError, match="holds other weights"):
+        Index.open(tmp_path / "db", model=other, device="cpu")

@@ -30,7 +30,8 @@ def test_folder_of_text_markdown_and_jsonl(tmp_path: Path) -> None:
     assert docs["sub/b.md"].title == "The Title" and docs["sub/b.md"].metadata == {"path": "sub/b.md"}
     assert docs["7"].metadata == {"year": 2020}
     assert docs["x"].metadata == {"source": "beir"} and docs["x"].embedding_text() == "only a title"
-    assert rep.skipped == [] and rep.complete
+    assert [(Path(p).name, why.split(" is ")[0]) for p, why in rep.skipped] == [("notes.csv", "file type .csv")]
+    assert "--extensions" in rep.skipped[0][1] and rep.complete and "notes.csv" in rep.skipped_ids
 
 
 def test_single_files_take_their_name_as_id(tmp_path: Path) -> None:

@@ -55,8 +55,11 @@ def test_create_reopen_and_record(store: LanceStore, tmp_path: Path) -> None:
 def test_db_path_that_is_a_file(tmp_path: Path) -> None:
     f = tmp_path / "db"
     f.write_text("x")
-    with pytest.raises(InputError, match="is a file; give a folder"):
+    with pytest.raises(InputError, match="is a file; give a folder for the database: a new one is created"):
         open_store(f, "t", make_info(16))
+    with pytest.raises(InputError, match="is a file; give a folder") as e:
+        open_store(f, "t")  # searching: nothing would be created, so the message does not say it is
+    assert "made by `qwen-embed index`" in str(e.value) and "created" not in str(e.value)
 
 
 def test_table_not_made_by_us(tmp_path: Path) -> None:

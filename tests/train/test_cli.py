@@ -45,3 +45,47 @@ def test_settings_and_mine_commands(small_embedding_path: Path, tmp_path: Path,
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
     assert len(rows) == 12 and all(len(r["negatives"]) <= 2 for r in rows)
     assert sum(len(r["negatives"]) == 2 for r in rows) >= 4
+
+
+def test_train_embed_resumes_says_so_and_explains_a_finished_run(small_ckpt: Path, train_file: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.9 and 11.1: resumed from which step; a finished run says how to continue; other content refused."""
+    cfg = tmp_path / "c.yaml"
+    run = tmp_path / "run"
+    cfg.write_text(f"model:\n  path: {small_ckpt}\n  device: cpu\ndata:\n  train_files: [{train_file}]\n"
+                   f"train:\n  output_dir: {run}\n  batch_size: 4\n  max_steps: 2\n  save_every: 1\n  log_every: 1\n"
+                   f"  progress: false\n")
+    assert main(["train", "embed", "--config", str(cfg)]) == 0
+    assert "starting a new run in" in capsys.readouterr().err
+    assert main(["train", "embed", "--config", str(cfg)]) == 0  # finished: nothing is trained again
+    err = capsys.readouterr().err
+    assert "already finished its 2 steps" in err and "--set train.max_steps=4" in err
+    assert main(["train", "embed", "--config", str(cfg), "--set", "train.max_steps=3"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming" in err and "(step 2 of 3)" in err and "resumed at step 2" in err
+    log = [json.loads(ln) for ln in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    elapsed = [r["elapsed_s"] for r in log]
+    assert elapsed == sorted(elapsed) and elapsed[2] > elapsed[1]  # time since the run's start, not per interval
+    # other settings in the same folder: refused, nothing removed
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", "embed", "--config", str(cfg), "--set", "optim.lr=0.5"]) == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", "embed", "--config", str(cfg), "--set", "optim.lr=0.5", "--overwrite"]) == 0
+    assert (run / "notes.txt").read_text() == "mine"
+    assert [json.loads(ln)["step"] for ln in (run / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_mine_explains_short_rows(small_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_jsonl(tmp_path / "rows.jsonl", make_rows(4, negatives=0))
+    out = tmp_path / "mined.jsonl"
+    assert main(["mine", "--model", str(small_ckpt), "--device", "cpu", "--input", str(src), "-o", str(out),
+                 "--negatives", "7", "--top-k", "5"]) == 0
+    err = capsys.readouterr().err
+    stats = json.loads(err.splitlines()[0])
+    assert stats["short_rows"] == 4  # 4 rows have 3 other positives to draw from, fewer than 7
+    assert "short_rows=4: that many rows got fewer than --negatives 7 negatives" in err and "--top-k" in err
+    assert main(["mine", "--model", str(small_ckpt), "--input", str(src), "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err

@@ -134,3 +134,40 @@ def test_merge_lora_never_deletes_the_run_folder(lora_run: Path, small_embedding
                  "--overwrite"]) == 0
     assert (work / "notes.txt").read_text() == "mine" and (work / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_embedder_applies_an_adapter_without_merging(lora_run: Path, small_ckpt: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11.11 and 11.8: `adapter=PATH`, and an adapter folder given as the model, load base + adapter."""
+    merged = Embedder.from_pretrained(lora_run / "model", device="cpu").encode_documents(TEXTS)  # peft's merge
+    on_top = Embedder.from_pretrained(small_ckpt, device="cpu", adapter=lora_run / "adapter")
+    np.testing.assert_allclose(on_top.encode_documents(TEXTS), merged, atol=2e-6)
+    assert any("lora_A" in name for name, _ in on_top.checkpoint.model.named_parameters())  # not merged
+    by_folder = Embedder.from_pretrained(lora_run / "adapter", device="cpu")  # the recorded base is small_ckpt
+    np.testing.assert_allclose(by_folder.encode_documents(TEXTS), merged, atol=2e-6)
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(TEXTS) + "\n")
+    assert main(["embed", str(src), "--model", str(small_ckpt), "--adapter", str(lora_run / "adapter"),
+                 "-o", str(tmp_path / "v.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), merged, atol=2e-6)
+
+
+def test_an_adapter_where_a_checkpoint_is_needed_points_to_merge_lora(lora_run: Path, small_ckpt: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(lora_run / "adapter")]) == 2
+    err = capsys.readouterr().err
+    assert "is a LoRA adapter" in err and f"its base is {small_ckpt}" in err and "qwen-embed merge-lora" in err
+    assert "config.json does not exist" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_merge_lora_warns_when_the_base_differs_from_the_adapters(lora_run: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_embed.tiny import make_checkpoint, train_small_tokenizer
+
+    tok = train_small_tokenizer(512)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    other = make_checkpoint(tmp_path / "other", "embedding", tokenizer=str(tmp_path / "tokenizer.json"))
+    assert main(["merge-lora", "--base", str(other), "--adapter", str(lora_run / "adapter"),
+                 "-o", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the adapter was trained on" in err and "vocab_size" in err

@@ -115,6 +115,9 @@ def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirDatase
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"dataset folder {root} does not exist.")
+    if not (root / "corpus.jsonl").is_file() and not (root / "qrels").is_dir():
+        raise InputError(f"{root} is not a BEIR folder: it needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv "
+                         f"(download one, e.g. `make data` or the BEIR zip of SciFact, and pass its folder).")
     qrels_path = root / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         have = splits(root)

@@ -42,10 +42,21 @@ def resolve_instruction(instruction: str | None, task: str | None, dataset_name:
     return DEFAULT_INSTRUCTION, "default web-search instruction"
 
 
-def _output_dir(arg: str | None, dataset: str, model: str) -> Path:
-    folder = Path(arg) if arg else Path(DEFAULT_OUTPUT) / dataset / Path(model.rstrip("/")).name
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _output_dir(args: argparse.Namespace, model: str) -> Path:
+    """The output folder, checked (and created) before the dataset is read or a model loaded."""
+    from .outputs import prepare_output_dir
+
+    default = Path(DEFAULT_OUTPUT) / Path(args.dataset).resolve().name / Path(model.rstrip("/")).name
+    return prepare_output_dir(args.output_dir, default, overwrite=args.overwrite)
+
+
+def _finish(out: Path, command: str, paths: list[Path]) -> None:
+    from .outputs import record_outputs
+
+    cache = out / "cache"
+    removed = record_outputs(out, command, [*paths, *([cache] if cache.exists() else [])])
+    if removed:
+        _say("removed files of an earlier run that this one did not write: " + ", ".join(p.name for p in removed))
 
 
 def _say(msg: str) -> None:
@@ -57,21 +68,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from .beir import read_beir_qrels
     from .metrics import evaluate
     from .trec import read_qrels, read_run_file
-    from .trec_text import format_trec_eval
+    from .trec_text import choose_measures, format_measures, format_trec_eval
 
+    choice = choose_measures(args.measure) if args.measure else None
     qpath = Path(args.qrels)
     qrels = read_beir_qrels(qpath) if qpath.suffix == ".tsv" and qpath.is_file() else read_qrels(qpath)
     run = read_run_file(args.run)
     ev = evaluate(qrels, run.scores, relevance_level=args.relevance_level, complete=args.complete,
-                  judged_only=args.judged_only, depth=args.depth, run_name=run.name, version=args.trec_eval_version)
+                  judged_only=args.judged_only, depth=args.depth, run_name=run.name, version=args.trec_eval_version,
+                  extra_k=choice.extra_k if choice else ())
     if ev.queries_without_judgments:
         _say(f"{len(ev.queries_without_judgments)} run queries have no judgments and are not evaluated "
              f"(e.g. {ev.queries_without_judgments[0]!r})")
     if args.json:
         obj: dict[str, Any] = dict(ev.aggregate)
+        per_query: dict[str, Any] = ev.per_query
+        if choice is not None:
+            obj = {"num_q": ev.aggregate["num_q"], **{name: ev.aggregate[key] for name, key in choice.names}}
+            per_query = {q: {name: v[key] for name, key in choice.names} for q, v in ev.per_query.items()}
         if args.per_query:
-            obj = {"all": obj, "per_query": ev.per_query}
+            obj = {"all": obj, "per_query": per_query}
         print(json.dumps(obj, indent=1))
+    elif choice is not None:
+        sys.stdout.write(format_measures(ev, choice, per_query=args.per_query))
     else:
         sys.stdout.write(format_trec_eval(ev, per_query=args.per_query))
     return 0
@@ -86,11 +105,11 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 
     dims = _int_list(args.dim, "--dim") if args.dim else None
     ks = _int_list(args.k, "--k")
+    out = _output_dir(args, args.embedding_model)
     ds = load_beir(args.dataset, args.split)
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
-    emb = ModelSettings.from_args(args, flag="--embedding-model").load_embedder()
+    emb = ModelSettings.from_args(args, flag="--embedding-model").load_embedder(allow_causal_lm=args.allow_causal_lm)
     check_dims(dims, emb.hidden_size)
-    out = _output_dir(args.output_dir, ds.name, args.embedding_model)
     _say(f"{ds.name}/{ds.split}: {ds.stats['documents']} documents, {ds.stats['queries']} judged queries "
          f"({ds.stats['queries_without_judgments']} queries without judgments skipped); instruction from {source}")
     res = evaluate_retrieval(emb, ds, instruction=instruction, dims=dims, ks=ks, depth=args.depth,
@@ -105,6 +124,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     paths += write_retrieval_report(res, out)
     from .report import retrieval_markdown
 
+    _finish(out, "retrieval", paths)
     print(retrieval_markdown(res))
     _say("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -123,12 +143,19 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     ks = check_ks(_int_list(args.k, "--k"))
     if args.top < 1:
         raise InputError(f"--top must be a positive number of candidates, got {args.top}.")
+    if max(ks) > args.top:  # beyond the reranked top the lists are the candidates': report what was reranked
+        dropped = [k for k in ks if k > args.top]
+        ks = [k for k in ks if k <= args.top]
+        if args.top not in ks:
+            ks.append(args.top)
+        _say(f"--top {args.top}: reporting @{','.join(map(str, ks))} (cutoffs {','.join(map(str, dropped))} lie "
+             f"beyond the reranked documents)")
+    out = _output_dir(args, args.reranker_model)
     ds = load_beir(args.dataset, args.split)
     candidates = read_run(args.candidates)
     check_candidates(ds, candidates)  # before loading the model
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
     rr = ModelSettings.from_args(args, flag="--reranker-model").load_reranker(args.template)
-    out = _output_dir(args.output_dir, ds.name, args.reranker_model)
     _say(f"instruction from {source}")
     partial = out / "rerank.partial.jsonl"
     res = evaluate_rerank(rr, ds, candidates, instruction=instruction, top=args.top, ks=ks, partial=partial,
@@ -137,6 +164,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     write_run(run_path, res.run, args.run_name)
     paths = [run_path, *write_rerank_report(res, out)]
     partial.unlink(missing_ok=True)
+    _finish(out, "rerank", paths)
     print(rerank_markdown(res))
     _say("wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -148,6 +176,13 @@ def _instruction_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--instruction", default=None, help="query instruction (default: the table entry of the "
                    "dataset's name, else the web-search instruction)")
     g.add_argument("--task", default=None, help="MTEB task name whose instruction to use, e.g. SciFact, TRECCOVID")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default=None, help=f"where to write (default {DEFAULT_OUTPUT}/<dataset>/<model>); "
+                   "a folder of an earlier evaluation is resumed, one holding other files is refused")
+    p.add_argument("--overwrite", action="store_true", help="write into an --output-dir that holds other files "
+                   "(only the evaluation's own files are replaced)")
 
 
 def register(subparsers: Any) -> None:
@@ -167,6 +202,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("-l", "--relevance-level", type=int, default=1, help="lowest relevant judgment (default 1)")
     p.add_argument("-J", "--judged-only", action="store_true", help="drop unjudged retrieved documents (trec_eval -J)")
     p.add_argument("-M", "--depth", type=int, default=None, help="documents per query to look at (default all)")
+    p.add_argument("-m", "--measure", action="append", default=[], metavar="MEASURE",
+                   help="print only these measures, as trec_eval -m: all_trec, official, a name (map), a family "
+                   "(ndcg_cut) or a family at cutoffs (ndcg_cut.10, P.5,10); repeatable")
     p.add_argument("--trec-eval-version", choices=["10", "9"], default="10",
                    help="10 (default) or 9: trec_eval 9 / pytrec_eval place the recall points of "
                    "iprec_at_recall and 11pt_avg differently")
@@ -183,8 +221,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--k", default="1,3,5,10,100", help="cutoffs of the @k measures (default 1,3,5,10,100)")
     p.add_argument("--depth", type=int, default=1000, help="documents kept per query in the run (default 1000)")
     p.add_argument("--search-device", default=None, help="device of the similarity search (default: cuda if present)")
-    p.add_argument("--output-dir", default=None, help=f"where to write (default {DEFAULT_OUTPUT}/<dataset>/<model>)")
+    _output_options(p)
     p.add_argument("--run-name", default="qwen-embed", help="the run name in the TREC file (default qwen-embed)")
+    p.add_argument("--allow-causal-lm", action="store_true",
+                   help="evaluate the trunk of a reranker / causal-LM checkpoint as an embedder on purpose")
     p.add_argument("--no-cache", action="store_true", help="do not keep corpus embeddings for resuming")
     p.add_argument("--ignore-identical-ids", action=argparse.BooleanOptionalAction, default=None,
                    help="drop retrieved documents whose id is the query's (default: as MTEB, on for ArguAna, "
@@ -203,7 +243,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--template", default="official-eval",
                    help="reranker prompt form: official-eval (default, the published scores') or card")
     p.add_argument("--k", default="1,3,5,10,100", help="cutoffs of the @k measures (default 1,3,5,10,100)")
-    p.add_argument("--output-dir", default=None, help=f"where to write (default {DEFAULT_OUTPUT}/<dataset>/<model>)")
+    _output_options(p)
     p.add_argument("--run-name", default="qwen-embed-rerank", help="the run name in the TREC file")
     p.set_defaults(func=cmd_rerank)
 

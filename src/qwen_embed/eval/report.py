@@ -59,6 +59,9 @@ def _columns(ks: Sequence[int]) -> list[tuple[str, str]]:
     return cols
 
 
+UNIT = "Scores in % (x100, as MTEB leaderboards print them)."
+
+
 def _table(rows: Sequence[tuple[str, Mapping[str, float]]], ks: Sequence[int], first: str) -> str:
     cols = _columns(ks)
     out = [f"| {first} | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -71,7 +74,7 @@ def retrieval_markdown(res: RetrievalResult) -> str:
     """Summary table (values in %, as MTEB leaderboards print them), one row per dimension."""
     n = int(res.dims[0].evaluation.aggregate["num_q"])
     head = (f"## {res.dataset} ({res.split}) - {res.model}\n\n{n} queries, {res.stats.get('documents')} documents, "
-            f"exact search, top {res.depth}. Instruction: `{res.instruction}`\n\n")
+            f"exact search, top {res.depth}. Instruction: `{res.instruction}`\n\n{UNIT}\n\n")
     return head + _table([(str(d.dim), d.evaluation.aggregate) for d in res.dims], res.ks, "dim") + "\n"
 
 
@@ -80,7 +83,8 @@ def rerank_markdown(res: RerankEvaluation) -> str:
     b, a = res.before.aggregate, res.after.aggregate
     delta = {k: a[k] - b[k] for k in a if k in b}
     head = (f"## {res.dataset} ({res.split}) - rerank top {res.top} with {res.model}\n\n"
-            f"{res.stats['queries']} queries, {res.stats['pairs']} pairs. Instruction: `{res.instruction}`\n\n")
+            f"{res.stats['queries']} queries, {res.stats['pairs']} pairs. Instruction: `{res.instruction}`\n\n"
+            f"{UNIT} The change row is in percentage points.\n\n")
     return head + _table([("candidates", b), ("reranked", a), ("change", delta)], res.ks, "run") + "\n"
 
 

@@ -10,8 +10,13 @@ written in batches, each one atomic commit, so an interrupted run (Ctrl-C, kill,
 the batch in flight and the next run picks up where it stopped, with no duplicates. After a run that
 changed the table, the store builds or refreshes its ANN index when the table is large enough.
 
-The table records the model, dimension, query instruction, tokenizer fingerprint and chunking; opening
-it with another model or dimension is an error, and the recorded model is the default for searching.
+The table records the model (its name, where it was loaded from, and a fingerprint of its weights),
+dimension, query instruction, tokenizer fingerprint and chunking; opening it with other weights or
+another dimension is an error (the same weights in a moved folder or under a hub id are accepted), and
+the recorded model is the default for searching.
+
+`check_db_folder` runs before any work: a database folder is updated in place by design, but a file,
+or a folder holding anything other than LanceDB tables, is refused so that no user file is touched.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +55,63 @@ def doc_hash(doc: Document) -> str:
 
 
 def model_id(model: str | os.PathLike[str]) -> str:
-    """A hub id as given; a local folder as its absolute path."""
+    """A hub id as given; a local folder as its absolute path (where to load it from by default)."""
     text = os.fspath(model)
     path = Path(text).expanduser()
     return str(path.resolve()) if path.exists() else text
+
+
+def model_fingerprint(model: str | os.PathLike[str]) -> str:
+    """The weights fingerprint of a hub id or folder (resolving it, without loading it)."""
+    from ..weights import resolve_model_dir, weights_fingerprint
+
+    return weights_fingerprint(resolve_model_dir(model))
+
+
+def _db_entry(entry: Path) -> bool:
+    """Whether a folder entry is the store's own: a table (`NAME.lance/`) or a writer lock (`.NAME.write.lock`)."""
+    name = entry.name
+    return (name.endswith(".lance") and entry.is_dir()) or (name.startswith(".") and name.endswith(".write.lock"))
+
+
+def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Refuse, before any work, a --db that is a file, sits under a file or a missing folder, or is a
+    folder holding other things than LanceDB tables (`NAME.lance`); a database is updated in place."""
+    from ..files import check_output_dir
+
+    path = Path(db).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--db {path} is a file; give a folder for the database: "
+                         + ("one made by `qwen-embed index`." if not create else "a new one is created."))
+    if not path.exists():
+        if not create:
+            return path
+        check_output_dir(path, what="--db")
+        return path
+    others = sorted(e.name for e in path.iterdir() if not _db_entry(e))
+    if others:
+        raise InputError(f"--db {path} is a folder that holds other files ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}), not a LanceDB database; choose a new folder "
+                         f"or one made by `qwen-embed index`.")
+    return path
+
+
+def as_document(doc: Document | Mapping[str, Any], position: int = 0) -> Document:
+    """A `Document` from itself or from a dict like a JSONL source line (see `Index.add`)."""
+    if isinstance(doc, Document):
+        return doc
+    if not isinstance(doc, Mapping):
+        raise InputError(f"documents[{position}] is a {type(doc).__name__}; pass Document objects or dicts with "
+                         f"'id' and 'text'.")
+    doc_id = doc.get("id", doc.get("_id"))
+    text, title = doc.get("text", ""), doc.get("title") or ""
+    if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or doc_id == "":
+        raise InputError(f"documents[{position}] needs an 'id' (or '_id') string or integer, got {doc_id!r}.")
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise InputError(f"documents[{position}] ({doc_id!r}): 'text' and 'title' must be strings.")
+    meta = dict(doc.get("metadata") or {})
+    meta.update({k: v for k, v in doc.items() if k not in ("id", "_id", "text", "title", "metadata")})
+    return Document(str(doc_id), text, title, meta)
 
 
 @dataclass
@@ -92,6 +150,7 @@ class Index:
 
     @property
     def info(self) -> TableInfo:
+        """How the table was made (model, weights fingerprint, dimension, chunking, instruction)."""
         return self.store.info
 
     @classmethod
@@ -116,10 +175,14 @@ class Index:
         load = ModelSettings(device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
         embedder: Embedder | None = None
         wanted: str | None = None
+        fingerprint: str | None = None
+        check_db_folder(db, create=create)
         if isinstance(model, Embedder):
             embedder, wanted = model, model_id(model.name)
+            fingerprint = model_fingerprint(model.checkpoint.path)
         elif model is not None:
             wanted = model_id(model)
+            fingerprint = model_fingerprint(model)
         try:
             store: VectorStore = open_store(db, table)
         except TableNotFoundError:
@@ -127,13 +190,21 @@ class Index:
                 raise
         else:
             info = store.info
-            check_compatible(info, table, model=wanted, dim=dim, precision=precision)
+            check_compatible(info, table, model=wanted, dim=dim, precision=precision, weights_fingerprint=fingerprint)
             for name, value, have in (("chunk_tokens", chunk_tokens, info.chunk_tokens),
                                       ("overlap", overlap, info.overlap), ("instruction", instruction,
                                                                             info.query_instruction)):
                 if value is not None and value != have:
-                    raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave it out "
-                                     f"(a search takes --instruction of its own) or index into a new --table.")
+                    flag = "--" + name.replace("_", "-")
+                    why = ("a search takes --instruction of its own" if name == "instruction" else
+                           f"the stored chunks were cut with {name}={have}; another value means indexing anew")
+                    raise InputError(f"table {table!r} was made with {name}={have!r}, not {value!r}; leave {flag} "
+                                     f"out ({why}), or index into a new --table.")
+            if wanted is None and info.weights_fingerprint and not Path(info.model).exists() \
+                    and Path(info.model).is_absolute():
+                raise InputError(f"table {table!r} was indexed with the model folder {info.model}, which is no longer "
+                                 f"there; pass the model with --model (the same weights are recognised wherever "
+                                 f"they are).")
             index = cls(store, embedder, load.with_model(wanted or info.model))
             if embedder is not None:
                 index._check_embedder(embedder)
@@ -143,6 +214,7 @@ class Index:
         if embedder is None:
             embedder = load.with_model(wanted or DEFAULT_MODEL).load_embedder()
         info = TableInfo(
+            weights_fingerprint=fingerprint or model_fingerprint(embedder.checkpoint.path),
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
             tokenizer_fingerprint=embedder.tokenizer.fingerprint, query_instruction=instruction or DEFAULT_INSTRUCTION,
             chunk_tokens=settings.chunk_tokens, overlap=settings.overlap, max_length=embedder.max_length,
@@ -154,7 +226,8 @@ class Index:
     # -- the embedder -------------------------------------------------------------------------------
     def _check_embedder(self, embedder: Embedder) -> None:
         check_compatible(self.info, self.store.name, model=model_id(self._load.model or embedder.name),
-                         hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint)
+                         hidden_size=embedder.hidden_size, tokenizer_fingerprint=embedder.tokenizer.fingerprint,
+                         weights_fingerprint=model_fingerprint(embedder.checkpoint.path))
 
     @property
     def embedder(self) -> Embedder:
@@ -166,16 +239,17 @@ class Index:
         return self._embedder
 
     # -- writing ------------------------------------------------------------------------------------
-    def add(self, documents: Iterable[Document], *, batch_docs: int = DEFAULT_BATCH_DOCS,
+    def add(self, documents: Iterable[Document | Mapping[str, Any]], *, batch_docs: int = DEFAULT_BATCH_DOCS,
             progress: bool | None = None) -> IndexReport:
-        """Upsert documents: skip unchanged ones, embed and write the others in atomic batches.
+        """Upsert documents (`Document`s or dicts with `id` / `_id`, `text`, optional `title` and `metadata`,
+        other keys kept as metadata): skip unchanged ones, embed and write the others in atomic batches.
 
         The whole run holds the table's writer lock, so concurrent runs take turns and never duplicate
         a chunk; documents found duplicated (by runs of older versions) are rewritten; maintenance left
         undone by a run that died after its last commit is done now."""
         if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
-        docs = list(documents)
+        docs = [as_document(d, i) for i, d in enumerate(documents)]
         report = IndexReport(documents=len(docs))
         with self.store.writing():
             stored = self.store.doc_hashes()
@@ -239,6 +313,11 @@ class Index:
                 self.store.maintain()
         return n
 
+    def missing(self, present: Iterable[str]) -> list[str]:
+        """Ids of stored documents that are not in `present` (what `delete_missing` would remove), sorted."""
+        keep = set(present)
+        return sorted(d for d in self.store.doc_hashes() if d not in keep)
+
     def delete_missing(self, present: Iterable[str]) -> int:
         """Delete every stored document whose id is not in `present`; returns the number of documents."""
         keep = set(present)
@@ -248,6 +327,21 @@ class Index:
                 self.store.delete_documents(gone)
                 self.store.maintain()
         return len(gone)
+
+    def plan(self, documents: Iterable[Document | Mapping[str, Any]]) -> IndexReport:
+        """What `add` would do (added / updated / unchanged counts), without embedding or writing."""
+        docs = [as_document(d, i) for i, d in enumerate(documents)]
+        stored = self.store.doc_hashes()
+        report = IndexReport(documents=len(docs))
+        for d in docs:
+            h = stored.get(d.id)
+            if h is None:
+                report.added += 1
+            elif h == doc_hash(d):
+                report.unchanged += 1
+            else:
+                report.updated += 1
+        return report
 
     # -- reading ------------------------------------------------------------------------------------
     def __len__(self) -> int:

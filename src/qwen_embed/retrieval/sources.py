@@ -6,7 +6,10 @@
 - `.jsonl` / `.ndjson` (optionally `.gz`): one object per line with `id` (or BEIR's `_id`), `text`,
   optional `title`; other fields are metadata (a BEIR `metadata` object is flattened into fields).
 - A folder holding `corpus.jsonl` is a BEIR dataset: its corpus is read, the rest ignored. Any other
-  folder is walked recursively (hidden entries skipped) for the file types above.
+  folder is walked recursively (hidden entries skipped) for the file types above; files of other types
+  are listed as skipped with the reason. `extensions` chooses the types (e.g. `.txt,.py,.jsonl`: the
+  JSONL suffixes are read as JSONL, every other one as a text file); `text_field` / `title_field` name
+  the JSONL fields (default `text` / `title`).
 
 A file that cannot be read or is not UTF-8 is skipped and reported, and the run goes on; malformed
 JSONL, a missing path, an empty folder and duplicate ids are errors raised before anything is written.
@@ -94,8 +97,36 @@ def _flatten(obj: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
     return meta
 
 
-def read_jsonl(path: Path) -> list[Document]:
+@dataclass(frozen=True)
+class SourceSettings:
+    """Which files a folder walk reads and which JSONL fields hold the text and the title."""
+
+    extensions: tuple[str, ...] = TEXT_SUFFIXES + JSONL_SUFFIXES
+    text_field: str = "text"
+    title_field: str = "title"
+
+    @classmethod
+    def parse(cls, extensions: str | Sequence[str] | None = None, text_field: str | None = None,
+              title_field: str | None = None) -> SourceSettings:
+        """From CLI values: `extensions` as 'txt,md' or '.txt,.md' (None: the defaults)."""
+        exts = cls.extensions
+        if extensions is not None:
+            items = extensions.split(",") if isinstance(extensions, str) else list(extensions)
+            exts = tuple("." + e.strip().lower().lstrip(".") for e in items if e.strip().strip("."))
+            if not exts:
+                raise InputError(f"--extensions {extensions!r} names no file type; give e.g. txt,md,jsonl.")
+        return cls(exts, text_field or "text", title_field or "title")
+
+    def wants(self, name: str) -> bool:
+        return name.lower().endswith(self.extensions)
+
+
+DEFAULT_SOURCES = SourceSettings()
+
+
+def read_jsonl(path: Path, settings: SourceSettings = DEFAULT_SOURCES) -> list[Document]:
     """Documents of a JSONL file (see the module docstring); raises _Skip or InputError."""
+    tf, hf = settings.text_field, settings.title_field
     docs = []
     for n, obj in iter_jsonl(_read_text(path).splitlines(), str(path)):
         if not isinstance(obj, dict):
@@ -103,21 +134,33 @@ def read_jsonl(path: Path) -> list[Document]:
         doc_id = obj.get("id", obj.get("_id"))
         if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
             raise InputError(f"{path}: line {n} needs an `id` (or `_id`) string or integer.")
-        text, title = obj.get("text", ""), obj.get("title") or ""
+        text, title = obj.get(tf, ""), obj.get(hf) or ""
         if not isinstance(text, str) or not isinstance(title, str):
-            raise InputError(f"{path}: line {n}: `text` and `title` must be strings.")
-        docs.append(Document(str(doc_id), text, title, _flatten(obj, ("id", "_id", "text", "title"))))
+            raise InputError(f"{path}: line {n}: `{tf}` and `{hf}` must be strings (choose the fields with "
+                             f"--text-field / --title-field).")
+        docs.append(Document(str(doc_id), text, title, _flatten(obj, ("id", "_id", tf, hf))))
     return docs
 
 
-def _walk(root: Path) -> list[Path]:
+def _walk(root: Path, settings: SourceSettings, report: SourceReport) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=None):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES):
+            if name.startswith("."):
+                continue
+            if settings.wants(name):
                 out.append(Path(dirpath) / name)
+            else:
+                report.skipped.append((str(Path(dirpath) / name), _unsupported(name, settings)))
+                report.skipped_ids.add((Path(dirpath) / name).relative_to(root).as_posix())
     return out
+
+
+def _unsupported(name: str, settings: SourceSettings) -> str:
+    suffix = Path(name).suffix or "(no suffix)"
+    return (f"file type {suffix} is not indexed (reading {', '.join(settings.extensions)}); add it with "
+            f"--extensions")
 
 
 def _beir_corpus(folder: Path) -> Path | None:
@@ -127,10 +170,10 @@ def _beir_corpus(folder: Path) -> Path | None:
     return None
 
 
-def _read_file(path: Path, doc_id: str, report: SourceReport) -> None:
+def _read_file(path: Path, doc_id: str, report: SourceReport, settings: SourceSettings) -> None:
     try:
         if path.name.lower().endswith(JSONL_SUFFIXES):
-            report.documents += read_jsonl(path)
+            report.documents += read_jsonl(path, settings)
         else:
             report.documents.append(_text_document(path, doc_id))
     except _Skip as e:
@@ -141,7 +184,8 @@ def _read_file(path: Path, doc_id: str, report: SourceReport) -> None:
             report.skipped_ids.add(doc_id)
 
 
-def read_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceReport:
+def read_sources(sources: Sequence[str | os.PathLike[str]],
+                 settings: SourceSettings = DEFAULT_SOURCES) -> SourceReport:
     """Read every document of `sources` (files and folders); see the module docstring."""
     if not sources:
         raise InputError("no SOURCE given; pass files or folders to index.")
@@ -153,17 +197,23 @@ def read_sources(sources: Sequence[str | os.PathLike[str]]) -> SourceReport:
         if path.is_dir():
             corpus = _beir_corpus(path)
             if corpus is not None:
-                _read_file(corpus, "", report)
+                _read_file(corpus, "", report, settings)
                 continue
-            files = _walk(path)
+            files = _walk(path, settings, report)
             if not files:
-                raise InputError(f"folder {path} holds no .txt, .md or .jsonl files; nothing to index.")
+                kinds = (".txt, .md or .jsonl" if settings.extensions == DEFAULT_SOURCES.extensions else
+                         ", ".join(settings.extensions))
+                raise InputError(f"folder {path} holds no {kinds} files; nothing to index (choose the file types "
+                                 f"with --extensions).")
             for f in files:
-                _read_file(f, f.relative_to(path).as_posix(), report)
-        elif path.name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES):
-            _read_file(path, path.name, report)
+                _read_file(f, f.relative_to(path).as_posix(), report, settings)
+        elif settings.wants(path.name):
+            _read_file(path, path.name, report, settings)
         else:
-            raise InputError(f"source {path} is not a .txt, .md, .jsonl file or a folder.")
+            kinds = (".txt, .md, .jsonl" if settings.extensions == DEFAULT_SOURCES.extensions else
+                     ", ".join(settings.extensions))
+            raise InputError(f"source {path} is not a {kinds} file or a folder (choose the file types with "
+                             f"--extensions).")
     docs = []
     seen: set[str] = set()
     for d in report.documents:

@@ -133,7 +133,7 @@ class TableNotFoundError(InputError):
 class TableInfo:
     """How a table was made; stored as JSON in the table's schema metadata."""
 
-    model: str  # hub id as given, or the absolute path of a local folder
+    model: str  # hub id as given, or the path of a local folder (where to load it from by default)
     dim: int  # Matryoshka dimension of the stored vectors
     hidden_size: int
     tokenizer_fingerprint: str
@@ -146,6 +146,7 @@ class TableInfo:
     format: int = 1
     precision: str = "float32"  # of the stored vectors: see quantize.PRECISIONS
     ranges: list[list[float]] | None = None  # int8 calibration [[min...], [max...]] (int8/uint8/binary tables)
+    weights_fingerprint: str = ""  # weights.weights_fingerprint: identifies the model wherever it lies
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -171,11 +172,13 @@ class TableInfo:
 
 def check_compatible(info: TableInfo, table: str, *, model: str | None = None, dim: int | None = None,
                      hidden_size: int | None = None, tokenizer_fingerprint: str | None = None,
-                     precision: str | None = None) -> None:
+                     precision: str | None = None, weights_fingerprint: str | None = None) -> None:
     """Raise InputError when a model, dimension or precision differs from what the table records.
 
-    Two spellings of one model (hub id vs cache folder) match by name, tokenizer and hidden size; pass
-    the fingerprint and hidden size once the model is loaded to complete that check.
+    With both weights fingerprints known (tables made since they were recorded), the weights decide:
+    the same weights in a moved folder or under a hub id are accepted, other weights are refused.
+    Otherwise two spellings of one model (hub id vs cache folder) match by name, tokenizer and hidden
+    size; pass the tokenizer fingerprint and hidden size once the model is loaded to complete that check.
     """
     if dim is not None and dim != info.dim:
         raise InputError(
@@ -187,7 +190,18 @@ def check_compatible(info: TableInfo, table: str, *, model: str | None = None, d
             f"table {table!r} stores {info.precision} vectors but precision={precision!r} was asked; vectors of "
             f"different precisions are not mixed in one table: leave --precision out or index into a new --table."
         )
-    if model is None or model == info.model:
+    if model is None:
+        return
+    if weights_fingerprint and info.weights_fingerprint:
+        if weights_fingerprint != info.weights_fingerprint:
+            raise InputError(
+                f"table {table!r} was indexed with model {info.model_name!r} (weights "
+                f"{info.weights_fingerprint[:12]}), but {model!r} holds other weights ({weights_fingerprint[:12]}): "
+                f"vectors of different models cannot "
+                f"be compared. Pass the table's model with --model, or index into a new --table."
+            )
+        return
+    if model == info.model:
         return
     same = model_name(model) == info.model_name
     if same and tokenizer_fingerprint is not None:

@@ -158,7 +158,8 @@ class LanceStore:
 
         path = Path(db).expanduser()
         if path.exists() and not path.is_dir():
-            raise InputError(f"--db {path} is a file; give a folder (it is created when missing).")
+            raise InputError(f"--db {path} is a file; give a folder for the database: "
+                             + ("one made by `qwen-embed index`." if info is None else "a new one is created."))
         if not isinstance(table, str) or not _TABLE_NAME.match(table):
             raise InputError(f"table name {table!r} is not valid; use letters, digits, '_', '-' and '.'.")
         if info is None and not path.is_dir():

@@ -9,29 +9,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
 
 
-def cmd_train_embed(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .loop import train
+def _say(command: str, message: str) -> None:
+    print(f"qwen-embed {command}: {message}", file=sys.stderr)
 
-    cfg = load_config(args.config, args.set)
-    summary = train(cfg)
-    print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
-    return 0
+
+def cmd_train_embed(args: argparse.Namespace) -> int:
+    return _train(args, "embed")
 
 
 def cmd_train_rerank(args: argparse.Namespace) -> int:
+    return _train(args, "rerank")
+
+
+def _train(args: argparse.Namespace, kind: str) -> int:
+    """`train embed|rerank`: the run folder is checked (new, resumed, finished, refused) before any model loads."""
     from .config import load_config
     from .loop import train
+    from .rundir import check_run_dir
 
-    cfg = load_config(args.config, args.set, kind="rerank")
-    summary = train(cfg, kind="rerank")
-    print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
+    command = f"train {kind}"
+    cfg = load_config(args.config, args.set, kind=kind)
+    state = check_run_dir(cfg, overwrite=args.overwrite)
+    message = state.message(cfg.train.max_steps)
+    if message:
+        _say(command, message)
+    if state.kind == "finished":
+        return 0
+    summary = train(cfg, kind=kind)
+    how = f"resumed at step {state.step}, " if state.kind == "resume" else ""
+    _say(command, f"trained to step {summary['step']} ({how}train.max_steps={cfg.train.max_steps}) -> "
+         f"{cfg.train.output_dir}")
     return 0
 
 
@@ -43,15 +57,20 @@ def cmd_train_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_train_plot(args: argparse.Namespace) -> int:
+    from ..files import check_output_file
     from .plot import plot_learning_curve
 
+    check_output_file(args.output, overwrite=args.overwrite)
     out = plot_learning_curve(args.log, args.output, title=args.title)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
+    from ..files import check_output_dir
     from .stdlib_pairs import train_tokenizer, write_pairs
+
+    check_output_dir(args.output, overwrite=args.overwrite)
 
     train, held, n_train, n_held = write_pairs(args.output, held_out=args.held_out,
                                                strip_docstring=not args.keep_docstring)
@@ -64,21 +83,35 @@ def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
+    from ..files import check_output_file
     from .mining import MiningSettings, mine
 
     settings = MiningSettings(top_k=args.top_k, num_negatives=args.negatives, margin=args.margin, seed=args.seed,
                               chunk=args.chunk, dim=args.dim, default_instruction=args.instruction)
     if args.chunk < 1:
         raise InputError(f"--chunk {args.chunk} must be >= 1.")
+    check_output_file(args.output, overwrite=args.overwrite)  # before the model loads
+    for path, what in ((args.input, "--input"), (args.corpus, "--corpus")):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{what} {path} does not exist or is not a file.")
     emb = ModelSettings.from_args(args).load_embedder()
     stats: dict[str, Any] = mine(emb, args.input, args.output, corpus_path=args.corpus, settings=settings,
                                  progress=sys.stderr.isatty())
     print(json.dumps(stats), file=sys.stderr)
+    _say("mine", f"wrote {stats['rows']} rows to {args.output}, negatives drawn from {stats['corpus']} texts")
+    if stats.get("short_rows"):
+        _say("mine", f"short_rows={stats['short_rows']}: that many rows got fewer than --negatives {args.negatives} "
+             f"negatives, because too few of their top-{args.top_k} candidates scored below s(query, positive) - "
+             f"margin {args.margin}; raise --top-k, lower --margin, or give a larger --corpus.")
     return 0
 
 
 def cmd_merge_lora(args: argparse.Namespace) -> int:
-    from .lora import merge_checkpoint
+    from .lora import base_mismatch, merge_checkpoint
+
+    warning = base_mismatch(args.base, args.adapter)
+    if warning:
+        _say("merge-lora", f"warning: {warning}")
 
     out = merge_checkpoint(args.base, args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite)
     print(f"wrote the merged checkpoint to {out}", file=sys.stderr)
@@ -112,6 +145,8 @@ def register(sub: Any) -> None:
                    help="YAML file: sections model, data, loss, optim, train, lora, eval, merge")
     e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting (repeatable), e.g. --set train.max_steps=100")
+    e.add_argument("--overwrite", action="store_true", help="start a new run in a train.output_dir that holds "
+                   "another run or other files (removes only a run's own files there)")
     e.set_defaults(func=cmd_train_embed)
 
     r = tsub.add_parser("rerank", help="train a Qwen3 reranker (yes/no SFT) from a YAML config",
@@ -125,6 +160,8 @@ def register(sub: Any) -> None:
                    "rerank")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting (repeatable), e.g. --set rerank.loss=bce")
+    r.add_argument("--overwrite", action="store_true", help="start a new run in a train.output_dir that holds "
+                   "another run or other files (removes only a run's own files there)")
     r.set_defaults(func=cmd_train_rerank)
 
     s = tsub.add_parser("settings", help="print every training setting with its default (Markdown)")
@@ -134,12 +171,15 @@ def register(sub: Any) -> None:
     pl.add_argument("log", help="OUTPUT_DIR/train_log.jsonl")
     pl.add_argument("-o", "--output", default="learning_curve.png", help="PNG file (default learning_curve.png)")
     pl.add_argument("--title", default=None, help="figure title (default: the run folder's name)")
+    pl.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     pl.set_defaults(func=cmd_train_plot)
 
     sp = tsub.add_parser("stdlib-pairs", help="write real training pairs from the Python standard library",
                          description="(docstring first line, function source) pairs of stdlib functions as "
                          "train.jsonl and heldout.jsonl (deterministic for a Python version).")
-    sp.add_argument("output", help="folder to write train.jsonl and heldout.jsonl into")
+    sp.add_argument("output", help="new folder to write train.jsonl and heldout.jsonl into")
+    sp.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder (replaces only "
+                    "train.jsonl, heldout.jsonl and tokenizer.json)")
     sp.add_argument("--held-out", type=float, default=0.1, help="fraction held out (default 0.1)")
     sp.add_argument("--keep-docstring", action="store_true", help="keep the docstring inside the source")
     sp.add_argument("--tokenizer-vocab", type=int, default=0,
@@ -151,7 +191,9 @@ def register(sub: Any) -> None:
                        description="Embed the corpus, take each query's top-k, drop its positives and any "
                        "candidate scoring above s(q, positive) - margin, sample n; writes training rows.")
     m.add_argument("--input", required=True, help="training rows JSONL {query, positive | positives, ...}")
-    m.add_argument("-o", "--output", required=True, help="JSONL to write (rows with `negatives`)")
+    m.add_argument("-o", "--output", required=True, help="JSONL to write (rows with `negatives`); an existing file "
+                   "is refused unless --overwrite")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("--corpus", default=None, help="corpus: text lines or JSONL {text, title?} (default: the "
                    "rows' own positives and negatives)")
     m.add_argument("--top-k", type=int, default=50, help="candidates per query (default 50)")

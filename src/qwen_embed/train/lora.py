@@ -120,6 +120,34 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def base_mismatch(base: str | os.PathLike[str], adapter_dir: str | Path) -> str | None:
+    """A warning when `base` is not the base the adapter recorded and their vocabularies or shapes differ
+    (config.json only, nothing loaded); None when they agree or the recorded base cannot be found."""
+    from ..config import ModelConfig
+    from ..errors import QwenEmbedError
+    from ..files import file_digest
+    from ..weights import resolve_model_dir
+
+    try:
+        raw = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        recorded = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
+        if not recorded:
+            return None
+        ours_dir, theirs_dir = resolve_model_dir(base), resolve_model_dir(recorded)
+        ours = ModelConfig.from_file(ours_dir / "config.json")
+        theirs = ModelConfig.from_file(theirs_dir / "config.json")
+        same_tokenizer = file_digest(ours_dir / "tokenizer.json") == file_digest(theirs_dir / "tokenizer.json")
+    except (OSError, ValueError, QwenEmbedError):
+        return None
+    names = ("vocab_size", "hidden_size", "num_hidden_layers")
+    diffs = [f"{n} {getattr(ours, n)} != {getattr(theirs, n)}" for n in names if getattr(ours, n) != getattr(theirs, n)]
+    diffs += [] if same_tokenizer else ["another tokenizer.json"]
+    if not diffs:
+        return None
+    return (f"the adapter was trained on {recorded}, and --base {base} differs from it ({', '.join(diffs)}); the "
+            f"merged model will not match what was trained. Pass --base {recorded} unless this is intended.")
+
+
 def merge_checkpoint(base: str | os.PathLike[str], adapter_dir: str | Path, out_dir: str | Path,
                      dtype: str | None = None, *, overwrite: bool = False) -> Path:
     """Base checkpoint + PEFT adapter -> merged checkpoint folder (`qwen-embed merge-lora`).
