@@ -13,6 +13,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .int8 import check_int8_device, is_int8, quantize_linear_int8
 from .model import Qwen3Model
 from .tokenizer import QwenTokenizer
 from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
@@ -36,12 +37,16 @@ class Checkpoint:
         dtype: str | torch.dtype | None = None, want_head: bool = True,
     ) -> Checkpoint:
         """Resolve, parse and load. `want_head=False` loads only the trunk (an embedder may use the
-        trunk of a reranker or base-LM checkpoint); a reranker needs the head."""
+        trunk of a reranker or base-LM checkpoint); a reranker needs the head. dtype "int8": float32
+        weights with int8 linear layers (CPU only, int8.py)."""
+        dev = pick_device(device)
+        int8 = is_int8(dtype)
+        if int8:
+            check_int8_device(dev)
         path = resolve_model_dir(name_or_path)
         config = ModelConfig.from_file(path / "config.json")
         tokenizer = QwenTokenizer.from_dir(path)
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
+        dt = torch.float32 if int8 else pick_dtype(dtype, dev)
         yes_no = None
         if want_head and not config.is_reranker:
             raise ConfigError(
@@ -51,6 +56,8 @@ class Checkpoint:
         if want_head and config.is_reranker:
             yes_no = (tokenizer.single_token_id("yes"), tokenizer.single_token_id("no"))
         model, head = load_trunk(path, config, dev, dt, head_rows=yes_no, want_head=want_head)
+        if int8:
+            quantize_linear_int8(model)
         if head is not None:
             head = head.to(dev)
         return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)

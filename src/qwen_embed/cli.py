@@ -30,13 +30,16 @@ EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.e
 
 # -- helpers shared by every command --------------------------------------------------------------
 def add_model_options(p: argparse.ArgumentParser, default: str | None, flag: str = "--model") -> None:
-    """--model/--device/--dtype/--max-length/--batch-tokens, the options every model command takes."""
+    """--model/--device/--dtype/--max-length/--batch-tokens/--threads, the options every model command takes."""
     p.add_argument(flag, default=default, required=default is None,
                    help=f"hub id or local checkpoint folder (default: {default})")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16, or int8 (cpu only: int8 linear layers, "
+                   "faster, approximate) (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: the cores "
+                   "this process may use, divided among the worker processes or models that run at once)")
 
 
 @contextlib.contextmanager
@@ -106,7 +109,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from .multidevice import encode_on_devices
 
         vecs = encode_on_devices(args.model, texts, args.devices.split(","), instruction=instruction, dim=args.dim,
-                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                 threads=args.threads)
     else:
         emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                        max_length=args.max_length, batch_tokens=args.batch_tokens)
@@ -285,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:  # every model command has --threads (add_model_options)
+            from .threads import set_threads
+
+            set_threads(args.threads)
         return int(args.func(args) or 0)
     except QwenEmbedError as e:
         print(f"qwen-embed {args.command}: error: {e}", file=sys.stderr)

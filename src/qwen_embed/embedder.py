@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, l2_normalize, truncate_dim
+from .threads import use_threads
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -55,15 +56,18 @@ class Embedder(CheckpointFacts):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int | None = None, compile: bool | None = None,
+        batch_tokens: int | None = None, compile: bool | None = None, threads: int | None = None,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
-        device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU.
+        device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU;
+        "int8" quantizes the linear layers for the CPU (faster, approximate: int8.py).
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
         compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
+        threads: torch CPU threads for this process (default: the cores it may use; threads.py).
         """
+        use_threads(threads)
         return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
                    batch_tokens=batch_tokens, compile=compile)
 

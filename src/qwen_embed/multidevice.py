@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QwenEmbedError
+from .threads import check_threads, default_threads
 from .tokenizer import check_texts
 
 
@@ -45,7 +46,7 @@ def _worker(model: str, device: str, texts: list[str], kwargs: dict[str, Any], o
 
         emb = Embedder.from_pretrained(model, device=device, dtype=kwargs.pop("dtype", None),
                                        max_length=kwargs.pop("max_length", 8192),
-                                       batch_tokens=kwargs.pop("batch_tokens", None))
+                                       batch_tokens=kwargs.pop("batch_tokens", None), threads=kwargs.pop("threads"))
         np.save(out, emb.encode(texts, **kwargs))
     except BaseException as e:  # reported to the parent, which raises it
         Path(err).write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
@@ -54,15 +55,19 @@ def _worker(model: str, device: str, texts: list[str], kwargs: dict[str, Any], o
 
 def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devices: Sequence[str], *,
                       instruction: str | None = None, dim: int | None = None, normalize: bool = True,
-                      dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None) -> np.ndarray:
-    """Embed `texts` with one worker process per device -> float32 [n, dim] in input order."""
+                      dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None,
+                      threads: int | None = None) -> np.ndarray:
+    """Embed `texts` with one worker process per device -> float32 [n, dim] in input order.
+
+    threads: torch CPU threads of each worker (default: the cores available divided among the workers)."""
     import torch.multiprocessing as mp
 
     items = check_texts(texts)
     if not devices:
         raise InputError("devices is empty; pass e.g. ['cuda:0', 'cuda:1'].")
+    per_worker = check_threads(threads) if threads is not None else default_threads(len(devices))
     kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize, "progress": False,
-              "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens}
+              "dtype": dtype, "max_length": max_length, "batch_tokens": batch_tokens, "threads": per_worker}
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="qwen-embed-devices-") as tmp:
         jobs = []

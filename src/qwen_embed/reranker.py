@@ -31,6 +31,7 @@ from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
+from .threads import use_threads
 from .tokenizer import check_texts
 
 SYSTEM_PROMPT = (
@@ -132,14 +133,16 @@ class Reranker(CheckpointFacts):
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
         max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
-        share_prefix: bool | None = None,
+        share_prefix: bool | None = None, threads: int | None = None,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
         share_prefix: compute the query's prefix once per `score` call (default: on CUDA).
+        dtype: as for Embedder ("int8": int8 linear layers on the CPU); threads: torch CPU threads.
         """
         get_template(template)  # fail before loading weights
+        use_threads(threads)
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
         return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
                    share_prefix=share_prefix)

@@ -19,9 +19,11 @@ SNIPPET_CHARS = 100
 def _add_load_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16, or int8 (cpu only) "
+                   "(default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores available)")
 
 
 def _progress() -> bool | None:

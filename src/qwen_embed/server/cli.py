@@ -43,20 +43,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..embedder import Embedder
     from ..reranker import Reranker, get_template
+    from ..threads import use_threads
     from .app import create_app
 
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedder = reranker = None
+    # the embedder and the reranker run in threads of their own: share the cores between them
+    threads = use_threads(settings.threads, processes=bool(settings.embedding_model) + bool(settings.reranker_model))
     if settings.embedding_model:
         embedder = Embedder.from_pretrained(settings.embedding_model, device=settings.device, dtype=settings.dtype,
                                             max_length=settings.max_length, batch_tokens=settings.max_batch_tokens,
-                                            compile=settings.compile)
+                                            compile=settings.compile, threads=threads)
     if settings.reranker_model:
         reranker = Reranker.from_pretrained(settings.reranker_model, device=settings.device, dtype=settings.dtype,
                                             template=settings.reranker_template, max_length=settings.max_length,
-                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile)
+                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile,
+                                            threads=threads)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=settings.graceful_timeout, access_log=False,

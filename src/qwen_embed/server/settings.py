@@ -47,6 +47,7 @@ class ServerSettings:
     inflight_batches: int = 1
     warmup: bool = True
     compile: bool | None = None
+    threads: int | None = None
     log_level: str = "info"
 
     def with_overrides(self, **kw: Any) -> ServerSettings:
@@ -63,6 +64,8 @@ class ServerSettings:
             v = getattr(self, name)
             if v < 1:
                 raise InputError(f"{name.replace('_', '-')}={v} must be at least 1.")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads={self.threads} must be at least 1.")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise InputError(f"max-batch-tokens={self.max_batch_tokens} must be at least 1.")
         if not 0 <= self.max_wait_ms <= 10_000:
@@ -116,7 +119,7 @@ SETTINGS: list[Setting] = [
     Setting("embedding_name", str, "name clients pass as `model` for embeddings (default: --embedding-model)"),
     Setting("reranker_name", str, "name clients pass as `model` for rerank (default: --reranker-model)"),
     Setting("device", str, "cpu, cuda or cuda:N (default: cuda when available)"),
-    Setting("dtype", str, "float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)"),
+    Setting("dtype", str, "float32, bfloat16, float16, or int8 (cpu only) (default: bf16 on cuda, fp32 on cpu)"),
     Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
     Setting("host", str, "address to listen on"),
@@ -137,6 +140,7 @@ SETTINGS: list[Setting] = [
     Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
     Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
+    Setting("threads", int, "torch CPU threads (default: the cores available, divided among the models served)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
 ]
 
