@@ -48,7 +48,7 @@ def test_32k_input_embeds_in_bounded_time_and_memory(tiny_embedding_path: Path) 
     assert out["shape"] == [1, 64] and out["finite"]
     # torch + the tiny model take ~400 MiB; the attention matrix alone would take 16 GiB
     assert out["peak_rss_mib"] < 1024, out
-    assert out["s"] < 300, out  # ~10 s on one idle core
+    assert out["s"] < 400, out  # 38 s on one core at load 9, 99 s at load 15 (shared 2-core machine)
 
 
 # -- threads ------------------------------------------------------------------------------------------
