@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import tempfile
@@ -183,6 +184,13 @@ def long(path: Path, args: argparse.Namespace, vocab: int) -> dict[str, Any]:
     return res
 
 
+def save(payload: dict[str, Any], out: str | None) -> Path:
+    if out is None:
+        return write_result("cpu", payload, RESULTS)
+    Path(out).write_text(json.dumps(payload, indent=2))
+    return Path(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4, help="decoder layers of the 0.6B shape (default 4)")
@@ -208,12 +216,11 @@ def main() -> None:
             "load_average_at_start": load, "versions": versions(),
         }
         payload["short"] = short(path, args, vocab)
+        save(payload, args.out)  # partial results survive an interrupted long run
         if args.long:
             payload["long"] = long(path, args, vocab)
     payload["load_average_at_end"] = os.getloadavg()
-    out = Path(args.out) if args.out else write_result("cpu", payload, RESULTS)
-    if args.out:
-        out.write_text(__import__("json").dumps(payload, indent=2))
+    out = save(payload, args.out)
     print(f"\nload average {load[0]:.1f} at start, {payload['load_average_at_end'][0]:.1f} at end; "
           f"{threads} threads; results in {out}")
     s = payload["short"]
