@@ -6,8 +6,9 @@ activations quantized per batch on the fly, the matmul in int8 with int32 accumu
 kernels), the output in float32. Embeddings, norms, RoPE and attention stay float32. The weights
 take a quarter of the memory and the linear layers run about 2-3x faster on AVX2/AVX-512 CPUs.
 
-It is an approximation: the error against float32 was measured on random weights only
-(BENCHMARKS.md, CPU section); check the retrieval quality on your own data before relying on it.
+It is an approximation: the error against float32 was measured on random weights only (BENCHMARKS.md,
+CPU section: cosine 0.95 on short texts, 0.73 on one 16K-token input of the 0.6B shape, since one
+activation scale covers a whole batch); check the retrieval quality on your own data before relying on it.
 CPU only: CUDA has no kernels for these modules, so `dtype="int8"` with a CUDA device is refused.
 
 torch.ao's eager quantization is deprecated in favour of torchao, whose int8 path did not run faster
