@@ -17,7 +17,7 @@ For each run: tokens/s, the peak RSS increase of the call (the process's high-wa
 through /proc/self/clear_refs before it), and the cosine of the embedding against transformers'
 float32 one (the reference). Writes benchmarks/results/cpu-DATE.json and prints a table.
 
-    python benchmarks/cpu.py                        # everything (~30 min on 2 idle cores)
+    python benchmarks/cpu.py                        # everything (short + 4K/16K took 52 min on 2 loaded cores)
     python benchmarks/cpu.py --long "" --repeat 5   # short texts only
 """
 

@@ -156,7 +156,7 @@ def test_int8_close_to_float32(tiny_embedding_path: Path, embedder: Embedder) ->
     texts = random_texts(12, seed=21)
     a, b = embedder.encode(texts), q.encode(texts)
     cos = (a * b).sum(1)
-    assert cos.min() > 0.99, cos  # measured 0.997+ on random weights (BENCHMARKS.md)
+    assert cos.min() > 0.99, cos  # 0.996+ on this tiny model; far less on the 0.6B shape (BENCHMARKS.md)
     assert np.abs(a - b).max() > 0  # it is quantized, not the float32 path
 
 
