@@ -17,6 +17,7 @@ import torch
 
 from .config import ModelConfig, check_not_adapter
 from .errors import ConfigError
+from .int8 import check_int8_device, is_int8, quantize_linear_int8
 from .model import Qwen3Model
 from .tokenizer import QwenTokenizer
 from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
@@ -43,13 +44,17 @@ class Checkpoint:
 
         allow_causal_lm: with `want_head=False`, accept the trunk of a reranker or base causal-LM
         checkpoint (training starts from one); `Embedder` passes False unless told otherwise, so that a
-        reranker is not silently used as an embedder."""
+        reranker is not silently used as an embedder. dtype "int8": float32 weights with int8 linear
+        layers (CPU only, int8.py)."""
+        dev = pick_device(device)
+        int8 = is_int8(dtype)
+        if int8:
+            check_int8_device(dev)
         path = resolve_model_dir(name_or_path)
         check_not_adapter(path)
         config = ModelConfig.from_file(path / "config.json")
         tokenizer = QwenTokenizer.from_dir(path)
-        dev = pick_device(device)
-        dt = pick_dtype(dtype, dev)
+        dt = torch.float32 if int8 else pick_dtype(dtype, dev)
         yes_no = None
         if want_head and not config.is_reranker:
             raise ConfigError(
@@ -65,6 +70,8 @@ class Checkpoint:
         if want_head and config.is_reranker:
             yes_no = (tokenizer.single_token_id("yes"), tokenizer.single_token_id("no"))
         model, head = load_trunk(path, config, dev, dt, head_rows=yes_no, want_head=want_head)
+        if int8:
+            quantize_linear_int8(model)
         if head is not None:
             head = head.to(dev)
         return cls(os.fspath(name_or_path), path, config, tokenizer, model, head, yes_no, dev, dt)

@@ -124,7 +124,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
         prepared = texts if instruction is None else [format_query(t, instruction) for t in texts]
         lengths = QwenTokenizer.from_dir(path).embedding_lengths(prepared)
         vecs = encode_on_devices(args.model, texts, args.devices.split(","), instruction=instruction, dim=args.dim,
-                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                 threads=args.threads)
     else:
         emb = load_embedder(args)
         lengths = emb.token_lengths(texts, instruction)
@@ -391,6 +392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = " ".join(str(getattr(args, a)) for a in ("command", "eval_command", "train_command")
                     if getattr(args, a, None))
     try:
+        if getattr(args, "threads", None) is not None:  # every model command has --threads (add_model_options)
+            from .threads import set_threads
+
+            set_threads(args.threads)
         return int(args.func(args) or 0)
     except QwenEmbedError as e:
         return fail(name, str(e))

@@ -25,6 +25,7 @@ from .pooling import check_dim, finish
 from .quantize import check_precision
 from .settings import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # the model this class defaults to
 from .settings import DEFAULT_MAX_LENGTH
+from .threads import use_threads
 from .tokenizer import check_texts
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -60,11 +61,12 @@ class Embedder(CheckpointFacts):
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
         batch_tokens: int | None = None, compile: bool | None = None, adapter: str | os.PathLike[str] | None = None,
-        allow_causal_lm: bool = False,
+        allow_causal_lm: bool = False, threads: int | None = None,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
-        device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU.
+        device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU;
+        "int8" quantizes the linear layers for the CPU (faster, approximate: int8.py).
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
         compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
@@ -72,7 +74,9 @@ class Embedder(CheckpointFacts):
             `train` extra). A LoRA adapter folder given as `name_or_path` is loaded on the base it records.
         allow_causal_lm: embed with the trunk of a reranker / causal-LM checkpoint on purpose (refused
             by default, as loading an embedding checkpoint as a Reranker is).
+        threads: torch CPU threads for this process (default: the cores it may use; threads.py).
         """
+        use_threads(threads)
         if adapter is None:
             base = adapter_base(Path(os.fspath(name_or_path)).expanduser())
             if base:  # an adapter folder given as the model: load it on its recorded base

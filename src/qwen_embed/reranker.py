@@ -33,6 +33,7 @@ from .engine import Chunk, make_engine
 from .errors import InputError
 from .pooling import rank_by_score
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
+from .threads import use_threads
 from .tokenizer import QwenTokenizer, check_texts
 
 SYSTEM_PROMPT = (
@@ -169,8 +170,8 @@ class Reranker(CheckpointFacts):
         self.max_length = check_max_length(max_length, checkpoint.config, minimum=16)
         self.head = checkpoint.head
         self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
-        # CPU attention with a prefix needs an explicit mask (slower than what sharing saves): CUDA only
-        self.share_prefix = checkpoint.device.type == "cuda" if share_prefix is None else share_prefix
+        # on the CPU too since its attention needs no mask (0.6B shape, 32 documents: 1.6x less CPU time)
+        self.share_prefix = True if share_prefix is None else share_prefix
         self.inputs = RerankInputs(checkpoint.tokenizer, template, self.max_length)
 
     @classmethod
@@ -178,14 +179,16 @@ class Reranker(CheckpointFacts):
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
         max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
-        share_prefix: bool | None = None,
+        share_prefix: bool | None = None, threads: int | None = None,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
-        share_prefix: compute the query's prefix once per `score` call (default: on CUDA).
+        share_prefix: compute the query's prefix once per `score` call (default: on).
+        dtype: as for Embedder ("int8": int8 linear layers on the CPU); threads: torch CPU threads.
         """
         get_template(template)  # fail before loading weights
+        use_threads(threads)
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
         return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
                    share_prefix=share_prefix)
@@ -214,7 +217,7 @@ class Reranker(CheckpointFacts):
         """Score the documents of several queries in one pipelined pass -> one float32 array per query.
 
         A worker tokenizes query i + 1 while the device scores query i; each query's prefix is shared by
-        its documents (on CUDA, as in `score`); one synchronisation at the end."""
+        its documents (as in `score`); one synchronisation at the end."""
         if isinstance(queries, str) or not queries or len(queries) != len(documents):
             raise InputError(f"queries ({type(queries).__name__}) and documents must be equally long, non-empty "
                              f"lists; got {len(queries) if not isinstance(queries, str) else 'a string'} and "

@@ -31,11 +31,13 @@ DEFAULT_MAX_LENGTH = 8192
 HELP = {
     "model": "hub id or local checkpoint folder",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
-    "dtype": "float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)",
+    "dtype": "float32, bfloat16, float16, or int8 (cpu only: int8 linear layers, faster, approximate) "
+             "(default: bf16 on cuda, fp32 on cpu)",
     "max_length": f"tokens per input, end token included (default {DEFAULT_MAX_LENGTH})",
     "batch_tokens": "token budget of one forward pass",
     "compile": "torch.compile the layers on CUDA (default: on with CUDA)",
-    "threads": "CPU threads of torch (default: torch's own)",
+    "threads": "torch CPU threads per process (default: the cores this process may use, divided among the worker "
+               "processes or models that run at once)",
 }
 
 
@@ -66,6 +68,7 @@ class ModelSettings:
         parser.add_argument("--dtype", default=None, help=HELP["dtype"])
         parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=HELP["max_length"])
         parser.add_argument("--batch-tokens", type=int, default=None, help=HELP["batch_tokens"])
+        parser.add_argument("--threads", type=int, default=None, help=HELP["threads"])
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, flag: str = "--model") -> ModelSettings:
@@ -88,7 +91,7 @@ class ModelSettings:
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `Embedder.from_pretrained` / `Reranker.from_pretrained` (all but the model)."""
         return {"device": self.device, "dtype": self.dtype, "max_length": self.max_length,
-                "batch_tokens": self.batch_tokens, "compile": self.compile}
+                "batch_tokens": self.batch_tokens, "compile": self.compile, "threads": self.threads}
 
     def _model(self) -> str:
         if self.model is None:
@@ -97,12 +100,11 @@ class ModelSettings:
         return self.model
 
     def _apply_threads(self) -> None:
+        """Check the thread count early (the loaders apply it: `threads.use_threads`)."""
         if self.threads is not None:
-            if self.threads < 1:
-                raise InputError(f"threads={self.threads} must be at least 1 (or left out for torch's default).")
-            import torch
+            from .threads import check_threads
 
-            torch.set_num_threads(self.threads)
+            check_threads(self.threads)
 
     def load_embedder(self, **extra: Any) -> Embedder:
         """Load the embedding model these settings describe (`extra`: other `Embedder.from_pretrained`

@@ -353,4 +353,4 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     try:
         return _DTYPES[str(dtype).lower().removeprefix("torch.")]
     except KeyError:
-        raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16.") from None
+        raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16, float16 or int8 (cpu).") from None

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..embedder import Embedder
     from ..reranker import Reranker, get_template
+    from ..threads import use_threads
     from .app import create_app
     from .serving import DrainingServer, raise_fd_limit, uvicorn_config
 
@@ -49,15 +50,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     get_template(settings.reranker_template)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedder = reranker = None
+    # the embedder and the reranker run in threads of their own: share the cores between them
+    threads = use_threads(settings.threads, processes=bool(settings.embedding_model) + bool(settings.reranker_model))
     if settings.embedding_model:
         refuse_reranker(settings.embedding_model)
         embedder = Embedder.from_pretrained(settings.embedding_model, device=settings.device, dtype=settings.dtype,
                                             max_length=settings.max_length, batch_tokens=settings.max_batch_tokens,
-                                            compile=settings.compile)
+                                            compile=settings.compile, threads=threads)
     if settings.reranker_model:
         reranker = Reranker.from_pretrained(settings.reranker_model, device=settings.device, dtype=settings.dtype,
                                             template=settings.reranker_template, max_length=settings.max_length,
-                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile)
+                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile,
+                                            threads=threads)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     raise_fd_limit(settings.max_connections)
     server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)

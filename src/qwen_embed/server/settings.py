@@ -53,6 +53,7 @@ class ServerSettings:
     inflight_batches: int = 1
     warmup: bool = True
     compile: bool | None = None
+    threads: int | None = None
     log_level: str = "info"
 
     def model_settings(self, kind: Literal["embedding", "reranker"]) -> ModelSettings:
@@ -76,6 +77,8 @@ class ServerSettings:
             v = getattr(self, name)
             if v < 1:
                 raise InputError(f"{name.replace('_', '-')}={v} must be at least 1.")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads={self.threads} must be at least 1.")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise InputError(f"max-batch-tokens={self.max_batch_tokens} must be at least 1.")
         if not 0 <= self.max_wait_ms <= 10_000:
@@ -164,6 +167,7 @@ SETTINGS: list[Setting] = [
     Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
     Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
+    Setting("threads", int, "torch CPU threads (default: the cores available, divided among the models served)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
 ]
 
