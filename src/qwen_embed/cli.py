@@ -31,13 +31,15 @@ EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.e
 
 # -- helpers shared by every command --------------------------------------------------------------
 def add_model_options(p: argparse.ArgumentParser, default: str | None, flag: str = "--model") -> None:
-    """--model/--device/--dtype/--max-length/--batch-tokens, the options every model command takes."""
+    """--model/--device/--dtype/--max-length/--batch-tokens/--deterministic: every model command takes them."""
     p.add_argument(flag, default=default, required=default is None,
                    help=f"hub id or local checkpoint folder (default: {default})")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
+    p.add_argument("--deterministic", action="store_true", help="batch-invariant kernels: bitwise the same vector "
+                   "(and score) for a text whatever else is in its batch (slower; see docs/deterministic.md)")
 
 
 @contextlib.contextmanager
@@ -101,6 +103,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     out = args.output
     if out != "-" and not out.endswith((".npy", ".jsonl", ".json")):
         raise InputError(f"output {out} must end in .npy or .jsonl (or be '-' for JSONL on stdout).")
+    if args.devices and args.deterministic:
+        raise InputError("--deterministic does not work with --devices yet; drop one of them.")
     instruction = args.instruction or (DEFAULT_INSTRUCTION if args.query else None)
     texts = [r[args.field] for r in records]
     if args.devices:  # one worker process per device
@@ -110,7 +114,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
                                  dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
     else:
         emb = Embedder.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                       max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                       max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                       deterministic=args.deterministic)
         vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
                           progress=None if sys.stderr.isatty() else False)
     if out.endswith(".npy"):
@@ -141,7 +146,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     if not docs:
         raise InputError("no documents: pass --document TEXT (repeatable) or --documents FILE.")
     rr = Reranker.from_pretrained(args.model, device=args.device, dtype=args.dtype, template=args.template,
-                                  max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                  max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                  deterministic=args.deterministic)
     results = rr.rerank(args.query, docs, top_n=args.top_n, instruction=args.instruction)
     payload = {"query": args.query, "model": args.model,
                "results": [{"index": r.index, "score": r.score, "document": r.document} for r in results]}

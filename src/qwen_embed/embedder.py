@@ -47,16 +47,18 @@ class Embedder(CheckpointFacts):
     """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
 
     def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
-                 batch_tokens: int | None = None, compile: bool | None = None) -> None:
+                 batch_tokens: int | None = None, compile: bool | None = None,
+                 deterministic: bool = False) -> None:
         self.checkpoint = checkpoint
         self.max_length = check_max_length(max_length, checkpoint.config)
-        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
+        self.deterministic = deterministic
+        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile, deterministic)
 
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
-        batch_tokens: int | None = None, compile: bool | None = None,
+        batch_tokens: int | None = None, compile: bool | None = None, deterministic: bool = False,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
@@ -64,9 +66,11 @@ class Embedder(CheckpointFacts):
         max_length: tokens per input including the end token (default 8192, up to the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
         compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
+        deterministic: batch-invariant kernels, so that a text's vector is bitwise the same whatever else
+        is in its batch (docs/deterministic.md says what is guaranteed and what it costs).
         """
         return cls(Checkpoint.load(name_or_path, device, dtype, want_head=False), max_length=max_length,
-                   batch_tokens=batch_tokens, compile=compile)
+                   batch_tokens=batch_tokens, compile=compile, deterministic=deterministic)
 
     # -- tokens ------------------------------------------------------------------------------------
     def prepare(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:

@@ -89,7 +89,8 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
     ds = load_beir(args.dataset, args.split)
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
     emb = Embedder.from_pretrained(args.embedding_model, device=args.device, dtype=args.dtype,
-                                   max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                   max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                   deterministic=args.deterministic)
     check_dims(dims, emb.hidden_size)
     out = _output_dir(args.output_dir, ds.name, args.embedding_model)
     _say(f"{ds.name}/{ds.split}: {ds.stats['documents']} documents, {ds.stats['queries']} judged queries "
@@ -129,7 +130,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     check_candidates(ds, candidates)  # before loading the model
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
     rr = Reranker.from_pretrained(args.reranker_model, device=args.device, dtype=args.dtype,
-                                  template=args.template, max_length=args.max_length, batch_tokens=args.batch_tokens)
+                                  template=args.template, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                  deterministic=args.deterministic)
     out = _output_dir(args.output_dir, ds.name, args.reranker_model)
     _say(f"instruction from {source}")
     partial = out / "rerank.partial.jsonl"

@@ -22,6 +22,8 @@ def _add_load_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--max-length", type=int, default=8192, help="tokens per input, end token included (default 8192)")
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
+    p.add_argument("--deterministic", action="store_true", help="batch-invariant kernels: bitwise the same vector "
+                   "(and score) for a text whatever else is in its batch (slower; see docs/deterministic.md)")
 
 
 def _progress() -> bool | None:
@@ -39,7 +41,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError("nothing to index: every document of the sources was skipped (see above).")
     index = Index.open(args.db, table=args.table, model=args.model, dim=args.dim, instruction=args.instruction,
                        chunk_tokens=args.chunk_tokens, overlap=args.overlap, device=args.device, dtype=args.dtype,
-                       max_length=args.max_length, batch_tokens=args.batch_tokens)
+                       max_length=args.max_length, batch_tokens=args.batch_tokens, deterministic=args.deterministic)
     report = index.add(sources.documents, batch_docs=args.batch_docs, progress=_progress())
     report.skipped = sources.skipped
     if args.delete_missing:
@@ -79,12 +81,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .index import Index
 
     index = Index.open(args.db, table=args.table, model=args.model, create=False, device=args.device,
-                       dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
+                       dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                       deterministic=args.deterministic)
     reranker = None
     if args.rerank_model:
         reranker = Reranker.from_pretrained(args.rerank_model, device=args.device, dtype=args.dtype,
                                             template=args.template, max_length=args.max_length,
-                                            batch_tokens=args.batch_tokens)
+                                            batch_tokens=args.batch_tokens, deterministic=args.deterministic)
     hits = index.search(args.query, k=args.k, reranker=reranker, candidates=args.candidates,
                         instruction=args.instruction, where=args.where, exact=args.exact, nprobes=args.nprobes)
     if args.json:

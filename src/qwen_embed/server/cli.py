@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
             kwargs["help"] = f"turn off: {kwargs['help']}"
             p.add_argument(f"--no-{s.name}", action="store_const", const=False, **kwargs)
             continue
+        if s.name == "deterministic":  # off by default: the flag turns it on
+            p.add_argument("--deterministic", action="store_const", const=True, **kwargs)
+            continue
         p.add_argument(s.flag, type=s.parse, metavar=s.name.split("_")[-1].upper(), **kwargs)
     p.set_defaults(func=cmd_serve)
 
@@ -52,11 +55,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.embedding_model:
         embedder = Embedder.from_pretrained(settings.embedding_model, device=settings.device, dtype=settings.dtype,
                                             max_length=settings.max_length, batch_tokens=settings.max_batch_tokens,
-                                            compile=settings.compile)
+                                            compile=settings.compile, deterministic=settings.deterministic)
     if settings.reranker_model:
         reranker = Reranker.from_pretrained(settings.reranker_model, device=settings.device, dtype=settings.dtype,
                                             template=settings.reranker_template, max_length=settings.max_length,
-                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile)
+                                            batch_tokens=settings.max_batch_tokens, compile=settings.compile,
+                                            deterministic=settings.deterministic)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             timeout_graceful_shutdown=settings.graceful_timeout, access_log=False,

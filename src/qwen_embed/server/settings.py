@@ -47,6 +47,7 @@ class ServerSettings:
     inflight_batches: int = 1
     warmup: bool = True
     compile: bool | None = None
+    deterministic: bool = False
     log_level: str = "info"
 
     def with_overrides(self, **kw: Any) -> ServerSettings:
@@ -137,6 +138,8 @@ SETTINGS: list[Setting] = [
     Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
     Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
+    Setting("deterministic", _bool, "batch-invariant kernels: a text's vector (a pair's score) is bitwise the same "
+            "whatever requests it is batched with (slower; see docs/deterministic.md)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
 ]
 
