@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..model import RMSNorm
 from ..pooling import row_sum
 
@@ -140,7 +141,8 @@ def _mm_cpu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def bi_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T -> [M, N], each row's reduction order fixed by K alone."""
     if x.shape[1] != weight.shape[1]:
-        raise ValueError(f"bi_mm: x has {x.shape[1]} columns, weight {weight.shape[1]}; they must match")
+        raise InputError(f"bi_mm: x has {x.shape[1]} columns but the weight {weight.shape[1]}; pass x [M, K] "
+                         f"and weight [N, K] with the same K.")
     x, weight = x.contiguous(), weight.contiguous()
     return _mm_cuda(x, weight) if x.is_cuda else _mm_cpu(x, weight)
 
