@@ -94,11 +94,12 @@ def test_prefix_sharing_equals_unshared(reranker: Reranker) -> None:
     assert np.abs(shared - unshared).max() <= 1e-5
 
 
-def test_shared_prefix_length_leaves_a_token() -> None:
+def test_shared_prefix_length_leaves_two_tokens() -> None:
     from qwen_embed.reranker import shared_prefix_length
 
-    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
-    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 1
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]) == 3
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 6, 4]]) == 2
     assert shared_prefix_length([[7], [1]]) == 0
 
 

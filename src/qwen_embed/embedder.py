@@ -51,17 +51,19 @@ class Embedder(CheckpointFacts):
     """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
 
     def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
-                 batch_tokens: int | None = None, compile: bool | None = None) -> None:
+                 batch_tokens: int | None = None, compile: bool | None = None,
+                 deterministic: bool = False) -> None:
         self.checkpoint = checkpoint
         self.max_length = check_max_length(max_length, checkpoint.config)
-        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
+        self.deterministic = deterministic
+        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile, deterministic)
 
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
         batch_tokens: int | None = None, compile: bool | None = None, adapter: str | os.PathLike[str] | None = None,
-        allow_causal_lm: bool = False, threads: int | None = None,
+        allow_causal_lm: bool = False, threads: int | None = None, deterministic: bool = False,
     ) -> Embedder:
         """Load from a local folder or a hub id (e.g. "Qwen/Qwen3-Embedding-0.6B").
 
@@ -75,6 +77,8 @@ class Embedder(CheckpointFacts):
         allow_causal_lm: embed with the trunk of a reranker / causal-LM checkpoint on purpose (refused
             by default, as loading an embedding checkpoint as a Reranker is).
         threads: torch CPU threads for this process (default: the cores it may use; threads.py).
+        deterministic: batch-invariant kernels, so that a text's vector is bitwise the same whatever else
+        is in its batch (docs/deterministic.md says what is guaranteed and what it costs).
         """
         use_threads(threads)
         if adapter is None:
@@ -87,7 +91,8 @@ class Embedder(CheckpointFacts):
 
             load_adapter(ckpt.model, Path(os.fspath(adapter)))
             ckpt.model.eval().requires_grad_(False)
-        return cls(ckpt, max_length=max_length, batch_tokens=batch_tokens, compile=compile)
+        return cls(ckpt, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
+                   deterministic=deterministic)
 
     # -- tokens ------------------------------------------------------------------------------------
     def prepare(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:

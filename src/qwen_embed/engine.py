@@ -217,8 +217,17 @@ class CudaEngine(Engine):
 
 
 def make_engine(model: Qwen3Model, device: torch.device, batch_tokens: int | None = None,
-                compile: bool | None = None) -> Engine:
-    """CudaEngine on CUDA (compile unless `compile=False`), the eager Engine elsewhere."""
+                compile: bool | None = None, deterministic: bool = False) -> Engine:
+    """CudaEngine on CUDA (compile unless `compile=False`), the eager Engine elsewhere.
+
+    deterministic: switch the model to batch-invariant kernels first (kernels/batch_invariant.py); its
+    layers then run eagerly unless `compile=True` (compiled code past torch._dynamo's recompile limit
+    falls back to eager for new shapes, and eager rounds the fused elementwise steps differently)."""
+    if deterministic:
+        from .kernels.batch_invariant import make_batch_invariant
+
+        make_batch_invariant(model)
+        compile = compile is True
     if device.type == "cuda":
         return CudaEngine(model, device, batch_tokens, compile=compile is not False)
     return Engine(model, device, batch_tokens)

@@ -42,10 +42,26 @@ def truncate_dim(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x[..., :dim]
 
 
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension in a fixed pairwise order ([..., d] -> [...]), zero-padded to a power of two.
+
+    Built from elementwise additions only, so a row's result never depends on the other rows: library
+    reductions pick their order from the tensor's shape (on the CPU, `(x * y).sum(-1)` over 64 columns
+    rounds some rows differently in a batch of 32 than alone)."""
+    d = x.shape[-1]
+    width = 1 << max(d - 1, 0).bit_length()
+    if width != d:
+        x = torch.nn.functional.pad(x, (0, width - d))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Row-wise L2 normalisation in float32 (as torch.nn.functional.normalize)."""
+    """Row-wise L2 normalisation in float32 (as torch.nn.functional.normalize), batch invariant."""
     x = x.float()
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return x / row_sum(x * x).sqrt().unsqueeze(-1).clamp_min(eps)
 
 
 def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True, precision: str = "float32",

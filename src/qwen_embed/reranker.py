@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
-from .pooling import rank_by_score
+from .pooling import rank_by_score, row_sum
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
 from .threads import use_threads
 from .tokenizer import QwenTokenizer, check_texts
@@ -76,17 +76,25 @@ def get_template(name: str) -> RerankTemplate:
 
 
 def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-    """sigmoid(h . (W[yes] - W[no])) in float32: hidden [n, H], head [H] -> [n]."""
-    return torch.sigmoid(hidden.float() @ head.float())
+    """sigmoid(h . (W[yes] - W[no])) in float32: hidden [n, H], head [H] -> [n].
+
+    Batch invariant: products and a fixed-order `row_sum`, not `hidden @ head` (the CPU's matrix-vector
+    kernel rounds a row differently with the number of rows), and 1 / (1 + exp(-x)) in float64, not
+    torch.sigmoid (whose CPU kernel rounds the elements of a vector tail differently)."""
+    logit = row_sum(hidden.float() * head.float()).double()  # [n]
+    return (1.0 / (1.0 + torch.exp(-logit))).float()
 
 
 MIN_SHARED_PREFIX = 16  # tokens; below this sharing saves too little to be worth a second pass
 
 
 def shared_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    """Tokens common to the start of every sequence, leaving at least one token of each to score."""
+    """Tokens common to the start of every sequence, leaving at least two tokens of each to score.
+
+    Two, not one: with one query token per sequence flash attention takes its decoding path, whose
+    split-KV reduction depends on the batch (a pair scored alone would differ from the same in a batch)."""
     first = seqs[0]
-    p = min(len(s) for s in seqs) - 1
+    p = min(len(s) for s in seqs) - 2
     for s in seqs[1:]:
         i = 0
         while i < p and s[i] == first[i]:
@@ -163,13 +171,14 @@ class Reranker(CheckpointFacts):
 
     def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
                  batch_tokens: int | None = None, compile: bool | None = None,
-                 share_prefix: bool | None = None) -> None:
+                 share_prefix: bool | None = None, deterministic: bool = False) -> None:
         assert checkpoint.head is not None, "a reranker checkpoint carries a head"
         self.checkpoint = checkpoint
         self.template = get_template(template)
         self.max_length = check_max_length(max_length, checkpoint.config, minimum=16)
         self.head = checkpoint.head
-        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
+        self.deterministic = deterministic
+        self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile, deterministic)
         # on the CPU too since its attention needs no mask (0.6B shape, 32 documents: 1.6x less CPU time)
         self.share_prefix = True if share_prefix is None else share_prefix
         self.inputs = RerankInputs(checkpoint.tokenizer, template, self.max_length)
@@ -179,19 +188,20 @@ class Reranker(CheckpointFacts):
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
         max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
-        share_prefix: bool | None = None, threads: int | None = None,
+        share_prefix: bool | None = None, threads: int | None = None, deterministic: bool = False,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
         share_prefix: compute the query's prefix once per `score` call (default: on).
         dtype: as for Embedder ("int8": int8 linear layers on the CPU); threads: torch CPU threads.
+        deterministic: batch-invariant kernels: a pair's score is bitwise the same in any batch.
         """
         get_template(template)  # fail before loading weights
         use_threads(threads)
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=True)
         return cls(ckpt, template=template, max_length=max_length, batch_tokens=batch_tokens, compile=compile,
-                   share_prefix=share_prefix)
+                   share_prefix=share_prefix, deterministic=deterministic)
 
     def build_input_ids(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                         max_tokens_per_doc: int | None = None) -> list[list[int]]:

@@ -36,6 +36,8 @@ HELP = {
     "max_length": f"tokens per input, end token included (default {DEFAULT_MAX_LENGTH})",
     "batch_tokens": "token budget of one forward pass",
     "compile": "torch.compile the layers on CUDA (default: on with CUDA)",
+    "deterministic": "batch-invariant kernels: bitwise the same vector (and score) for a text whatever else is in "
+                     "its batch (slower; see docs/deterministic.md)",
     "threads": "torch CPU threads per process (default: the cores this process may use, divided among the worker "
                "processes or models that run at once)",
 }
@@ -52,6 +54,7 @@ class ModelSettings:
     batch_tokens: int | None = None
     compile: bool | None = None
     threads: int | None = None
+    deterministic: bool = False
 
     # -- command-line flags ------------------------------------------------------------------------
     @staticmethod
@@ -69,6 +72,7 @@ class ModelSettings:
         parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=HELP["max_length"])
         parser.add_argument("--batch-tokens", type=int, default=None, help=HELP["batch_tokens"])
         parser.add_argument("--threads", type=int, default=None, help=HELP["threads"])
+        parser.add_argument("--deterministic", action="store_true", help=HELP["deterministic"])
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, flag: str = "--model") -> ModelSettings:
@@ -77,7 +81,7 @@ class ModelSettings:
         return cls(model=values[flag.lstrip("-").replace("-", "_")], device=values.get("device"),
                    dtype=values.get("dtype"), max_length=values.get("max_length", DEFAULT_MAX_LENGTH),
                    batch_tokens=values.get("batch_tokens"), compile=values.get("compile"),
-                   threads=values.get("threads"))
+                   threads=values.get("threads"), deterministic=bool(values.get("deterministic")))
 
     # -- loading -----------------------------------------------------------------------------------
     def with_model(self, model: str | None) -> ModelSettings:
@@ -91,7 +95,8 @@ class ModelSettings:
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `Embedder.from_pretrained` / `Reranker.from_pretrained` (all but the model)."""
         return {"device": self.device, "dtype": self.dtype, "max_length": self.max_length,
-                "batch_tokens": self.batch_tokens, "compile": self.compile, "threads": self.threads}
+                "batch_tokens": self.batch_tokens, "compile": self.compile, "threads": self.threads,
+                "deterministic": self.deterministic}
 
     def _model(self) -> str:
         if self.model is None:

@@ -52,7 +52,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     present = [d.id for d in sources.documents] + sorted(sources.skipped_ids)
     opts: dict[str, Any] = {"table": args.table, "model": args.model, "dim": args.dim, "instruction": args.instruction,
                             "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "device": args.device,
-                            "dtype": args.dtype, "max_length": args.max_length, "batch_tokens": args.batch_tokens}
+                            "dtype": args.dtype, "max_length": args.max_length, "batch_tokens": args.batch_tokens,
+                            "deterministic": args.deterministic}
     if args.dry_run:
         try:
             index = Index.open(args.db, create=False, **opts)  # an existing table loads no model
@@ -101,7 +102,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     check_db_folder(args.db, create=False)
     queries = read_records(args.queries, field="query", fields=("text",), fmt=args.format) if args.queries else None
     index = Index.open(args.db, table=args.table, model=args.model, create=False, device=args.device,
-                       dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens)
+                       dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                       deterministic=args.deterministic)
     reranker = None
     if args.rerank_model:
         reranker = ModelSettings.from_args(args).with_model(args.rerank_model).load_reranker(args.template)

@@ -159,7 +159,7 @@ class Index:
         None = None, dim: int | None = None, instruction: str | None = None, chunk_tokens: int | None = None,
         overlap: int | None = None, create: bool = True, device: str | None = None, dtype: str | None = None,
         max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, precision: str | None = None,
-        ranges: Any = None,
+        ranges: Any = None, deterministic: bool = False,
     ) -> Index:
         """Open (or, with `create`, make) the table `table` in the LanceDB folder `db`.
 
@@ -170,9 +170,10 @@ class Index:
         existing table keeps its own and refuses other values. precision: how a new table stores its
         vectors (float32 default, float16, int8, uint8, binary, ubinary; see `quantize.py`), with int8
         calibration `ranges` ([2, dim]; default: calibrated on the first batch); an existing table keeps
-        its own and refuses another.
+        its own and refuses another. deterministic: batch-invariant embedding (see `Embedder`).
         """
-        load = ModelSettings(device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
+        load = ModelSettings(device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens,
+                             deterministic=deterministic)
         embedder: Embedder | None = None
         wanted: str | None = None
         fingerprint: str | None = None

@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
             kwargs["help"] = f"turn off: {kwargs['help']}"
             p.add_argument(f"--no-{s.name}", action="store_const", const=False, **kwargs)
             continue
+        if s.name == "deterministic":  # off by default: the flag turns it on
+            p.add_argument("--deterministic", action="store_const", const=True, **kwargs)
+            continue
         p.add_argument(s.flag, type=s.parse, metavar=s.name.split("_")[-1].upper(), **kwargs)
     p.set_defaults(func=cmd_serve)
 
@@ -56,12 +59,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         refuse_reranker(settings.embedding_model)
         embedder = Embedder.from_pretrained(settings.embedding_model, device=settings.device, dtype=settings.dtype,
                                             max_length=settings.max_length, batch_tokens=settings.max_batch_tokens,
-                                            compile=settings.compile, threads=threads)
+                                            compile=settings.compile, threads=threads,
+                                            deterministic=settings.deterministic)
     if settings.reranker_model:
         reranker = Reranker.from_pretrained(settings.reranker_model, device=settings.device, dtype=settings.dtype,
                                             template=settings.reranker_template, max_length=settings.max_length,
                                             batch_tokens=settings.max_batch_tokens, compile=settings.compile,
-                                            threads=threads)
+                                            threads=threads, deterministic=settings.deterministic)
     app = create_app(settings, embedder=embedder, reranker=reranker)
     raise_fd_limit(settings.max_connections)
     server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)

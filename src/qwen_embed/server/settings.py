@@ -54,6 +54,7 @@ class ServerSettings:
     warmup: bool = True
     compile: bool | None = None
     threads: int | None = None
+    deterministic: bool = False
     log_level: str = "info"
 
     def model_settings(self, kind: Literal["embedding", "reranker"]) -> ModelSettings:
@@ -168,6 +169,8 @@ SETTINGS: list[Setting] = [
     Setting("warmup", _bool, "run one forward pass per model before /health reports ready"),
     Setting("compile", _bool, "torch.compile the layers on CUDA (default: on with CUDA; compiles at warm-up)"),
     Setting("threads", int, "torch CPU threads (default: the cores available, divided among the models served)"),
+    Setting("deterministic", _bool, "batch-invariant kernels: a text's vector (a pair's score) is bitwise the same "
+            "whatever requests it is batched with (slower; see docs/deterministic.md)"),
     Setting("log_level", str, "uvicorn log level: critical, error, warning, info, debug"),
 ]
 
