@@ -29,6 +29,10 @@ def _progress() -> bool | None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.vectors is not None:  # vectors embedded by `embed-corpus`: no embedding here
+        from ..ray.cli import cmd_index_vectors
+
+        return cmd_index_vectors(args)
     from .index import Index
     from .sources import read_sources
 
@@ -101,7 +105,9 @@ def register(sub: Any) -> None:
         description="Read SOURCEs (.txt/.md files, folders, JSONL with id/text/title, BEIR corpora), split long "
         "documents into token chunks, embed them and upsert them by id into a LanceDB table. Unchanged documents "
         "are skipped; an interrupted run resumes where it stopped.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to index")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="files or folders to index")
+    p.add_argument("--vectors", default=None, metavar="FOLDER", help="instead of SOURCEs: the output folder of "
+                   "`qwen-embed embed-corpus`, stored without embedding again (same model and dim as the table)")
     p.add_argument("--db", required=True, help="LanceDB folder (created when missing)")
     p.add_argument("--table", default="documents", help="table name (default: documents)")
     _add_load_options(p, f"embedding model: hub id or folder (default: the table's, or {DEFAULT_EMBEDDING_MODEL} "
