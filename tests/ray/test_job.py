@@ -22,7 +22,8 @@ from qwen_embed.cli import main
 from qwen_embed.ray.parts import MANIFEST
 from qwen_embed.store import open_store
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu",
+         "xi", "omicron", "pi"]
 
 
 def corpus_rows(n: int, seed: int = 0) -> list[dict[str, str]]:

@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,8 +94,11 @@ def _rows(part: pa.Table, job: str) -> ChunkRows:
 
 
 def _take(rows: ChunkRows, keep: list[int]) -> ChunkRows:
-    return ChunkRows(*([getattr(rows, f)[i] for i in keep] for f in ("ids", "doc_ids", "chunks", "texts", "titles",
-                                                                     "hashes", "metadata")),
+    def pick(values: list[Any]) -> list[Any]:
+        return [values[i] for i in keep]
+
+    return ChunkRows(ids=pick(rows.ids), doc_ids=pick(rows.doc_ids), chunks=pick(rows.chunks), texts=pick(rows.texts),
+                     titles=pick(rows.titles), hashes=pick(rows.hashes), metadata=pick(rows.metadata),
                      vectors=rows.vectors[keep])
 
 

@@ -19,6 +19,7 @@ the vectors do not depend on the engine (up to the rounding of different batch n
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -123,8 +124,9 @@ def embed_corpus(job: CorpusJob) -> CorpusReport:
     check_job(job)
     corpus = open_corpus(job.input, id_column=job.id_column, text_column=job.text_column)
     facts = model_facts(job.model, job.dim, job.max_length)
+    source = job.input if "://" in job.input else os.path.abspath(job.input)
     manifest = {**facts, "dtype_out": job.dtype_out, "instruction": job.instruction, "keep_text": job.keep_text,
-                "input": job.input if "://" in job.input else os.path.abspath(job.input), "id_column": job.id_column, "text_column": job.text_column}
+                "input": source, "id_column": job.id_column, "text_column": job.text_column}
     writer = PartsWriter.open(job.output, job=fingerprint(manifest), manifest=manifest, dim=facts["dim"],
                               dtype_out=job.dtype_out, keep_text=job.keep_text, overwrite=job.overwrite)
     extra = writer.done.difference(corpus.ids.to_pylist()) if writer.done else set()
@@ -208,7 +210,8 @@ def _connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs.pop("address")
     try:
