@@ -82,7 +82,7 @@ def main() -> None:
                                "load_average": os.getloadavg(), "runs": {}}
     configs: list[tuple[str, dict[str, Any], int | None]] = [
         ("local, torch 1 thread", {"engine": "local"}, 1),
-        ("local, torch all threads", {"engine": "local"}, None),
+        ("local, torch all threads", {"engine": "local"}, os.cpu_count() or 1),
     ]
     gpu_or_cpu = {"num_gpus": args.num_gpus} if args.num_gpus else {"actors": 1, "cpus_per_actor": 1}
     configs += [

@@ -100,6 +100,9 @@ def check_job(job: CorpusJob) -> None:
             raise InputError(f"{name} must be a positive integer, got {value!r}.")
     if job.address is not None and job.engine != "ray":
         raise InputError("--address is a Ray cluster address; it needs --engine ray.")
+    if job.device is not None and job.engine == "ray":
+        raise InputError(f"--device {job.device} is for --engine local; on Ray, --num-gpus N puts one model on each "
+                         "of N GPUs (0: CPU actors).")
 
 
 def model_facts(model: str, dim: int | None, max_length: int) -> dict[str, Any]:
