@@ -5,7 +5,9 @@
 
 Each configuration runs the whole job (`embed_corpus`: read and check the JSONL, load the model, embed,
 write Parquet parts) into a fresh output folder, so model loading and actor start-up are included, as a
-user pays them; the Ray cluster itself is started once before (its start-up is reported apart). Ray runs
+user pays them; the Ray cluster itself is started once before (its start-up is reported apart). The local
+run uses one torch thread, like one CPU actor (two threads on two cores shared with other processes were
+several times slower here, as BENCHMARKS.md's CPU section says). Ray runs
 with tokenization in a CPU stage (`--tokenize stage`) and inside the model actors (`actor`). Vectors of
 every run are compared with the local run's (max abs difference). Results: benchmarks/results/scale-*.json.
 """
@@ -82,7 +84,6 @@ def main() -> None:
                                "load_average": os.getloadavg(), "runs": {}}
     configs: list[tuple[str, dict[str, Any], int | None]] = [
         ("local, torch 1 thread", {"engine": "local"}, 1),
-        ("local, torch all threads", {"engine": "local"}, os.cpu_count() or 1),
     ]
     gpu_or_cpu = {"num_gpus": args.num_gpus} if args.num_gpus else {"actors": 1, "cpus_per_actor": 1}
     configs += [

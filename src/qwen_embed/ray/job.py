@@ -125,11 +125,12 @@ def embed_corpus(job: CorpusJob) -> CorpusReport:
     """Run the job (see the module docstring) -> a report; resumes a killed run of the same job."""
     t0 = time.perf_counter()
     check_job(job)
-    corpus = open_corpus(job.input, id_column=job.id_column, text_column=job.text_column)
     facts = model_facts(job.model, job.dim, job.max_length)
     source = job.input if "://" in job.input else os.path.abspath(job.input)
     manifest = {**facts, "dtype_out": job.dtype_out, "instruction": job.instruction, "keep_text": job.keep_text,
                 "input": source, "id_column": job.id_column, "text_column": job.text_column}
+    PartsWriter.check(job.output, job=fingerprint(manifest), overwrite=job.overwrite)  # before reading the input
+    corpus = open_corpus(job.input, id_column=job.id_column, text_column=job.text_column)
     writer = PartsWriter.open(job.output, job=fingerprint(manifest), manifest=manifest, dim=facts["dim"],
                               dtype_out=job.dtype_out, keep_text=job.keep_text, overwrite=job.overwrite)
     extra = writer.done.difference(corpus.ids.to_pylist()) if writer.done else set()

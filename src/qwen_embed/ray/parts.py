@@ -89,34 +89,38 @@ class PartsWriter:
     rows_written: int = 0
     resumed_parts: int = 0
 
-    @classmethod
-    def open(cls, folder: str | os.PathLike[str], *, job: str, manifest: dict[str, Any], dim: int,
-             dtype_out: str, keep_text: bool, overwrite: bool = False) -> PartsWriter:
-        """Check the folder (see the module docstring), read back what this job wrote, write the manifest."""
+    @staticmethod
+    def check(folder: str | os.PathLike[str], *, job: str, overwrite: bool = False) -> dict[str, Any] | None:
+        """Refuse an output folder this job may not write (see the module docstring), before any work and
+        without changing anything -> the manifest found there, if any."""
         out = Path(folder)
         if out.exists() and not out.is_dir():
             raise InputError(f"output {out} is a file; give a folder (it is created when missing).")
         check_output_dir(out, overwrite=True)  # parent exists, writable; "not empty" is judged below
         old = _read_manifest(out)
-        entries = [p for p in out.iterdir()] if out.is_dir() else []
+        entries = list(out.iterdir()) if out.is_dir() else []
         if old is None and entries and not overwrite:
             raise OutputExistsError(f"output folder {out} exists and holds files that embed-corpus did not write "
                                     f"({entries[0].name}, ...); choose a new folder, or pass --overwrite to write "
                                     "beside them (they are left untouched).")
-        if old is not None and old.get("job") != job:
-            if not overwrite:
-                raise OutputExistsError(f"output folder {out} holds the output of another embed-corpus job (other "
-                                        "input, model or settings); pass --overwrite to replace it, or choose a new "
-                                        "folder.")
+        if old is not None and old.get("job") != job and not overwrite:
+            raise OutputExistsError(f"output folder {out} holds the output of another embed-corpus job (other "
+                                    "input, model or settings); pass --overwrite to replace it, or choose a new "
+                                    "folder.")
+        if old is not None and old.get("job") == job and old.get("complete") and not overwrite:
+            raise OutputExistsError(f"output folder {out} already holds the complete output of this job "
+                                    f"({old.get('rows')} rows); pass --overwrite to embed again, or choose a new "
+                                    "folder.")
+        return old
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str], *, job: str, manifest: dict[str, Any], dim: int,
+             dtype_out: str, keep_text: bool, overwrite: bool = False) -> PartsWriter:
+        """Check the folder, read back what this job wrote, write the manifest."""
+        out = Path(folder)
+        old = cls.check(out, job=job, overwrite=overwrite)
+        if old is not None and (old.get("job") != job or old.get("complete")):  # only with overwrite
             _remove_ours(out)
-            old = None
-        if old is not None and old.get("complete"):
-            if not overwrite:
-                raise OutputExistsError(f"output folder {out} already holds the complete output of this job "
-                                        f"({old.get('rows')} rows); pass --overwrite to embed again, or choose a new "
-                                        "folder.")
-            _remove_ours(out)
-            old = None
         out.mkdir(exist_ok=True)
         clean_stale_temps(out)
         meta = {"job": job, "format": FORMAT, "model": manifest.get("model"), "dim": dim}
@@ -125,7 +129,7 @@ class PartsWriter:
             n = int(_PART.match(path.name)[1])  # type: ignore[index]
             w.next_part = max(w.next_part, n + 1)
             if rec.get("job") != job:
-                continue  # a part of another job in a folder we were told to overwrite: removed above
+                continue  # another job's part without its manifest (written beside with --overwrite): left as it is
             ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
             w.done.update(ids)
             w.resumed_parts += 1
