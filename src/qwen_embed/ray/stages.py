@@ -9,11 +9,13 @@ it into full forward passes: never one call per row.
     ds = embed_dataset(ds, "Qwen/Qwen3-Embedding-0.6B", num_gpus=8)       # + column "vector"
     ds = rerank_dataset(pairs, "Qwen/Qwen3-Reranker-0.6B", num_gpus=8)     # + column "score"
 
-Tokenization runs either in a CPU stage before the model (`tokenize="stage"`: `tokenize_batch` as plain
-Ray tasks, each worker process loading the tokenizer once; tasks hold no CPU between batches, so they
-share the cluster with the model actors without starving them, and overlap them) or inside each model
-actor (`tokenize="actor"`, `Embedder.encode` on the batch's texts). The stage form is the default: it
-was faster in `benchmarks/scale.py` (BENCHMARKS.md). Both give the same token ids (`Embedder.tokenize`'s
+Tokenization runs either inside each model actor (`tokenize="actor"`, the default: `Embedder.encode` on
+the batch's texts) or in a CPU stage before the model (`tokenize="stage"`: `tokenize_batch` as plain Ray
+tasks, each worker process loading the tokenizer once; tasks hold no CPU between batches, so they share
+the cluster with the model actors without starving them). In the actor was 2.4x faster in
+`benchmarks/scale.py` on a 2-core host (BENCHMARKS.md): the stage pays the tokenizer's load in every new
+worker process and a round trip of the token ids through the object store; a GPU cluster with spare cores
+may still gain from the stage (not measured). Both give the same token ids (`Embedder.tokenize`'s
 rule: `QwenTokenizer.encode_for_embedding` at the embedder's max_length), so the same vectors.
 
 GPU actors take one GPU each (`num_gpus` actors, `num_gpus=1` per actor: Ray sets each actor's
@@ -35,7 +37,7 @@ import pyarrow as pa
 from ..errors import InputError
 
 TOKENIZE_MODES = ("stage", "actor")
-DEFAULT_TOKENIZE = "stage"
+DEFAULT_TOKENIZE = "actor"  # measured faster on CPU (benchmarks/scale.py, BENCHMARKS.md)
 DEFAULT_BATCH_ROWS = 1024
 IDS_COLUMN = "input_ids"
 TOKENIZE_CPUS = 0.5  # per tokenization task; unlike the actors' whole cores, so Ray keeps it a stage of its own
@@ -203,7 +205,7 @@ def embed_dataset(ds: Any, model: str | os.PathLike[str], *, text_column: str = 
     """A Ray Dataset with a text column -> the same rows plus `output_column` (lazy, streaming).
 
     num_gpus > 0: that many actors, one GPU each; else `actors` CPU actors of `cpus_per_actor` cores.
-    tokenize: 'stage' (default, CPU tasks before the actors) or 'actor'. batch_rows: rows per model call
+    tokenize: 'actor' (default, in the model actors) or 'stage' (CPU tasks before them). batch_rows: rows per model call
     (larger batches pack better; the engine cuts them into forward passes of `batch_tokens`)."""
     n, resources = actor_resources(num_gpus, actors, cpus_per_actor)
     check_tokenize(tokenize)
