@@ -85,6 +85,10 @@ def test_embed_corpus_on_ray_equals_encode(ray_cluster: str, tmp_path: Path, tin
     assert run_cli(str(bad), "-o", str(tmp_path / "bad"), "--model", str(tiny_embedding_path), "--engine", "ray") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'b' has no text" in err, err
+    # a tokenize stage that would find no free core beside the actors is refused, not left waiting
+    assert run_cli(str(src), "-o", str(tmp_path / "busy"), "--model", str(tiny_embedding_path), "--engine", "ray",
+                   "--actors", "2", "--tokenize", "stage") == 2
+    assert "needs 2.5 CPUs, the cluster has 2" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -105,7 +109,8 @@ def test_ray_run_killed_then_resumed_equals_clean(ray_cluster: str, tmp_path: Pa
     written = len(list(out.glob("part-*.parquet")))
     assert 2 <= written < 800 // 16, "the run was not killed in the middle"
     assert json.loads((out / MANIFEST).read_text())["complete"] is False
-    assert run_cli(*args, "-o", str(out), "--engine", "ray") == 0  # resumed on Ray
+    # resumed on Ray, with two CPU actors taking both cores (the reads reserve none)
+    assert run_cli(*args, "-o", str(out), "--engine", "ray", "--actors", "2") == 0
     clean = tmp_path / "clean"
     assert run_cli(*args, "-o", str(clean)) == 0  # the reference: a clean local run
     ids, vecs, _ = read_output(out)

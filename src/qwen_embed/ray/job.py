@@ -35,7 +35,14 @@ from ..errors import InputError, QwenEmbedError
 from ..files import fingerprint
 from .parts import PartsWriter
 from .source import Corpus, check_batch, json_parse_options, normalize_batch, open_corpus
-from .stages import DEFAULT_BATCH_ROWS, DEFAULT_TOKENIZE, actor_resources, check_dtype_out, check_tokenize
+from .stages import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_TOKENIZE,
+    TOKENIZE_CPUS,
+    actor_resources,
+    check_dtype_out,
+    check_tokenize,
+)
 
 ENGINES = ("local", "ray")
 DEFAULT_ROWS_PER_FILE = 50_000
@@ -230,10 +237,31 @@ def read_ray(corpus: Corpus) -> Any:
     """The corpus's files as a Ray Dataset (same files, filesystem and JSON parsing as the local engine)."""
     import ray.data
 
+    # Read tasks reserve no CPU: model actors may take every core (2 CPU actors on 2 cores), and a read
+    # task waiting for a core they hold would wait forever. Reading is light next to the model.
     if corpus.format == "parquet":
-        return ray.data.read_parquet(corpus.files, filesystem=corpus.fs,
+        return ray.data.read_parquet(corpus.files, filesystem=corpus.fs, num_cpus=0,
                                      columns=[corpus.id_column, corpus.text_column])
-    return ray.data.read_json(corpus.files, filesystem=corpus.fs, parse_options=json_parse_options(corpus.text_column))
+    return ray.data.read_json(corpus.files, filesystem=corpus.fs, num_cpus=0,
+                              parse_options=json_parse_options(corpus.text_column))
+
+
+def check_cluster(job: CorpusJob) -> None:
+    """Refuse a CPU job whose tokenize stage would find no free core beside the model actors (Ray would wait
+    forever), and GPU actors on a cluster without GPUs."""
+    import ray
+
+    have = ray.cluster_resources()
+    if job.num_gpus and not have.get("GPU"):
+        raise InputError(f"--num-gpus {job.num_gpus}: the Ray cluster has no GPUs; start nodes with GPUs or use "
+                         "--num-gpus 0 (CPU actors).")
+    if job.num_gpus or job.tokenize != "stage":
+        return
+    need = job.actors * job.cpus_per_actor + TOKENIZE_CPUS
+    if need > have.get("CPU", 0):
+        raise InputError(f"--tokenize stage with {job.actors} CPU actor(s) of {job.cpus_per_actor} core(s) needs "
+                         f"{need:g} CPUs, the cluster has {have.get('CPU', 0):g}; use fewer --actors or "
+                         "--tokenize actor.")
 
 
 def _user_error(e: BaseException) -> BaseException:
@@ -257,6 +285,7 @@ def run_ray(job: CorpusJob, corpus: Corpus, writer: PartsWriter, dim: int) -> No
 
     started = _connect(job.address)
     try:
+        check_cluster(job)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = job.progress
         done = pa.array(sorted(writer.done), pa.string()) if writer.done else None
