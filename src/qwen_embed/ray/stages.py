@@ -12,7 +12,7 @@ it into full forward passes: never one call per row.
 Tokenization runs either inside each model actor (`tokenize="actor"`, the default: `Embedder.encode` on
 the batch's texts) or in a CPU stage before the model (`tokenize="stage"`: `tokenize_batch` as plain Ray
 tasks, each worker process loading the tokenizer once; tasks hold no CPU between batches, so they share
-the cluster with the model actors without starving them). In the actor was 2.4x faster in
+the cluster with the model actors without starving them). In the actor was 1.3-1.5x faster in
 `benchmarks/scale.py` on a 2-core host (BENCHMARKS.md): the stage pays the tokenizer's load in every new
 worker process and a round trip of the token ids through the object store; a GPU cluster with spare cores
 may still gain from the stage (not measured). Both give the same token ids (`Embedder.tokenize`'s
