@@ -12,11 +12,14 @@ the ratio ours / sentence-transformers, for full fine-tuning and for LoRA (r 16 
 
     python benchmarks/train.py                 # GPU, 0.6B shape
     python benchmarks/train.py --quick         # CPU smoke run
+    python benchmarks/train.py --rerank        # reranker training: train rerank vs CrossEncoder (pairs/s)
+    python benchmarks/train.py --rerank --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import tempfile
@@ -110,6 +113,118 @@ def sentence_transformers_run(ckpt: Path, rows: list[dict[str, str]], args: argp
     return {"tokens_per_s": sum(tokens) / sum(times), "step_s": statistics.median(times), "loss": float(loss.detach())}
 
 
+def rerank_ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """qwen-embed `train rerank` steps (bce, 1 negative per positive: 2 pairs per row), timed per step."""
+    cfg = TrainConfig.from_dict({
+        "model": {"path": str(ckpt), "device": device.type, "precision": "bf16" if device.type == "cuda" else "fp32",
+                  "gradient_checkpointing": args.checkpointing},
+        "data": {"train_files": [str(data)], "default_instruction": None},
+        "optim": {"lr": 1e-5, "warmup_steps": 1},
+        "train": {"output_dir": str(out), "batch_size": args.batch, "chunk_tokens": args.batch * 2 * args.doc_len,
+                  "max_steps": 1000, "progress": False},
+        "rerank": {"loss": "bce", "negatives_per_positive": 1, "max_length": args.doc_len},
+    })
+    t = Trainer(cfg, kind="rerank")
+    times, pairs, tokens = [], [], []
+    for i, batch in enumerate(t.batches()):
+        if i == args.warmup + args.steps:
+            break
+        sync(device)
+        start = time.perf_counter()
+        stats = t.train_step(batch)
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+            pairs.append(len(batch.sequences))
+            tokens.append(batch.num_tokens)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"pairs_per_s": sum(pairs) / sum(times), "tokens_per_s": sum(tokens) / sum(times),
+            "step_s": statistics.median(times), "loss": stats["loss"], "peak_gib": peak}
+
+
+def rerank_st(ckpt: Path, rows: list[dict[str, Any]], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """sentence-transformers' CrossEncoder on the same CausalLM checkpoint (its LogitScore yes/no head),
+    BinaryCrossEntropyLoss, the same pairs rendered with the same template, one backward per step."""
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from qwen_embed.embedder import DEFAULT_INSTRUCTION
+    from qwen_embed.reranker import TEMPLATES
+
+    tmpl = TEMPLATES["card"]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = CrossEncoder(str(ckpt), device=str(device), max_length=args.doc_len, model_kwargs={"dtype": dtype})
+    if args.checkpointing:
+        model[0].auto_model.gradient_checkpointing_enable()
+    model.train()
+    loss_fn = BinaryCrossEntropyLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    times, pairs, tokens = [], [], []
+    for i in range(args.warmup + args.steps):
+        chunk = rows[i * args.batch : (i + 1) * args.batch]
+        heads = [tmpl.prefix + tmpl.head.format(instruction=DEFAULT_INSTRUCTION, query=r["query"]) for r in chunk]
+        first = heads + heads
+        second = [r["positive"] + tmpl.tail for r in chunk] + [r["negatives"][0] + tmpl.tail for r in chunk]
+        labels = torch.tensor([1.0] * len(chunk) + [0.0] * len(chunk), device=device)
+        sync(device)
+        start = time.perf_counter()
+        loss = loss_fn([first, second], labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+            pairs.append(len(first))
+            enc = model.tokenizer(first, second, truncation=True, max_length=args.doc_len)
+            tokens.append(sum(len(x) for x in enc["input_ids"]))
+    return {"pairs_per_s": sum(pairs) / sum(times), "tokens_per_s": sum(tokens) / sum(times),
+            "step_s": statistics.median(times), "loss": float(loss.detach())}
+
+
+def rerank_main(args: argparse.Namespace, device: torch.device) -> None:
+    """`--rerank`: reranker training pairs/s, ours vs sentence-transformers' CrossEncoder, in one process."""
+    args.batch = args.batch or (4 if args.quick else 32)
+    args.steps = args.steps or (2 if args.quick else 5)
+    if args.quick:
+        args.doc_len = min(args.doc_len, 192)
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        shape = {} if args.quick else SHAPE_06B
+        ckpt = make_checkpoint(tmp / "model", "reranker", tokenizer="small" if args.quick else "auto",
+                               dtype="float32" if args.quick else "bfloat16", **shape)
+        train_file, _, _, _ = write_pairs(tmp / "data", held_out=0.0)
+        pairs = [json.loads(ln) for ln in train_file.read_text().splitlines()]
+        need = (args.warmup + args.steps) * args.batch
+        pairs = (pairs * (need // len(pairs) + 2))[: need + 1]
+        rows = [{"query": p["query"], "positive": p["positive"], "negatives": [q["positive"]]}
+                for p, q in itertools.pairwise(pairs)]  # the next row's document: a "no"
+        data = tmp / "rerank.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        results: dict[str, Any] = {"device": str(device), "shape": "tiny" if args.quick else "0.6B",
+                                   "rows": args.batch, "pairs_per_step": 2 * args.batch, "steps": args.steps,
+                                   "max_length": args.doc_len}
+        results["ours"] = rerank_ours(ckpt, data, tmp / "run", args, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if not args.skip_st:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            # ours shuffles its rows; ST takes them in order: the same data, the same pairs per step
+            results["st"] = rerank_st(ckpt, rows, args, device)
+            if device.type == "cuda":
+                results["st"]["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    o, st = results["ours"]["pairs_per_s"], results.get("st", {}).get("pairs_per_s")
+    print(f"\nreranker training, {results['shape']} shape on {device}, {2 * args.batch} pairs/step: qwen-embed "
+          f"{o:.1f} pairs/s, sentence-transformers CrossEncoder {st or float('nan'):.1f} pairs/s"
+          + (f", {o / st:.2f}x" if st else ""))
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny shape, small batch, CPU-friendly")
@@ -123,8 +238,13 @@ def main() -> None:
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
     ap.add_argument("--skip-st", action="store_true", help="only our side")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--rerank", action="store_true", help="reranker training (train rerank, bce) against "
+                    "sentence-transformers' CrossEncoder on the same CausalLM checkpoint: pairs/s")
     args = ap.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.rerank:
+        rerank_main(args, device)
+        return
     args.batch = args.batch or (16 if args.quick else 512)
     args.mini_batch = args.mini_batch or (8 if args.quick else 64)
     args.steps = args.steps or (2 if args.quick else 5)

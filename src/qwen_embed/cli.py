@@ -26,7 +26,7 @@ from .jsonl import iter_jsonl
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli",
-              "qwen_embed.recipe.cli", "qwen_embed.ray.cli"]
+              "qwen_embed.synth.cli", "qwen_embed.recipe.cli", "qwen_embed.ray.cli"]
 
 
 # -- helpers shared by every command --------------------------------------------------------------

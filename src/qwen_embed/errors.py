@@ -8,7 +8,14 @@ from __future__ import annotations
 
 
 class QwenEmbedError(Exception):
-    """Base class of every error qwen-embed raises on purpose."""
+    """Base class of every error qwen-embed raises on purpose.
+
+    `param` names the argument the error concerns (e.g. "dim"), so that an outer layer (the HTTP
+    server, the CLI) can point at its own spelling of that argument without editing the message."""
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class InputError(QwenEmbedError, ValueError):

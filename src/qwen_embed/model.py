@@ -16,6 +16,9 @@ run it once with `record=[]` to collect each layer's k and v, then run the docum
 `prefix=SharedPrefix(...)`, positions starting after the prefix; every document attends to the prefix
 keys and to its own (see attention.py for the alignment).
 
+Training wraps from outside (train/checkpointing.py recomputes each layer in the backward pass); the
+model holds no training flag and `forward` has one return type.
+
 Shapes: T tokens in the batch, H hidden, Hq / Hkv heads, D head_dim, I intermediate, P prefix tokens.
 """
 
@@ -168,13 +171,13 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PackedBatch,
-        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None, return_kv: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> hidden [T or n, H]; with `return_kv` also this layer's k, v (to build a shared prefix)."""
+        out_idx: torch.Tensor | None = None, prefix: PrefixLayer | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (hidden [T or n, H], this layer's k [T, Hkv, D], v [T, Hkv, D]) (k, v build a shared prefix)."""
         a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, batch, out_idx, prefix)
         x = (x if out_idx is None else x[out_idx]) + a  # [T or n, H]
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return (x, k, v) if return_kv else x
+        return x, k, v
 
 
 class Qwen3Model(nn.Module):
@@ -186,7 +189,6 @@ class Qwen3Model(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.gradient_checkpointing = False
 
     def forward(
         self, batch: PackedBatch, output_indices: torch.Tensor | None = None, prefix: SharedPrefix | None = None,
@@ -201,14 +203,8 @@ class Qwen3Model(nn.Module):
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             out_idx = output_indices if i == last else None
-            if self.gradient_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, batch, out_idx, use_reentrant=False)
-            elif record is not None:
-                x, k, v = layer(x, cos, sin, batch, out_idx, None, True)
+            x, k, v = layer(x, cos, sin, batch, out_idx, None if prefix is None else prefix.layer(i))
+            if record is not None:
                 record.append((k, v))
-            elif prefix is not None:
-                x = layer(x, cos, sin, batch, out_idx, prefix.layer(i))
-            else:
-                x = layer(x, cos, sin, batch, out_idx)
         # the pooled rows leave in float32 (no bf16 rounding of the final norm's output)
         return self.norm(x, torch.float32 if output_indices is not None else None)

@@ -21,16 +21,18 @@ def last_token_pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Ten
     return hidden[cu_seqlens[1:].long() - 1]
 
 
-def check_dim(dim: int | None, hidden_size: int) -> int:
-    """Validate a Matryoshka dimension (32 .. hidden size); None means the full size."""
+def check_dim(dim: int | None, hidden_size: int, param: str = "dim") -> int:
+    """Validate a Matryoshka dimension (32 .. hidden size); None means the full size.
+
+    `param` is the caller's name for the argument (the server's `dimensions`); the error carries it."""
     if dim is None:
         return hidden_size
     if isinstance(dim, bool) or not isinstance(dim, int):
-        raise InputError(f"dim must be an integer, got {dim!r}")
+        raise InputError(f"{param} must be an integer, got {dim!r}", param=param)
     if not MIN_DIM <= dim <= hidden_size:
         raise InputError(
-            f"dim={dim} is out of range: this model supports {MIN_DIM}..{hidden_size}; "
-            f"pass a value in that range or None for the full {hidden_size}."
+            f"{param}={dim} is out of range: this model supports {MIN_DIM}..{hidden_size}; "
+            f"pass a value in that range or leave it out for the full {hidden_size}.", param=param
         )
     return dim
 

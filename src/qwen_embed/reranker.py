@@ -32,7 +32,7 @@ from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
 from .errors import InputError
 from .pooling import rank_by_score
-from .tokenizer import check_texts
+from .tokenizer import QwenTokenizer, check_texts
 
 SYSTEM_PROMPT = (
     'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
@@ -110,6 +110,52 @@ class RerankResult:
     document: str
 
 
+class RerankInputs:
+    """Token ids of reranker inputs from a tokenizer alone (no model): what `Reranker` scores and training trains.
+
+    prefix + body(instruction, query, document), cut from the right to fit, + tail: only the document
+    is truncated; the prefix, the instruction and query, and the chat suffix are always kept.
+    """
+
+    def __init__(self, tokenizer: QwenTokenizer, template: str = "card",
+                 max_length: int = DEFAULT_MAX_LENGTH) -> None:
+        self.tokenizer = tokenizer
+        self.template = get_template(template)
+        self.max_length = max_length
+        self.prefix_ids = tokenizer.encode_one(self.template.prefix)
+        self.tail_ids = tokenizer.encode_one(self.template.tail)
+
+    def build(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+              max_tokens_per_doc: int | None = None) -> list[list[int]]:
+        """Token ids of each (query, document) input, the document truncated to fit max_length."""
+        query, docs, instr = check_rerank_inputs(query, documents, instruction)
+        tmpl, tok = self.template, self.tokenizer
+        budget = self.max_length - len(self.prefix_ids) - len(self.tail_ids)
+        head_len = len(tok.encode_one(tmpl.head.format(instruction=instr, query=query)))
+        if head_len >= budget:
+            raise InputError(
+                f"the instruction and query take {head_len} tokens, over the {budget} left for them and the "
+                f"document by max_length={self.max_length}; shorten the query or raise max_length."
+            )
+        if max_tokens_per_doc is not None:
+            if isinstance(max_tokens_per_doc, bool) or not isinstance(max_tokens_per_doc, int) \
+                    or max_tokens_per_doc < 1:
+                raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
+            budget = min(budget, head_len + max_tokens_per_doc)
+        bodies = tok.encode([tmpl.body(instr, query, d) for d in docs])
+        return [self.prefix_ids + b[:budget] + self.tail_ids for b in bodies]
+
+
+def check_rerank_inputs(query: str, documents: Sequence[str],
+                        instruction: str | None) -> tuple[str, list[str], str]:
+    """Validate a query, its documents and an optional instruction (default: the web-search one)."""
+    if not isinstance(query, str) or not query:
+        raise InputError(f"query must be a non-empty string, got {query!r:.60}")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+    return query, check_texts(documents, "documents"), instruction or DEFAULT_INSTRUCTION
+
+
 class Reranker(CheckpointFacts):
     """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
 
@@ -124,9 +170,7 @@ class Reranker(CheckpointFacts):
         self.engine = make_engine(checkpoint.model, checkpoint.device, batch_tokens, compile)
         # CPU attention with a prefix needs an explicit mask (slower than what sharing saves): CUDA only
         self.share_prefix = checkpoint.device.type == "cuda" if share_prefix is None else share_prefix
-        tok = checkpoint.tokenizer
-        self._prefix_ids = tok.encode_one(self.template.prefix)
-        self._tail_ids = tok.encode_one(self.template.tail)
+        self.inputs = RerankInputs(checkpoint.tokenizer, template, self.max_length)
 
     @classmethod
     def from_pretrained(
@@ -148,22 +192,7 @@ class Reranker(CheckpointFacts):
     def build_input_ids(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                         max_tokens_per_doc: int | None = None) -> list[list[int]]:
         """Token ids of each (query, document) input, the document truncated to fit max_length."""
-        query, docs, instr = self._check(query, documents, instruction)
-        tmpl, tok = self.template, self.tokenizer
-        budget = self.max_length - len(self._prefix_ids) - len(self._tail_ids)
-        head_len = len(tok.encode_one(tmpl.head.format(instruction=instr, query=query)))
-        if head_len >= budget:
-            raise InputError(
-                f"the instruction and query take {head_len} tokens, over the {budget} left for them and the "
-                f"document by max_length={self.max_length}; shorten the query or raise max_length."
-            )
-        if max_tokens_per_doc is not None:
-            if isinstance(max_tokens_per_doc, bool) or not isinstance(max_tokens_per_doc, int) \
-                    or max_tokens_per_doc < 1:
-                raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
-            budget = min(budget, head_len + max_tokens_per_doc)
-        bodies = tok.encode([tmpl.body(instr, query, d) for d in docs])
-        return [self._prefix_ids + b[:budget] + self._tail_ids for b in bodies]
+        return self.inputs.build(query, documents, instruction=instruction, max_tokens_per_doc=max_tokens_per_doc)
 
     def score(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
               progress: bool | None = None) -> np.ndarray:
@@ -228,11 +257,7 @@ class Reranker(CheckpointFacts):
         return [RerankResult(i, float(scores[i]), docs[i]) for i in order[:top_n]]
 
     def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> tuple[str, list[str], str]:
-        if not isinstance(query, str) or not query:
-            raise InputError(f"query must be a non-empty string, got {query!r:.60}")
-        if instruction is not None and not isinstance(instruction, str):
-            raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
-        return query, check_texts(documents, "documents"), instruction or DEFAULT_INSTRUCTION
+        return check_rerank_inputs(query, documents, instruction)
 
     def __repr__(self) -> str:
         c = self.config

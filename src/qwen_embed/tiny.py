@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from .errors import InputError
+from .shards import TensorSpec, split_shards, write_shards
 
 TinyKind = Literal["embedding", "reranker", "seq-cls"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -232,19 +232,5 @@ def _random_state(config: dict[str, Any], kind: str, std: float, seed: int, tok:
 
 
 def _save_weights(folder: Path, state: dict[str, torch.Tensor], shards: int) -> None:
-    meta = {"format": "pt"}
-    if shards <= 1:
-        save_file(state, str(folder / "model.safetensors"), metadata=meta)
-        return
-    keys = list(state)
-    per = -(-len(keys) // shards)
-    weight_map: dict[str, str] = {}
-    total = 0
-    for n in range(shards):
-        part = keys[n * per : (n + 1) * per]
-        name = f"model-{n + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: state[k] for k in part}, str(folder / name), metadata=meta)
-        weight_map.update({k: name for k in part})
-        total += sum(state[k].numel() * state[k].element_size() for k in part)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    specs = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in state.items()]
+    write_shards(folder, split_shards(specs, shards), lambda s: state[s.name])

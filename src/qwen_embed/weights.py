@@ -11,11 +11,13 @@ Only those two rows of lm_head are read from disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -104,36 +106,71 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-class _Reader:
-    """Opens every shard once and maps key -> shard, turning header damage into WeightsError."""
+class WeightReader:
+    """Maps key -> shard over a checkpoint's safetensors files, turning header damage into WeightsError.
 
-    def __init__(self, files: list[Path], device: str) -> None:
-        self.handles = {}
+    `keep_open=True` (loading) keeps every shard open (memory-mapped) for fast repeated reads.
+    `keep_open=False` (streaming, as merging does) opens a shard for each read and closes it again, so
+    that the pages of tensors already read do not stay mapped: reading a whole checkpoint then needs
+    about one tensor of memory, not the checkpoint's size. Shapes and dtypes come from the headers.
+    """
+
+    def __init__(self, files: list[Path], device: str = "cpu", *, keep_open: bool = True) -> None:
+        self.device = device
+        self.handles: dict[Path, Any] = {}
         self.where: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}  # safetensors codes: F32, BF16, ...
         for f in files:
-            try:
-                h = safe_open(str(f), framework="pt", device=device)
-            except (SafetensorError, OSError, ValueError) as e:
-                raise WeightsError(f"{f} is not a readable safetensors file ({e}); it may be truncated: "
-                                   "download it again.") from None
-            self.handles[f] = h
+            h = self._open(f)
             for k in h.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
                 self.where[k] = f
+                sl = h.get_slice(k)
+                self.shapes[k], self.dtypes[k] = tuple(sl.get_shape()), sl.get_dtype()
+            if keep_open:
+                self.handles[f] = h
+            else:
+                h.__exit__(None, None, None)
+
+    def _open(self, f: Path) -> Any:
+        try:
+            h = safe_open(str(f), framework="pt", device=self.device)
+            return h.__enter__()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsError(f"{f} is not a readable safetensors file ({e}); it may be truncated: "
+                               "download it again.") from None
+
+    @contextlib.contextmanager
+    def _handle(self, key: str) -> Iterator[Any]:
+        f = self.where[key]
+        if f in self.handles:
+            yield self.handles[f]
+            return
+        h = self._open(f)
+        try:
+            yield h
+        finally:
+            h.__exit__(None, None, None)
 
     def keys(self) -> list[str]:
+        """Every tensor name, shard by shard."""
         return list(self.where)
 
     def get(self, key: str) -> torch.Tensor:
+        """One tensor, read from its shard (WeightsError when the file is damaged)."""
         try:
-            return self.handles[self.where[key]].get_tensor(key)
+            with self._handle(key) as h:
+                return h.get_tensor(key)
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise WeightsError(f"{self.where[key]}: tensor {key!r} cannot be read ({e}); the file may be "
                                "truncated: download it again.") from None
 
     def rows(self, key: str, rows: list[int]) -> torch.Tensor:
+        """Some rows of a 2-D tensor, read without the rest (the reranker's yes / no rows)."""
         try:
-            sl = self.handles[self.where[key]].get_slice(key)
-            return torch.stack([sl[r : r + 1][0] for r in rows])
+            with self._handle(key) as h:
+                sl = h.get_slice(key)
+                return torch.stack([sl[r : r + 1][0] for r in rows])
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise WeightsError(f"{self.where[key]}: rows of {key!r} cannot be read ({e}).") from None
 
@@ -168,23 +205,20 @@ def iter_trunk_keys(reader_keys: list[str], cfg: ModelConfig) -> Iterator[tuple[
         yield k, (k[len(prefix):] if prefix and k.startswith(prefix) else k)
 
 
-def load_trunk(
-    model_dir: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
-    head_rows: tuple[int, int] | None = None, want_head: bool = True,
-) -> tuple[Qwen3Model, torch.Tensor | None]:
-    """Build the trunk and load its weights strictly; for rerankers also return the score vector [H].
+def trunk_mapping(model_dir: Path, cfg: ModelConfig, reader_keys: list[str],
+                  expected: set[str] | None = None) -> dict[str, str]:
+    """{key in file: key in the trunk} for every trunk tensor, checked against the trunk of `cfg`.
 
-    `head_rows` = (yes_id, no_id) for a causal-LM reranker: the vector is W[yes] - W[no] of lm_head,
-    or of embed_tokens when the embeddings are tied (float32).
+    Raises WeightsError naming the missing / unexpected keys (layer numbers collapsed), or a causal-LM
+    config over weights without the `model.` prefix. `expected` defaults to the keys of Qwen3Model(cfg).
     """
-    reader = _Reader(safetensors_files(model_dir), "cpu")
-    with torch.device("meta"):
-        model = Qwen3Model(cfg)
-    expected = set(model.state_dict().keys())
-    mapping = dict(iter_trunk_keys(reader.keys(), cfg))
+    if expected is None:
+        with torch.device("meta"):
+            expected = set(Qwen3Model(cfg).state_dict().keys())
+    mapping = dict(iter_trunk_keys(reader_keys, cfg))
     found = set(mapping.values())
     missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if cfg.kind != "embedding" and not any(k.startswith("model.") for k in reader.where):
+    if cfg.kind != "embedding" and not any(k.startswith("model.") for k in reader_keys):
         raise WeightsError(
             f"{model_dir}: config says {cfg.architecture} but no key starts with 'model.'; "
             "the weights look like an embedding (Qwen3Model) save. Fix `architectures` in config.json."
@@ -197,6 +231,22 @@ def load_trunk(
             msg.append(f"unexpected {len(unexpected)}: {_summarise(unexpected)}.")
         msg.append("Check that config.json belongs to these weights.")
         raise WeightsError(" ".join(msg))
+    return mapping
+
+
+def load_trunk(
+    model_dir: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
+    head_rows: tuple[int, int] | None = None, want_head: bool = True,
+) -> tuple[Qwen3Model, torch.Tensor | None]:
+    """Build the trunk and load its weights strictly; for rerankers also return the score vector [H].
+
+    `head_rows` = (yes_id, no_id) for a causal-LM reranker: the vector is W[yes] - W[no] of lm_head,
+    or of embed_tokens when the embeddings are tied (float32).
+    """
+    reader = WeightReader(safetensors_files(model_dir), "cpu")
+    with torch.device("meta"):
+        model = Qwen3Model(cfg)
+    mapping = trunk_mapping(model_dir, cfg, reader.keys(), set(model.state_dict().keys()))
     state = {}
     for file_key, key in mapping.items():
         t = reader.get(file_key)
@@ -210,7 +260,7 @@ def load_trunk(
 
 
 def _head_vector(
-    reader: _Reader, cfg: ModelConfig, model_dir: Path, head_rows: tuple[int, int] | None
+    reader: WeightReader, cfg: ModelConfig, model_dir: Path, head_rows: tuple[int, int] | None
 ) -> torch.Tensor | None:
     keys = set(reader.keys())
     if cfg.kind == "embedding":

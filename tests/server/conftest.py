@@ -2,6 +2,7 @@
 
 `LiveServer(app)` runs uvicorn in a thread on a free loopback port (a real socket, so the official
 openai client and concurrent httpx clients go through HTTP) and waits for /health to say ready.
+`LiveServer(app, settings)` runs it as `qwen-embed serve` does (serving.py: connection limits, drain).
 """
 
 from __future__ import annotations
@@ -20,19 +21,24 @@ from fastapi import FastAPI
 
 from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
+from qwen_embed.server.serving import DrainingServer, uvicorn_config
 from qwen_embed.tiny import make_checkpoint
 
 
 class LiveServer:
     """uvicorn serving `app` in a background thread; `url` is its base address."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, settings: ServerSettings | None = None) -> None:
         self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        if settings is None:
+            self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        else:
+            self.server = DrainingServer(uvicorn_config(app, settings.with_overrides(log_level="warning")),
+                                         on_drain=app.state.qe.begin_drain)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:

@@ -173,7 +173,10 @@ def test_api_key(small_embedder: Embedder) -> None:
     settings = ServerSettings(embedding_model="emb", api_key="s3cret")
     with LiveServer(create_app(settings, embedder=small_embedder)) as srv:
         assert httpx.get(srv.url + "/health").status_code == 200  # public by default
-        assert httpx.get(srv.url + "/metrics").status_code == 200
+        assert httpx.head(srv.url + "/health").status_code == 200
+        assert httpx.get(srv.url + "/metrics").status_code == 401  # behind the key when auth is on
+        metrics = httpx.get(srv.url + "/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert metrics.status_code == 200 and "qwen_embed_requests_total" in metrics.text
         assert httpx.get(srv.url + "/v1/models").status_code == 401
         ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
         assert len(ok.embeddings.create(input="hi", model="emb").data[0].embedding) == small_embedder.hidden_size

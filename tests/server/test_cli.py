@@ -55,7 +55,8 @@ def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Pa
         threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
         for t in threads:
             t.start()
-        queued = f'qwen_embed_queue_requests{{model="{small_embedding_path}"}} {len(texts)}.0'
+        # labelled by the model's name, never its absolute folder
+        queued = f'qwen_embed_queue_requests{{model="{small_embedding_path.name}"}} {len(texts)}.0'
         while queued not in httpx.get(url + "/metrics", timeout=5).text:  # all accepted, waiting in the window
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -95,3 +96,94 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     monkeypatch.delenv("QWEN_EMBED_MAX_QUEUE")
     assert main(["serve", "--reranker-model", "x", "--reranker-template", "nope"]) == 2
     assert "unknown reranker template 'nope'" in capsys.readouterr().err
+
+
+def start_server(path: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """`qwen-embed serve` on a free loopback port; returns the process and its URL once /health is 200."""
+    port = free_port()
+    env = {**os.environ, "QWEN_EMBED_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(path),
+                             "--embedding-name", "emb", "--device", "cpu", "--max-length", "64", *flags],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                pytest.fail(proc.communicate()[0])
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("server did not become ready")
+
+
+@pytest.mark.slow
+def test_drain_ends_within_the_graceful_timeout_answering_503(small_embedding_path: Path) -> None:
+    """Issue 23.3: a request of ~10 s of model work (one sequence per batch), SIGTERM 1 s in,
+    --graceful-timeout 3: the client gets 503 and the process exits 0, both within the timeout."""
+    proc, url = start_server(small_embedding_path, "--max-batch-tokens", "64", "--max-wait-ms", "0",
+                             "--graceful-timeout", "3", "--max-request-tokens", "1000000")
+    try:
+        texts = [f"text {i}: " + "the quick brown fox jumps over the lazy dog " * 10 for i in range(2048)]
+        result: dict[str, httpx.Response] = {}
+        t = threading.Thread(target=lambda: result.update(r=httpx.post(url + "/v1/embeddings",
+                                                                       json={"input": texts}, timeout=60)))
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive(), "the request ended before SIGTERM: make it longer"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        t.join(10)
+        answered = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=10)
+        exited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = result["r"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+    assert answered <= 3.0 and exited <= 4.5, (answered, exited)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+
+
+@pytest.mark.slow
+def test_sigterm_under_keep_alive_load_drops_no_request(small_embedding_path: Path) -> None:
+    """Issue 23.12: 8 keep-alive clients in a loop, SIGTERM mid-load: every request sent gets a response
+    (200, or 503 while draining); only new connections after the listener closed are refused."""
+    proc, url = start_server(small_embedding_path, "--graceful-timeout", "5")
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=20) as c:
+            while not stop.is_set():
+                try:
+                    outcomes.append(str(c.post(url + "/v1/embeddings", json={"input": ["keep", "alive"]}).status_code))
+                except httpx.ConnectError:
+                    outcomes.append("refused")  # never sent: the listener is closed
+                    time.sleep(0.05)
+                except httpx.TransportError as e:
+                    outcomes.append(f"dropped: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    dropped = [o for o in outcomes if o.startswith("dropped")]
+    assert not dropped, dropped[:3]
+    assert outcomes.count("200") > 10 and set(outcomes) <= {"200", "503", "refused"}
+    assert proc.returncode == 0, out

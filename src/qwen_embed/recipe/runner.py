@@ -196,7 +196,7 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
     result = kind.run(StageContext(recipe, s, settings, partial, tell))
     seconds = time.perf_counter() - t
     metric = None
-    if kind.model_output and recipe.evaluate:
+    if kind.model_output and recipe.evaluate and settings.get("model_kind", "embedding") == "embedding":
         model = partial / str(result.outputs[kind.model_output])
         metric = retrieval_metric(model, recipe.evaluate)
         metric.pop("run", None)

@@ -99,18 +99,17 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
         from ..eval.beir import load_beir
 
         kind = src.get("pairs", "title-text")
-        if kind == "title-text":
-            import json as _json
-
+        if kind in ("title-text", "lead-rest"):
             rows = []
-            with open(Path(src["beir"]) / "corpus.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    d = _json.loads(line)
-                    title, text = (d.get("title") or "").strip(), (d.get("text") or "").strip()
-                    if title and text:
-                        rows.append({"query": title, "positive": text, "id": f"title:{d['_id']}"})
+            for n, d in enumerate(_read_jsonl(Path(src["beir"]) / "corpus.jsonl")):
+                title, text = (d.get("title") or "").strip(), (d.get("text") or "").strip()
+                doc_id = str(d.get("_id", n))
+                if kind == "title-text" and title and text:
+                    rows.append({"query": title, "positive": text, "id": f"title:{doc_id}"})
+                elif kind == "lead-rest":  # first sentence -> the rest of the text
+                    lead, _, rest = text.partition(". ")
+                    if len(lead.split()) >= 4 and len(rest.split()) >= 8:
+                        rows.append({"query": lead + ".", "positive": rest, "id": f"lead:{doc_id}"})
             return rows
         if kind == "qrels":
             ds = load_beir(src["beir"], src.get("split", "train"))
@@ -122,7 +121,7 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
                     rows.append({"query": text, "positive": corpus[pos[0]], "id": f"qrels:{q}",
                                  **({"instruction": src["instruction"]} if src.get("instruction") else {})})
             return rows
-        raise InputError(f"{where}: pairs must be title-text or qrels, got {kind!r}.")
+        raise InputError(f"{where}: pairs must be title-text, lead-rest or qrels, got {kind!r}.")
     if "stdlib" in src:
         from ..train.stdlib_pairs import collect_pairs
 
@@ -230,12 +229,9 @@ def run_train_embed(ctx: StageContext) -> StageResult:
 
 
 def run_train_rerank(ctx: StageContext) -> StageResult:
-    from ..train import loop
+    from ..train.loop import train
 
-    trainer = getattr(loop, "train_rerank", None)
-    if trainer is None:  # pragma: no cover - depends on the reranker trainer being installed
-        raise InputError("this installation has no reranker training (qwen_embed.train.loop.train_rerank).")
-    return _training_result(ctx, trainer(_train_config(ctx)))
+    return _training_result(ctx, train(_train_config(ctx), kind="rerank"))
 
 
 # -- mining, merging ------------------------------------------------------------------------------
@@ -268,18 +264,32 @@ def run_merge(ctx: StageContext) -> StageResult:
 
 
 # -- synthetic data ------------------------------------------------------------------------------
-def _synth_call(name: str, ctx: StageContext) -> StageResult:
-    import importlib
+def run_synth(ctx: StageContext) -> StageResult:
+    """`synth queries`: persona-based two-stage generation (resumable, cached) into pairs.jsonl."""
+    from ..embedder import Embedder
+    from ..synth import GeneratorSettings, LazyEmbedder, SynthSettings, generate_queries, make_generator
 
-    try:
-        synth = importlib.import_module("qwen_embed.synth")
-    except ImportError:  # pragma: no cover
-        raise InputError("this installation has no synthetic-data package (qwen_embed.synth).") from None
-    fn = getattr(synth, f"recipe_{name}", None)
-    if fn is None:  # pragma: no cover
-        raise InputError(f"qwen_embed.synth has no recipe_{name} entry point.")
-    stats = fn(dict(ctx.settings), ctx.out / "pairs.jsonl")
-    return StageResult({"pairs": "pairs.jsonl"}, dict(stats or {}))
+    s = ctx.settings
+    gen_settings = GeneratorSettings(**(s.get("generator_settings") or {}))
+    generator = make_generator(str(s["generator"]), s.get("model"), gen_settings, seed=ctx.recipe.seed)
+    name = str(s["embedding_model"])
+    embedder = LazyEmbedder(name, lambda: Embedder.from_pretrained(name, max_length=512))
+    settings = SynthSettings(**{"seed": ctx.recipe.seed, **(s.get("settings") or {})})
+    summary = generate_queries(s["passages"], s["personas"], ctx.out / "pairs.jsonl", generator=generator,
+                               embedder=embedder, settings=settings)
+    return StageResult({"pairs": "pairs.jsonl"}, dict(summary))
+
+
+def run_filter(ctx: StageContext) -> StageResult:
+    """`synth filter`: keep pairs whose query-passage cosine exceeds min_cos, without duplicates."""
+    from ..embedder import Embedder
+    from ..synth import DEFAULT_MIN_COS, filter_pairs
+
+    s = ctx.settings
+    emb = Embedder.from_pretrained(s["embedding_model"], max_length=512)
+    stats = filter_pairs(s["input"], ctx.out / "pairs.jsonl", embedder=emb,
+                         min_cos=float(s.get("min_cos", DEFAULT_MIN_COS)))
+    return StageResult({"pairs": "pairs.jsonl"}, dict(stats))
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -351,9 +361,9 @@ KINDS: dict[str, Kind] = {
     "init": Kind(("model",), frozenset({"shape", "tokenizer", "seed", "dtype", "model_kind"}), run_init,
                  model_output="model"),
     "synth": Kind(("pairs",), frozenset({"passages", "personas", "generator", "model", "embedding_model",
-                                         "settings"}), lambda c: _synth_call("queries", c),
-                  frozenset({"passages", "personas", "generator"})),
-    "filter": Kind(("pairs",), frozenset({"input", "embedding_model", "min_cos"}), lambda c: _synth_call("filter", c),
+                                         "settings", "generator_settings"}), run_synth,
+                  frozenset({"passages", "personas", "generator", "embedding_model"})),
+    "filter": Kind(("pairs",), frozenset({"input", "embedding_model", "min_cos"}), run_filter,
                    frozenset({"input", "embedding_model"})),
     "train-embed": Kind(("model", "checkpoints", "log"), frozenset({"config"}), run_train_embed,
                         frozenset({"config"}), model_output="model"),

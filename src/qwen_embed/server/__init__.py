@@ -3,9 +3,13 @@
     from qwen_embed.server import ServerSettings, create_app
     app = create_app(ServerSettings(embedding_model="m"), embedder=Embedder.from_pretrained("m"))
 
-Modules: settings (flags + QWEN_EMBED_* variables), schemas (request / response bodies), batcher
-(async dynamic batching with backpressure), service (tokenize -> batch -> finish per model),
-metrics (Prometheus), errors (OpenAI error shape), app (routes, middleware), cli (`qwen-embed serve`).
+Modules, in the order a request meets them: serving (uvicorn with connection limits and the drain),
+middleware (auth, body size, metrics, disconnects), routes/ (one module per API), state (model
+lookup, readiness), service (tokenize -> batch -> finish per model), batcher (async dynamic batching
+with backpressure), model_process (a model in a child process, behind the batcher's `run`); beside
+them settings (flags + QWEN_EMBED_* variables), schemas (request / response bodies), errors and
+handlers (the OpenAI error shape, one table of statuses), pools (every thread), metrics (Prometheus),
+app (`create_app`) and cli (`qwen-embed serve`).
 The names below are imported lazily, so that `qwen-embed --help` does not load FastAPI or torch.
 """
 

@@ -3,17 +3,26 @@
 Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO queue; the batch
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
 until the token / request budget is full), and runs the merged sequences through `run` in the model's
-single worker thread, so the event loop never waits on the model. While a batch runs, the next one
-forms; requests that queued during the run have already waited their time and go at once. With
-`max_inflight=2` the next batch is handed to the worker while one runs, so that it starts the moment
-the first ends (better for large requests; measured in BENCHMARKS.md). (Models on
+single worker thread, so the event loop never waits on the model. A request larger than the token
+budget is cut into several batches (a sequence is never cut), so that one large request is
+interruptible between batches: a client that went away, or a drain deadline, stops it there. While a
+batch runs, the next one forms; requests that queued during the run have already waited their time
+and go at once. With `max_inflight=2` the next batch is handed to the worker while one runs, so that
+it starts the moment the first ends (better for large requests; measured in BENCHMARKS.md). (Models on
 one CUDA device share one worker thread, passed in as `worker`: CUDA-graph capture and compilation in
 one thread must not race the kernels of another.)
 
-Backpressure: `submit` refuses a request at once (`Overloaded`, HTTP 429) when the requests or tokens
-queued or running would pass `max_queue` / `max_queue_tokens`. An accepted request is answered exactly
-once: its future gets the result rows or the error of its batch; a request whose client went away is
-skipped. `stop` refuses new work, drains what was accepted and ends the worker thread.
+`run` (token-id sequences -> one output row each) is the seam between the HTTP side and the model:
+the batcher knows nothing else of the model, so a model process can own the batcher and `run`
+(docs/server.md, "Where this goes").
+
+Backpressure: `admit` reserves a place before any tokenization and `submit` refuses a request at once
+(`QueueFull`) when the requests or tokens admitted, queued or running would pass `max_queue` /
+`max_queue_tokens`. An accepted request is answered exactly once: its future gets the result rows or
+the error of its batch; a request whose client went away is skipped. `drain(timeout)` refuses new
+work (`ShuttingDown`), runs what was accepted without waiting for batch windows, and at the deadline
+fails what is left with `ShuttingDown`; `stop` drains and ends the worker thread. The batcher raises
+its own errors; the HTTP layer maps them to statuses (errors.py).
 
 This is the scheme of text-embeddings-inference's queue and vLLM's scheduler reduced to one
 forward pass per batch (no KV cache: an embedding request is one forward pass).
@@ -31,10 +40,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import APIError, Overloaded
+from ..errors import QwenEmbedError
 from .metrics import Metrics
 
 RunFn = Callable[[list[Sequence[int]]], np.ndarray]
+
+
+class QueueFull(QwenEmbedError):
+    """The model's queue is full; `retry_after` estimates the seconds until there is room."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(QwenEmbedError):
+    """The batcher is draining: it takes no new work, or its drain deadline has passed."""
+
+
+def model_worker(name: str) -> ThreadPoolExecutor:
+    """The single thread a model runs in (the only place the server makes a model thread)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
 
 
 @dataclass
@@ -48,11 +74,42 @@ class Timing:
 
 @dataclass
 class Job:
+    """One request: its sequences, how far they were sent, and the rows received so far."""
+
     seqs: Sequence[Sequence[int]]
     tokens: int
     future: asyncio.Future[np.ndarray]
     timing: Timing
     enqueued: float = field(default_factory=time.perf_counter)
+    sent: int = 0  # sequences handed to batches so far
+    parts: dict[int, np.ndarray] = field(default_factory=dict)  # first sequence index -> rows
+    received: int = 0
+    released: bool = False
+    started: bool = False
+
+
+Slice = tuple[Job, int, int]  # a job's sequences [start, end) in one batch
+
+
+class Admission:
+    """A place reserved in the queue before tokenization; `submit` turns it into a queued request."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.held = True
+
+    async def submit(self, seqs: Sequence[Sequence[int]], timing: Timing | None = None) -> np.ndarray:
+        """Queue the sequences under this reservation; returns their rows in order."""
+        assert self.held, "an admission submits once"
+        self.held = False
+        return await self.batcher._enqueue(seqs, timing, reserved=True)
+
+    def release(self) -> None:
+        """Give the place back (the request failed or ended before `submit`); idempotent."""
+        if self.held:
+            self.held = False
+            self.batcher.pending_requests -= 1
+            self.batcher._gauge()
 
 
 class Batcher:
@@ -72,20 +129,23 @@ class Batcher:
         self.metrics = metrics
         self._queue: deque[Job] = deque()
         self._queued_tokens = 0
-        self.pending_requests = 0  # queued + running, counted until answered
+        self.pending_requests = 0  # admitted + queued + running, counted until answered
         self.pending_tokens = 0
         self.batches_run = 0
         self._tokens_per_s = 0.0  # moving estimate, for Retry-After
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._expired = False  # the drain deadline passed: nothing more runs
+        self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         # batches handed to the worker at once: with 2, the next batch waits in the worker's queue while
         # one runs (the device never idles between batches), but it forms earlier, so it is smaller
         self._slots = asyncio.Semaphore(max(1, max_inflight))
         self._running: set[asyncio.Task[None]] = set()
+        self._in_batches: list[list[Slice]] = []
         # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models
         self._owns_pool = worker is None
-        self._pool = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        self._pool = worker or model_worker(name)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -93,14 +153,36 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
-    async def stop(self) -> None:
-        """Refuse new work, finish what was accepted, end the worker thread."""
+    def drain(self, timeout: float | None = None) -> None:
+        """Refuse new work and run what was accepted; after `timeout` seconds, fail what is left."""
         self._stopping = True
         self._wakeup.set()
+        if timeout is not None and self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(max(0.0, timeout), self._expire)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain (within `timeout` seconds when given), then end the worker thread."""
+        self.drain(timeout)
         if self._task is not None:
             await self._task
+        if self._deadline is not None:
+            self._deadline.cancel()
         if self._owns_pool:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _expire(self) -> None:
+        """The drain deadline: every request still queued or running gets ShuttingDown."""
+        self._expired = True
+        error = ShuttingDown(f"the server is shutting down and the {self.name} drain time ran out before this "
+                             "request finished; retry on another replica.")
+        for job in list(self._queue):
+            self._fail(job, error)
+        self._queue.clear()
+        self._queued_tokens = 0
+        for batch in self._in_batches:
+            for job, _, _ in batch:
+                self._fail(job, error)
+        self._wakeup.set()
 
     async def call(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
         """Run `run` in the worker thread outside the queue (warm-up)."""
@@ -108,16 +190,23 @@ class Batcher:
 
     # -- admission ---------------------------------------------------------------------------------
     def check_room(self, requests: int, tokens: int) -> None:
-        """Raise Overloaded when `requests` more requests of `tokens` tokens would not fit."""
+        """Raise QueueFull when `requests` more requests of `tokens` tokens would not fit."""
         if self._stopping:
-            raise APIError(503, "the server is shutting down; retry on another replica.", code="shutting_down")
+            raise ShuttingDown("the server is shutting down; retry on another replica.")
         if self.pending_requests + requests > self.max_queue:
-            raise Overloaded(f"the {self.name} queue is full ({self.pending_requests} requests queued or running, "
-                             f"limit {self.max_queue}); retry after the Retry-After seconds.", self._retry_after())
+            raise QueueFull(f"the {self.name} queue is full ({self.pending_requests} requests queued or running, "
+                            f"limit {self.max_queue}); retry after the Retry-After seconds.", self._retry_after())
         if self.pending_requests and self.pending_tokens + tokens > self.max_queue_tokens:
-            raise Overloaded(f"the {self.name} queue is full ({self.pending_tokens} tokens queued or running, "
-                             f"limit {self.max_queue_tokens}); retry after the Retry-After seconds.",
-                             self._retry_after())
+            raise QueueFull(f"the {self.name} queue is full ({self.pending_tokens} tokens queued or running, "
+                            f"limit {self.max_queue_tokens}); retry after the Retry-After seconds.",
+                            self._retry_after())
+
+    def admit(self) -> Admission:
+        """Reserve a place for one request before its tokenization (QueueFull / ShuttingDown when none)."""
+        self.check_room(1, 0)
+        self.pending_requests += 1
+        self._gauge()
+        return Admission(self)
 
     def _retry_after(self) -> int:
         if self._tokens_per_s <= 0:
@@ -126,8 +215,17 @@ class Batcher:
 
     async def submit(self, seqs: Sequence[Sequence[int]], timing: Timing | None = None) -> np.ndarray:
         """Queue one request's sequences; returns their output rows [len(seqs), ...] in order."""
+        return await self._enqueue(seqs, timing, reserved=False)
+
+    async def _enqueue(self, seqs: Sequence[Sequence[int]], timing: Timing | None, reserved: bool) -> np.ndarray:
         tokens = sum(len(s) for s in seqs)
-        self.check_room(1, tokens)
+        if reserved:
+            self.pending_requests -= 1  # the reservation becomes the request (checked again as one)
+        try:
+            self.check_room(1, tokens)
+        except QwenEmbedError:
+            self._gauge()
+            raise
         job = Job(seqs, tokens, asyncio.get_running_loop().create_future(), timing or Timing())
         self._queue.append(job)
         self._queued_tokens += tokens
@@ -141,29 +239,38 @@ class Batcher:
     def _full(self) -> bool:
         return self._queued_tokens >= self.max_batch_tokens or len(self._queue) >= self.max_batch_requests
 
-    def _take(self) -> list[Job]:
-        """Pop the oldest jobs that fit the budget (at least one); skip those whose client left."""
-        batch: list[Job] = []
+    def _take(self) -> list[Slice]:
+        """The oldest sequences that fit the budget (at least one), whole requests where they fit; a
+        request over the budget is cut between sequences. Requests whose client left are dropped."""
+        batch: list[Slice] = []
         tokens = 0
         while self._queue and len(batch) < self.max_batch_requests:
             job = self._queue[0]
-            if job.future.done():  # cancelled: the client went away
+            if job.future.done():  # cancelled (the client went away) or failed
                 self._queue.popleft()
-                self._queued_tokens -= job.tokens
+                self._queued_tokens -= sum(len(s) for s in job.seqs[job.sent :])
                 self._release(job)
                 continue
-            if batch and tokens + job.tokens > self.max_batch_tokens:
-                break
+            start = end = job.sent
+            while end < len(job.seqs):
+                n = len(job.seqs[end])
+                if (batch or end > start) and tokens + n > self.max_batch_tokens:
+                    break
+                tokens += n
+                end += 1
+            if end > start:
+                batch.append((job, start, end))
+                job.sent = end
+                self._queued_tokens -= sum(len(s) for s in job.seqs[start:end])
+            if job.sent < len(job.seqs):
+                break  # the budget is full inside this request
             self._queue.popleft()
-            self._queued_tokens -= job.tokens
-            batch.append(job)
-            tokens += job.tokens
         return batch
 
     async def _loop(self) -> None:
         while True:
             await self._slots.acquire()  # a free place in the worker before forming the batch
-            while not self._queue:
+            while not self._queue or self._expired:
                 if self._stopping:
                     self._slots.release()
                     if self._running:
@@ -189,18 +296,22 @@ class Batcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run_and_release(self, batch: list[Job]) -> None:
+    async def _run_and_release(self, batch: list[Slice]) -> None:
+        self._in_batches.append(batch)
         try:
             await self._run_batch(batch)
         finally:
+            self._in_batches.remove(batch)
             self._slots.release()
 
-    async def _run_batch(self, batch: list[Job]) -> None:
-        seqs = [s for job in batch for s in job.seqs]
-        tokens = sum(job.tokens for job in batch)
+    async def _run_batch(self, batch: list[Slice]) -> None:
+        seqs = [s for job, a, b in batch for s in job.seqs[a:b]]
+        tokens = sum(len(s) for s in seqs)
         start = time.perf_counter()
-        for job in batch:
-            job.timing.queue = start - job.enqueued
+        for job, _, _ in batch:
+            if not job.started:
+                job.started = True
+                job.timing.queue = start - job.enqueued
         try:
             out = await asyncio.get_running_loop().run_in_executor(self._pool, self.run, seqs)
             error: BaseException | None = None
@@ -213,21 +324,34 @@ class Batcher:
             self._tokens_per_s = rate if self._tokens_per_s == 0 else 0.8 * self._tokens_per_s + 0.2 * rate
         if self.metrics is not None:
             self.metrics.observe_batch(self.name, len(batch), len(seqs), tokens, elapsed,
-                                       [job.timing.queue for job in batch])
+                                       [job.timing.queue for job, a, _ in batch if a == 0])
         row = 0
-        for job in batch:
-            n = len(job.seqs)
-            job.timing.inference = elapsed
-            if not job.future.done():
-                if error is not None:
-                    job.future.set_exception(error)
-                else:
-                    assert out is not None
-                    job.future.set_result(out[row : row + n])
-            row += n
-            self._release(job)
+        for job, a, b in batch:
+            job.timing.inference += elapsed
+            if error is not None:
+                self._fail(job, error)
+            elif job.future.done():  # the client went away meanwhile
+                if job.sent == len(job.seqs):
+                    self._release(job)
+            else:
+                assert out is not None
+                job.parts[a] = out[row : row + b - a]
+                job.received += b - a
+                if job.received == len(job.seqs):
+                    parts = [job.parts[k] for k in sorted(job.parts)]
+                    job.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                    self._release(job)
+            row += b - a
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        if not job.future.done():
+            job.future.set_exception(error)
+        self._release(job)
 
     def _release(self, job: Job) -> None:
+        if job.released:
+            return
+        job.released = True
         self.pending_requests -= 1
         self.pending_tokens -= job.tokens
         self._gauge()

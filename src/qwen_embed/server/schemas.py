@@ -4,26 +4,55 @@ Field types are strict (a string is never taken for a number, `true` never for 1
 a 422 with the field's path, not a silent conversion. Ranges that depend on the model (dimensions,
 token ids, lengths) are checked by the handlers, which answer 400 / 413 with the limit in the message.
 Shapes follow the OpenAI embeddings API, the Cohere / Jina rerank API and text-embeddings-inference
-(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such.
+(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such. Unknown
+fields are refused (`extra="forbid"`: a typo such as `dimension` is a 400 naming the accepted fields,
+never silently ignored); a field documented as "accepted and ignored" (OpenAI's `user`) is declared.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictInt, StrictStr, Tag, WithJsonSchema
+
+
+class Request(BaseModel):
+    """A request body: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
 
 TokenIds = list[StrictInt]
-EmbeddingInput = StrictStr | list[StrictStr] | list[TokenIds] | TokenIds
+
+
+def input_shape(value: object) -> str:
+    """Which member of `EmbeddingInput` a value is meant to be, from its first element: validating one
+    member only keeps a list of 262k token ids at 0.03 s instead of 1.1 s (a plain union validates the
+    list against every member, with one error per element)."""
+    if isinstance(value, list) and value:
+        first = value[0]
+        return "texts" if isinstance(first, str) else "id_lists" if isinstance(first, list) else "ids"
+    return "text" if isinstance(value, str) else "texts"
+
+
+EmbeddingInput = Annotated[
+    Annotated[StrictStr, Tag("text")] | Annotated[list[StrictStr], Tag("texts")]
+    | Annotated[list[TokenIds], Tag("id_lists")] | Annotated[TokenIds, Tag("ids")],
+    Discriminator(input_shape),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"items": {"type": "string"}, "type": "array"},
+                              {"items": {"items": {"type": "integer"}, "type": "array"}, "type": "array"},
+                              {"items": {"type": "integer"}, "type": "array"}]}),
+]
 
 INSTRUCTION = Field(None, description="Extension: task instruction; the input is embedded as a query with "
                     "`Instruct: {instruction}\\nQuery:{input}`.")
+TRUNCATION_DIRECTION = Field(None, description="TEI: which end of a too-long input is cut: Right (default) or "
+                             "Left (either case); Left keeps the prompt / instruction and the end token.")
 TRUNCATE = Field(True, description="Extension: cut inputs longer than the model's max length (keeping the end "
                  "token); false answers 413 instead.")
 
 
 # -- OpenAI embeddings ------------------------------------------------------------------------------
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(Request):
     """POST /v1/embeddings."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -41,7 +70,8 @@ class EmbeddingRequest(BaseModel):
     dimensions: StrictInt | None = Field(None, description="Matryoshka dimension, 32..hidden size (default: full).")
     user: StrictStr | None = Field(None, description="Accepted and ignored (OpenAI compatibility).")
     instruction: StrictStr | None = INSTRUCTION
-    input_type: Literal["query", "document"] | None = Field(
+    # Cohere's search_query / search_document are accepted as query / document
+    input_type: Literal["query", "document"] | Literal["search_query", "search_document"] | None = Field(
         None, description="Extension: `query` applies the query template (default instruction unless "
         "`instruction` is given); `document` embeds the input as it is.")
     truncate: StrictBool = TRUNCATE
@@ -66,11 +96,11 @@ class EmbeddingResponse(BaseModel):
 
 
 # -- Cohere / Jina rerank ---------------------------------------------------------------------------
-class RerankDocument(BaseModel):
+class RerankDocument(Request):
     text: StrictStr
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(Request):
     """POST /v1/rerank (Cohere / Jina shape)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -107,7 +137,7 @@ class RerankResponse(BaseModel):
 
 
 # -- TEI routes -------------------------------------------------------------------------------------
-class EmbedRequest(BaseModel):
+class EmbedRequest(Request):
     """POST /embed (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["hello", "world"], "normalize": False}]})
@@ -118,9 +148,13 @@ class EmbedRequest(BaseModel):
     dimensions: StrictInt | None = None
     instruction: StrictStr | None = INSTRUCTION
     model: StrictStr | None = None
+    prompt_name: StrictStr | None = Field(None, description="TEI: a prompt of the model put before each input: "
+                                          "`query` (the query template), `document` (none), or a name from the "
+                                          "model's config_sentence_transformers.json.")
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = TRUNCATION_DIRECTION
 
 
-class TEIRerankRequest(BaseModel):
+class TEIRerankRequest(Request):
     """POST /rerank (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -133,6 +167,8 @@ class TEIRerankRequest(BaseModel):
     return_text: StrictBool = False
     instruction: StrictStr | None = None
     model: StrictStr | None = None
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = Field(
+        None, description="TEI: only Right (documents are cut at their end).")
 
 
 class TEIRank(BaseModel):
@@ -141,13 +177,15 @@ class TEIRank(BaseModel):
     text: str | None = None
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(Request):
     """POST /tokenize (text-embeddings-inference)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": "Hello world"}]})
 
     inputs: StrictStr | list[StrictStr]
     add_special_tokens: StrictBool = Field(True, description="Append the end token and truncate, as embedded.")
+    prompt_name: StrictStr | None = Field(None, description="TEI: tokenize each input after this prompt of the "
+                                          "embedding model (as /embed's `prompt_name`).")
 
 
 class SimpleToken(BaseModel):

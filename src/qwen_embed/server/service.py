@@ -1,38 +1,49 @@
 """One service per served model: request values -> token ids (off the event loop) -> batcher -> rows.
 
 `EmbeddingService` turns texts or client token ids into sequences exactly as `Embedder.tokenize` does
-(template, end token once and last, truncation keeping it), sends them through the model's batcher,
-whose worker runs `Embedder.embed_ids(..., normalize=False)` on merged batches, and finishes each
-request's rows as `Embedder.encode` would (Matryoshka slice first, then L2 normalisation, with the
-core's own functions), so that a served vector equals an in-process one. `RerankService` builds inputs
-with `Reranker.build_input_ids` and scores merged batches with `Reranker.score_ids`.
+(template, end token once and last, `tokenizer.truncate_keep_end`), sends them through the model's
+batcher, whose worker runs `Embedder.embed_ids(..., normalize=False)` on merged batches, and finishes
+each request's rows with `pooling.finish` (Matryoshka slice first, then L2 normalisation), so that a
+served vector equals an in-process one. `RerankService` builds inputs with `Reranker.build_input_ids`
+and scores merged batches with `Reranker.score_ids`.
 
-Tokenization and response formatting run in a shared thread pool (`cpu_pool`); the model runs in
-the batcher's single worker thread.
+Hostile sizes are bounded before the work they would cost: a text is cut by characters before it is
+tokenized (`head_text`: a prefix that still holds more tokens than can be kept, so the kept tokens are
+the same as the whole text's), a request holds at most `--max-request-tokens` tokens (413), and a
+request holds its place in the model's queue from before its tokenization (`Batcher.admit`), so
+tokenization in flight counts against `--max-queue`.
+
+Tokenization and response formatting run in the shared CPU pool (pools.py); the model runs in the
+batcher's single worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from ..embedder import DEFAULT_INSTRUCTION, Embedder
-from ..pooling import check_dim, l2_normalize, truncate_dim
+from ..embedder import DEFAULT_INSTRUCTION, Embedder, format_query
+from ..pooling import check_dim, finish
 from ..reranker import Reranker
-from ..tokenizer import QwenTokenizer
-from .batcher import Batcher, Timing
+from ..tokenizer import QwenTokenizer, truncate_keep_end
+from .batcher import Admission, Batcher, Timing
 from .errors import APIError
 from .metrics import Metrics
 from .settings import ServerSettings
 
 T = TypeVar("T")
 WARMUP_TEXT = "warm-up"
+CHARS_PER_TOKEN = 8  # first cut: max tokens x 8 characters, grown x4 until the cut holds enough tokens
+CUT_MARGIN = 16  # tokens past the kept ones that the cut must hold, so that the kept ones are exact
+QUERY_TYPES = {"query": "query", "search_query": "query", "document": "document", "search_document": "document"}
 
 
 def check_unicode(texts: Sequence[str], what: str) -> None:
@@ -48,16 +59,44 @@ def check_unicode(texts: Sequence[str], what: str) -> None:
                                "Unicode text.", param=what) from None
 
 
+def head_text(tok: QwenTokenizer, text: str, keep: int, left: bool = False) -> tuple[str, bool]:
+    """`text`, or a cut of it (its start; its end when `left`) that tokenizes to more than `keep` tokens,
+    so that the first (last) `keep` tokens equal those of the whole text; True when cut. Bounds the
+    tokenizer's work by the tokens kept, not by the size a client sends."""
+    limit = max(keep, 1) * CHARS_PER_TOKEN
+    while len(text) > limit:
+        part = text[-limit:] if left else text[:limit]
+        if len(tok.encode_one(part)) > keep + CUT_MARGIN:
+            return part, True
+        limit *= 4
+    return text, False
+
+
+def named_prompts(model_dir: Path) -> dict[str, str]:
+    """TEI `prompt_name`s: "query" (the query template with the default instruction) and "document"
+    (nothing), then the `prompts` of the model's config_sentence_transformers.json when it has one."""
+    prompts = {"query": format_query("", DEFAULT_INSTRUCTION), "document": ""}
+    path = model_dir / "config_sentence_transformers.json"
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
+        except (OSError, ValueError, AttributeError):
+            found = {}
+        prompts.update({k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)})
+    return prompts
+
+
 class Service:
     """What both services share: names, batcher, pool, limits."""
 
     kind = "model"
 
-    def __init__(self, name: str, tokenizer: QwenTokenizer, max_length: int, vocab_size: int,
+    def __init__(self, name: str, label: str, tokenizer: QwenTokenizer, max_length: int, vocab_size: int,
                  run: Callable[[list[Sequence[int]]], np.ndarray], settings: ServerSettings,
                  metrics: Metrics, cpu_pool: ThreadPoolExecutor, batch_tokens: int,
                  worker: ThreadPoolExecutor | None = None) -> None:
         self.name = name
+        self.label = label  # the model's name in metrics (never a folder path)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.vocab_size = vocab_size
@@ -65,7 +104,7 @@ class Service:
         self.metrics = metrics
         self.cpu_pool = cpu_pool
         self.batcher = Batcher(
-            name, run, max_batch_tokens=batch_tokens, max_batch_requests=settings.max_batch_requests,
+            label, run, max_batch_tokens=batch_tokens, max_batch_requests=settings.max_batch_requests,
             max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
             max_queue_tokens=settings.max_queue_tokens, metrics=metrics, worker=worker,
             max_inflight=settings.inflight_batches,
@@ -75,6 +114,15 @@ class Service:
         """Run a CPU-bound function in the shared pool."""
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[Admission]:
+        """A place in the model's queue for one request, from before tokenization until answered."""
+        adm = self.batcher.admit()
+        try:
+            yield adm
+        finally:
+            adm.release()
+
     def check_count(self, n: int, what: str) -> None:
         if n == 0:
             raise APIError(400, f"{what} is empty; pass at least one.", param=what)
@@ -82,15 +130,23 @@ class Service:
             raise APIError(413, f"{n} {what} is over the limit of {self.settings.max_inputs} per request; "
                            "split the request.", param=what, code="too_many_inputs")
 
-    def too_long(self, index: int, length: int, what: str) -> APIError:
-        return APIError(413, f"{what}[{index}] has {length} tokens, over the model's max length "
+    def check_total(self, seqs: Sequence[Sequence[int]], what: str) -> None:
+        total = sum(len(s) for s in seqs)
+        if total > self.settings.max_request_tokens:
+            raise APIError(413, f"the request holds {total} tokens, over the limit of "
+                           f"{self.settings.max_request_tokens} per request (--max-request-tokens); split it into "
+                           "smaller requests.", param=what, code="too_many_tokens")
+
+    def too_long(self, index: int, length: int, what: str, cut: bool = False) -> APIError:
+        has = f"more than {length}" if cut else f"{length}"
+        return APIError(413, f"{what}[{index}] has {has} tokens, over the model's max length "
                         f"{self.max_length}; shorten it or send truncate=true.", param=what, code="input_too_long")
 
     async def tokenized(self, fn: Callable[[], list[list[int]]], timing: Timing) -> list[list[int]]:
         start = time.perf_counter()
         seqs = await self.off_loop(fn)
         timing.tokenization = time.perf_counter() - start
-        self.metrics.observe_tokenization(self.name, timing.tokenization, [len(s) for s in seqs])
+        self.metrics.observe_tokenization(self.label, timing.tokenization, [len(s) for s in seqs])
         return seqs
 
     async def warmup(self) -> None:
@@ -100,47 +156,73 @@ class Service:
 class EmbeddingService(Service):
     kind = "embedding"
 
-    def __init__(self, embedder: Embedder, name: str, settings: ServerSettings, metrics: Metrics,
+    def __init__(self, embedder: Embedder, name: str, label: str, settings: ServerSettings, metrics: Metrics,
                  cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
         self.embedder = embedder
-        super().__init__(name, embedder.tokenizer, embedder.max_length, embedder.config.vocab_size, self._run,
-                         settings, metrics, cpu_pool, embedder.engine.batch_tokens, worker)
+        super().__init__(name, label, embedder.tokenizer, embedder.max_length, embedder.config.vocab_size,
+                         self._run, settings, metrics, cpu_pool, embedder.engine.batch_tokens, worker)
         self.eos_id = embedder.tokenizer.eos_id
+        self.prompts = named_prompts(embedder.checkpoint.path)
 
     def _run(self, seqs: list[Sequence[int]]) -> np.ndarray:
         return self.embedder.embed_ids(seqs, normalize=False, progress=False)  # [n, H] float32
 
     # -- inputs ------------------------------------------------------------------------------------
-    def instruction_for(self, instruction: str | None, input_type: str | None) -> str | None:
-        if input_type == "document":
+    def prefix_for(self, instruction: str | None, input_type: str | None, prompt_name: str | None) -> str | None:
+        """The text put before each input: the query template's head, a named prompt, or None."""
+        kind = None if input_type is None else QUERY_TYPES[input_type]
+        if prompt_name is not None:
+            if instruction is not None or kind is not None:
+                raise APIError(400, "prompt_name chooses the prompt itself; drop instruction / input_type.",
+                               param="prompt_name")
+            if prompt_name not in self.prompts:
+                raise APIError(400, f"prompt_name {prompt_name[:60]!r} is not one of this model's prompts "
+                               f"({', '.join(sorted(self.prompts))}).", param="prompt_name")
+            return self.prompts[prompt_name] or None
+        if kind == "document":
             if instruction is not None:
                 raise APIError(400, "instruction applies to queries only; drop it or use input_type='query'.",
                                param="instruction")
             return None
-        if input_type == "query":
-            return DEFAULT_INSTRUCTION if instruction is None else instruction
-        return instruction
+        if kind == "query":
+            return format_query("", DEFAULT_INSTRUCTION if instruction is None else instruction)
+        return None if instruction is None else format_query("", instruction)
 
-    def _fit(self, seqs: list[list[int]], truncate: bool, what: str) -> list[list[int]]:
-        """Truncate (end token kept last) or refuse sequences over max_length."""
+    def fit(self, seqs: list[list[int]], truncate: bool, what: str, left: bool = False, keep_head: int = 0,
+            cut: Sequence[bool] = ()) -> list[list[int]]:
+        """Truncate (end token kept last) or refuse (413) sequences over max_length. `left` drops the
+        start of the input instead of its end, keeping the first `keep_head` ids (the prompt)."""
         out = []
         for i, s in enumerate(seqs):
-            if len(s) > self.max_length:
+            if len(s) > self.max_length or (cut and cut[i]):
                 if not truncate:
-                    raise self.too_long(i, len(s), what)
-                s = [*s[: self.max_length - 1], self.eos_id]
+                    raise self.too_long(i, len(s), what, bool(cut and cut[i]))
+                body = s[:-1]
+                if left:
+                    head = keep_head if keep_head < self.max_length - 1 else 0  # a prompt that fills it all: none
+                    room = self.max_length - 1 - head
+                    body = [*body[:head], *body[len(body) - room :]]
+                s = truncate_keep_end(body, self.max_length, self.eos_id)
             out.append(s)
         return out
 
-    def texts_to_ids(self, texts: list[str], instruction: str | None, truncate: bool, what: str) -> list[list[int]]:
-        """Exactly `Embedder.tokenize`, but able to tell that an input was cut."""
+    def texts_to_ids(self, texts: list[str], prefix: str | None, truncate: bool, what: str,
+                     left: bool = False) -> list[list[int]]:
+        """Exactly `Embedder.tokenize` (prefix = the query template's head), but able to tell that an
+        input was cut, and cutting huge texts by characters before they are tokenized."""
         check_unicode(texts, what)
-        check_unicode([instruction or ""], "instruction")
-        prepared = self.embedder.prepare(texts, instruction)
+        check_unicode([prefix or ""], "instruction")
+        heads = [head_text(self.tokenizer, t, self.max_length, left) for t in texts]
+        prepared = [(prefix or "") + t for t, _ in heads]
         full = self.tokenizer.encode_for_embedding(prepared, 1 << 62)
-        return self._fit(full, truncate, what)
+        keep_head = 0
+        if left and prefix:
+            head_ids = self.tokenizer.encode_one(prefix)
+            if all(s[: len(head_ids)] == head_ids for s in full):
+                keep_head = len(head_ids)
+        return self.fit(full, truncate, what, left, keep_head, [c for _, c in heads])
 
-    def check_ids(self, seqs: list[list[int]], truncate: bool, what: str) -> list[list[int]]:
+    def check_ids(self, seqs: list[list[int]], truncate: bool, what: str, left: bool = False) -> list[list[int]]:
         """Client token ids: in the vocabulary, non-empty; the end token appended unless already last."""
         out = []
         for i, s in enumerate(seqs):
@@ -151,43 +233,40 @@ class EmbeddingService(Service):
                     raise APIError(400, f"{what}[{i}] holds token id {t}, outside this model's vocabulary "
                                    f"0..{self.vocab_size - 1}.", param=what)
             out.append(list(s) if s[-1] == self.eos_id else [*s, self.eos_id])
-        return self._fit(out, truncate, what)
+        return self.fit(out, truncate, what, left)
 
     async def prepare(self, inputs: object, *, instruction: str | None, input_type: str | None, truncate: bool,
-                      what: str, timing: Timing) -> list[list[int]]:
+                      what: str, timing: Timing, prompt_name: str | None = None,
+                      left: bool = False) -> list[list[int]]:
         """Any accepted `input` shape -> token id sequences, tokenized in the pool."""
-        instr = self.instruction_for(instruction, input_type)
-        if isinstance(inputs, str):
-            inputs = [inputs]
-        assert isinstance(inputs, list)
-        self.check_count(len(inputs), what)
-        if all(isinstance(x, int) for x in inputs):  # one sequence of token ids
-            seqs: list[list[int]] = [inputs]
-            if instr is not None:
-                raise APIError(400, "instruction / input_type=query need text input, not token ids.", param=what)
-            return await self.tokenized(lambda: self.check_ids(seqs, truncate, what), timing)
-        if all(isinstance(x, list) for x in inputs):
-            if instr is not None:
-                raise APIError(400, "instruction / input_type=query need text input, not token ids.", param=what)
-            return await self.tokenized(lambda: self.check_ids(inputs, truncate, what), timing)
-        texts: list[str] = inputs
-        for i, t in enumerate(texts):
-            if not t:
-                raise APIError(400, f"{what}[{i}] is an empty string; every input needs at least one character.",
+        prefix = self.prefix_for(instruction, input_type, prompt_name)
+        items: list[Any] = [inputs] if isinstance(inputs, str) else inputs  # type: ignore[assignment]
+        if items and all(isinstance(x, int) for x in items):  # one sequence of token ids: one input
+            items = [items]
+        self.check_count(len(items), what)
+        if all(isinstance(x, list) for x in items):
+            if prefix is not None:
+                raise APIError(400, "instruction / input_type=query / prompt_name need text input, not token ids.",
                                param=what)
-        return await self.tokenized(lambda: self.texts_to_ids(texts, instr, truncate, what), timing)
+            seqs = await self.tokenized(lambda: self.check_ids(items, truncate, what, left), timing)
+        else:
+            texts: list[str] = items
+            for i, t in enumerate(texts):
+                if not t:
+                    raise APIError(400, f"{what}[{i}] is an empty string; every input needs at least one character.",
+                                   param=what)
+            seqs = await self.tokenized(lambda: self.texts_to_ids(texts, prefix, truncate, what, left), timing)
+        self.check_total(seqs, what)
+        return seqs
 
     # -- vectors -----------------------------------------------------------------------------------
     def check_dim(self, dim: int | None) -> int:
-        try:
-            return check_dim(dim, self.embedder.hidden_size)
-        except ValueError as e:
-            message = str(e).replace("dim=", "dimensions=").replace("or None for", "or leave it out for")
-            raise APIError(400, message, param="dimensions") from None
+        return check_dim(dim, self.embedder.hidden_size, param="dimensions")
 
-    async def embed(self, seqs: list[list[int]], dim: int, normalize: bool, timing: Timing) -> np.ndarray:
+    async def embed(self, admission: Admission, seqs: list[list[int]], dim: int, normalize: bool,
+                    timing: Timing) -> np.ndarray:
         """Rows [n, dim] float32, finished as `Embedder.encode` finishes them."""
-        hidden = await self.batcher.submit(seqs, timing)
+        hidden = await admission.submit(seqs, timing)
         return await self.off_loop(finish, hidden, dim, normalize)
 
     async def warmup(self) -> None:
@@ -197,22 +276,14 @@ class EmbeddingService(Service):
         await self.batcher.call([[self.eos_id] * 1500] * 3)
 
 
-def finish(hidden: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
-    """Matryoshka slice, then L2 normalisation: the core's functions on the same float32 values."""
-    x = truncate_dim(torch.from_numpy(hidden), dim)
-    if normalize:
-        x = l2_normalize(x)
-    return x.numpy().astype(np.float32, copy=False)
-
-
 class RerankService(Service):
     kind = "reranker"
 
-    def __init__(self, reranker: Reranker, name: str, settings: ServerSettings, metrics: Metrics,
+    def __init__(self, reranker: Reranker, name: str, label: str, settings: ServerSettings, metrics: Metrics,
                  cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
         self.reranker = reranker
-        super().__init__(name, reranker.tokenizer, reranker.max_length, reranker.config.vocab_size, self._run,
-                         settings, metrics, cpu_pool, reranker.engine.batch_tokens, worker)
+        super().__init__(name, label, reranker.tokenizer, reranker.max_length, reranker.config.vocab_size,
+                         self._run, settings, metrics, cpu_pool, reranker.engine.batch_tokens, worker)
         tok = reranker.tokenizer
         self._frame = len(tok.encode_one(reranker.template.prefix)) + len(tok.encode_one(reranker.template.tail))
 
@@ -221,17 +292,22 @@ class RerankService(Service):
 
     def build(self, query: str, docs: list[str], instruction: str | None, max_tokens_per_doc: int | None,
               truncate: bool, what: str = "documents") -> list[list[int]]:
-        """`Reranker.build_input_ids`, refusing (413) a document that would be cut when truncate is false."""
+        """`Reranker.build_input_ids`, refusing (413) a document that would be cut when truncate is false;
+        huge texts are cut by characters first (a document keeps at most max_length tokens)."""
         check_unicode([query], "query")
         check_unicode(docs, what)
         check_unicode([instruction or ""], "instruction")
+        keep = self.max_length if max_tokens_per_doc is None else min(self.max_length, max_tokens_per_doc)
+        query, _ = head_text(self.tokenizer, query, self.max_length)  # still over: the core refuses it
+        heads = [head_text(self.tokenizer, d, keep) for d in docs]
+        docs = [d for d, _ in heads]
         if not truncate and max_tokens_per_doc is None:
             tmpl = self.reranker.template
             instr = DEFAULT_INSTRUCTION if instruction is None else instruction
             bodies = self.tokenizer.encode([tmpl.body(instr, query, d) for d in docs])
             for i, b in enumerate(bodies):
-                if self._frame + len(b) > self.max_length:
-                    raise self.too_long(i, self._frame + len(b), what)
+                if self._frame + len(b) > self.max_length or heads[i][1]:
+                    raise self.too_long(i, self._frame + len(b), what, heads[i][1])
         return self.reranker.build_input_ids(query, docs, instruction=instruction,
                                              max_tokens_per_doc=max_tokens_per_doc)
 
@@ -247,11 +323,13 @@ class RerankService(Service):
         if max_tokens_per_doc is not None and max_tokens_per_doc < 1:
             raise APIError(400, f"max_tokens_per_doc={max_tokens_per_doc} must be at least 1.",
                            param="max_tokens_per_doc")
-        return await self.tokenized(lambda: self.build(query, docs, instruction, max_tokens_per_doc, truncate, what),
-                                    timing)
+        seqs = await self.tokenized(
+            lambda: self.build(query, docs, instruction, max_tokens_per_doc, truncate, what), timing)
+        self.check_total(seqs, what)
+        return seqs
 
-    async def score(self, seqs: list[list[int]], timing: Timing) -> np.ndarray:
-        return await self.batcher.submit(seqs, timing)
+    async def score(self, admission: Admission, seqs: list[list[int]], timing: Timing) -> np.ndarray:
+        return await admission.submit(seqs, timing)
 
     async def warmup(self) -> None:
         await self.batcher.call(self.reranker.build_input_ids(WARMUP_TEXT, [WARMUP_TEXT]))

@@ -33,7 +33,8 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    public_paths: tuple[str, ...] = ("/health", "/metrics")
+    public_paths: tuple[str, ...] = ("/health",)
+    cors_origins: tuple[str, ...] = ()
     max_batch_tokens: int | None = None
     max_batch_requests: int = 256
     max_wait_ms: float = 5.0
@@ -41,6 +42,10 @@ class ServerSettings:
     max_queue_tokens: int = 1_048_576
     max_inputs: int = 2048
     max_payload_bytes: int = 16 * 1024 * 1024
+    max_request_tokens: int = 262_144
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     tokenization_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     graceful_timeout: int = 30
     keep_alive: int = 75
@@ -58,7 +63,7 @@ class ServerSettings:
             raise InputError("nothing to serve: pass --embedding-model and/or --reranker-model "
                              "(or QWEN_EMBED_EMBEDDING_MODEL / QWEN_EMBED_RERANKER_MODEL).")
         positive = ["max_batch_requests", "max_queue", "max_queue_tokens", "max_inputs", "max_payload_bytes",
-                    "tokenization_workers", "max_length"]
+                    "tokenization_workers", "max_length", "max_request_tokens", "max_connections"]
         for name in positive:
             v = getattr(self, name)
             if v < 1:
@@ -75,6 +80,10 @@ class ServerSettings:
             raise InputError(f"keep-alive={self.keep_alive} must be at least 1 second.")
         if self.graceful_timeout < 1:
             raise InputError(f"graceful-timeout={self.graceful_timeout} must be at least 1 second.")
+        for name in ("header_timeout", "body_timeout"):
+            v = getattr(self, name)
+            if not 0 < v <= 3600:
+                raise InputError(f"{name.replace('_', '-')}={v} is out of range: use more than 0, up to 3600 seconds.")
         if self.api_key is not None and not self.api_key:
             raise InputError("api-key is empty; give a non-empty key or leave it unset to disable auth.")
         return self
@@ -123,6 +132,8 @@ SETTINGS: list[Setting] = [
     Setting("port", int, "TCP port (0 picks a free one)"),
     Setting("api_key", str, "require `Authorization: Bearer KEY` (default: no auth)"),
     Setting("public_paths", _paths, "comma-separated paths served without the API key"),
+    Setting("cors_origins", _paths, "comma-separated origins a browser may call from (CORS; * for any; "
+            "default: none)"),
     Setting("max_batch_tokens", int, "token budget of one forward pass (default: 8192 on cpu, 65536 on cuda)"),
     Setting("max_batch_requests", int, "requests merged into one forward pass at most"),
     Setting("max_wait_ms", float, "how long the first request of a batch waits for others to join (ms)"),
@@ -132,6 +143,14 @@ SETTINGS: list[Setting] = [
     Setting("max_queue_tokens", int, "tokens queued or running per model; beyond it answer 429"),
     Setting("max_inputs", int, "inputs (or rerank documents) per request; beyond it answer 413"),
     Setting("max_payload_bytes", int, "request body size limit in bytes; beyond it answer 413"),
+    Setting("max_request_tokens", int, "tokens per request after truncation (token ids sent count too); "
+            "beyond it answer 413"),
+    Setting("max_connections", int, "open connections at most; a connection beyond it is answered 503 and "
+            "closed at once (keeps the server under its file-descriptor limit)"),
+    Setting("header_timeout", float, "seconds a client has to send a request's headers; then the connection "
+            "is closed"),
+    Setting("body_timeout", float, "seconds a request body may stall between two reads; then the connection "
+            "is closed"),
     Setting("tokenization_workers", int, "threads that tokenize and format responses (default: min(4, cores))"),
     Setting("graceful_timeout", int, "seconds to finish accepted requests after SIGTERM"),
     Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),

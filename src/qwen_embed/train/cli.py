@@ -1,4 +1,4 @@
-"""`qwen-embed train ...`, `qwen-embed mine` and `qwen-embed merge-lora`.
+"""`qwen-embed train ...`, `qwen-embed mine`, `qwen-embed merge` and `qwen-embed merge-lora`.
 
 Heavy imports (torch training code, peft, matplotlib) happen inside the handlers, so that
 `qwen-embed --help` stays fast.
@@ -21,6 +21,16 @@ def cmd_train_embed(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     summary = train(cfg)
+    print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_rerank(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .loop import train
+
+    cfg = load_config(args.config, args.set, kind="rerank")
+    summary = train(cfg, kind="rerank")
     print(f"trained to step {summary['step']} -> {cfg.train.output_dir}", file=sys.stderr)
     return 0
 
@@ -77,9 +87,21 @@ def cmd_merge_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_checkpoints, parse_weights
+
+    report = merge_checkpoints(args.models, args.output, method=args.method, base=args.base,
+                               weights=parse_weights(args.weights), t=args.t, overwrite=args.overwrite,
+                               max_shard_size=args.max_shard_size)
+    print(report.table())
+    print(f"wrote the merged checkpoint and merge_report.json to {args.output}", file=sys.stderr)
+    return 0
+
+
 def register(sub: Any) -> None:
-    """Add `train`, `mine` and `merge-lora` to the qwen-embed command."""
-    p = sub.add_parser("train", help="train embedding models (contrastive, LoRA, GradCache, data parallel)",
+    """Add `train`, `mine`, `merge` and `merge-lora` to the qwen-embed command."""
+    p = sub.add_parser("train", help="train embedding and reranker models (contrastive / yes-no SFT, LoRA, "
+                       "GradCache, data parallel)",
                        description="Training commands. Start with `qwen-embed train embed --config FILE.yaml`; "
                        "`qwen-embed train settings` lists every setting with its default.")
     tsub = p.add_subparsers(dest="train_command", metavar="TRAIN_COMMAND", required=True)
@@ -88,10 +110,24 @@ def register(sub: Any) -> None:
                         description="Contrastive training (improved InfoNCE) of a Qwen3 embedding model. Resumes "
                         "from the newest checkpoint in train.output_dir. Multi-process: torchrun "
                         "--nproc-per-node N -m qwen_embed train embed --config FILE.yaml")
-    e.add_argument("--config", required=True, help="YAML file: sections model, data, loss, optim, train, lora, eval")
+    e.add_argument("--config", required=True,
+                   help="YAML file: sections model, data, loss, optim, train, lora, eval, merge")
     e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a setting (repeatable), e.g. --set train.max_steps=100")
     e.set_defaults(func=cmd_train_embed)
+
+    r = tsub.add_parser("rerank", help="train a Qwen3 reranker (yes/no SFT) from a YAML config",
+                        description="Supervised fine-tuning of a Qwen3 reranker on yes/no labels (losses sft, bce, "
+                        "listwise; section rerank). Starts from a Qwen3ForCausalLM (a Qwen3-Reranker or a base / "
+                        "instruct model) or a converted Qwen3ForSequenceClassification and writes the same layout. "
+                        "Data: the embedding training rows or pointwise {query, document, label} rows. Resumes "
+                        "from the newest checkpoint in train.output_dir. Multi-process: torchrun "
+                        "--nproc-per-node N -m qwen_embed train rerank --config FILE.yaml")
+    r.add_argument("--config", required=True, help="YAML file: sections model, data, optim, train, lora, eval, "
+                   "rerank")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a setting (repeatable), e.g. --set rerank.loss=bce")
+    r.set_defaults(func=cmd_train_rerank)
 
     s = tsub.add_parser("settings", help="print every training setting with its default (Markdown)")
     s.set_defaults(func=cmd_train_settings)
@@ -132,9 +168,34 @@ def register(sub: Any) -> None:
     add_model_options(m, DEFAULT_EMBEDDING_MODEL)
     m.set_defaults(func=cmd_mine)
 
+    mg = sub.add_parser("merge", help="merge fine-tuned checkpoints: linear, slerp, multislerp, task-slerp",
+                        description="Merge checkpoints of one Qwen3 trunk tensor by tensor (stage 3 of the Qwen3 "
+                        "Embedding recipe), streaming one tensor per input. Embedding, causal-LM and seq-cls "
+                        "layouts mix; the output keeps the first model's layout, config and tokenizer, and "
+                        "gets merge_report.json (angle between the inputs and linear fallbacks per group).")
+    mg.add_argument("models", nargs="+", metavar="MODEL", help="checkpoint folders or hub ids (2 or more)")
+    mg.add_argument("-o", "--output", required=True, help="new checkpoint folder (an existing non-empty folder is "
+                    "refused unless --overwrite)")
+    mg.add_argument("--method", default="slerp", choices=["linear", "slerp", "multislerp", "task-slerp"],
+                    help="linear: weighted average; slerp: 2 models, as mergekit's slerp; multislerp: N models "
+                    "with weights (optional --base); task-slerp: base + slerp of the 2 task vectors (mergekit's "
+                    "nuslerp with a base). Default slerp")
+    mg.add_argument("--base", default=None, help="the checkpoint the models were fine-tuned from (task-slerp: "
+                    "required; multislerp: optional)")
+    mg.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per model, normalised to "
+                    "sum 1 (linear, multislerp; task-slerp: t = w2 / (w1 + w2)); default equal")
+    mg.add_argument("--t", type=float, default=None, help="slerp / task-slerp position in [0, 1]: 0 gives the "
+                    "first model, 1 the second (default 0.5)")
+    mg.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB or 500MB; more "
+                    "tensors go to further shards with an index (default 5GB)")
+    mg.add_argument("--overwrite", action="store_true", help="write into an existing folder, replacing only the "
+                    "files of the merged checkpoint")
+    mg.set_defaults(func=cmd_merge)
+
     g = sub.add_parser("merge-lora", help="merge a PEFT LoRA adapter into its base: a plain checkpoint",
-                       description="Write base + adapter as one Qwen3Model checkpoint that Embedder and "
-                       "transformers load.")
+                       description="Write base + adapter as one checkpoint in the base's layout (Qwen3Model "
+                       "for embedders, Qwen3ForCausalLM / Qwen3ForSequenceClassification for rerankers) that "
+                       "Embedder / Reranker and transformers load.")
     g.add_argument("--base", required=True, help="base checkpoint (hub id or folder) the adapter was trained on")
     g.add_argument("--adapter", required=True, help="PEFT adapter folder (adapter_config.json + "
                    "adapter_model.safetensors)")

@@ -1,6 +1,6 @@
 """TrainConfig: every setting of `qwen-embed train embed`, as plain dataclasses read once from YAML.
 
-The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval); a missing
+The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval, rerank, merge); a missing
 key takes the default shown here, an unknown key or a value of the wrong type is an error that names
 it and lists the valid keys. Each field's `help` is the documentation (`describe()` renders the table
 in docs/train.md).
@@ -112,6 +112,36 @@ class EvalSettings:
 
 
 @dataclass
+class RerankSettings:
+    template: str = setting("card", "input template of the reranker (reranker.py): card (model card form) or "
+                            "official-eval (the official evaluation's form); the model is scored with the same one")
+    loss: str = setting("sft", "sft (the report's: cross entropy of the yes/no token over the full vocabulary), "
+                        "bce (binary cross entropy on logit(yes) - logit(no)) or listwise (softmax over a positive "
+                        "and its negatives); seq-cls checkpoints need bce or listwise")
+    negatives_per_positive: int = setting(3, "\"no\" examples sampled from a training row's negatives per positive "
+                                          "(fewer when the row has fewer)")
+    max_length: int = setting(1024, "tokens per input (template, query and document); only the document is cut")
+
+
+RERANK_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+
+
+@dataclass
+class MergeSettings:
+    method: str | None = setting(None, "at the end of the run, merge saved checkpoints into output_dir/merged: "
+                                 "linear, slerp, multislerp or task-slerp (None: no merge); see `qwen-embed merge`")
+    checkpoints: str | list[int | str] = setting("last-3", "which checkpoints: 'last-K' (the K newest saved ones; "
+                                                  "train.keep_checkpoints must keep K) or a list of steps, "
+                                                  "step-N names or checkpoint folders")
+    t: float | None = setting(None, "slerp / task-slerp position in [0, 1] (0: the first checkpoint); None: 0.5")
+    weights: list[float] = setting([], "one weight per checkpoint (linear, multislerp; task-slerp: t = w2 / "
+                                   "(w1 + w2)); empty: equal")
+    base: str | None = setting(None, "the base of task-slerp / multislerp (folder or hub id); None: model.path "
+                               "for task-slerp, no base for multislerp")
+    evaluate: bool = setting(True, "evaluate every merged checkpoint and the merge on eval.file (held out)")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -120,6 +150,8 @@ class TrainConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    rerank: RerankSettings = field(default_factory=RerankSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,10 +189,41 @@ class TrainConfig:
              f"model.precision={self.model.precision!r} must be auto, fp32, bf16-autocast or bf16"),
             (self.data.num_negatives >= 0, f"data.num_negatives={self.data.num_negatives} must be >= 0"),
             (self.lora.r >= 1, f"lora.r={self.lora.r} must be >= 1"),
+            (self.rerank.loss in ("sft", "bce", "listwise"),
+             f"rerank.loss={self.rerank.loss!r} must be sft, bce or listwise"),
+            (self.rerank.template in ("card", "official-eval"),
+             f"rerank.template={self.rerank.template!r} must be card or official-eval"),
+            (self.rerank.negatives_per_positive >= 0,
+             f"rerank.negatives_per_positive={self.rerank.negatives_per_positive} must be >= 0"),
+            (self.rerank.max_length >= 16, f"rerank.max_length={self.rerank.max_length} must be >= 16"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{source}: {msg}.")
+        if self.merge.method is not None:
+            self._validate_merge(source)
+
+    def _validate_merge(self, source: str) -> None:
+        from ..errors import InputError
+        from .merge import check_params
+
+        m = self.merge
+        if isinstance(m.checkpoints, str):
+            k = m.checkpoints.removeprefix("last-")
+            if not m.checkpoints.startswith("last-") or not k.isdigit():
+                raise ConfigError(f"{source}: merge.checkpoints={m.checkpoints!r} must be 'last-K' (e.g. last-3) "
+                                  "or a list of steps / checkpoint folders.")
+            n = int(k)
+            if n > self.train.keep_checkpoints:
+                raise ConfigError(f"{source}: merge.checkpoints={m.checkpoints} needs train.keep_checkpoints >= "
+                                  f"{n} (it is {self.train.keep_checkpoints}).")
+        else:
+            n = len(m.checkpoints)
+        base = m.base is not None or m.method == "task-slerp"
+        try:
+            check_params(m.method or "", n, base=base, weights=m.weights or None, t=m.t)
+        except InputError as e:
+            raise ConfigError(f"{source}: merge: {e}") from None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -170,7 +233,14 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _check_type(value, inner[0], where)
+        for i, a in enumerate(inner):
+            try:
+                return _check_type(value, a, where)
+            except ConfigError:
+                if i == len(inner) - 1 and len(inner) == 1:
+                    raise
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in inner)
+        raise ConfigError(f"{where} must be {names}, got {value!r}.")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -203,8 +273,10 @@ def _build_section(sect_cls: Any, raw: Any, where: str) -> Any:
     return sect_cls(**{k: _check_type(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config; `overrides` are `section.key=value` strings (YAML values) applied on top."""
+def load_config(path: str | Path, overrides: list[str] | None = None, kind: str = "embed") -> TrainConfig:
+    """Read a YAML config; `overrides` are `section.key=value` strings (YAML values) applied on top.
+
+    kind "rerank" makes the default model.path the Qwen3 reranker and train.output_dir runs/rerank."""
     import yaml
 
     p = Path(path)
@@ -222,6 +294,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{p}: section {section!r} must be a mapping.")
         raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    if kind == "rerank" and isinstance(raw, dict):
+        for section, key, default in (("model", "path", RERANK_MODEL), ("train", "output_dir", "runs/rerank")):
+            if raw.get(section) is None:
+                raw[section] = {}
+            if isinstance(raw[section], dict):
+                raw[section].setdefault(key, default)
     return TrainConfig.from_dict(raw, str(p))
 
 

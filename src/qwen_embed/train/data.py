@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,10 @@ def parse_row(obj: Any, where: str) -> Example:
     return Example(query, positives, negatives, instruction or None, str(task))
 
 
-def iter_examples(paths: Sequence[str | Path]) -> Iterator[Example]:
+RowParser = Callable[[Any, str], Example]  # (JSON object, "file:line") -> Example
+
+
+def iter_examples(paths: Sequence[str | Path], parse: RowParser = parse_row) -> Iterator[Example]:
     """Rows of the JSONL files in order, streamed line by line; blank lines are skipped."""
     for p in paths:
         path = Path(p)
@@ -84,7 +87,7 @@ def iter_examples(paths: Sequence[str | Path]) -> Iterator[Example]:
             raise InputError(f"training file {path} does not exist.")
         with path.open(encoding="utf-8") as f:
             for n, obj in iter_jsonl(f, str(path)):
-                yield parse_row(obj, f"{path}:{n}")
+                yield parse(obj, f"{path}:{n}")
 
 
 def shuffled(items: Iterator[Example], buffer: int, rng: random.Random) -> Iterator[Example]:
@@ -114,7 +117,7 @@ class BatchStream:
     """The deterministic stream of single-task global batches over the files, epoch after epoch."""
 
     def __init__(self, paths: Sequence[str | Path], batch_size: int, *, seed: int = 0,
-                 shuffle_buffer: int = 10000) -> None:
+                 shuffle_buffer: int = 10000, parse: RowParser = parse_row) -> None:
         if not paths:
             raise InputError("no training files; set data.train_files in the config.")
         if batch_size < 2:
@@ -123,11 +126,12 @@ class BatchStream:
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle_buffer = max(1, shuffle_buffer)
+        self.parse = parse
 
     def epoch(self, e: int) -> Iterator[tuple[str, list[Example]]]:
         rng = random.Random(self.seed * 1_000_003 + e)
         pending: dict[str, list[Example]] = defaultdict(list)
-        for ex in shuffled(iter_examples(self.paths), self.shuffle_buffer, rng):
+        for ex in shuffled(iter_examples(self.paths, self.parse), self.shuffle_buffer, rng):
             rows = pending[ex.task]
             rows.append(ex)
             if len(rows) == self.batch_size:

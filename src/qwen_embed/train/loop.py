@@ -1,47 +1,44 @@
-"""The training loop: data stream -> GradCache step -> gradient averaging -> AdamW with warm-up and cosine.
+"""The training loop: an objective's batches -> gradients -> averaging over ranks -> AdamW (warm-up, cosine).
 
-One step = one global batch of one task. Each rank tokenises its slice of rows, packs them into
-token-budget chunks and runs a GradCache step (or a plain step) whose loss gathers the query and
-positive embeddings of all ranks; the gradients are averaged, clipped, and AdamW steps. The model is
-the inference trunk (`qwen_embed.model.Qwen3Model`), optionally with peft LoRA layers injected,
-with per-layer gradient checkpointing and bf16 autocast on GPU applied from outside.
+One step = one global batch of one task. The model-kind specific part (the trained module, the data,
+the forward/backward and the held-out evaluation) is an `Objective` (objectives.py: embedding
+contrastive with GradCache, reranker yes/no); checkpoints are `checkpoints.CheckpointStore` and the
+final folders `export.py`. The loop owns the optimiser, the schedule, gradient averaging, the
+non-finite guard, logs and evaluation cadence. Gradient checkpointing (checkpointing.py), LoRA
+(lora.py) and bf16 autocast on GPU are applied from outside the model.
 
-Checkpoints (`output_dir/checkpoints/step-NNNNNNNN/`) hold the weights (HF layout) or the adapter
-(PEFT layout), and `state.pt` with the optimiser, scheduler, every RNG and the data position; they
-are written to a temporary folder and renamed, so a crash never leaves a half checkpoint, and a
-restart continues from the newest one exactly (the same parameters as an uninterrupted run). Rank 0
-appends one JSONL line per `log_every` steps and per evaluation to `output_dir/train_log.jsonl`.
+A run resumes from its newest intact checkpoint exactly (the same parameters as an uninterrupted run).
+Rank 0 appends one JSONL line per `log_every` steps and per evaluation to `output_dir/train_log.jsonl`;
+`elapsed_s` there is the training time since the run's start, across resumes. A non-finite loss stops
+the run at that step, before the optimiser applies it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
-from ..batching import PackedBatch
-from ..checkpoint import Checkpoint
-from ..errors import ConfigError
-from ..model import Qwen3Model
+from ..errors import ConfigError, QwenEmbedError
 from . import distributed as D
+from .checkpoints import CheckpointStore, check_finite, load_into, read_weights
 from .config import TrainConfig
-from .data import BatchStream, Collator, EvalSet, TrainBatch, load_eval_set
-from .gradcache import full_batch_step, grad_cache_step, pack_chunks
-from .losses import matryoshka_dims, matryoshka_rows
+from .objectives import Objective, make_objective
 
 LOG_NAME = "train_log.jsonl"
+
+
+class TrainingError(QwenEmbedError):
+    """Training cannot go on (a non-finite loss)."""
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> Any:
@@ -55,6 +52,7 @@ def lr_lambda(warmup: int, total: int, min_ratio: float) -> Any:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state (Python, torch CPU, CUDA)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -62,20 +60,27 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Trainer:
-    """Builds the model, optimiser, data and evaluation of a TrainConfig and runs the steps."""
+def say(info: D.DistInfo, message: str) -> None:
+    """One line for the person running the job (rank 0, stderr)."""
+    if info.is_main:
+        print(message, file=sys.stderr)
 
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo | None = None) -> None:
+
+class Trainer:
+    """Builds the objective (model, data, evaluation), the optimiser and schedule of a TrainConfig; runs the steps."""
+
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo | None = None, kind: str = "embed") -> None:
         self.cfg = cfg
+        self.kind = kind
         self.info = info or D.init(cfg.model.device)
         self.out = Path(cfg.train.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
         torch.manual_seed(cfg.train.seed)
         random.seed(cfg.train.seed)
         dev = self.info.device
@@ -84,17 +89,25 @@ class Trainer:
             precision = "bf16-autocast" if dev.type == "cuda" else "fp32"
         self.precision = precision
         weight_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.base = Checkpoint.load(cfg.model.path, dev, weight_dtype, want_head=False)
+        if cfg.train.batch_size % self.info.world_size:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not divide over "
+                              f"{self.info.world_size} processes; use a multiple of {self.info.world_size}.")
+        self.objective: Objective = make_objective(kind, cfg, self.info, weight_dtype, self.autocast)
+        self.base = self.objective.base
         self.tokenizer = self.base.tokenizer
-        self.model: Qwen3Model = self.base.model
+        self.model = self.objective.model
+        check_finite(self.model.named_parameters(), f"base checkpoint {cfg.model.path}")
         self.model.train()
-        self.model.gradient_checkpointing = cfg.model.gradient_checkpointing
+        if cfg.model.gradient_checkpointing:
+            from .checkpointing import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(self.objective.trunk)
         self.lora_config = None
         if cfg.lora.enabled:
             from .lora import add_lora, lora_config
 
             self.lora_config = lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
-                                           base_model=cfg.model.path)
+                                           base_model=cfg.model.path, task_type=self.objective.lora_task)
             add_lora(self.model, self.lora_config)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
@@ -105,61 +118,37 @@ class Trainer:
             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=dev.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.warmup_steps, cfg.train.max_steps, o.min_lr_ratio))
-        d = cfg.data
-        if cfg.train.batch_size % self.info.world_size:
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} does not divide over "
-                              f"{self.info.world_size} processes; use a multiple of {self.info.world_size}.")
-        self.stream = BatchStream(d.train_files, cfg.train.batch_size, seed=cfg.train.seed,
-                                  shuffle_buffer=d.shuffle_buffer)
-        self.collate = Collator(self.tokenizer, d.query_max_length, d.doc_max_length, d.num_negatives,
-                                d.default_instruction, cfg.train.seed)
-        self.dims = matryoshka_dims(cfg.loss.matryoshka_dims, self.base.config.hidden_size)
-        self.weights = cfg.loss.matryoshka_weights or None
-        self.eval_set: EvalSet | None = None
-        if cfg.eval.file:
-            self.eval_set = load_eval_set(cfg.eval.file, max_queries=cfg.eval.max_queries,
-                                          default_instruction=d.default_instruction)
+        self.store = CheckpointStore(self.out / "checkpoints", cfg.train.keep_checkpoints)
         self.step = 0
+        self.elapsed = 0.0  # training seconds before this process (from the checkpoint resumed)
+
+    @property
+    def eval_set(self) -> Any:
+        return getattr(self.objective, "eval_set", None)
 
     # -- one step ----------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """bf16 autocast when the precision asks for it, else nothing."""
         if self.precision == "bf16-autocast":
             return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def encode(self, chunk: PackedBatch) -> torch.Tensor:
-        """Packed chunk -> last-token hidden states [n, H] in float32."""
-        with self.autocast():
-            h = self.model(chunk, output_indices=chunk.last_indices)
-        return h.float()
-
-    def loss_fn(self, batch: TrainBatch) -> Any:
-        b, k = len(batch.queries), batch.num_negatives
-        dev = self.info.device
-        keys = batch.pos_keys.to(dev), batch.neg_keys.to(dev), batch.pos_keys_all.to(dev)
-
-        def fn(emb: torch.Tensor) -> torch.Tensor:
-            q, p = emb[:b], emb[b : 2 * b]  # [b, H]
-            n = emb[2 * b :].view(b, k, -1) if k else None  # [b, K, H]
-            q_all, p_all = D.gather_with_grad(q, self.info), D.gather_with_grad(p, self.info)  # [N, H]
-            return matryoshka_rows(q, p, n, q_all, p_all, batch.offset, dims=self.dims, weights=self.weights,
-                                   temperature=self.cfg.loss.temperature, margin=self.cfg.loss.margin,
-                                   pos_keys=keys[0], neg_keys=keys[1], pos_keys_all=keys[2])
-        return fn
-
-    def compute_gradients(self, batch: TrainBatch) -> float:
-        """Zero the gradients, run the (GradCache) forward/backward and average over ranks -> global loss."""
+    def compute_gradients(self, batch: Any) -> float:
+        """Zero the gradients, run the objective's forward/backward and average over ranks -> global loss."""
         self.optimizer.zero_grad(set_to_none=True)
-        chunks = pack_chunks(batch.sequences, self.cfg.train.chunk_tokens, self.info.device)
-        if self.cfg.train.grad_cache:
-            loss = grad_cache_step(self.encode, chunks, self.loss_fn(batch), self.info.device)
-        else:
-            loss = full_batch_step(self.encode, chunks, self.loss_fn(batch))
+        loss = self.objective.gradients(batch)
         D.average_gradients(self.params, self.info)
-        return D.average_scalar(float(loss), self.info)
+        return D.average_scalar(loss, self.info)
 
-    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """One optimiser step; a non-finite loss stops the run before anything is applied."""
         loss = self.compute_gradients(batch)
+        if not math.isfinite(loss):
+            last = self.store.list()
+            raise TrainingError(
+                f"the loss is {loss} at step {self.step + 1} (batch {getattr(batch, 'index', self.step)}); stopped "
+                f"before applying it. The newest checkpoint is {last[-1] if last else 'none'}; lower optim.lr, "
+                "check the data of this batch, or use model.precision fp32.")
         clip = self.cfg.optim.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
         lr = self.scheduler.get_last_lr()[0]
@@ -170,63 +159,62 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
-        if not self.ckpt_dir.is_dir():
-            return []
-        return sorted(p for p in self.ckpt_dir.glob("step-*") if (p / "state.pt").is_file())
+        """Finished checkpoints, oldest first."""
+        return self.store.list()
 
     def save_weights(self, folder: Path) -> None:
+        """The weights (base layout) or the adapter (PEFT) into `folder`."""
         if self.lora_config is not None:
             from .lora import save_adapter
 
             save_adapter(self.model, self.lora_config, folder / "adapter")
         else:
-            from .export import save_trunk
+            from .export import write_checkpoint
 
-            save_trunk(self.model, self.base.path, folder / "model", overwrite=True)
+            write_checkpoint(self.model.state_dict(), self.base.path, folder / "model",
+                             self.objective.layout, overwrite=True)  # type: ignore[arg-type]
 
-    def save_checkpoint(self) -> Path | None:
-        """Write checkpoints/step-N (rank 0) and prune old ones; every rank waits for it."""
-        target = self.ckpt_dir / f"step-{self.step:08d}"
-        if self.info.is_main and not target.exists():
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=self.ckpt_dir))
-            try:
-                self.save_weights(tmp)
-                state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                         "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
-                         "data_position": self.step, "config": self.cfg.to_dict()}
-                torch.save(state, tmp / "state.pt")
-                tmp.rename(target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            for old in self.checkpoints()[: -max(1, self.cfg.train.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
-        D.barrier(self.info)
-        return target
-
-    def resume(self) -> bool:
-        """Load the newest checkpoint when there is one (train.resume); True when it did."""
-        found = self.checkpoints()
-        if not self.cfg.train.resume or not found:
-            return False
-        folder = found[-1]
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+    def load_weights(self, folder: Path) -> None:
+        """Restore what `save_weights` wrote (strictly; non-finite weights refused)."""
         dev = self.info.device
         if self.lora_config is not None:
             from peft import set_peft_model_state_dict
 
             from .lora import ADAPTER_WEIGHTS, PREFIX
 
-            raw = load_file(str(folder / "adapter" / ADAPTER_WEIGHTS), device=str(dev))
+            raw = read_weights(folder / "adapter" / ADAPTER_WEIGHTS, dev)
             set_peft_model_state_dict(self.model, {k.removeprefix(PREFIX): v for k, v in raw.items()})
         else:
-            weights = load_file(str(folder / "model" / "model.safetensors"), device=str(dev))
-            self.model.load_state_dict({k: v.to(self.params[0].dtype) for k, v in weights.items()}, strict=True)
+            load_into(self.model, read_weights(folder / "model" / "model.safetensors", dev), self.params[0].dtype)
+
+    def save_checkpoint(self, elapsed: float | None = None) -> Path:
+        """Write checkpoints/step-N (rank 0) and prune old ones; every rank waits for it."""
+        target = self.store.folder / f"step-{self.step:08d}"
+        if self.info.is_main:
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                     "data_position": self.step, "elapsed_s": self.elapsed if elapsed is None else elapsed,
+                     "kind": self.kind, "config": self.cfg.to_dict()}
+            target = self.store.save(self.step, self.save_weights, state)
+        D.barrier(self.info)
+        return target
+
+    def resume(self) -> bool:
+        """Load the newest intact checkpoint when there is one (train.resume); True when it did."""
+        if self.info.is_main:
+            self.store.clean_stale()
+        D.barrier(self.info)
+        if not self.cfg.train.resume:
+            return False
+        loaded = self.store.load_latest(self.load_weights)
+        if loaded is None:
+            return False
+        state = loaded.state
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed_s", 0.0))
         if self.info.is_main:
             self._truncate_log(self.step)
         return True
@@ -237,71 +225,88 @@ class Trainer:
         return self.out / LOG_NAME
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines of steps after `step` (written after the checkpoint a resume starts from)."""
+        """Drop log lines of steps after `step` (written after the resumed checkpoint) and broken lines."""
         if not self.log_path.is_file():
             return
-        keep = [ln for ln in self.log_path.read_text(encoding="utf-8").splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
-        tmp = self.log_path.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-        tmp.replace(self.log_path)
+        from ..files import write_text_atomic
+
+        keep = []
+        for ln in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue  # a line cut by a crash mid-write
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                keep.append(ln)
+        write_text_atomic(self.log_path, "".join(ln + "\n" for ln in keep))
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append one JSONL record (rank 0)."""
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out Recall@k / MRR@k / nDCG@k on rank 0 (None without an eval file)."""
-        if self.eval_set is None:
+        """The objective's held-out metrics on rank 0, logged (None without an eval file)."""
+        if not self.objective.has_eval:
             return None
         result = None
         if self.info.is_main:
-            from .evaluate import evaluate
-
-            d = self.cfg.data
-            result = evaluate(self.model, self.tokenizer, self.eval_set, device=self.info.device,
-                              k=self.cfg.eval.k, query_max_length=d.query_max_length,
-                              doc_max_length=d.doc_max_length, batch_tokens=self.cfg.train.chunk_tokens,
-                              autocast=self.autocast())
+            result = self.objective.evaluate()
             self.log({"step": self.step, "eval": result})
         D.barrier(self.info)
         return result
 
     # -- the run -----------------------------------------------------------------------------------
-    def batches(self) -> Iterator[TrainBatch]:
-        for raw in self.stream.batches(self.step):
-            yield self.collate(raw, self.info.rank, self.info.world_size)
+    def batches(self) -> Iterator[Any]:
+        """This rank's batches from the current step on."""
+        return self.objective.batches(self.step)
 
     def run(self, until: int | None = None) -> dict[str, Any]:
         """Train to train.max_steps (or stop after step `until`, as an interruption would); returns a summary."""
         t = self.cfg.train
         resumed = self.resume()
+        if resumed and self.step >= t.max_steps:
+            say(self.info, f"{self.out} already finished its {t.max_steps} steps; to continue it, raise "
+                f"train.max_steps (e.g. --set train.max_steps={2 * t.max_steps}); to start over, choose another "
+                "train.output_dir.")
+            if not (self.out / "model").is_dir() and not (self.out / "adapter").is_dir():
+                self.finish()
+            return {"step": self.step, "resumed": resumed, "last": None}
+        if resumed:
+            say(self.info, f"resuming {self.out} from checkpoint step-{self.step:08d} (step {self.step} of "
+                f"{t.max_steps}).")
         stop = t.max_steps if until is None else min(until, t.max_steps)
-        show = sys.stderr.isatty() if t.progress is None else t.progress
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (show and self.info.is_main),
-                   unit="step", desc="training")
-        if self.step == 0 and self.eval_set is not None:
-            self.evaluate()
-        start, tokens_since, last = time.perf_counter(), 0, None
+        # the first batch is read and built before anything is written: bad data fails with nothing written
+        batches: Iterator[Any] = iter(())
         if self.step < stop:
-            for batch in self.batches():
+            stream = iter(self.batches())
+            batches = itertools.chain([next(stream)], stream)
+        show = sys.stderr.isatty() if t.progress is None else t.progress
+        bar = _progress(t.max_steps, self.step, show and self.info.is_main)
+        if self.step == 0 and self.objective.has_eval:
+            self.evaluate()
+        run_start = time.perf_counter()
+        start, tokens_since, last = run_start, 0, None
+        if self.step < stop:
+            for batch in batches:
                 tokens_since += batch.num_tokens
                 stats = self.train_step(batch)
                 last = stats
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
                 if self.step % t.log_every == 0 or self.step == t.max_steps:
-                    elapsed = time.perf_counter() - start
+                    now = time.perf_counter()
                     tokens = D.average_scalar(float(tokens_since), self.info) * self.info.world_size
                     self.log({"step": self.step, **stats, "task": batch.task, "tokens": int(tokens),
-                              "tokens_per_s": tokens / max(elapsed, 1e-9), "elapsed_s": elapsed})
+                              "tokens_per_s": tokens / max(now - start, 1e-9),
+                              "elapsed_s": self.elapsed + now - run_start})
                     start, tokens_since = time.perf_counter(), 0
-                if self.eval_set is not None and (self.step % self.cfg.eval.every == 0 or self.step == t.max_steps):
+                if self.objective.has_eval and (self.step % self.cfg.eval.every == 0 or self.step == t.max_steps):
                     self.evaluate()
                 if (t.save_every and self.step % t.save_every == 0) or self.step == stop:
-                    self.save_checkpoint()
+                    self.save_checkpoint(self.elapsed + time.perf_counter() - run_start)
                 if self.step >= stop:
                     break
         bar.close()
@@ -310,37 +315,31 @@ class Trainer:
         return {"step": self.step, "resumed": resumed, "last": last}
 
     def finish(self) -> None:
-        """Final model: output_dir/model (HF layout) and, for LoRA, output_dir/adapter; the learning curve."""
+        """The end-of-run outputs: output_dir/model (the base's layout), output_dir/adapter for LoRA, the plot."""
         if self.info.is_main:
-            if self.lora_config is not None:
-                from .lora import merge_lora, save_adapter
+            from .export import export_run
 
-                save_adapter(self.model, self.lora_config, self.out / "adapter")
-                if self.cfg.lora.merge_at_end:
-                    import copy
+            export_run(self.model, self.base.path, self.out, self.objective.layout, self.lora_config,  # type: ignore[arg-type]
+                       merge_at_end=self.cfg.lora.merge_at_end)
+            if self.cfg.merge.method is not None:  # stage 3: merge the last checkpoints -> output_dir/merged
+                from .merge import held_out_evaluator, merge_run
 
-                    from .export import save_trunk
-
-                    save_trunk(merge_lora(copy.deepcopy(self.model)), self.base.path, self.out / "model",
-                               overwrite=True)
-            else:
-                from .export import save_trunk
-
-                save_trunk(self.model, self.base.path, self.out / "model", overwrite=True)
-            if self.log_path.is_file():
-                try:
-                    from .plot import plot_learning_curve
-
-                    plot_learning_curve(self.log_path, self.out / "learning_curve.png")
-                except ImportError:  # matplotlib is optional
-                    pass
+                evaluate = (held_out_evaluator(self.cfg, self.eval_set, self.tokenizer, self.info.device,
+                                               self.autocast) if self.kind == "embed" else None)
+                merge_run(self.out, self.cfg.merge, base_model=self.base.path, evaluate_fn=evaluate)
         D.barrier(self.info)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run a whole training job (also under torchrun) and return its summary."""
+def _progress(total: int, initial: int, show: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not show, unit="step", desc="training")
+
+
+def train(cfg: TrainConfig, kind: str = "embed") -> dict[str, Any]:
+    """Run a whole training job of `kind` ("embed" or "rerank"; also under torchrun) and return its summary."""
     info = D.init(cfg.model.device)
     try:
-        return Trainer(cfg, info).run()
+        return Trainer(cfg, info, kind).run()
     finally:
         D.shutdown(info)

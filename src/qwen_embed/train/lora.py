@@ -6,7 +6,10 @@ with the keys PEFT writes for a `PeftModel` around transformers' `Qwen3Model`
 (`base_model.model.layers.{i}.self_attn.q_proj.lora_A.weight`; our module names equal transformers'),
 so `peft.PeftModel.from_pretrained(AutoModel..., adapter_dir)` loads it too. `merge_lora` folds the
 adapters into the base weights with peft's own merge (W + alpha/r * B @ A) and restores plain
-`nn.Linear` modules; `merge_checkpoint` is the `qwen-embed merge-lora` command's library function.
+`nn.Linear` modules (the trainer's in-memory merge); `merge_checkpoint`, the `qwen-embed merge-lora`
+command, streams the same formula through the merge module (`train.merge.merge_adapter`).
+A reranker (`rerank_model.RerankModel`: trunk under `model.`, head beside) gets the keys of a PeftModel
+around transformers' `Qwen3ForCausalLM` (`base_model.model.model.layers.{i}...`).
 """
 
 from __future__ import annotations
@@ -29,13 +32,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: list[str] | None = None,
-                base_model: str | None = None) -> Any:
+                base_model: str | None = None, task_type: str = "FEATURE_EXTRACTION") -> Any:
     # returns a peft.LoraConfig (peft is imported lazily so that the CLI starts fast)
-    """A peft LoraConfig for the trunk (feature extraction)."""
+    """A peft LoraConfig: task FEATURE_EXTRACTION (embedding trunk), CAUSAL_LM or SEQ_CLS (rerankers)."""
     from peft import LoraConfig
 
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or LORA_TARGETS,
-                      bias="none", task_type="FEATURE_EXTRACTION", base_model_name_or_path=base_model)
+                      bias="none", task_type=task_type, base_model_name_or_path=base_model)
 
 
 def add_lora(model: nn.Module, config: Any) -> nn.Module:
@@ -119,20 +122,14 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def merge_checkpoint(base: str | os.PathLike[str], adapter_dir: str | Path, out_dir: str | Path,
                      dtype: str | None = None, *, overwrite: bool = False) -> Path:
-    """Base checkpoint + PEFT adapter -> merged Qwen3Model checkpoint folder (`qwen-embed merge-lora`).
+    """Base checkpoint + PEFT adapter -> merged checkpoint folder (`qwen-embed merge-lora`).
 
-    out_dir is checked before any loading: a file, or a folder that exists and is not empty, is
-    refused unless `overwrite`; even then only the merged checkpoint's own files are replaced.
+    The merge module's LoRA method (`train.merge.merge_adapter`): the base is streamed one tensor at a
+    time and W + (alpha / r) B @ A is written for each adapted projection; the output keeps the base's
+    layout (an embedding or a causal-LM reranker), config and tokenizer. out_dir is checked before any
+    loading: a file, or a folder that exists and is not empty, is refused unless `overwrite`; even then
+    only the merged checkpoint's own files are replaced.
     """
-    from ..checkpoint import Checkpoint
-    from ..files import check_output_dir
-    from ..weights import pick_dtype
-    from .export import save_trunk
+    from .merge import merge_adapter
 
-    check_output_dir(out_dir, overwrite=overwrite)
-    read_adapter_config(adapter_dir)
-
-    ck = Checkpoint.load(base, "cpu", "float32", want_head=False)
-    model = merge_lora(load_adapter(ck.model, adapter_dir))
-    out_dtype = pick_dtype(dtype or ck.config.dtype, torch.device("cpu"))
-    return save_trunk(model, ck.path, out_dir, dtype=out_dtype, overwrite=overwrite)
+    return merge_adapter(base, adapter_dir, out_dir, dtype=dtype, overwrite=overwrite)

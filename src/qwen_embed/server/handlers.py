@@ -1,0 +1,134 @@
+"""Exception handlers: every error leaves in the OpenAI shape (errors.py).
+
+- `APIError` (raised by routes) carries its status.
+- Library and batcher errors go through the one table `errors.STATUS`; their message is sent as it is.
+- Request validation errors become one readable line: unknown fields (400, naming them and the
+  accepted ones, as OpenAI's API answers), malformed JSON (400), wrong types (422, naming the field).
+- Starlette HTTP errors (404, 405, body errors) get our wording; anything else is a bug (500, logged).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import QwenEmbedError
+from .errors import APIError, as_api_error, error_response
+
+log = logging.getLogger("qwen_embed.server")
+UNION_HELP = {
+    "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "inputs": "a string, a list of strings, a list of token ids, or a list of token-id lists",
+    "documents": 'a list of strings or {"text": ...} objects',
+}
+RENAME = {"dim": "dimensions"}  # core parameter names -> request field names (for `param` only)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def accepted_fields(request: Request) -> list[str]:
+    """The fields the matched route's body accepts (from its request model)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    model = getattr(getattr(field, "field_info", None), "annotation", None)
+    return list(getattr(model, "model_fields", {}))
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status, exc.message, exc.headers, exc.param, exc.code)
+
+
+async def on_library_error(request: Request, exc: Exception) -> Response:
+    err = as_api_error(exc, RENAME)
+    if err is None:
+        return await on_bug(request, exc)
+    return await on_api_error(request, err)
+
+
+def unknown_fields(request: Request, extra: list[dict[str, Any]]) -> str:
+    """One line naming the unknown fields, a close match for each, and the fields the route accepts."""
+    names = [str(e["loc"][1]) for e in extra]
+    accepted = accepted_fields(request)
+    hints = []
+    for n in names:
+        close = difflib.get_close_matches(n, accepted, n=1)
+        if close:
+            hints.append(f"did you mean `{close[0]}` for `{n}`?")
+    listed = ", ".join(f"`{n}`" for n in names[:5])
+    tail = f" ({' '.join(hints)})" if hints else ""
+    return (f"unrecognized request field{'s' if len(names) > 1 else ''} {listed}{tail}; this route accepts: "
+            f"{', '.join(accepted)}")
+
+
+async def on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [dict(e) for e in exc.errors()]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        ctx = detail.get("ctx") or {}
+        return error_response(400, f"the body is not valid JSON ({ctx.get('error', 'parse error')}).")
+    ctype = request.headers.get("content-type", "")
+    if "json" not in ctype.lower():
+        return error_response(400, f"send the body as JSON with `Content-Type: application/json` "
+                              f"(got {ctype[:60]!r}).")
+    if any(e.get("type") == "model_attributes_type" or (e.get("type") == "dict_type" and not e["loc"][1:])
+           for e in errors):
+        return error_response(422, "the body must be a JSON object.")
+    extra = [e for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 2]
+    errors = [e for e in errors if e not in extra]
+    if extra and not errors:  # only unknown fields: 400, as OpenAI's API answers them
+        return error_response(400, unknown_fields(request, extra) + ".", param=str(extra[0]["loc"][1]),
+                              code="unknown_field")
+    by_field: dict[str, list[dict[str, Any]]] = {}
+    for e in errors:
+        by_field.setdefault(_loc(tuple(e["loc"][:2])).split(".")[0], []).append(e)
+    parts = []
+    for name, errs in list(by_field.items())[:3]:
+        loc = [p for p in errs[0]["loc"] if p != "body"]
+        if name in UNION_HELP and not any(e["type"] == "missing" and len(loc) == 1 for e in errs):
+            idx = next((p for e in errs for p in e["loc"] if isinstance(p, int)), None)
+            at = f" ({name}[{idx}] is not)" if idx is not None else ""
+            parts.append(f"`{name}` must be {UNION_HELP[name]}{at}")
+        elif all(e["type"] == "literal_error" for e in errs):  # a union of literals: one list of values
+            expected = " or ".join(str((e.get("ctx") or {}).get("expected", "")) for e in errs)
+            parts.append(f"`{name}`: Input should be {expected}")
+        else:
+            parts.append(f"`{_loc(tuple(errs[0]['loc']))}`: {errs[0]['msg']}")
+    more = f" (and {len(by_field) - 3} more fields)" if len(by_field) > 3 else ""
+    unknown = f"; {unknown_fields(request, extra)}" if extra else ""
+    return error_response(422, "; ".join(parts) + more + unknown, param=next(iter(by_field), None))
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status, detail = exc.status_code, str(exc.detail)
+    if status == 404:
+        detail = f"no route {request.method} {request.url.path}; see GET /docs for the routes."
+    elif status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    elif status == 400 and "parsing the body" in detail:
+        detail = "the body cannot be parsed: send UTF-8 JSON."
+    return error_response(status, detail, dict(exc.headers or {}))
+
+
+async def on_bug(request: Request, exc: Exception) -> Response:
+    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"internal error ({type(exc).__name__}); this is a bug in qwen-embed.")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(QwenEmbedError, on_library_error)
+    app.add_exception_handler(Exception, on_bug)

@@ -1,0 +1,133 @@
+"""The Guard: a pure ASGI middleware in front of every route.
+
+It checks the API key (constant time), refuses a body over the size limit (from Content-Length, and
+while a chunked body is read), counts requests by route and status, adds x-total-time, marks
+responses `Connection: close` while the server drains, and cancels the request's work when its client
+disconnects after sending the body (the handler task is cancelled, so its queued batches are skipped
+and its remaining batches never run; counted with status 499, nginx's "client closed request").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import PayloadTooLarge, error_response
+from .state import State
+
+CLIENT_CLOSED = 499
+
+
+class Guard:
+    """Auth, body size limit, request metrics, x-total-time, disconnect cancellation."""
+
+    def __init__(self, app: ASGIApp, state: State) -> None:
+        self.app = app
+        self.state = state
+        key = state.settings.api_key
+        self.key = key.encode() if key else None
+        self.public = set(state.settings.public_paths)
+        self.limit = state.settings.max_payload_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+        state = self.state
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-total-time", f"{(time.perf_counter() - start) * 1000:.3f}".encode()))
+                if state.draining:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            denial = self.check(scope, scope["path"])
+            if denial is not None:
+                await denial(scope, receive, send_wrapper)
+                return
+            if await self.run_watched(scope, receive, send_wrapper):
+                status = CLIENT_CLOSED
+        finally:
+            route = scope.get("route")
+            self.state.metrics.count_request(getattr(route, "path", "other"), status)
+
+    async def run_watched(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Run the app; cancel it when the client disconnects after its body was read. True when it did."""
+        body_read = asyncio.Event()
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(self.limit)
+                if not message.get("more_body", False):
+                    body_read.set()
+            return message
+
+        answered = False
+
+        async def sent(message: Message) -> None:
+            nonlocal answered
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
+
+        task = asyncio.ensure_future(self.app(scope, limited, sent))
+        gone = False
+
+        async def watch() -> None:
+            nonlocal gone
+            await body_read.wait()
+            message = await receive()  # after the body: http.disconnect (client gone, or response complete)
+            if message["type"] == "http.disconnect" and not answered and not task.done():
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return gone
+
+    def check(self, scope: Scope, path: str) -> Response | None:
+        headers = dict(scope["headers"])
+        if self.key is not None and path not in self.public:
+            auth = headers.get(b"authorization", b"")
+            scheme, _, token = auth.partition(b" ")
+            if not auth:
+                return error_response(401, "missing API key: send the header `Authorization: Bearer <key>`.",
+                                      {"WWW-Authenticate": "Bearer"})
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                return error_response(401, "invalid API key.", {"WWW-Authenticate": "Bearer"})
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return error_response(400, f"Content-Length {length[:40]!r} is not a number.")
+            if n > self.limit:
+                return error_response(413, f"the request body has {n} bytes, over the {self.limit}-byte limit; "
+                                      "send fewer or shorter inputs.")
+        return None

@@ -1,0 +1,231 @@
+"""A model in a process of its own, behind the batcher's `run` (the first step of issue 16).
+
+`ModelProcess(spec)` is a `RunFn`: calling it with token-id sequences sends them over a pipe to a
+child process that owns the model (loaded from `spec`: an `Embedder` or a `Reranker`) and returns its
+rows, so the forward pass and its launch work no longer share the HTTP process's GIL. The batcher
+calls it from its worker thread, as it calls an in-process model; nothing else changes.
+
+Faults: if the child dies (killed, out of memory, a crash in a kernel), the call waiting on it raises
+`ModelProcessDied` at once (the HTTP layer answers 503; every request of that batch gets it, none is
+answered twice), `ready` turns false (so /health can say not ready), and a new child is started in
+the background; calls made while it loads raise `ModelProcessDied` too, without waiting. A model
+error that the child survives is sent back and raised as `ModelError`.
+
+The wire format is plain: sequences as one flat int64 array plus their lengths, rows as a float32
+array (pickle protocol 5 moves numpy buffers without copies through a `multiprocessing` pipe). The
+child is started with `spawn`, so it never inherits the parent's threads, CUDA state or sockets.
+
+Next steps (docs/server.md, "Where this goes"): HTTP workers that hold only the tokenizer and config,
+the batcher moved into the model process to merge every worker's requests, one process per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import QwenEmbedError
+
+POLL_S = 0.05
+
+
+class ModelProcessDied(QwenEmbedError):
+    """The model's process is gone (or restarting); the request may be retried shortly."""
+
+
+class ModelError(QwenEmbedError):
+    """The model raised while running a batch (the process lives on)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How the child loads its model (the arguments of `Embedder` / `Reranker.from_pretrained`)."""
+
+    kind: Literal["embedding", "reranker"]
+    path: str
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int = 8192
+    batch_tokens: int | None = None
+    compile: bool | None = None
+    template: str = "card"
+    threads: int | None = None  # torch threads in the child (None: torch's default)
+
+
+def pack(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences -> (flat ids int64 [T], lengths int64 [n])."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    """The inverse of `pack`."""
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    ids = flat.tolist()
+    return [ids[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)]
+
+
+def child_main(spec: ModelSpec, conn: Connection) -> None:
+    """The child: load the model, then answer ("ok", rows) or ("error", message) per batch until EOF."""
+    import torch
+
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    if spec.kind == "embedding":
+        from ..embedder import Embedder
+
+        emb = Embedder.from_pretrained(spec.path, spec.device, spec.dtype, max_length=spec.max_length,
+                                       batch_tokens=spec.batch_tokens, compile=spec.compile)
+
+        def run(seqs: list[list[int]]) -> np.ndarray:
+            return emb.embed_ids(seqs, normalize=False, progress=False)
+    else:
+        from ..reranker import Reranker
+
+        rr = Reranker.from_pretrained(spec.path, spec.device, spec.dtype, spec.template,
+                                      max_length=spec.max_length, batch_tokens=spec.batch_tokens,
+                                      compile=spec.compile)
+
+        def run(seqs: list[list[int]]) -> np.ndarray:
+            return rr.score_ids(seqs, progress=False)
+
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        try:
+            out: Any = ("ok", run(unpack(*message)))
+        except Exception as e:  # reported to the caller; the process serves on
+            out = ("error", f"{type(e).__name__}: {e}")
+        conn.send(out)
+
+
+class ModelProcess:
+    """A `RunFn` whose model runs in a child process (module docstring); `close` ends it."""
+
+    def __init__(self, spec: ModelSpec, start_timeout: float = 300.0) -> None:
+        self.spec = spec
+        self.start_timeout = start_timeout
+        self.restarts = 0
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.Lock()  # one batch at a time on the pipe
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._ready = threading.Event()
+        self._closed = False
+        self._restarting: threading.Thread | None = None
+        self._loading: Any = None
+        self._start()
+
+    @property
+    def ready(self) -> bool:
+        """True while a child is loaded and serving."""
+        return self._ready.is_set()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else int(self._proc.pid)
+
+    def _start(self) -> None:
+        """Start a child and wait until its model is loaded (ModelProcessDied if it dies or times out)."""
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=child_main, args=(self.spec, child), daemon=True,
+                                 name=f"qwen-embed-model-{self.spec.kind}")
+        proc.start()
+        child.close()
+        self._loading = proc
+        deadline = time.monotonic() + self.start_timeout
+        while not parent.poll(POLL_S):
+            if self._closed:
+                proc.kill()
+                raise ModelProcessDied("closed while loading")
+            if not proc.is_alive():
+                raise ModelProcessDied(f"the model process for {self.spec.path} exited with code {proc.exitcode} "
+                                       "while loading; see its log above.")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise ModelProcessDied(f"the model process for {self.spec.path} did not load within "
+                                       f"{self.start_timeout:.0f} s.")
+        try:
+            status, _ = parent.recv()
+        except EOFError:
+            status = "gone"
+        if status != "ready":
+            proc.join(2.0)
+            raise ModelProcessDied(f"the model process for {self.spec.path} exited with code {proc.exitcode} "
+                                   "while loading; see its log above.")
+        self._proc, self._conn = proc, parent
+        self._ready.set()
+
+    def _restart_in_background(self) -> None:
+        if self._closed or (self._restarting is not None and self._restarting.is_alive()):
+            return
+
+        def restart() -> None:
+            while not self._closed:
+                try:
+                    self._start()
+                    self.restarts += 1
+                    return
+                except ModelProcessDied:
+                    time.sleep(1.0)
+
+        self._restarting = threading.Thread(target=restart, name="model-restart", daemon=True)
+        self._restarting.start()
+
+    def _died(self, during: str) -> ModelProcessDied:
+        self._ready.clear()
+        code = None
+        if self._proc is not None:
+            self._proc.join(2.0)  # reap it, for its exit code (a pipe may close a moment before)
+            code = self._proc.exitcode
+        self._restart_in_background()
+        return ModelProcessDied(f"the model process for {self.spec.path} died (exit code {code}) {during}; it is "
+                                "being restarted: retry shortly.")
+
+    def __call__(self, seqs: list[Sequence[int]]) -> np.ndarray:
+        """Run one batch in the child; rows [n, ...] as the in-process model gives them."""
+        with self._lock:
+            if not self._ready.is_set():
+                raise ModelProcessDied(f"the model process for {self.spec.path} is restarting; retry shortly.")
+            conn, proc = self._conn, self._proc
+            assert conn is not None
+            try:
+                conn.send(pack(seqs))
+                while not conn.poll(POLL_S):
+                    if not proc.is_alive():
+                        raise self._died("while running this batch")
+                status, value = conn.recv()
+            except (EOFError, BrokenPipeError, ConnectionResetError) as e:
+                raise self._died("while running this batch") from e
+        if status == "error":
+            raise ModelError(f"the model failed on this batch: {value}")
+        return np.asarray(value)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the child to exit; kill it after `timeout` seconds (and one still loading at once)."""
+        self._closed = True
+        self._ready.clear()
+        if self._restarting is not None:
+            self._restarting.join(timeout)
+        if self._conn is not None:
+            with contextlib.suppress(OSError):  # already gone
+                self._conn.send(None)
+        if self._proc is not None:
+            self._proc.join(timeout)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout)

@@ -1,0 +1,89 @@
+"""What the routes share: the services, readiness, drain, metrics, and the lookups every route makes.
+
+`State.embedding_service(model)` / `rerank_service(model)` find the served model a request names
+(404 otherwise), check readiness (503 while warming up) and are where each route starts.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .errors import APIError
+from .metrics import Metrics
+from .pools import Pools
+from .service import EmbeddingService, RerankService, Service
+from .settings import ServerSettings
+
+
+class State:
+    """Services, readiness, metrics, pools of one app."""
+
+    def __init__(self, settings: ServerSettings, embedding: EmbeddingService | None, reranker: RerankService | None,
+                 metrics: Metrics, pools: Pools) -> None:
+        self.settings = settings
+        self.embedding = embedding
+        self.reranker = reranker
+        self.metrics = metrics
+        self.pools = pools
+        self.ready = False
+        self.draining = False
+        self.warmup_error: str | None = None
+        self.started = int(time.time())
+
+    @property
+    def services(self) -> list[Service]:
+        return [s for s in (self.embedding, self.reranker) if s is not None]
+
+    @property
+    def main(self) -> Service:
+        """The embedding service when there is one, else the reranker."""
+        svc = self.embedding or self.reranker
+        assert svc is not None
+        return svc
+
+    def begin_drain(self, timeout: float) -> None:
+        """SIGTERM: refuse new work (503), finish the accepted work within `timeout` seconds."""
+        self.draining = True
+        for svc in self.services:
+            svc.batcher.drain(timeout)
+
+    def down(self) -> str | None:
+        """Why a model cannot run now (its `run` reports not ready: a model process restarting), else None."""
+        for svc in self.services:
+            if not getattr(svc.batcher.run, "ready", True):
+                return f"the model process of {svc.name} is restarting"
+        return None
+
+    def check_ready(self) -> None:
+        down = self.down()
+        if down is not None:
+            raise APIError(503, f"{down}; retry shortly.", code="model_unavailable", headers={"Retry-After": "1"})
+        if self.draining:
+            raise APIError(503, "the server is shutting down; retry on another replica.", code="shutting_down",
+                           headers={"Connection": "close"})
+        if not self.ready:
+            why = self.warmup_error or "the model is warming up"
+            raise APIError(503, f"not ready: {why}; retry shortly.", code="not_ready", headers={"Retry-After": "1"})
+
+    def embedding_service(self, model: str | None) -> EmbeddingService:
+        svc = self.embedding
+        if svc is None:
+            raise APIError(404, "this server serves no embedding model (start it with --embedding-model).",
+                           param="model", code="model_not_found")
+        self._check_name(svc, model, "the embedding model")
+        self.check_ready()
+        return svc
+
+    def rerank_service(self, model: str | None) -> RerankService:
+        svc = self.reranker
+        if svc is None:
+            raise APIError(404, "this server serves no reranker (start it with --reranker-model).",
+                           param="model", code="model_not_found")
+        self._check_name(svc, model, "the reranker")
+        self.check_ready()
+        return svc
+
+    def _check_name(self, svc: Service, model: str | None, what: str) -> None:
+        if model is not None and model != svc.name:
+            raise APIError(404, f"model {model[:100]!r} is not served here; {what} is {svc.name!r} "
+                           "(GET /v1/models lists them).", param="model", code="model_not_found")

@@ -1,0 +1,242 @@
+"""Hostile clients and faults (issue 23: 3, 4, 5, 7, 11, 12), each against a live loopback server.
+
+Every scenario is bounded in count and time (sockets have timeouts, clients have deadlines); traffic
+goes to 127.0.0.1 only. `HOSTILE` counts the scenarios this file tries (the closing note reports it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from qwen_embed import Embedder
+from qwen_embed.server import ServerSettings, create_app
+from qwen_embed.server.app import metrics_label
+from qwen_embed.server.serving import DrainingServer, uvicorn_config
+
+from .conftest import LiveServer
+
+HOSTILE = ["partial-headers", "stalled-body", "connection-flood", "emfile-log-flood", "huge-id-list-health",
+           "huge-single-text", "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length",
+           "metrics-auth", "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation",
+           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit"]
+
+
+def metric(text: str, name: str, labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def hardened(small_embedder: Embedder) -> Iterator[LiveServer]:
+    """Served as `qwen-embed serve` serves (serving.py), with small limits to reach them quickly."""
+    settings = ServerSettings(embedding_model="emb", max_length=64, header_timeout=1.0, body_timeout=1.0,
+                              max_connections=16, max_request_tokens=4096, warmup=False)
+    app = create_app(settings, embedder=small_embedder)
+    with LiveServer(app, settings) as srv:
+        yield srv
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the server closes `sock` within `seconds` (reads until EOF)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except (TimeoutError, ConnectionResetError):
+        return False
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=5)
+
+
+# -- 5: read timeouts, connection cap, quiet accept errors ------------------------------------------
+def test_partial_headers_are_cut_off_after_the_header_timeout(hardened: LiveServer) -> None:
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+        t0 = time.monotonic()
+        assert closed_within(s, 5.0)
+        assert time.monotonic() - t0 < 3.0
+    with connect(hardened.url) as s:  # a connection that sends nothing at all
+        assert closed_within(s, 5.0)
+
+
+def test_a_stalled_body_is_cut_off_after_the_body_timeout(hardened: LiveServer) -> None:
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"input\": ")  # promises 1000 bytes, sends 10
+        t0 = time.monotonic()
+        assert closed_within(s, 5.0)
+        assert time.monotonic() - t0 < 3.0
+    assert httpx.post(hardened.url + "/v1/embeddings", json={"input": "fine"}, timeout=10).status_code == 200
+
+
+def test_connections_over_the_cap_get_503_and_are_closed(hardened: LiveServer) -> None:
+    idle = [connect(hardened.url) for _ in range(16)]
+    try:
+        time.sleep(0.2)
+        with connect(hardened.url) as extra:
+            extra.settimeout(5)
+            reply = extra.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(0.2)
+    assert httpx.post(hardened.url + "/v1/embeddings", json={"input": "fine"}, timeout=10).status_code == 200
+
+
+def test_accept_errors_are_logged_once_not_per_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    import errno
+
+    server = DrainingServer(uvicorn_config(object(), ServerSettings(embedding_model="e")))
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="qwen_embed.server"):
+            for _ in range(1000):
+                server._quiet(loop, {"message": "socket.accept() out of system resource",
+                                     "exception": OSError(errno.EMFILE, "Too many open files")})
+    finally:
+        loop.close()
+    assert len(caplog.records) == 1 and "--max-connections" in caplog.records[0].getMessage()
+
+
+# -- 7: large bodies off the event loop, huge texts cut before tokenization ------------------------------
+def test_a_huge_id_list_does_not_stall_health(small_embedder: Embedder) -> None:
+    body = b'{"input": [' + b",".join([b"7"] * 4_000_000) + b"]}"  # 8 MB, 4M token ids
+    settings = ServerSettings(embedding_model="emb", max_length=64, max_payload_bytes=32 << 20, warmup=False)
+    with LiveServer(create_app(settings, embedder=small_embedder), settings) as srv:
+        worst = 0.0
+        done = threading.Event()
+
+        def probe() -> None:
+            nonlocal worst
+            while not done.is_set():
+                t0 = time.monotonic()
+                httpx.get(srv.url + "/health", timeout=30)
+                worst = max(worst, time.monotonic() - t0)
+                time.sleep(0.02)
+
+        t = threading.Thread(target=probe)
+        t.start()
+        try:
+            r = httpx.post(srv.url + "/v1/embeddings", content=body, headers={"Content-Type": "application/json"},
+                           timeout=60)
+            # just under the cap: parsed off the loop, validated on it in ~0.02 s (a plain union: 1.1 s)
+            ok = httpx.post(srv.url + "/v1/embeddings", json={"input": [7] * 262_000}, timeout=60)
+        finally:
+            done.set()
+            t.join(30)
+    assert r.status_code == 413 and "262144 tokens per request" in r.json()["error"]["message"]
+    assert ok.status_code == 200 and ok.json()["usage"]["total_tokens"] == 64
+    print(f"worst /health latency: {worst:.3f} s")
+    assert worst < 0.5, f"/health waited {worst:.2f} s"
+
+
+def test_deep_nesting_is_400(hardened: LiveServer) -> None:
+    body = b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(hardened.url + "/v1/embeddings", content=body, headers={"Content-Type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 400 and "nested" in r.json()["error"]["message"]
+
+
+def test_a_huge_single_text_is_cut_before_tokenization(hardened: LiveServer, small_embedder: Embedder) -> None:
+    huge = "word " * 1_600_000  # 8 MB: 26 s to tokenize whole on this machine
+    t0 = time.monotonic()
+    r = httpx.post(hardened.url + "/v1/embeddings", json={"input": huge, "encoding_format": "float"}, timeout=60)
+    assert r.status_code == 200 and time.monotonic() - t0 < 5.0
+    assert r.json()["usage"]["total_tokens"] == 64
+    # the cut changes nothing: equal to the library on texts it tokenizes whole (prose, a whitespace run)
+    for text in ("The quick brown fox jumps over the lazy dog. " * 2000, "a" + " " * 50_000 + "b"):
+        got = httpx.post(hardened.url + "/v1/embeddings", json={"input": text, "encoding_format": "float"},
+                         timeout=60).json()["data"][0]["embedding"]
+        assert np.abs(np.array(got) - small_embedder.encode([text])[0]).max() <= 1e-6
+    refused = httpx.post(hardened.url + "/v1/embeddings", json={"input": huge, "truncate": False}, timeout=60)
+    assert refused.status_code == 413 and "more than" in refused.json()["error"]["message"]
+
+
+def test_tokenize_is_capped(hardened: LiveServer, small_embedder: Embedder) -> None:
+    huge = "word " * 1_600_000
+    t0 = time.monotonic()
+    r = httpx.post(hardened.url + "/tokenize", json={"inputs": huge, "add_special_tokens": False}, timeout=60)
+    assert r.status_code == 413 and "4096" in r.json()["error"]["message"] and time.monotonic() - t0 < 5.0
+    r = httpx.post(hardened.url + "/tokenize", json={"inputs": huge}, timeout=60)
+    assert r.status_code == 200 and len(r.json()[0]) == 64
+    assert [t["id"] for t in r.json()[0]] == small_embedder.tokenize(["word " * 100])[0]
+
+
+# -- 4: tokens per request, disconnect cancels -----------------------------------------------------
+def test_tokens_per_request_cap_is_413_with_the_limit(hardened: LiveServer) -> None:
+    texts = ["The quick brown fox jumps over the lazy dog. " * 10] * 100  # 100 x 64 = 6400 tokens > 4096
+    r = httpx.post(hardened.url + "/v1/embeddings", json={"input": texts}, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "6400 tokens, over the limit of 4096" in r.json()["error"]["message"]
+    assert httpx.post(hardened.url + "/v1/embeddings", json={"input": texts[:60]}, timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_work_of_a_client_that_disconnected_is_cancelled(small_embedder: Embedder) -> None:
+    emb = Embedder.from_pretrained(small_embedder.checkpoint.path, device="cpu", max_length=64, batch_tokens=64)
+    settings = ServerSettings(embedding_model="emb", max_length=64, warmup=False, max_wait_ms=0)
+    with LiveServer(create_app(settings, embedder=emb), settings) as srv:
+        texts = [f"text {i}: " + "the quick brown fox jumps over the lazy dog " * 10 for i in range(2000)]
+        with pytest.raises(httpx.ReadTimeout):  # one sequence a batch: ~10 s of work; the client leaves at 1 s
+            httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=httpx.Timeout(30, read=1.0))
+        time.sleep(1.0)
+        text = httpx.get(srv.url + "/metrics").text
+        ran = metric(text, "qwen_embed_batch_inputs_sum", 'model="emb"')
+        assert metric(text, "qwen_embed_queue_requests", 'model="emb"') == 0
+        assert ran < 1000, f"{ran} of 2000 inputs ran after the client left"
+        time.sleep(0.5)
+        assert metric(httpx.get(srv.url + "/metrics").text, "qwen_embed_batch_inputs_sum", 'model="emb"') == ran
+        assert 'status="499"' in httpx.get(srv.url + "/metrics").text
+        assert httpx.post(srv.url + "/v1/embeddings", json={"input": "next"}, timeout=5).status_code == 200
+
+
+# -- 11: metrics behind auth, names not paths; 12: HEAD, id lists counted as tokens ------------------------
+def test_metrics_label_is_the_models_name_not_its_folder() -> None:
+    assert metrics_label("/home/me/models/Qwen3-Embedding-0.6B") == "Qwen3-Embedding-0.6B"
+    assert metrics_label("Qwen/Qwen3-Embedding-0.6B") == "Qwen/Qwen3-Embedding-0.6B"
+    assert metrics_label("emb") == "emb"
+
+
+def test_head_health(hardened: LiveServer) -> None:
+    r = httpx.head(hardened.url + "/health", timeout=5)
+    assert r.status_code == 200 and r.content == b""
+
+
+def test_one_long_id_list_is_counted_as_tokens_not_inputs(hardened: LiveServer, small_embedder: Embedder) -> None:
+    ids = [7] * 3000  # more ids than --max-inputs (2048): still one input
+    r = httpx.post(hardened.url + "/v1/embeddings", json={"input": ids, "encoding_format": "float"}, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == 64
+    want = small_embedder.embed_ids([[7] * 63 + [small_embedder.tokenizer.eos_id]])[0]
+    assert np.abs(np.array(r.json()["data"][0]["embedding"]) - want).max() <= 1e-6
+    r = httpx.post(hardened.url + "/v1/embeddings", json={"input": ids, "truncate": False}, timeout=30)
+    assert r.status_code == 413 and "input[0] has 3001 tokens" in r.json()["error"]["message"]
+
+
+def test_fd_limit_is_raised_for_the_connection_cap() -> None:
+    import resource
+
+    from qwen_embed.server.serving import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        got = raise_fd_limit(300, spare=100)
+        assert got == min(400, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
