@@ -117,3 +117,24 @@ def test_ray_run_killed_then_resumed_equals_clean(ray_cluster: str, tmp_path: Pa
     want_ids, want, _ = read_output(clean)
     assert ids == want_ids and len(set(ids)) == len(ids) == 800
     np.testing.assert_allclose(vecs, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_embed_corpus_on_ray_parquet_float16_text(ray_cluster: str, tmp_path: Path, tiny_embedding_path: Path,
+                                                  embedder: Embedder) -> None:
+    import pyarrow.parquet as pq
+
+    rows = corpus_rows(20, seed=4)
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"doc": [int(r["id"][1:]) for r in rows], "body": [r["text"] for r in rows]}), src)
+    out = tmp_path / "out"
+    assert run_cli(str(src), "-o", str(out), "--model", str(tiny_embedding_path), "--engine", "ray",
+                   "--id-column", "doc", "--text-column", "body", "--dim", "32", "--dtype-out", "float16",
+                   "--keep-text", "--tokenize", "stage") == 0
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+    assert table.schema.names == ["id", "vector", "text"] and table.schema.field("id").type == pa.string()
+    assert table.schema.field("vector").type.value_type == pa.float16()
+    assert sorted(table.column("id").to_pylist()) == sorted(str(int(r["id"][1:])) for r in rows)
+    flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    want = embedder.encode(table.column("text").to_pylist(), dim=32)
+    np.testing.assert_allclose(flat.astype(np.float32).reshape(-1, 32), want, atol=2e-3)  # float16 rounding
