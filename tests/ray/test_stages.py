@@ -138,3 +138,15 @@ def test_embed_corpus_on_ray_parquet_float16_text(ray_cluster: str, tmp_path: Pa
     flat = table.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     want = embedder.encode(table.column("text").to_pylist(), dim=32)
     np.testing.assert_allclose(flat.astype(np.float32).reshape(-1, 32), want, atol=2e-3)  # float16 rounding
+
+
+@pytest.mark.slow
+def test_a_bad_row_found_on_ray_is_one_line(ray_cluster: str, tmp_path: Path, tiny_embedding_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in.parquet"  # Parquet texts are checked batch by batch, here inside a Ray task
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["one", None, "three"]}), src)
+    assert run_cli(str(src), "-o", str(tmp_path / "out"), "--model", str(tiny_embedding_path), "--engine", "ray") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'b' has no text" in err, err

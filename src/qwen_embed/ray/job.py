@@ -270,7 +270,7 @@ def _user_error(e: BaseException) -> BaseException:
     cur: BaseException | None = e
     while cur is not None and seen < 8:
         if isinstance(cur, QwenEmbedError) and type(cur).__module__.startswith("qwen_embed"):
-            return cur
+            return type(cur)(str(cur).splitlines()[0])  # Ray appends its retry advice to the message
         cur = getattr(cur, "cause", None) or cur.__cause__
         seen += 1
     return e
@@ -288,6 +288,7 @@ def run_ray(job: CorpusJob, corpus: Corpus, writer: PartsWriter, dim: int) -> No
         check_cluster(job)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = job.progress
+        ctx.raise_original_map_exception = True  # an InputError of a stage reaches us as itself (one line)
         done = pa.array(sorted(writer.done), pa.string()) if writer.done else None
         ds = read_ray(corpus).map_batches(prepare_batch, batch_format="pyarrow",
                                           fn_kwargs={"id_column": corpus.id_column, "text_column": corpus.text_column,
