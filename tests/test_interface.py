@@ -112,7 +112,13 @@ def _compare_parser(old: dict[str, Any], new: dict[str, Any], where: str, proble
             problems.append(f"{where} {flag}: a new option must not be required")
     old_pos = [(p["dest"], p["nargs"], p["default"]) for p in old["positionals"]]
     new_pos = [(p["dest"], p["nargs"], p["default"]) for p in new["positionals"]]
-    if new_pos[: len(old_pos)] != old_pos or any(p["required"] for p in new["positionals"][len(old_pos):]):
+
+    def same_or_widened(was: tuple[object, ...], now: tuple[object, ...]) -> bool:
+        """A positional kept, or made optional (a required one taking nargs='?': every old call still works)."""
+        return was == now or (was[0] == now[0] and (was[1], now[1]) in ((None, "?"), ("+", "*")))
+
+    kept = len(new_pos) >= len(old_pos) and all(same_or_widened(a, b) for a, b in zip(old_pos, new_pos, strict=False))
+    if not kept or any(p["required"] for p in new["positionals"][len(old_pos):]):
         problems.append(f"{where}: positionals changed {old_pos} -> {new_pos}")
 
 

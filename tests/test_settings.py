@@ -45,11 +45,13 @@ def test_required_without_default_and_optional_with_none() -> None:
         settings.load_embedder()
 
 
-def test_threads_lands_in_the_type_when_a_command_declares_it() -> None:
+def test_threads_and_deterministic_land_in_the_type() -> None:
     p = _parser("m")
-    p.add_argument("--threads", type=int, default=None)
-    assert ModelSettings.from_args(p.parse_args(["--threads", "3"])).threads == 3
-    assert ModelSettings.from_args(_parser("m").parse_args([])).threads is None
+    got = ModelSettings.from_args(p.parse_args(["--threads", "3", "--deterministic"]))
+    assert got.threads == 3 and got.deterministic is True
+    default = ModelSettings.from_args(_parser("m").parse_args([]))
+    assert default.threads is None and default.deterministic is False
+    assert got.loader_kwargs()["threads"] == 3 and got.loader_kwargs()["deterministic"] is True
 
 
 def test_load_embedder_is_from_pretrained(tiny_embedding_path: Path) -> None:

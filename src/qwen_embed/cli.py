@@ -24,7 +24,7 @@ from .files import atomic_file, check_output_dir, check_output_file
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
 
 EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli",
-              "qwen_embed.synth.cli", "qwen_embed.recipe.cli"]
+              "qwen_embed.synth.cli", "qwen_embed.recipe.cli", "qwen_embed.ray.cli"]
 
 
 # -- the parser every command shares ---------------------------------------------------------------

@@ -38,6 +38,12 @@ def _listing(ids: list[str], limit: int = LIST_LIMIT) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.vectors is not None:  # vectors embedded by `embed-corpus`: no embedding here
+        from ..ray.cli import cmd_index_vectors
+
+        return cmd_index_vectors(args)
+    if not args.sources:
+        raise InputError("give the files or folders to index (SOURCE ...), or --vectors FOLDER.")
     from ..store import TableNotFoundError
     from .index import Index, check_db_folder
     from .sources import SourceSettings, read_sources
@@ -134,7 +140,9 @@ def register(sub: Any) -> None:
         description="Read SOURCEs (.txt/.md files, folders, JSONL with id/text/title, BEIR corpora), split long "
         "documents into token chunks, embed them and upsert them by id into a LanceDB table. Unchanged documents "
         "are skipped; an interrupted run resumes where it stopped.")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files or folders to index")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="files or folders to index")
+    p.add_argument("--vectors", default=None, metavar="FOLDER", help="instead of SOURCEs: the output folder of "
+                   "`qwen-embed embed-corpus`, stored without embedding again (same model and dim as the table)")
     p.add_argument("--db", required=True, help="LanceDB folder (created when missing; a folder holding other "
                    "files is refused)")
     p.add_argument("--table", default="documents", help="table name (default: documents)")

@@ -1,0 +1,188 @@
+"""The corpus to embed: JSONL or Parquet, one file or a folder, a local path or any pyarrow filesystem URI.
+
+`open_corpus` checks the input before any model is loaded: the id and text columns exist, the text
+column holds strings, every row has an id, no id appears twice and there is at least one row. The ids
+(cast to strings: integer ids are accepted) are read once, in one column scan; the texts are read in
+streaming batches by the engine (`Corpus.batches` here, `ray.data.read_*` over the same files on Ray),
+and each batch is checked for a missing or empty text before it is embedded.
+
+JSONL is read with pyarrow's JSON reader, the text column declared a string so that a number or an
+object where a text belongs is an error naming the row, not a silent conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.fs as pfs
+import pyarrow.json as pj
+
+from ..errors import InputError
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_STRING_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+
+
+def resolve_input(uri: str) -> tuple[pfs.FileSystem, str]:
+    """A local path or a filesystem URI (s3://, gs://, hdfs://, file://) -> (filesystem, path in it)."""
+    if "://" in uri:
+        try:
+            return pfs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+            raise InputError(f"input {uri}: pyarrow cannot open this filesystem URI ({e}).") from None
+    return pfs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def _input_files(fs: pfs.FileSystem, path: str, uri: str) -> list[str]:
+    info = fs.get_file_info(path)
+    if info.type == pfs.FileType.NotFound:
+        raise InputError(f"input {uri} does not exist; give a .jsonl or .parquet file or a folder of them.")
+    if info.type == pfs.FileType.File:
+        return [path]
+    infos = fs.get_file_info(pfs.FileSelector(path, recursive=True))
+    files = sorted(i.path for i in infos if i.type == pfs.FileType.File
+                   and not any(part.startswith((".", "_")) for part in i.path[len(path):].split("/")))
+    if not files:
+        raise InputError(f"input folder {uri} holds no files; give .jsonl or .parquet files.")
+    return files
+
+
+def input_format(files: list[str], uri: str) -> str:
+    """'parquet' or 'json' from the files' suffixes; a mix or another suffix is an error."""
+    kinds = set()
+    for f in files:
+        name = f.lower()
+        if name.endswith(PARQUET_SUFFIXES):
+            kinds.add("parquet")
+        elif name.endswith(JSON_SUFFIXES):
+            kinds.add("json")
+        else:
+            raise InputError(f"input file {f} is neither JSONL ({', '.join(JSON_SUFFIXES)}) nor Parquet "
+                             f"({', '.join(PARQUET_SUFFIXES)}); rename it or remove it from {uri}.")
+    if len(kinds) > 1:
+        raise InputError(f"input {uri} mixes JSONL and Parquet files; give one format.")
+    return kinds.pop()
+
+
+def json_parse_options(text_column: str) -> pj.ParseOptions:
+    """JSON parsing with the text column declared a string (other fields inferred)."""
+    return pj.ParseOptions(explicit_schema=pa.schema([(text_column, pa.string())]),
+                           unexpected_field_behavior="infer")
+
+
+def _arrow_error(uri: str, e: Exception) -> InputError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"input {uri} cannot be read: {first}; fix the file (the text column must hold strings).")
+
+
+@dataclass
+class Corpus:
+    """A checked input: its files, format, columns and ids (strings, unique, in input order)."""
+
+    uri: str
+    fs: pfs.FileSystem
+    files: list[str]
+    format: str
+    id_column: str
+    text_column: str
+    ids: pa.Array
+
+    @property
+    def dataset(self) -> pds.Dataset:
+        fmt: Any = "parquet" if self.format == "parquet" else pds.JsonFileFormat(
+            parse_options=json_parse_options(self.text_column))
+        return pds.dataset(self.files, filesystem=self.fs, format=fmt)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batches(self, batch_rows: int) -> Iterator[pa.Table]:
+        """Tables of at most `batch_rows` rows with string columns `id` and `text`, checked."""
+        scanner = self.dataset.scanner(columns=[self.id_column, self.text_column], batch_size=batch_rows)
+        try:
+            for batch in scanner.to_batches():
+                if batch.num_rows:
+                    yield check_batch(normalize_batch(pa.Table.from_batches([batch]), self.id_column,
+                                                      self.text_column))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise _arrow_error(self.uri, e) from None
+
+
+def normalize_batch(table: pa.Table, id_column: str, text_column: str) -> pa.Table:
+    """Columns renamed to `id` and `text`, the ids cast to strings."""
+    ids = cast_ids(table.column(id_column), id_column)
+    return pa.table({"id": ids, "text": table.column(text_column)})
+
+
+def cast_ids(column: pa.ChunkedArray | pa.Array, id_column: str) -> pa.ChunkedArray | pa.Array:
+    """Ids as strings: string or integer columns are accepted, anything else is an error."""
+    typ = column.type
+    if typ in _STRING_TYPES:
+        return column.cast(pa.string())
+    if pa.types.is_integer(typ):
+        return pc.cast(column, pa.string())
+    raise InputError(f"id column {id_column!r} holds {typ} values; ids must be strings or integers.")
+
+
+def check_batch(table: pa.Table) -> pa.Table:
+    """Refuse a row without a text or with an empty one, naming its id."""
+    text = table.column("text")
+    if text.type not in _STRING_TYPES:
+        raise InputError(f"the text column holds {text.type} values, not strings; convert them to strings.")
+    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_length(text), 0))
+    if pc.any(bad).as_py():
+        first = pc.index(bad, True).as_py()
+        raise InputError(f"row with id {table.column('id')[first].as_py()!r} has no text (missing, null or empty); "
+                         "every row needs a non-empty text.")
+    return table
+
+
+def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -> Corpus:
+    """Find and check the input (see the module docstring) -> a `Corpus`."""
+    fs, path = resolve_input(uri)
+    files = _input_files(fs, path, uri)
+    fmt = input_format(files, uri)
+    if fmt == "json":  # an empty JSONL file holds no rows (pyarrow cannot read a schema from it)
+        files = [f for f, i in zip(files, fs.get_file_info(files), strict=True) if i.size]
+        if not files:
+            raise InputError(f"input {uri} holds no rows; nothing to embed.")
+    try:
+        inferred = pds.dataset(files, filesystem=fs, format=fmt).schema  # schema of the first file
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
+        raise _arrow_error(uri, e) from None
+    for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
+        if col not in inferred.names:
+            raise InputError(f"input {uri} has no column {col!r} (columns: {', '.join(inferred.names) or 'none'}); "
+                             f"name the right one with {flag}.")
+    typ = inferred.field(text_column).type
+    if typ not in _STRING_TYPES and not pa.types.is_null(typ):
+        raise InputError(f"text column {text_column!r} of {uri} holds {typ} values, not strings; convert them.")
+    corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()))
+    # JSONL: read the texts too, so that a non-string text anywhere is found now, not mid-run.
+    columns = [id_column] if fmt == "parquet" else [id_column, text_column]
+    try:
+        table = corpus.dataset.to_table(columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise _arrow_error(uri, e) from None
+    if table.num_rows == 0:
+        raise InputError(f"input {uri} holds no rows; nothing to embed.")
+    ids = cast_ids(table.column(id_column), id_column).combine_chunks()
+    if ids.null_count:
+        raise InputError(f"input {uri}: row {pc.index(pc.is_null(ids), True).as_py()} has no {id_column!r}; every "
+                         "row needs an id.")
+    if fmt == "json":
+        check_batch(pa.table({"id": ids, "text": table.column(text_column)}))
+    if pc.count_distinct(ids).as_py() != len(ids):
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]
+        raise InputError(f"input {uri}: id {dup['values'].as_py()!r} appears {dup['counts'].as_py()} times; ids "
+                         "must be unique (they key the output and resuming).")
+    corpus.ids = ids
+    return corpus
