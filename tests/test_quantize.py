@@ -105,3 +105,36 @@ def test_ranges_round_trip(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_ranges(tmp_path / "missing.json")
     assert [bytes_per_vector(1024, p) for p in PRECISIONS] == [4096, 2048, 1024, 1024, 128, 128]
+
+
+def test_cli_embed_precision_and_saved_ranges(tiny_embedding_path: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_embed.cli import main
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("".join(f"text number {i} about topic {i % 5}\n" for i in range(30)))
+    base = ["embed", str(texts), "--model", str(tiny_embedding_path), "--device", "cpu", "--dim", "32"]
+    assert main([*base, "-o", str(tmp_path / "f.npy")]) == 0
+    floats = np.load(tmp_path / "f.npy")
+    assert main([*base, "-o", str(tmp_path / "q.npy"), "--precision", "int8", "--save-ranges",
+                 str(tmp_path / "r.json")]) == 0
+    ranges = load_ranges(tmp_path / "r.json")
+    np.testing.assert_array_equal(ranges, calibration_ranges(floats))
+    want = st_quant.quantize_embeddings(floats, "int8", ranges=ranges)
+    assert np.load(tmp_path / "q.npy").tobytes() == want.tobytes()
+    assert main([*base, "-o", str(tmp_path / "q2.jsonl"), "--precision", "int8", "--ranges",
+                 str(tmp_path / "r.json")]) == 0
+    import json
+
+    rows = [json.loads(x)["embedding"] for x in (tmp_path / "q2.jsonl").read_text().splitlines()]
+    np.testing.assert_array_equal(np.asarray(rows, dtype=np.int8), want)
+    assert main([*base, "-o", str(tmp_path / "b.npy"), "--precision", "ubinary"]) == 0
+    assert np.load(tmp_path / "b.npy").tobytes() == st_quant.quantize_embeddings(floats, "ubinary").tobytes()
+    capsys.readouterr()
+    for bad, msg in [(["--precision", "binary", "--dim", "36"], "multiple of 8"),
+                     (["--precision", "binary", "--ranges", str(tmp_path / "r.json")], "go with --precision int8"),
+                     (["--precision", "int8", "--ranges", str(tmp_path / "missing.json")], "does not exist")]:
+        assert main([*base[:-2], *bad, "-o", str(tmp_path / "x.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.npy").exists()

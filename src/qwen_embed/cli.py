@@ -105,6 +105,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.devices and args.adapter:
         raise InputError("--devices and --adapter do not go together yet; merge the adapter first (qwen-embed "
                          "merge-lora) or leave --devices out.")
+    ranges = _check_precision_options(args)
     records = read_records(args.input, field=args.field, fmt=args.format, skip_empty=args.skip_empty)
     instruction = args.instruction or (DEFAULT_INSTRUCTION if args.query else None)
     texts = [r.text for r in records]
@@ -132,10 +133,40 @@ def cmd_embed(args: argparse.Namespace) -> int:
         vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
                           progress=None if sys.stderr.isatty() else False)
     cut = truncation(lengths, args.max_length)
+    vecs = _quantized(args, vecs, ranges)
     written = write_vectors(args.output, records, vecs, with_text=args.with_text, overwrite=args.overwrite)
     say("embed", cut.message("inputs"))
     print(f"embedded {len(records)} texts -> {vecs.shape[1]} dims ({', '.join(written)})", file=sys.stderr)
     return 0
+
+
+def _check_precision_options(args: argparse.Namespace) -> Any:
+    """--precision / --ranges / --save-ranges checked before any work; returns the loaded ranges (or None)."""
+    from .files import check_output_file
+    from .quantize import check_precision, load_ranges
+
+    check_precision(args.precision, args.dim)
+    if args.precision not in ("int8", "uint8") and (args.ranges or args.save_ranges):
+        raise InputError(f"--ranges / --save-ranges go with --precision int8 or uint8, not {args.precision}.")
+    if args.ranges and args.save_ranges:
+        raise InputError("give --ranges (reuse saved ranges) or --save-ranges (calibrate on these texts), not both.")
+    if args.save_ranges:
+        check_output_file(args.save_ranges, overwrite=args.overwrite, what="--save-ranges")
+    return load_ranges(args.ranges) if args.ranges else None
+
+
+def _quantized(args: argparse.Namespace, vecs: Any, ranges: Any) -> Any:
+    """The float vectors quantized as --precision asks (calibrated on them, or with --ranges)."""
+    if args.precision == "float32":
+        return vecs
+    from .quantize import calibration_ranges, quantize, save_ranges
+
+    if args.precision in ("int8", "uint8") and ranges is None:
+        ranges = calibration_ranges(vecs)
+        if args.save_ranges:
+            save_ranges(args.save_ranges, ranges, overwrite=args.overwrite)
+            say("embed", f"calibration ranges of {len(vecs)} texts -> {args.save_ranges} (reuse with --ranges)")
+    return quantize(vecs, args.precision, ranges=ranges)
 
 
 # -- rerank --------------------------------------------------------------------------------------
@@ -322,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the default instruction")
     p.add_argument("--instruction", default=None, help="query instruction (implies --query)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension, 32..hidden size")
+    p.add_argument("--precision", default="float32", choices=["float32", "float16", "int8", "uint8", "binary",
+                   "ubinary"], help="quantize the vectors (sentence-transformers' quantize_embeddings bytes): "
+                   "int8/uint8 calibrated on these texts or --ranges, binary/ubinary packed sign bits")
+    p.add_argument("--ranges", default=None, help="int8/uint8: calibration ranges saved by --save-ranges")
+    p.add_argument("--save-ranges", default=None, help="int8/uint8: save the ranges calibrated on these texts "
+                   "(JSON), to quantize later batches the same way")
     p.add_argument("--field", default="text", help="JSONL field that holds the text (default: text)")
     _io_options(p)
     p.add_argument("--with-text", action="store_true", help="also write each input text (JSONL, JSON, Parquet)")

@@ -169,7 +169,9 @@ def write_vectors(path: str, records: Sequence[Record], vectors: Any, *, with_te
     """Write vectors [n, d] of `records` to `path` in the format its suffix names; returns the files written."""
     import numpy as np
 
-    vecs = np.asarray(vectors, dtype=np.float32)
+    vecs = np.asarray(vectors)
+    if not np.issubdtype(vecs.dtype, np.integer):  # quantized codes keep their integer type
+        vecs = vecs.astype(np.float32 if vecs.dtype != np.float16 else np.float16)
     assert len(vecs) == len(records), "one vector per record"
     low = path.lower()
     if path == "-":
@@ -206,7 +208,7 @@ def _write_parquet(path: str, records: Sequence[Record], vecs: Any, with_text: b
     import pyarrow.parquet as pq
 
     dim = int(vecs.shape[1])
-    flat = pa.array(vecs.reshape(-1), type=pa.float32())
+    flat = pa.array(vecs.reshape(-1))
     columns: dict[str, Any] = {
         "index": pa.array([r.index for r in records], type=pa.int64()),
         "id": pa.array([r.id if r.id is not None else str(r.index) for r in records], type=pa.string()),
