@@ -53,6 +53,8 @@ WITH_OUTPUT: dict[str, Argv] = {
     "eval rerank": lambda t, out: ["eval", "rerank", "--dataset", str(t), "--candidates", str(t / "in.txt"),
                                    "--reranker-model", MISSING_MODEL, "--output-dir", out],
     "train embed": lambda t, out: ["train", "embed", "--config", _train_config(t, out)],
+    "embed-corpus": lambda t, out: ["embed-corpus", str(t / "in.txt"), "-o", out, "--engine", "local", "--model",
+                                    MISSING_MODEL],
     "train rerank": lambda t, out: ["train", "rerank", "--config", _train_config(t, out)],
     "merge": lambda t, out: ["merge", MISSING_MODEL, MISSING_MODEL + "-2", "-o", out],
     "train plot": lambda t, out: ["train", "plot", str(t / "in.txt"), "-o", out + ".png"],

@@ -56,7 +56,7 @@ def test_train_embed_resumes_says_so_and_explains_a_finished_run(small_ckpt: Pat
                    f"train:\n  output_dir: {run}\n  batch_size: 4\n  max_steps: 2\n  save_every: 1\n  log_every: 1\n"
                    f"  progress: false\n")
     assert main(["train", "embed", "--config", str(cfg)]) == 0
-    assert "starting a new run in" in capsys.readouterr().err
+    assert "(a new run, train.max_steps=" in capsys.readouterr().err
     assert main(["train", "embed", "--config", str(cfg)]) == 0  # finished: nothing is trained again
     err = capsys.readouterr().err
     assert "already finished its 2 steps" in err and "--set train.max_steps=4" in err

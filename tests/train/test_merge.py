@@ -373,7 +373,7 @@ def test_a_run_merges_its_last_checkpoints_and_evaluates_them(small_ckpt: Path, 
     assert all(Path(p).is_dir() and Path(p).name == ("adapter" if lora else "model") for p in report["inputs"])
     scores = json.loads((merged / "held_out_eval.json").read_text())
     assert list(scores["inputs"]) == ["step-00000001", "step-00000002", "step-00000003"]
-    assert set(scores["merged"]) == {"recall@10", "mrr@10", "ndcg@10"}
+    assert set(scores["merged"]) == {"recall@10", "mrr@10", "ndcg@10", "recall_at_10", "mrr_at_10", "ndcg_at_10"}
     Embedder.from_pretrained(merged, device="cpu").encode_documents(TEXTS)
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".merge-inputs")]
 

@@ -13,8 +13,11 @@ from ..cli import DEFAULT_EMBEDDING_MODEL, add_model_options
 
 
 def cmd_embed_corpus(args: argparse.Namespace) -> int:
+    from ..files import check_output_dir
     from .job import CorpusJob, embed_corpus
 
+    if "://" not in args.output:  # a local output folder is checked before anything is read or loaded
+        check_output_dir(args.output, overwrite=True, what="output folder")  # (the job checks what it holds)
     job = CorpusJob(
         input=args.input, output=args.output, model=args.model, engine=args.engine, address=args.address,
         num_gpus=args.num_gpus, actors=args.actors, cpus_per_actor=args.cpus_per_actor, dim=args.dim,

@@ -36,14 +36,22 @@ def _train(args: argparse.Namespace, kind: str) -> int:
 
     command = f"train {kind}"
     cfg = load_config(args.config, args.set, kind=kind)
+    existed = Path(cfg.train.output_dir).exists()
     state = check_run_dir(cfg, overwrite=args.overwrite)
     message = state.message(cfg.train.max_steps)
     if message:
         _say(command, message)
     if state.kind == "finished":
         return 0
-    summary = train(cfg, kind=kind)
-    how = f"resumed at step {state.step}, " if state.kind == "resume" else ""
+    try:
+        summary = train(cfg, kind=kind)
+    except BaseException:
+        if state.kind == "new":  # a run that failed before writing anything leaves nothing behind
+            from .rundir import discard_empty_run
+
+            discard_empty_run(Path(cfg.train.output_dir), created=not existed)
+        raise
+    how = f"resumed at step {state.step}, " if state.kind == "resume" else "a new run, "
     _say(command, f"trained to step {summary['step']} ({how}train.max_steps={cfg.train.max_steps}) -> "
          f"{cfg.train.output_dir}")
     return 0

@@ -13,6 +13,7 @@ settings that define the run (everything but how long it runs and how it reports
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -68,7 +69,7 @@ class RunState:
             return (f"{self.folder} already finished its {max_steps} steps (at step {self.step}); to continue it, "
                     f"raise train.max_steps (e.g. --set train.max_steps={max_steps * 2}); to start over, choose "
                     f"another train.output_dir, or pass --overwrite")
-        return f"starting a new run in {self.folder}"
+        return None  # a new run: nothing to say before it starts (an error in its data is the one line)
 
 
 def _own(name: str) -> bool:
@@ -132,3 +133,13 @@ def _start(cfg: TrainConfig, out: Path) -> RunState:
         out.mkdir(exist_ok=True)
         write_json_atomic(out / RUN_RECORD, {"settings": run_fingerprint(cfg)})
     return RunState("new", out)
+
+
+def discard_empty_run(out: Path, *, created: bool) -> None:
+    """Remove the run record of a run that wrote nothing else (and the folder when this run made it)."""
+    if not out.is_dir() or any(e.name != RUN_RECORD for e in out.iterdir()):
+        return
+    (out / RUN_RECORD).unlink(missing_ok=True)
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()
