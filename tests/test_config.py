@@ -58,3 +58,23 @@ def test_missing_field_and_bad_file(tmp_path: Path) -> None:
         ModelConfig.from_file(tmp_path / "config.json")
     with pytest.raises(ConfigError, match="does not exist"):
         ModelConfig.from_file(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("num_attention_heads", 0, "num_attention_heads=0 is out of range"),
+    ("hidden_size", -64, "hidden_size=-64 is out of range"),
+    ("num_hidden_layers", 100000, "num_hidden_layers=100000 is out of range"),
+    ("rms_norm_eps", float("nan"), "rms_norm_eps=nan"),
+    ("rms_norm_eps", "nan", "rms_norm_eps=nan"),
+    ("rope_theta", 0, "rope_theta=0.0"),
+    ("num_key_value_heads", 3, "not a multiple"),
+])
+def test_broken_numbers_are_refused_before_building(field: str, value: object, message: str) -> None:
+    """Issue 23: such configs built a model for minutes or produced NaN vectors; now a one-line ConfigError."""
+    from qwen_embed.config import ModelConfig
+    from qwen_embed.errors import ConfigError
+
+    raw = {"architectures": ["Qwen3Model"], "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, field: value}
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig.from_dict(raw)

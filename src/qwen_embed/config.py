@@ -9,6 +9,7 @@ lm_head), `Qwen3ForSequenceClassification` -> reranker with a converted [1, hidd
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,9 @@ ARCHITECTURES: dict[str, Kind] = {
     "Qwen3ForCausalLM": "causal-lm",
     "Qwen3ForSequenceClassification": "seq-cls",
 }
+
+
+MAX_LAYERS = 512  # the largest Qwen3 has 94; a config beyond this is broken, not big
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,27 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     dtype: str = "bfloat16"
     architecture: str = "Qwen3Model"
+
+    def __post_init__(self) -> None:
+        """Refuse numbers no Qwen3 trunk has before anything is built (a zero head count, a negative width,
+        100,000 layers, a NaN epsilon): the message names the field, its value and the limit."""
+        for name, lo, hi in (("vocab_size", 1, 1 << 24), ("hidden_size", 1, 1 << 16),
+                             ("intermediate_size", 1, 1 << 18), ("num_hidden_layers", 1, MAX_LAYERS),
+                             ("num_attention_heads", 1, 1024), ("num_key_value_heads", 1, 1024),
+                             ("head_dim", 1, 1024), ("max_position_embeddings", 1, 1 << 24)):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ConfigError(f"config.json: {name}={value} is out of range ({lo}..{hi}); this is not a Qwen3 "
+                                  f"checkpoint's config (check the file).")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"config.json: num_attention_heads={self.num_attention_heads} is not a multiple of "
+                              f"num_key_value_heads={self.num_key_value_heads}.")
+        if not math.isfinite(self.rms_norm_eps) or not 0 < self.rms_norm_eps < 1:
+            raise ConfigError(f"config.json: rms_norm_eps={self.rms_norm_eps} must be a finite number in (0, 1) "
+                              f"(Qwen3: 1e-6).")
+        if not math.isfinite(self.rope_theta) or self.rope_theta <= 1:
+            raise ConfigError(f"config.json: rope_theta={self.rope_theta} must be a finite number above 1 "
+                              f"(Qwen3: 1000000).")
 
     @property
     def kind(self) -> Kind:
