@@ -89,3 +89,34 @@ def test_empty_documents_are_skipped(tmp_path: Path) -> None:
     rep = read_sources([f])
     assert [d.id for d in rep.documents] == ["a"]
     assert rep.skipped == [("b", "empty document (no text and no title)")]
+
+
+def test_fifo_devices_and_outside_links_are_skipped_not_read(tmp_path: Path) -> None:
+    """Issue 23: a FIFO blocked `index` forever, a link to /dev/zero read 5 GB, and a link to a file outside
+    the folder made it searchable. Each is now skipped with its reason (in bounded time)."""
+    import os
+    import time
+
+    from qwen_embed.retrieval.sources import SourceSettings, read_sources
+
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "ok.txt").write_text("a real note")
+    os.mkfifo(root / "pipe.txt")
+    (root / "zero.txt").symlink_to("/dev/zero")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("do not index me")
+    (root / "leak.txt").symlink_to(outside / "secret.txt")
+    (root / "inner.txt").symlink_to(root / "ok.txt")  # a link inside the folder is fine
+    t = time.monotonic()
+    report = read_sources([root])
+    assert time.monotonic() - t < 10
+    assert sorted(d.id for d in report.documents) == ["inner.txt", "ok.txt"]
+    reasons = dict(report.skipped)
+    assert "not a regular file" in reasons[str(root / "pipe.txt")]
+    assert "outside" in reasons[str(root / "zero.txt")] or "not a regular file" in reasons[str(root / "zero.txt")]
+    assert "--follow-links" in reasons[str(root / "leak.txt")]
+    followed = read_sources([root], SourceSettings.parse(follow_links=True))
+    assert "leak.txt" in {d.id for d in followed.documents}
+    assert "not a regular file" in dict(followed.skipped)[str(root / "zero.txt")]

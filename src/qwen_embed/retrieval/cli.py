@@ -49,7 +49,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .sources import SourceSettings, read_sources
 
     check_db_folder(args.db)  # before reading or loading anything
-    settings = SourceSettings.parse(args.extensions, args.text_field, args.title_field)
+    settings = SourceSettings.parse(args.extensions, args.text_field, args.title_field, args.follow_links)
     sources = read_sources(args.sources, settings)
     for path, why in sources.skipped:
         _say(f"skipped {path}: {why}")
@@ -160,6 +160,8 @@ def register(sub: Any) -> None:
     p.add_argument("--yes", action="store_true", help="confirm a --delete-missing that removes many documents")
     p.add_argument("--dry-run", action="store_true", help="print what the run would add, update and delete, "
                    "and change nothing (loads no model for an existing table)")
+    p.add_argument("--follow-links", action="store_true", help="index files that a folder links to outside itself "
+                   "(skipped by default, so a link cannot make an outside file searchable)")
     p.add_argument("--extensions", default=None, help="file types read from folders, e.g. txt,md,py,jsonl (default: "
                    "txt,md,markdown,jsonl,ndjson and their .gz); JSONL suffixes are read as JSONL, the others as text")
     p.add_argument("--text-field", default=None, help="JSONL field that holds the text (default: text)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,38 @@ class _Skip(Exception):
     """A file to skip, with the reason."""
 
 
-def _read_text(path: Path) -> str:
+MAX_FILE_BYTES = 256 << 20  # a source file larger than this is skipped (a 10 MB document is chunked)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """A regular file's bytes, opened without blocking: a FIFO, a device (a link to /dev/zero) or a socket
+    is skipped, never read, and a file over MAX_FILE_BYTES is skipped rather than read whole."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise _Skip(f"cannot be read ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise _Skip("is not a regular file (a pipe, device or socket); only files are indexed")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _Skip(f"is {st.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}; split it into smaller files")
+        try:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        except OSError as e:
+            raise _Skip(f"cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _Skip(f"grew beyond the limit of {MAX_FILE_BYTES:,} bytes while being read")
+    return raw
+
+
+def _read_text(path: Path) -> str:
+    raw = _read_bytes(path)
+    if path.name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise _Skip(f"is not a readable gzip file ({e})") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -104,10 +132,11 @@ class SourceSettings:
     extensions: tuple[str, ...] = TEXT_SUFFIXES + JSONL_SUFFIXES
     text_field: str = "text"
     title_field: str = "title"
+    follow_links: bool = False  # index files a folder links to outside itself
 
     @classmethod
     def parse(cls, extensions: str | Sequence[str] | None = None, text_field: str | None = None,
-              title_field: str | None = None) -> SourceSettings:
+              title_field: str | None = None, follow_links: bool = False) -> SourceSettings:
         """From CLI values: `extensions` as 'txt,md' or '.txt,.md' (None: the defaults)."""
         exts = cls.extensions
         if extensions is not None:
@@ -115,7 +144,7 @@ class SourceSettings:
             exts = tuple("." + e.strip().lower().lstrip(".") for e in items if e.strip().strip("."))
             if not exts:
                 raise InputError(f"--extensions {extensions!r} names no file type; give e.g. txt,md,jsonl.")
-        return cls(exts, text_field or "text", title_field or "title")
+        return cls(exts, text_field or "text", title_field or "title", follow_links)
 
     def wants(self, name: str) -> bool:
         return name.lower().endswith(self.extensions)
@@ -142,12 +171,26 @@ def read_jsonl(path: Path, settings: SourceSettings = DEFAULT_SOURCES) -> list[D
     return docs
 
 
+def _outside(path: Path, root: Path) -> Path | None:
+    """Where a link inside the folder points when that is outside the folder (else None)."""
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    return None if target.is_relative_to(root.resolve()) else target
+
+
 def _walk(root: Path, settings: SourceSettings, report: SourceReport) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=None):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
+                continue
+            target = None if settings.follow_links else _outside(Path(dirpath) / name, root)
+            if target is not None:
+                report.skipped.append((str(Path(dirpath) / name), f"is a link to {target}, outside {root}; pass "
+                                       f"--follow-links to index such files"))
+                report.skipped_ids.add((Path(dirpath) / name).relative_to(root).as_posix())
                 continue
             if settings.wants(name):
                 out.append(Path(dirpath) / name)
