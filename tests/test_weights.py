@@ -121,3 +121,18 @@ def test_paths_that_are_not_checkpoints(tmp_path: Path) -> None:
         resolve_model_dir(f)
     with pytest.raises(ModelNotFoundError, match="does not exist; check the path"):
         resolve_model_dir(tmp_path / "missing" / "deeper" / "folder")
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/abs.safetensors", "sub/../../x.safetensors"])
+def test_index_naming_shards_outside_the_folder_is_refused(tmp_path: Path, shard: str) -> None:
+    """Issue 23.9: an index naming `../..` or absolute shards made the loader read outside the checkpoint."""
+    import json
+
+    from qwen_embed.errors import WeightsError
+    from qwen_embed.weights import safetensors_files
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
+    with pytest.raises(WeightsError, match="not a file of"):
+        safetensors_files(folder)

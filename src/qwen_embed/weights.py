@@ -135,6 +135,14 @@ def safetensors_files(model_dir: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, json.JSONDecodeError, KeyError) as e:
             raise WeightsError(f"{index} is unreadable ({e}).") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise WeightsError(f"{index}: weight_map must map tensor names to shard file names.")
+        root = model_dir.resolve()
+        for name in sorted(set(weight_map.values())):
+            if "/" in name or "\\" in name or name in (".", "..") or \
+                    not (model_dir / name).resolve().is_relative_to(root):
+                raise WeightsError(f"{index} names the shard {name!r}, which is not a file of {model_dir}; shards "
+                                   f"must sit in the checkpoint folder (refusing to read outside it).")
         files = [model_dir / f for f in sorted(set(weight_map.values()))]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
