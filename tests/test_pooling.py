@@ -32,3 +32,19 @@ def test_dim_wrong_type(dim: object) -> None:
 
 def test_dim_bounds_accepted() -> None:
     assert check_dim(None, 64) == 64 and check_dim(32, 64) == 32 and check_dim(64, 64) == 64
+
+
+def test_non_finite_vectors_are_an_error_not_output() -> None:
+    """Issue 23.2: NaN weights or a broken config gave NaN vectors that were written and served."""
+    import numpy as np
+    import pytest
+    import torch
+
+    from qwen_embed.errors import ModelOutputError
+    from qwen_embed.pooling import finish
+
+    x = torch.randn(3, 64)
+    x[1, 5] = float("nan")
+    with pytest.raises(ModelOutputError, match="1 of 3 inputs"):
+        finish(x, 64)
+    assert np.isfinite(finish(torch.randn(2, 64), 32)).all()

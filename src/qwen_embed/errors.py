@@ -36,3 +36,7 @@ class ModelNotFoundError(QwenEmbedError):
 
 class TokenizerError(QwenEmbedError):
     """tokenizer.json missing or lacking a token the model needs (end token, "yes"/"no")."""
+
+
+class ModelOutputError(QwenEmbedError):
+    """The model produced non-finite values (NaN / inf): broken weights or config, never a vector to keep."""

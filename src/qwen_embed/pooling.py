@@ -74,6 +74,12 @@ def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True, 
     if normalize:
         out = l2_normalize(out)
     vectors = out.detach().cpu().numpy().astype(np.float32, copy=False)
+    if not np.isfinite(vectors).all():
+        from .errors import ModelOutputError
+
+        bad = int((~np.isfinite(vectors).all(axis=-1)).sum())
+        raise ModelOutputError(f"the model produced NaN or infinite values for {bad} of {len(vectors)} inputs; its "
+                               f"weights or config.json are broken (nothing was written).")
     if precision == "float32":
         return vectors
     from .quantize import quantize

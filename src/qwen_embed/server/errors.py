@@ -18,7 +18,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import ConfigError, InputError, QwenEmbedError, TokenizerError
+from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
 from .batcher import QueueFull, ShuttingDown
 from .model_process import ModelError, ModelProcessDied
 
@@ -40,6 +40,7 @@ STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     ShuttingDown: (503, "shutting_down"),
     ModelProcessDied: (503, "model_unavailable"),
     ModelError: (500, "model_error"),
+    ModelOutputError: (500, "model_output_not_finite"),
     InputError: (400, None),
     TokenizerError: (400, None),
     ConfigError: (400, None),
