@@ -51,3 +51,22 @@ def test_int8_and_binary_rescore_keep_the_float_ranking(tmp_path: Path, wide_emb
     r_int8, r_bin, r_plain = recall("int8"), recall("binary"), recall("binary-no-rescore")
     assert r_int8 >= 0.9, r_int8
     assert r_bin > r_plain, (r_bin, r_plain)  # rescoring with int8 recovers part of what the sign bits lose
+
+
+def test_cli_index_precision_and_search_rescore(tmp_path: Path, tiny_embedding_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_embed.cli import main
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(12):
+        (notes / f"n{i}.txt").write_text(f"note {i} about topic {i % 4} and more words")
+    db = str(tmp_path / "db")
+    model = ["--model", str(tiny_embedding_path), "--device", "cpu"]
+    assert main(["index", str(notes), "--db", db, "--precision", "binary", *model]) == 0
+    assert Index.open(db, create=False).info.precision == "binary"
+    capsys.readouterr()
+    assert main(["search", "note 3 topic", "--db", db, "--k", "3", "--rescore-multiplier", "2", "--device", "cpu"]) == 0
+    assert len([ln for ln in capsys.readouterr().out.splitlines() if ".txt" in ln]) == 3
+    assert main(["index", str(notes), "--db", db, "--precision", "int8", *model]) == 2
+    assert "different precisions" in capsys.readouterr().err

@@ -32,6 +32,14 @@ def _say(message: str) -> None:
     print(f"qwen-embed index: {message}", file=sys.stderr)
 
 
+def _ranges(path: str | None) -> Any:
+    if path is None:
+        return None
+    from ..quantize import load_ranges
+
+    return load_ranges(path)
+
+
 def _listing(ids: list[str], limit: int = LIST_LIMIT) -> str:
     shown = ", ".join(ids[:limit])
     return shown + (f", ... and {len(ids) - limit} more" if len(ids) > limit else "")
@@ -59,7 +67,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = {"table": args.table, "model": args.model, "dim": args.dim, "instruction": args.instruction,
                             "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "device": args.device,
                             "dtype": args.dtype, "max_length": args.max_length, "batch_tokens": args.batch_tokens,
-                            "deterministic": args.deterministic}
+                            "deterministic": args.deterministic, "precision": args.precision,
+                            "ranges": _ranges(args.ranges)}
     if args.dry_run:
         try:
             index = Index.open(args.db, create=False, **opts)  # an existing table loads no model
@@ -116,7 +125,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def ask(query: str) -> list[Any]:
         return index.search(query, k=args.k, reranker=reranker, candidates=args.candidates,
-                            instruction=args.instruction, where=args.where, exact=args.exact, nprobes=args.nprobes)
+                            instruction=args.instruction, where=args.where, exact=args.exact, nprobes=args.nprobes,
+                            rescore_multiplier=args.rescore_multiplier)
 
     if queries is not None:
         assert kind is not None
@@ -150,6 +160,11 @@ def register(sub: Any) -> None:
                                 f"the table's, or {DEFAULT_EMBEDDING_MODEL} for a new table)")
     p.add_argument("--dim", type=int, default=None, help="Matryoshka dimension of a new table (default: hidden size)")
     p.add_argument("--chunk-tokens", type=int, default=None, help="tokens per chunk of a new table (default 512)")
+    p.add_argument("--precision", default=None, choices=["float32", "float16", "int8", "uint8", "binary", "ubinary"],
+                   help="how a new table stores its vectors (default float32): int8/uint8 codes, or binary sign bits "
+                   "searched by Hamming distance and rescored with int8 codes; recorded with the table")
+    p.add_argument("--ranges", default=None, help="int8 calibration ranges (from embed --save-ranges) for a new "
+                   "quantized table (default: calibrated on its first batch)")
     p.add_argument("--overlap", type=int, default=None, help="tokens shared by consecutive chunks (default 64)")
     p.add_argument("--instruction", default=None, help="query instruction recorded as the table's default for "
                    "searches (default: the web-search one)")
@@ -195,5 +210,7 @@ def register(sub: Any) -> None:
     p.add_argument("--where", default=None, help="LanceDB SQL filter over metadata columns, e.g. \"year > 2020\"")
     p.add_argument("--exact", action="store_true", help="exact search even when the table has an ANN index")
     p.add_argument("--nprobes", type=int, default=None, help="ANN partitions to probe (default: all)")
+    p.add_argument("--rescore-multiplier", type=int, default=None, help="binary tables: rescore the best k x this "
+                   "many Hamming candidates with the float query (default 4; 0: no rescoring)")
     p.add_argument("--json", action="store_true", help="print a JSON list of hits (id, score, title, text, ...)")
     p.set_defaults(func=cmd_search)
