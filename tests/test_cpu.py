@@ -46,8 +46,9 @@ def test_32k_input_embeds_in_bounded_time_and_memory(tiny_embedding_path: Path) 
                           capture_output=True, text=True, timeout=600, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["shape"] == [1, 64] and out["finite"]
-    # torch + the tiny model take ~400 MiB; the attention matrix alone would take 16 GiB
-    assert out["peak_rss_mib"] < 1024, out
+    # torch + the tiny model take ~400 MiB and the run ~500 MiB alone; once, in a loaded parallel suite run, the
+    # allocator peaked at 2.3 GiB. The attention matrix of the quadratic path alone would take 16 GiB.
+    assert out["peak_rss_mib"] < 3072, out
     assert out["s"] < 400, out  # 38 s on one core at load 9, 99 s at load 15 (shared 2-core machine)
 
 
