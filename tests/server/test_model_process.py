@@ -90,8 +90,9 @@ def test_through_the_batcher_every_request_is_answered_once(emb_process: ModelPr
     async def scenario() -> list[object]:
         b = Batcher("emb", emb_process, max_batch_tokens=64, max_wait_s=0.0)
         b.start()
-        jobs = [asyncio.ensure_future(b.submit([[i + 1] * 63 + [eos]] * 50)) for i in range(8)]
-        await asyncio.sleep(1.0)
+        jobs = [asyncio.ensure_future(b.submit([[i + 1] * 63 + [eos]] * 200)) for i in range(8)]
+        # kill while work is left, however fast the machine: at the first finished job, or after 1 s
+        await asyncio.wait(jobs, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
         assert emb_process.pid is not None
         os.kill(emb_process.pid, signal.SIGKILL)
         results = await asyncio.gather(*jobs, return_exceptions=True)
@@ -104,7 +105,7 @@ def test_through_the_batcher_every_request_is_answered_once(emb_process: ModelPr
     died = [r for r in results if isinstance(r, ModelProcessDied)]
     assert len(ok) + len(died) == 8 and died  # each answered exactly once: rows or 503
     for r in ok:
-        assert r.shape == (50, small_embedder.hidden_size)
+        assert r.shape == (200, small_embedder.hidden_size)
 
 
 def test_health_and_routes_say_when_a_model_process_is_down(small_embedder: Embedder) -> None:
