@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -48,12 +48,14 @@ def metrics_label(name: str) -> str:
 
 
 def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
-               reranker: Reranker | None = None, devices: Sequence[str] | None = None) -> FastAPI:
+               reranker: Reranker | None = None, devices: Sequence[str] | None = None,
+               max_lengths: Mapping[str, int] | None = None) -> FastAPI:
     """The server app around loaded models (one or both), or, given `devices`, around model processes
     (one per device and model, loaded from settings.embedding_model / reranker_model; model_pool.py):
-    this process then holds only tokenizers and configs."""
+    this process then holds only tokenizers and configs; `max_lengths` ({"reranker": 256}) gives a model
+    a max length other than settings.max_length."""
     if devices is not None:
-        return create_pooled_app(settings, list(devices))
+        return create_pooled_app(settings, list(devices), max_lengths or {})
     if embedder is None and reranker is None:
         raise QwenEmbedError("create_app needs an embedder, a reranker or both.")
     pools = Pools(settings.tokenization_workers, [m.device for m in (embedder, reranker) if m is not None])
@@ -72,7 +74,7 @@ def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
     return assemble(settings, State(settings, emb, rr, metrics, pools))
 
 
-def create_pooled_app(settings: ServerSettings, devices: list[str]) -> FastAPI:
+def create_pooled_app(settings: ServerSettings, devices: list[str], max_lengths: Mapping[str, int]) -> FastAPI:
     """The app in front of model processes on `devices` (each started and loaded before this returns)."""
     if not settings.embedding_model and not settings.reranker_model:
         raise QwenEmbedError("serving on model processes needs --embedding-model, --reranker-model or both.")
@@ -84,7 +86,7 @@ def create_pooled_app(settings: ServerSettings, devices: list[str]) -> FastAPI:
         for kind, model in (("embedding", settings.embedding_model), ("reranker", settings.reranker_model)):
             if not model:
                 continue
-            facts = ModelFacts.from_folder(model, devices, settings.dtype, settings.max_length,
+            facts = ModelFacts.from_folder(model, devices, settings.dtype, max_lengths.get(kind, settings.max_length),
                                            settings.max_batch_tokens)
             spec = ModelSpec(kind, str(facts.path), dtype=settings.dtype, max_length=facts.max_length,  # type: ignore[arg-type]
                              batch_tokens=facts.batch_tokens, compile=settings.compile,
