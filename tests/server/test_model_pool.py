@@ -39,7 +39,7 @@ def test_parse_devices() -> None:
 @pytest.mark.slow
 def test_killing_the_model_process_under_load(small_embedding_path: Path, small_embedder: Embedder) -> None:
     settings = ServerSettings(embedding_model=str(small_embedding_path), embedding_name="emb", max_length=64,
-                              max_wait_ms=2, max_queue=8)
+                              max_wait_ms=2, max_queue=10)
     app = create_app(settings, devices=["cpu"])
     pool = app.state.qe.embedding.batcher.run
     assert isinstance(pool, ModelPool)
@@ -67,8 +67,8 @@ def test_killing_the_model_process_under_load(small_embedding_path: Path, small_
 
         async def killer() -> None:
             nonlocal t_kill
-            while len(statuses) < 4:
-                await asyncio.sleep(0.01)
+            while statuses.count(200) < 3:  # under load: some answered, others in flight
+                await asyncio.sleep(0.005)
             t_kill = time.monotonic()
             os.kill(old_pid, signal.SIGKILL)
 
@@ -82,7 +82,7 @@ def test_killing_the_model_process_under_load(small_embedding_path: Path, small_
 
         asyncio.run(load())
         assert len(statuses) == REQUESTS  # none lost: every request got exactly one answer
-        assert set(statuses) <= {200, 429, 503} and 503 in statuses, statuses
+        assert set(statuses) <= {200, 429, 503} and 503 in statuses and 200 in statuses, statuses
         assert statuses.count(200) + statuses.count(503) + statuses.count(429) == REQUESTS
         assert set(codes) <= {"model_unavailable", "queue_full", None}, codes
         assert slowest < BOUND_S
@@ -95,7 +95,7 @@ def test_killing_the_model_process_under_load(small_embedding_path: Path, small_
         r = httpx.post(srv.url + "/v1/embeddings", json={"model": "emb", "input": texts}, timeout=BOUND_S)
         assert r.status_code == 200
         assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-5
-        print(f"statuses {sorted(set(statuses))}, slowest {slowest:.2f} s, ready again {recovered:.1f} s after")
+        print(f"200/503/429: {statuses.count(200)}/{statuses.count(503)}/{statuses.count(429)}, slowest {slowest:.2f} s, ready again {recovered:.1f} s after")
 
 
 @pytest.mark.slow
