@@ -95,7 +95,8 @@ def test_killing_the_model_process_under_load(small_embedding_path: Path, small_
         r = httpx.post(srv.url + "/v1/embeddings", json={"model": "emb", "input": texts}, timeout=BOUND_S)
         assert r.status_code == 200
         assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-5
-        print(f"200/503/429: {statuses.count(200)}/{statuses.count(503)}/{statuses.count(429)}, slowest {slowest:.2f} s, ready again {recovered:.1f} s after")
+        print(f"200/503/429: {statuses.count(200)}/{statuses.count(503)}/{statuses.count(429)}, "
+              f"slowest {slowest:.2f} s, ready again {recovered:.1f} s after")
 
 
 @pytest.mark.slow
