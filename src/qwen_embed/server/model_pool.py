@@ -13,7 +13,6 @@ in the background (model_process.py), and takes no batch until it is ready again
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,12 +90,13 @@ class ModelPool:
 
 
 def start_pool(spec: ModelSpec, devices: Sequence[str]) -> ModelPool:
-    """A process per device loading `spec` (each started and loaded before this returns). On the CPU the
-    cores are split between the processes unless `spec.threads` is given."""
+    """A process per device loading `spec` (each started and loaded before this returns). Several CPU
+    processes split this process's torch threads between them unless `spec.threads` is given (one gets
+    torch's default, as the in-process model)."""
     threads = spec.threads
     cpus = sum(1 for d in devices if d == "cpu")
-    if threads is None and cpus:
-        threads = max(1, (os.cpu_count() or 1) // cpus)
+    if threads is None and cpus > 1:
+        threads = max(1, torch.get_num_threads() // cpus)
     processes: list[ModelProcess] = []
     try:
         for d in devices:
