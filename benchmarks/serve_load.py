@@ -3,15 +3,19 @@
 Direct: `Embedder.encode(all texts)` in this process (tokenization + token-budget batches, the best the
 library does). HTTP: `qwen-embed serve` in a subprocess, `--concurrency` clients each sending requests
 of `--texts-per-request` texts to /v1/embeddings (base64, as the openai client asks) one after another
-until all texts are embedded. Prints texts/s and tokens/s of both and the ratio HTTP / direct (goal on
-the GPU: >= 0.8). A few served vectors are checked against the direct ones.
+until all texts are embedded. Runs, one after another: the server with the model in process
+(`serve --device`), the server in front of model processes (`serve --devices`, issue 16), and
+Infinity (`infinity-emb`) on the same folder when it is importable (skipped with a note otherwise), each
+at every `--texts-per-request` (8 and 32), plus the median latency of a one-query request. Prints (and
+with `--out`, writes) one JSON: texts/s and tokens/s of each, the ratio to direct (goals on the GPU:
+>= 0.8 at 8, >= 0.9 at 32, p50 <= 5 ms), and the max difference of served vectors from direct ones.
 
 Workload: texts of random words whose token counts follow a lognormal around 160 (16..1024), as in
 DESIGN.md. Model: `--model PATH`, or a random-weight checkpoint made on the spot: `--shape tiny`
 (hidden 64, 2 layers: a CPU check of the plumbing) or `--shape 0.6b` (the Qwen3-Embedding-0.6B shape).
 
     python benchmarks/serve_load.py --quick                      # CPU, tiny model, a few seconds
-    python benchmarks/serve_load.py --shape 0.6b --device cuda   # GPU, 8192 texts
+    python benchmarks/serve_load.py --shape 0.6b --device cuda --out serve_load.json   # GPU, 8192 texts
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
+import json
 import os
 import signal
 import socket
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -63,26 +70,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str, args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", model, "--port", str(port),
-           "--max-length", str(args.max_length), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
-           "--max-queue", str(max(512, args.concurrency * 2))]
-    for flag, value in (("--device", args.device), ("--dtype", args.dtype), ("--max-batch-tokens", args.batch_tokens)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    proc = subprocess.Popen(cmd)
+def wait_ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
+            raise SystemExit(f"{what} exited with {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit("server did not become ready in 600 s")
+    raise SystemExit(f"{what} did not become ready in 600 s")
+
+
+def start_server(model: str, args: argparse.Namespace, port: int, devices: str | None) -> subprocess.Popen[bytes]:
+    """`qwen-embed serve` in a subprocess: the model in process (devices None) or in model processes."""
+    cmd = [sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", model, "--port", str(port),
+           "--max-length", str(args.max_length), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
+           "--max-queue", str(max(512, args.concurrency * 2))]
+    device = None if devices is not None else args.device
+    for flag, value in (("--device", device), ("--devices", devices), ("--dtype", args.dtype),
+                        ("--max-batch-tokens", args.batch_tokens)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    proc = subprocess.Popen(cmd)
+    wait_ready(proc, f"http://127.0.0.1:{port}/health", "server")
+    return proc
+
+
+def start_infinity(model: str, args: argparse.Namespace, port: int) -> subprocess.Popen[bytes] | None:
+    """Infinity (`infinity_emb v2`) on the same folder, or None when it is not importable."""
+    if importlib.util.find_spec("infinity_emb") is None:
+        return None
+    cmd = [sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port),
+           "--batch-size", "64", "--no-model-warmup"]
+    if args.device is not None:
+        cmd += ["--device", args.device.split(":")[0]]
+    proc = subprocess.Popen(cmd)
+    wait_ready(proc, f"http://127.0.0.1:{port}/health", "infinity")
+    return proc
 
 
 def batch_stats(metrics: str) -> tuple[float, float]:
@@ -93,7 +121,8 @@ def batch_stats(metrics: str) -> tuple[float, float]:
     return count, total
 
 
-async def load(url: str, chunks: list[list[str]], concurrency: int) -> tuple[float, list[np.ndarray]]:
+async def load(url: str, chunks: list[list[str]], concurrency: int,
+               route: str = "/v1/embeddings") -> tuple[float, list[np.ndarray]]:
     """All chunks through `concurrency` clients; returns seconds and the vectors in chunk order."""
     out: list[np.ndarray] = [np.empty(0)] * len(chunks)
     todo: asyncio.Queue[int] = asyncio.Queue()
@@ -104,7 +133,7 @@ async def load(url: str, chunks: list[list[str]], concurrency: int) -> tuple[flo
         async def worker() -> None:
             while not todo.empty():
                 i = todo.get_nowait()
-                r = await client.post("/v1/embeddings", json={"input": chunks[i], "encoding_format": "base64"})
+                r = await client.post(route, json={"input": chunks[i], "encoding_format": "base64"})
                 r.raise_for_status()
                 out[i] = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4")
                                    for d in r.json()["data"]])
@@ -114,23 +143,71 @@ async def load(url: str, chunks: list[list[str]], concurrency: int) -> tuple[flo
         return time.perf_counter() - start, out
 
 
+def single_p50(url: str, route: str, n: int = 200) -> float:
+    """Median milliseconds of a one-query request (one short text), one at a time on a kept-alive connection."""
+    times = []
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for i in range(n + 10):
+            t = time.perf_counter()
+            c.post(route, json={"input": [f"what is query {i}?"]}).raise_for_status()
+            if i >= 10:
+                times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace, direct_s: float, tokens: int,
+            direct: np.ndarray, route: str = "/v1/embeddings") -> dict[str, Any]:
+    """Throughput at each texts-per-request (best of --repeat), its ratio to direct, the max vector
+    difference, and the single-request p50."""
+    out: dict[str, Any] = {}
+    for k in ks:
+        chunks = [texts[i : i + k] for i in range(0, len(texts), k)]
+        asyncio.run(load(url, chunks[: max(1, 1024 // k)], args.concurrency, route))  # warm-up
+        best = float("inf")
+        count = total = 0.0
+        for _ in range(args.repeat):
+            before = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
+            seconds, vecs = asyncio.run(load(url, chunks, args.concurrency, route))
+            after = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
+            if seconds < best:
+                best, count, total = seconds, after[0] - before[0], after[1] - before[1]
+        diff = float(np.abs(np.concatenate(vecs) - direct).max())
+        out[f"{k}_per_request"] = {"texts_per_s": len(texts) / best, "tokens_per_s": tokens / best, "seconds": best,
+                                   "ratio_to_direct": direct_s / best, "max_abs_diff": diff,
+                                   "batches": count, "requests_per_batch": total / max(count, 1)}
+    out["single_query_p50_ms"] = single_p50(url, route)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: make one of --shape)")
     p.add_argument("--shape", default="tiny", choices=sorted(SHAPES), help="shape of the made checkpoint")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--devices", default="auto", help="the model processes' devices of the multi-process run "
+                   "(serve --devices; default auto: every CUDA device, else one cpu)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--texts", type=int, default=8192, help="texts in the workload (default 8192)")
-    p.add_argument("--texts-per-request", type=int, default=8)
+    p.add_argument("--texts-per-request", default="8,32", help="comma-separated request sizes (default 8,32)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass, both paths")
     p.add_argument("--quick", action="store_true", help="512 texts (a CPU check)")
     p.add_argument("--repeat", type=int, default=2, help="timed rounds of each path; the best counts")
+    p.add_argument("--servers", default="in-process,model-processes,infinity",
+                   help="which servers to load (comma-separated; infinity is skipped when not importable)")
+    p.add_argument("--out", type=Path, default=None, help="write the figures to this JSON file (atomically)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     n = 512 if args.quick else args.texts
+    ks = [int(x) for x in args.texts_per_request.split(",")]
+    servers = [x.strip() for x in args.servers.split(",") if x.strip()]
+    unknown = set(servers) - {"in-process", "model-processes", "infinity"}
+    if unknown:
+        raise SystemExit(f"--servers: unknown {sorted(unknown)}; use in-process, model-processes, infinity")
+    if args.out is not None and args.out.exists():
+        raise SystemExit(f"--out {args.out} exists; pass a new path")
 
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         model = args.model
@@ -142,40 +219,44 @@ def main() -> None:
                                        batch_tokens=args.batch_tokens)
         texts = make_texts(n, np.random.default_rng(args.seed), args.max_length)
         tokens = sum(len(s) for s in emb.tokenize(texts))
-        warm = texts[: min(n, 1024)]
-        emb.encode(warm, progress=False)  # warm-up (allocator, kernels), as the server's below
+        emb.encode(texts[: min(n, 1024)], progress=False)  # warm-up (allocator, kernels), as the servers'
+        direct_s = float("inf")
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            direct = emb.encode(texts, progress=False)
+            direct_s = min(direct_s, time.perf_counter() - start)
         device = str(emb.device)
-        port = free_port()
-        server = start_server(model, args, port)
-        url = f"http://127.0.0.1:{port}"
-        k = args.texts_per_request
-        chunks = [texts[i : i + k] for i in range(0, n, k)]
-        direct_s = http_s = float("inf")
-        count = total = 0.0
-        try:
-            asyncio.run(load(url, chunks[: len(warm) // k], args.concurrency))  # warm-up
-            for _ in range(args.repeat):  # alternate, keep the best of each (shared machines are noisy)
-                start = time.perf_counter()
-                direct = emb.encode(texts, progress=False)
-                direct_s = min(direct_s, time.perf_counter() - start)
-                before = batch_stats(httpx.get(url + "/metrics").text)
-                seconds, vecs = asyncio.run(load(url, chunks, args.concurrency))
-                after = batch_stats(httpx.get(url + "/metrics").text)
-                if seconds < http_s:
-                    http_s, count, total = seconds, after[0] - before[0], after[1] - before[1]
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=120)
-        served = np.concatenate(vecs)
-        diff = float(np.abs(served - direct).max())
+        del emb
+        result: dict[str, Any] = {
+            "model": model if args.model else f"{args.shape} (random weights)", "device": device, "texts": n,
+            "tokens": tokens, "concurrency": args.concurrency, "cpu_cores": os.cpu_count(),
+            "direct": {"texts_per_s": n / direct_s, "tokens_per_s": tokens / direct_s, "seconds": direct_s},
+        }
+        for name in servers:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            if name == "infinity":
+                proc = start_infinity(model, args, port)
+                if proc is None:
+                    result[name] = {"skipped": "infinity_emb is not importable (pip install 'infinity-emb[all]')"}
+                    continue
+                route = "/embeddings"
+            else:
+                proc = start_server(model, args, port, None if name == "in-process" else args.devices)
+                route = "/v1/embeddings"
+            try:
+                result[name] = measure(url, texts, ks, args, direct_s, tokens, direct, route)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=120)
+            if name == "model-processes":
+                result[name]["devices"] = args.devices
 
-    print(f"model {model if args.model else args.shape + ' (random weights)'} on {device}; {n} texts, "
-          f"{tokens} tokens (mean {tokens / n:.0f}); {os.cpu_count()} cpu cores")
-    print(f"direct Embedder.encode : {n / direct_s:9.1f} texts/s {tokens / direct_s:11.0f} tokens/s ({direct_s:.2f}s)")
-    print(f"HTTP, concurrency {args.concurrency:<4d}: {n / http_s:9.1f} texts/s {tokens / http_s:11.0f} tokens/s "
-          f"({http_s:.2f}s, {k} texts/request, {count:.0f} batches of {total / max(count, 1):.1f} requests on average)")
-    print(f"ratio HTTP / direct    : {direct_s / http_s:.2f}")
-    print(f"max |served - direct|  : {diff:.2e}")
+    print(json.dumps(result, indent=1))
+    if args.out is not None:
+        tmp_out = args.out.with_name(args.out.name + ".tmp")
+        tmp_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        tmp_out.replace(args.out)
 
 
 if __name__ == "__main__":

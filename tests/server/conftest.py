@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 import httpx
@@ -58,9 +59,18 @@ class LiveServer:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def live(small_embedder: Embedder, small_reranker: Reranker) -> Iterator[LiveServer]:
-    """Both models, default limits, a 10 ms batching window."""
-    settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_wait_ms=10, max_length=64)
-    with LiveServer(create_app(settings, embedder=small_embedder, reranker=small_reranker)) as srv:
+@pytest.fixture(scope="module", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow)])
+def live(request: pytest.FixtureRequest, small_embedder: Embedder, small_reranker: Reranker,
+         small_embedding_path: Path, small_reranker_path: Path) -> Iterator[LiveServer]:
+    """Both models, default limits, a 10 ms batching window; the models in this process, or (slow) in
+    model processes, two per model (`--devices cpu,cpu`), answered under the names the
+    in-process variant uses."""
+    if request.param == "in-process":
+        settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_wait_ms=10, max_length=64)
+        app = create_app(settings, embedder=small_embedder, reranker=small_reranker)
+    else:
+        settings = ServerSettings(embedding_model=str(small_embedding_path), reranker_model=str(small_reranker_path),
+                                  embedding_name="emb", reranker_name="rr", max_wait_ms=10, max_length=64)
+        app = create_app(settings, devices=["cpu", "cpu"], max_lengths={"reranker": 256})
+    with LiveServer(app) as srv:
         yield srv

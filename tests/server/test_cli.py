@@ -26,12 +26,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.slow
-def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Path, small_embedder: Embedder) -> None:
+@pytest.mark.parametrize("placement", [["--device", "cpu"], pytest.param(["--devices", "cpu"], marks=pytest.mark.slow)],
+                         ids=["in-process", "model-process"])
+def test_sigterm_finishes_accepted_requests_and_exits_0(small_embedding_path: Path, small_embedder: Embedder,
+                                                        placement: list[str]) -> None:
     port = free_port()
     env = subprocess_env(QWEN_EMBED_EMBEDDING_MODEL=str(small_embedding_path), QWEN_EMBED_PORT=str(port),
                          QWEN_EMBED_MAX_WAIT_MS="3000", QWEN_EMBED_LOG_LEVEL="info")
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", "serve", "--max-length", "64", "--device", "cpu"],
+    proc = subprocess.Popen([sys.executable, "-m", "qwen_embed", "serve", "--max-length", "64", *placement],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -98,6 +100,10 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
     monkeypatch.delenv("QWEN_EMBED_MAX_QUEUE")
     assert main(["serve", "--reranker-model", "x", "--reranker-template", "nope"]) == 2
     assert "unknown reranker template 'nope'" in capsys.readouterr().err
+    assert main(["serve", "--embedding-model", "x", "--devices", "gpu0"]) == 2
+    assert "--devices: 'gpu0' is not a device" in capsys.readouterr().err
+    assert main(["serve", "--embedding-model", "x", "--devices", "cpu", "--device", "cpu"]) == 2
+    assert "both given" in capsys.readouterr().err
 
 
 def start_server(path: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:

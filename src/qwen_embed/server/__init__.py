@@ -2,13 +2,16 @@
 
     from qwen_embed.server import ServerSettings, create_app
     app = create_app(ServerSettings(embedding_model="m"), embedder=Embedder.from_pretrained("m"))
+    app = create_app(ServerSettings(embedding_model="m"), devices=["cuda:0", "cuda:1"])  # model processes
 
 Modules, in the order a request meets them: serving (uvicorn with connection limits and the drain),
 middleware (auth, body size, metrics, disconnects), routes/ (one module per API), state (model
 lookup, readiness), service (tokenize -> batch -> finish per model), batcher (async dynamic batching
-with backpressure), model_process (a model in a child process, behind the batcher's `run`); beside
+with backpressure), model_pool (`serve --devices`: a model process per device behind the batcher's
+`run`, batches sent by load), model_process (one model in a child process); beside
 them settings (flags + QWEN_EMBED_* variables), schemas (request / response bodies), errors and
-handlers (the OpenAI error shape, one table of statuses), pools (every thread), metrics (Prometheus),
+handlers (the OpenAI error shape, one table of statuses), facts (a model's tokenizer, config and
+limits without its weights), pools (every thread), metrics (Prometheus),
 app (`create_app`) and cli (`qwen-embed serve`).
 The names below are imported lazily, so that `qwen-embed --help` does not load FastAPI or torch.
 """

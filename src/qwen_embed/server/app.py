@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -24,8 +25,11 @@ from ..embedder import Embedder
 from ..errors import QwenEmbedError
 from ..reranker import Reranker
 from . import handlers
+from .facts import ModelFacts
 from .metrics import Metrics
 from .middleware import Guard
+from .model_pool import ModelPool, start_pool
+from .model_process import ModelSpec
 from .pools import Pools
 from .routes import add_routes
 from .service import EmbeddingService, RerankService
@@ -44,22 +48,70 @@ def metrics_label(name: str) -> str:
 
 
 def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
-               reranker: Reranker | None = None) -> FastAPI:
-    """The server app around loaded models (one or both)."""
+               reranker: Reranker | None = None, devices: Sequence[str] | None = None,
+               max_lengths: Mapping[str, int] | None = None) -> FastAPI:
+    """The server app around loaded models (one or both), or, given `devices`, around model processes
+    (one per device and model, loaded from settings.embedding_model / reranker_model; model_pool.py):
+    this process then holds only tokenizers and configs; `max_lengths` ({"reranker": 256}) gives a model
+    a max length other than settings.max_length."""
+    if devices is not None:
+        return create_pooled_app(settings, list(devices), max_lengths or {})
     if embedder is None and reranker is None:
         raise QwenEmbedError("create_app needs an embedder, a reranker or both.")
-    metrics = Metrics()
     pools = Pools(settings.tokenization_workers, [m.device for m in (embedder, reranker) if m is not None])
+    metrics = Metrics()
     emb = rr = None
     if embedder is not None:
         name = settings.embedding_name or settings.embedding_model or embedder.name
-        emb = EmbeddingService(embedder, name, metrics_label(name), settings, metrics, pools.cpu,
+        emb = EmbeddingService(ModelFacts.of(embedder), partial(embedder.embed_ids, normalize=False, progress=False),
+                               name, metrics_label(name), settings, metrics, pools.cpu,
                                pools.worker_for(embedder.device))
     if reranker is not None:
         name = settings.reranker_name or settings.reranker_model or reranker.name
-        rr = RerankService(reranker, name, metrics_label(name), settings, metrics, pools.cpu,
-                           pools.worker_for(reranker.device))
-    state = State(settings, emb, rr, metrics, pools)
+        rr = RerankService(ModelFacts.of(reranker), reranker.template.name,
+                           partial(reranker.score_ids, progress=False), name, metrics_label(name), settings,
+                           metrics, pools.cpu, pools.worker_for(reranker.device))
+    return assemble(settings, State(settings, emb, rr, metrics, pools))
+
+
+def create_pooled_app(settings: ServerSettings, devices: list[str], max_lengths: Mapping[str, int]) -> FastAPI:
+    """The app in front of model processes on `devices` (each started and loaded before this returns)."""
+    if not settings.embedding_model and not settings.reranker_model:
+        raise QwenEmbedError("serving on model processes needs --embedding-model, --reranker-model or both.")
+    pools = Pools(settings.tokenization_workers, [])
+    metrics = Metrics()
+    emb = rr = None
+    started: list[ModelPool] = []
+    try:
+        for kind, model in (("embedding", settings.embedding_model), ("reranker", settings.reranker_model)):
+            if not model:
+                continue
+            facts = ModelFacts.from_folder(model, devices, settings.dtype, max_lengths.get(kind, settings.max_length),
+                                           settings.max_batch_tokens)
+            spec = ModelSpec(kind, str(facts.path), dtype=settings.dtype, max_length=facts.max_length,  # type: ignore[arg-type]
+                             batch_tokens=facts.batch_tokens, compile=settings.compile,
+                             template=settings.reranker_template)
+            pool = start_pool(spec, devices)
+            started.append(pool)
+            if kind == "embedding":
+                name = settings.embedding_name or model
+                emb = EmbeddingService(facts, pool, name, metrics_label(name), settings, metrics, pools.cpu,
+                                       pool.worker(), pool.inflight)
+            else:
+                name = settings.reranker_name or model
+                rr = RerankService(facts, settings.reranker_template, pool, name, metrics_label(name), settings,
+                                   metrics, pools.cpu, pool.worker(), pool.inflight)
+    except BaseException:
+        for p in started:
+            p.close(2.0)
+        raise
+    return assemble(settings, State(settings, emb, rr, metrics, pools), started)
+
+
+def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = ()) -> FastAPI:
+    """The FastAPI app of `state`: lifespan (batchers, warm-up, drain, model processes), handlers,
+    middleware, routes."""
+    pools = state.pools
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +127,8 @@ def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,
             for svc in state.services:
                 await svc.batcher.stop(settings.graceful_timeout)
             pools.shutdown()
+            for mp in model_pools:
+                mp.close()
 
     app = FastAPI(title="qwen-embed", version=__version__, lifespan=lifespan,
                   description="Qwen3 Embedding and Reranker: OpenAI embeddings, Cohere/Jina rerank and TEI routes.")

@@ -47,11 +47,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..reranker import Reranker, get_template
     from ..threads import use_threads
     from .app import create_app
-    from .serving import DrainingServer, raise_fd_limit, uvicorn_config
 
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.devices is not None:
+        from .model_pool import parse_devices
+
+        devices = parse_devices(None if settings.devices == "auto" else settings.devices)
+        if settings.embedding_model:
+            refuse_reranker(settings.embedding_model)
+        app = create_app(settings, devices=devices)
+        return run_server(app, settings)
     embedder = reranker = None
     # the embedder and the reranker run in threads of their own: share the cores between them
     threads = use_threads(settings.threads, processes=bool(settings.embedding_model) + bool(settings.reranker_model))
@@ -67,6 +74,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                             batch_tokens=settings.max_batch_tokens, compile=settings.compile,
                                             threads=threads, deterministic=settings.deterministic)
     app = create_app(settings, embedder=embedder, reranker=reranker)
+    return run_server(app, settings)
+
+
+def run_server(app: Any, settings: Any) -> int:
+    """Serve `app` under uvicorn until SIGTERM / Ctrl-C; 0 after a graceful shutdown."""
+    from .serving import DrainingServer, raise_fd_limit, uvicorn_config
+
     raise_fd_limit(settings.max_connections)
     server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)
     # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,

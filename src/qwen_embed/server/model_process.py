@@ -75,8 +75,16 @@ def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
 
 
 def child_main(spec: ModelSpec, conn: Connection) -> None:
-    """The child: load the model, then answer ("ok", rows) or ("error", message) per batch until EOF."""
+    """The child: load the model, then answer ("ok", rows) or ("error", message) per batch until EOF.
+
+    It ignores SIGINT / SIGTERM (a Ctrl-C reaches the whole process group): the parent drains its
+    requests first, then ends the child by closing the pipe."""
+    import signal
+
     import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)

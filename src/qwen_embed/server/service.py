@@ -4,8 +4,10 @@
 (template, end token once and last, `tokenizer.truncate_keep_end`), sends them through the model's
 batcher, whose worker runs `Embedder.embed_ids(..., normalize=False)` on merged batches, and finishes
 each request's rows with `pooling.finish` (Matryoshka slice first, then L2 normalisation), so that a
-served vector equals an in-process one. `RerankService` builds inputs with `Reranker.build_input_ids`
-and scores merged batches with `Reranker.score_ids`.
+served vector equals an in-process one. `RerankService` builds inputs with `RerankInputs` (what
+`Reranker.build_input_ids` uses) and scores merged batches with `Reranker.score_ids`. A service holds
+the model's facts (facts.py: tokenizer, config, limits), never its weights: `run` is the in-process
+model or the client of model processes (model_pool.py).
 
 Hostile sizes are bounded before the work they would cost: a text is cut by characters before it is
 tokenized (`head_text`: a prefix that still holds more tokens than can be kept, so the kept tokens are
@@ -30,12 +32,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..embedder import DEFAULT_INSTRUCTION, Embedder, format_query
+from ..embedder import DEFAULT_INSTRUCTION, format_query
 from ..pooling import check_dim, finish
-from ..reranker import Reranker
+from ..reranker import RerankInputs
 from ..tokenizer import QwenTokenizer, truncate_keep_end
-from .batcher import Admission, Batcher, Timing
+from .batcher import Admission, Batcher, RunFn, Timing
 from .errors import APIError
+from .facts import ModelFacts
 from .metrics import Metrics
 from .settings import ServerSettings
 
@@ -91,23 +94,23 @@ class Service:
 
     kind = "model"
 
-    def __init__(self, name: str, label: str, tokenizer: QwenTokenizer, max_length: int, vocab_size: int,
-                 run: Callable[[list[Sequence[int]]], np.ndarray], settings: ServerSettings,
-                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, batch_tokens: int,
-                 worker: ThreadPoolExecutor | None = None) -> None:
+    def __init__(self, facts: ModelFacts, run: RunFn, name: str, label: str, settings: ServerSettings,
+                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None,
+                 inflight: int | None = None) -> None:
+        self.facts = facts
         self.name = name
         self.label = label  # the model's name in metrics (never a folder path)
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.vocab_size = vocab_size
+        self.tokenizer = facts.tokenizer
+        self.max_length = facts.max_length
+        self.vocab_size = facts.config.vocab_size
         self.settings = settings
         self.metrics = metrics
         self.cpu_pool = cpu_pool
         self.batcher = Batcher(
-            label, run, max_batch_tokens=batch_tokens, max_batch_requests=settings.max_batch_requests,
+            label, run, max_batch_tokens=facts.batch_tokens, max_batch_requests=settings.max_batch_requests,
             max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
             max_queue_tokens=settings.max_queue_tokens, metrics=metrics, worker=worker,
-            max_inflight=settings.inflight_batches,
+            max_inflight=inflight or settings.inflight_batches,
         )
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
@@ -156,16 +159,14 @@ class Service:
 class EmbeddingService(Service):
     kind = "embedding"
 
-    def __init__(self, embedder: Embedder, name: str, label: str, settings: ServerSettings, metrics: Metrics,
-                 cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
-        self.embedder = embedder
-        super().__init__(name, label, embedder.tokenizer, embedder.max_length, embedder.config.vocab_size,
-                         self._run, settings, metrics, cpu_pool, embedder.engine.batch_tokens, worker)
-        self.eos_id = embedder.tokenizer.eos_id
-        self.prompts = named_prompts(embedder.checkpoint.path)
-
-    def _run(self, seqs: list[Sequence[int]]) -> np.ndarray:
-        return self.embedder.embed_ids(seqs, normalize=False, progress=False)  # [n, H] float32
+    def __init__(self, facts: ModelFacts, run: RunFn, name: str, label: str, settings: ServerSettings,
+                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None,
+                 inflight: int | None = None) -> None:
+        """`run`: token ids -> hidden rows [n, H] (`Embedder.embed_ids(..., normalize=False)`, in this
+        process or in model processes)."""
+        super().__init__(facts, run, name, label, settings, metrics, cpu_pool, worker, inflight)
+        self.eos_id = facts.tokenizer.eos_id
+        self.prompts = named_prompts(facts.path)
 
     # -- inputs ------------------------------------------------------------------------------------
     def prefix_for(self, instruction: str | None, input_type: str | None, prompt_name: str | None) -> str | None:
@@ -261,7 +262,7 @@ class EmbeddingService(Service):
 
     # -- vectors -----------------------------------------------------------------------------------
     def check_dim(self, dim: int | None) -> int:
-        return check_dim(dim, self.embedder.hidden_size, param="dimensions")
+        return check_dim(dim, self.facts.config.hidden_size, param="dimensions")
 
     async def embed(self, admission: Admission, seqs: list[list[int]], dim: int, normalize: bool,
                     timing: Timing) -> np.ndarray:
@@ -272,23 +273,21 @@ class EmbeddingService(Service):
     async def warmup(self) -> None:
         """A small batch (CUDA-graph path) and a large one (the compiled path), so that no client request
         waits for compilation after /health reports ready."""
-        await self.batcher.call(self.embedder.tokenize([WARMUP_TEXT]))
+        await self.batcher.call(self.tokenizer.encode_for_embedding([WARMUP_TEXT], self.max_length))
         await self.batcher.call([[self.eos_id] * 1500] * 3)
 
 
 class RerankService(Service):
     kind = "reranker"
 
-    def __init__(self, reranker: Reranker, name: str, label: str, settings: ServerSettings, metrics: Metrics,
-                 cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None) -> None:
-        self.reranker = reranker
-        super().__init__(name, label, reranker.tokenizer, reranker.max_length, reranker.config.vocab_size,
-                         self._run, settings, metrics, cpu_pool, reranker.engine.batch_tokens, worker)
-        tok = reranker.tokenizer
-        self._frame = len(tok.encode_one(reranker.template.prefix)) + len(tok.encode_one(reranker.template.tail))
-
-    def _run(self, seqs: list[Sequence[int]]) -> np.ndarray:
-        return self.reranker.score_ids(seqs, progress=False)  # [n] float32
+    def __init__(self, facts: ModelFacts, template: str, run: RunFn, name: str, label: str,
+                 settings: ServerSettings, metrics: Metrics, cpu_pool: ThreadPoolExecutor,
+                 worker: ThreadPoolExecutor | None = None, inflight: int | None = None) -> None:
+        """`run`: token ids -> scores [n] (`Reranker.score_ids`, in this process or in model processes);
+        inputs are built by `RerankInputs` from the tokenizer alone."""
+        super().__init__(facts, run, name, label, settings, metrics, cpu_pool, worker, inflight)
+        self.inputs = RerankInputs(facts.tokenizer, template, facts.max_length)
+        self._frame = len(self.inputs.prefix_ids) + len(self.inputs.tail_ids)
 
     def build(self, query: str, docs: list[str], instruction: str | None, max_tokens_per_doc: int | None,
               truncate: bool, what: str = "documents") -> list[list[int]]:
@@ -302,14 +301,13 @@ class RerankService(Service):
         heads = [head_text(self.tokenizer, d, keep) for d in docs]
         docs = [d for d, _ in heads]
         if not truncate and max_tokens_per_doc is None:
-            tmpl = self.reranker.template
+            tmpl = self.inputs.template
             instr = DEFAULT_INSTRUCTION if instruction is None else instruction
             bodies = self.tokenizer.encode([tmpl.body(instr, query, d) for d in docs])
             for i, b in enumerate(bodies):
                 if self._frame + len(b) > self.max_length or heads[i][1]:
                     raise self.too_long(i, self._frame + len(b), what, heads[i][1])
-        return self.reranker.build_input_ids(query, docs, instruction=instruction,
-                                             max_tokens_per_doc=max_tokens_per_doc)
+        return self.inputs.build(query, docs, instruction=instruction, max_tokens_per_doc=max_tokens_per_doc)
 
     async def prepare(self, query: str, docs: list[str], *, instruction: str | None, max_tokens_per_doc: int | None,
                       truncate: bool, what: str, timing: Timing) -> list[list[int]]:
@@ -332,4 +330,4 @@ class RerankService(Service):
         return await admission.submit(seqs, timing)
 
     async def warmup(self) -> None:
-        await self.batcher.call(self.reranker.build_input_ids(WARMUP_TEXT, [WARMUP_TEXT]))
+        await self.batcher.call(self.inputs.build(WARMUP_TEXT, [WARMUP_TEXT]))

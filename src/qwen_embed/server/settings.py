@@ -28,6 +28,7 @@ class ServerSettings:
     embedding_name: str | None = None
     reranker_name: str | None = None
     device: str | None = None
+    devices: str | None = None
     dtype: str | None = None
     max_length: int = DEFAULT_MAX_LENGTH
     reranker_template: str = "card"
@@ -96,6 +97,9 @@ class ServerSettings:
             v = getattr(self, name)
             if not 0 < v <= 3600:
                 raise InputError(f"{name.replace('_', '-')}={v} is out of range: use more than 0, up to 3600 seconds.")
+        if self.devices is not None and self.device is not None:
+            raise InputError(f"device={self.device} and devices={self.devices} both given; --devices places the "
+                             "model processes, --device the in-process model: pass one.")
         if self.api_key is not None and not self.api_key:
             raise InputError("api-key is empty; give a non-empty key or leave it unset to disable auth.")
         return self
@@ -137,6 +141,9 @@ SETTINGS: list[Setting] = [
     Setting("embedding_name", str, "name clients pass as `model` for embeddings (default: --embedding-model)"),
     Setting("reranker_name", str, "name clients pass as `model` for rerank (default: --reranker-model)"),
     Setting("device", str, HELP["device"]),
+    Setting("devices", str, "run each model in a process of its own per device, fed by this HTTP process: "
+            "cuda:0,cuda:1, cpu,cpu, or auto (every CUDA device, else one cpu); default: the model in this "
+            "process (--device)"),
     Setting("dtype", str, HELP["dtype"]),
     Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
