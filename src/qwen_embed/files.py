@@ -33,7 +33,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -287,6 +287,27 @@ def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
 
 
 # -- resumable JSONL -----------------------------------------------------------------------------
+def recover_jsonl(path: str | os.PathLike[str], accept: Callable[[Any], object] | None = None) -> list[Any]:
+    """The rows of an append-only JSONL file up to its first torn or unreadable line, which a kill
+    mid-write leaves; the file is cut back to those rows. `accept(row)` may raise ValueError / KeyError /
+    TypeError to count a parsed row as unreadable too; its results are returned in place of the rows."""
+    rows: list[Any] = []
+    good = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # torn by a kill mid-write
+            try:
+                row = json.loads(raw)
+                rows.append(accept(row) if accept is not None else row)
+            except (ValueError, KeyError, TypeError):
+                break
+            good += len(raw)
+    with open(path, "r+b") as f:
+        f.truncate(good)
+    return rows
+
+
 class ResumableJsonl:
     """Append-only JSONL rows keyed by `key`, resumable after a crash, renamed into place at the end.
 
@@ -333,19 +354,8 @@ class ResumableJsonl:
         return value if isinstance(value, str) else None
 
     def _recover(self) -> None:
-        good = 0
-        with open(self.partial, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn by a kill mid-write
-                try:
-                    row = json.loads(raw)
-                except ValueError:
-                    break
-                self.done.add(row.get(self.key) if isinstance(row, dict) else None)
-                good += len(raw)
-        with open(self.partial, "r+b") as f:
-            f.truncate(good)
+        for row in recover_jsonl(self.partial):
+            self.done.add(row.get(self.key) if isinstance(row, dict) else None)
         self.resumed = len(self.done)
 
     def rows(self) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import InputError
-from ..files import fingerprint
+from ..files import fingerprint, recover_jsonl
 from .generators import Completion
 
 
@@ -38,20 +38,11 @@ class ResponseCache:
         self._closed = False
 
     def _load(self) -> None:
-        good = 0
-        with open(self.path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn by a kill mid-write
-                try:
-                    obj = json.loads(raw)
-                    self.entries[obj["key"]] = Completion(obj["text"], int(obj.get("prompt_tokens", 0)),
-                                                          int(obj.get("completion_tokens", 0)), cached=True)
-                except (ValueError, KeyError, TypeError):
-                    break
-                good += len(raw)
-        with open(self.path, "r+b") as f:
-            f.truncate(good)
+        def entry(obj: Any) -> tuple[str, Completion]:
+            return obj["key"], Completion(obj["text"], int(obj.get("prompt_tokens", 0)),
+                                          int(obj.get("completion_tokens", 0)), cached=True)
+
+        self.entries.update(recover_jsonl(self.path, entry))
 
     def key(self, prompt: str) -> str:
         """The cache key of a prompt under this generator identity."""
