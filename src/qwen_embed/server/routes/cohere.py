@@ -128,7 +128,7 @@ def router(state: State) -> APIRouter:
         svc = state.embedding_service(req.model)
         texts = texts_of(req)
         dim = check_dim(req.output_dimension, svc.facts.config.hidden_size, param="output_dimension")
-        types = check_types(list(req.embedding_types or ["float"]), dim, ranges)
+        types = check_types(["float"] if req.embedding_types is None else list(req.embedding_types), dim, ranges)
         kind = INPUT_TYPES[req.input_type or "search_document"]
         timing = Timing()
         with svc.admission() as adm:
