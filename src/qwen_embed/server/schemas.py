@@ -3,8 +3,9 @@
 Field types are strict (a string is never taken for a number, `true` never for 1), so a wrong type is
 a 422 with the field's path, not a silent conversion. Ranges that depend on the model (dimensions,
 token ids, lengths) are checked by the handlers, which answer 400 / 413 with the limit in the message.
-Shapes follow the OpenAI embeddings API, the Cohere / Jina rerank API and text-embeddings-inference
-(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such. Unknown
+Shapes follow the OpenAI embeddings API, Cohere's v2 embed API, the Cohere / Jina rerank API and
+text-embeddings-inference (TEI) routes (/similarity included); our extensions (`instruction`,
+`input_type`, `truncate`) are marked as such. Unknown
 fields are refused (`extra="forbid"`: a typo such as `dimension` is a 400 naming the accepted fields,
 never silently ignored); a field documented as "accepted and ignored" (OpenAI's `user`) is declared.
 """
