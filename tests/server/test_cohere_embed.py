@@ -152,15 +152,14 @@ def test_bad_values_are_one_line_errors(quant: LiveServer, body: dict[str, objec
     assert err["param"] == param and words in err["message"] and "\n" not in err["message"], err
 
 
-def test_int8_without_server_ranges_is_refused(small_embedder: Embedder) -> None:
-    settings = ServerSettings(embedding_model="emb", max_length=64, warmup=False)
-    with LiveServer(create_app(settings, embedder=small_embedder)) as srv:
-        for t in ("int8", "uint8"):
-            r = post(srv, {"texts": TEXTS, "embedding_types": ["float", t]})
-            assert r.status_code == 400 and "--ranges" in r.json()["error"]["message"], r.text
-        with pytest.raises(cohere.BadRequestError):
-            client(srv).embed(model="emb", texts=TEXTS, input_type="search_document", embedding_types=["int8"])
-        assert post(srv, {"texts": TEXTS, "embedding_types": ["ubinary"]}).status_code == 200
+def test_int8_without_server_ranges_is_refused(live: LiveServer, small_embedder: Embedder) -> None:
+    for t in ("int8", "uint8"):  # `live` runs without --ranges
+        r = post(live, {"texts": TEXTS, "embedding_types": ["float", t]})
+        assert r.status_code == 400 and "--ranges" in r.json()["error"]["message"], r.text
+    with pytest.raises(cohere.BadRequestError):
+        client(live).embed(model="emb", texts=TEXTS, input_type="search_document", embedding_types=["int8"])
+    got = post(live, {"texts": TEXTS, "embedding_types": ["ubinary"]}).json()["embeddings"]["ubinary"]
+    assert same_bytes(np.array(got, dtype=np.uint8), small_embedder.encode(TEXTS, precision="ubinary"))
 
 
 def test_server_refuses_a_bad_ranges_file(small_embedder: Embedder, tmp_path: Path) -> None:
