@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from qwen_embed import DEFAULT_INSTRUCTION, Embedder
+from qwen_embed.cli import main
 from qwen_embed.embedder import format_query
 from qwen_embed.errors import InputError
 from qwen_embed.quantize import calibration_ranges, save_ranges
@@ -168,6 +169,14 @@ def test_server_refuses_a_bad_ranges_file(small_embedder: Embedder, tmp_path: Pa
     wide = save_ranges(tmp_path / "wide.json", np.zeros((2, 96), dtype=np.float32))
     with pytest.raises(InputError, match=r"hidden size 64"):
         create_app(ServerSettings(embedding_model="emb", ranges=str(wide), warmup=False), embedder=small_embedder)
+
+
+def test_serve_with_a_missing_ranges_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QWEN_EMBED_RANGES", raising=False)
+    assert main(["serve", "--embedding-model", "x", "--ranges", str(tmp_path / "ranges.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ranges.json is not a file" in err and "--save-ranges" in err
 
 
 def test_similarity_equals_cosine_of_the_python_api(quant: LiveServer, small_embedder: Embedder) -> None:
