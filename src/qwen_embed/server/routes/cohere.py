@@ -42,7 +42,6 @@ from .common import ERRORS, body_route, encoded
 INPUT_TYPES = {"search_query": "query", "search_document": "document", "classification": None, "clustering": None}
 PRECISION = {"float": "float32", "base64": "float32", "int8": "int8", "uint8": "uint8", "binary": "binary",
              "ubinary": "ubinary"}
-SIDES = {"END": "right", "START": "left"}
 
 
 def server_ranges(path: str | None, svc: EmbeddingService | None) -> np.ndarray | None:
