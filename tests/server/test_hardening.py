@@ -1,4 +1,4 @@
-"""Hostile clients and faults (issue 23: 3, 4, 5, 7, 11, 12), each against a live loopback server.
+"""Hostile clients and faults (issue 23: 2, 3, 4, 5, 7, 11, 12), each against a live loopback server.
 
 Every scenario is bounded in count and time (sockets have timeouts, clients have deadlines); traffic
 goes to 127.0.0.1 only. `HOSTILE` counts the scenarios this file tries (the closing note reports it).
@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
-from qwen_embed import Embedder
+from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.app import metrics_label
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
@@ -27,7 +30,8 @@ from .conftest import LiveServer
 HOSTILE = ["partial-headers", "stalled-body", "connection-flood", "emfile-log-flood", "huge-id-list-health",
            "huge-single-text", "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length",
            "metrics-auth", "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation",
-           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit"]
+           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup",
+           "nan-weights-serve-cli"]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -61,6 +65,65 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 def connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=5)
+
+
+# -- 2: a model whose output is NaN is never reported healthy and never answers 200 ----------------------
+def nan_models(embedding: Path, reranker: Path) -> tuple[Embedder, Reranker]:
+    """Both small models, loaded intact, then one MLP weight set to NaN in memory (the loader refuses NaN in
+    a file; this is what a forward pass that overflows leaves)."""
+    emb = Embedder.from_pretrained(embedding, device="cpu", max_length=64)
+    rr = Reranker.from_pretrained(reranker, device="cpu", max_length=256)
+    with torch.no_grad():
+        for m in (emb, rr):
+            m.checkpoint.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    return emb, rr
+
+
+@pytest.mark.parametrize("warmup", [True, False], ids=["warmup", "no-warmup"])
+def test_a_model_that_outputs_nan_is_not_healthy_and_never_answers_200(warmup: bool, small_embedding_path: Path,
+                                                                       small_reranker_path: Path) -> None:
+    emb, rr = nan_models(small_embedding_path, small_reranker_path)
+    settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_length=64, warmup=warmup)
+    with LiveServer(create_app(settings, embedder=emb, reranker=rr), settings, ready=False) as srv:
+        deadline = time.monotonic() + 30
+        while warmup and "NaN" not in httpx.get(srv.url + "/health", timeout=5).text:  # the warm-up has run
+            assert time.monotonic() < deadline, "the warm-up did not report the NaN output"
+            time.sleep(0.05)
+        health = httpx.get(srv.url + "/health", timeout=5)
+        answers = [httpx.post(srv.url + "/v1/embeddings", json={"input": ["a b", "c"], "encoding_format": fmt},
+                              timeout=30) for fmt in ("float", "base64")]
+        answers.append(httpx.post(srv.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]}, timeout=30))
+        answers.append(httpx.post(srv.url + "/embed", json={"inputs": "a"}, timeout=30))
+        head = httpx.head(srv.url + "/health", timeout=5).status_code
+    if warmup:
+        assert health.status_code == head == 503 and "NaN" in health.json()["error"]["message"]
+        for r in answers:
+            assert r.status_code == 503 and "warm-up forward pass failed" in r.json()["error"]["message"], r.text
+            assert "Retry-After" not in r.headers  # not a wait: the model is broken
+    else:  # no warm-up, so /health cannot know; every answer that would carry NaN is a 500 naming the cause
+        for r in answers:
+            assert r.status_code == 500, r.text
+            assert r.json()["error"]["code"] == "model_output_not_finite" and "NaN" in r.json()["error"]["message"]
+
+
+def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path, small_embedding_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from qwen_embed.cli import main
+
+    bad = tmp_path / "nan-emb"
+    shutil.copytree(small_embedding_path, bad)
+    w = load_file(str(bad / "model.safetensors"))
+    w["norm.weight"] = torch.full_like(w["norm.weight"], float("nan"))
+    save_file(w, str(bad / "model.safetensors"))
+    with socket.socket() as s:  # a port nobody listens on: it must stay closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["serve", "--embedding-model", str(bad), "--device", "cpu", "--host", "127.0.0.1",
+                 "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "norm.weight holds 64 NaN or infinite values" in err, err
 
 
 # -- 5: read timeouts, connection cap, quiet accept errors ------------------------------------------
