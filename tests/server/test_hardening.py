@@ -10,6 +10,8 @@ import asyncio
 import logging
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.app import metrics_label
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
+from tests.threads import subprocess_env
 
 from .conftest import LiveServer
 
@@ -106,24 +109,27 @@ def test_a_model_that_outputs_nan_is_not_healthy_and_never_answers_200(warmup: b
             assert r.json()["error"]["code"] == "model_output_not_finite" and "NaN" in r.json()["error"]["message"]
 
 
-def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path, small_embedding_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path,
+                                                                    small_embedding_path: Path) -> None:
     from safetensors.torch import load_file, save_file
-
-    from qwen_embed.cli import main
 
     bad = tmp_path / "nan-emb"
     shutil.copytree(small_embedding_path, bad)
     w = load_file(str(bad / "model.safetensors"))
     w["norm.weight"] = torch.full_like(w["norm.weight"], float("nan"))
     save_file(w, str(bad / "model.safetensors"))
-    with socket.socket() as s:  # a port nobody listens on: it must stay closed
+    with socket.socket() as s:  # a free port: it must stay closed
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert main(["serve", "--embedding-model", str(bad), "--device", "cpu", "--host", "127.0.0.1",
-                 "--port", str(port)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "norm.weight holds 64 NaN or infinite values" in err, err
+    try:  # before the fix it served (and answered NaN) until killed
+        proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(bad),
+                               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
+                              env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve started on NaN weights")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "norm.weight holds 64 NaN or infinite values" in err
 
 
 # -- 5: read timeouts, connection cap, quiet accept errors ------------------------------------------
