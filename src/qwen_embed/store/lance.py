@@ -513,9 +513,9 @@ class LanceStore:
             return query.to_arrow()
         except (ValueError, RuntimeError, OSError) as e:
             if where:
+                why = _RUST_SOURCE.sub("", str(e).splitlines()[0]) if str(e) else type(e).__name__
                 raise InputError(f"--where {where!r} is not a valid filter over the columns "
-                                 f"{', '.join(['id', 'doc_id', 'chunk', 'title', *meta_cols])}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                 f"{', '.join(['id', 'doc_id', 'chunk', 'title', *meta_cols])}: {why}") from None
             raise
 
     @staticmethod
