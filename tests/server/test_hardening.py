@@ -30,11 +30,11 @@ from tests.threads import subprocess_env
 
 from .conftest import LiveServer
 
-HOSTILE = ["partial-headers", "stalled-body", "connection-flood", "emfile-log-flood", "huge-id-list-health",
-           "huge-single-text", "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length",
-           "metrics-auth", "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation",
-           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup",
-           "nan-weights-serve-cli"]
+HOSTILE = ["partial-headers", "stalled-body", "stalled-chunked-body", "client-gone-mid-body", "connection-flood",
+           "emfile-log-flood", "huge-id-list-health", "huge-single-text", "huge-tokenize", "tokens-per-request",
+           "client-disconnect", "id-list-over-length", "metrics-auth", "metrics-path-label", "head-health",
+           "deep-nesting", "id-list-under-cap-validation", "whitespace-run-cut", "huge-text-no-truncate",
+           "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup", "nan-weights-serve-cli"]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -151,6 +151,32 @@ def test_a_stalled_body_is_cut_off_after_the_body_timeout(hardened: LiveServer) 
         assert closed_within(s, 5.0)
         assert time.monotonic() - t0 < 3.0
     assert httpx.post(hardened.url + "/v1/embeddings", json={"input": "fine"}, timeout=10).status_code == 200
+
+
+def test_a_chunked_body_that_never_ends_is_cut_off(hardened: LiveServer) -> None:
+    """No Content-Length to wait for: one chunk, then silence (the terminating chunk never comes)."""
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"inp\r\n")
+        t0 = time.monotonic()
+        assert closed_within(s, 5.0)
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_a_client_leaving_mid_body_is_counted_not_logged_as_a_bug(hardened: LiveServer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    before = httpx.get(hardened.url + "/metrics", timeout=5).text.count('status="499"')
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            with connect(hardened.url) as s:
+                s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"inp\r\n")
+                time.sleep(0.1)
+        time.sleep(0.5)
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged == [], logged  # was: "internal error" and "Exception in ASGI application", a traceback each
+    text = httpx.get(hardened.url + "/metrics", timeout=5).text
+    assert 'status="500"' not in text and text.count('status="499"') >= max(before, 1)
 
 
 def test_connections_over_the_cap_get_503_and_are_closed(hardened: LiveServer) -> None:
