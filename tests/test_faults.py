@@ -65,6 +65,23 @@ def test_lances_io_failures_become_the_os_errors_they_are(tmp_path: Path) -> Non
     assert lance_io_error(PermissionError(errno.EACCES, "denied", "x"), tmp_path) is None  # already an OSError
 
 
+def test_native_writers_failures_are_os_errors_and_leave_nothing(tmp_path: Path) -> None:
+    """safetensors keeps only the text of its io::Error; torch.save only an enforce failure of its zip writer."""
+    from qwen_embed.errors import native_os_error
+
+    text = "Error while serializing: I/O error: No space left on device (os error 28)"
+    err = native_os_error(RuntimeError(text), tmp_path / "m")
+    assert err is not None and err.errno == errno.ENOSPC and err.filename == str(tmp_path / "m")
+    err = native_os_error(RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), "x")
+    assert err is not None and err.errno == errno.EIO
+    assert native_os_error(RuntimeError("shape mismatch"), "x") is None
+    assert native_os_error(OSError(errno.ENOSPC, "full"), "x") is None  # already one
+    with pytest.raises(OSError, match="No space left on device") as caught, files.atomic_dir(tmp_path / "model") as d:
+        (d / "part").write_text("half")
+        raise RuntimeError(text)
+    assert caught.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
 class FullDisk:
     """A file whose writes fail with `code` once `room` bytes were written (what a full disk does)."""
 
@@ -186,11 +203,30 @@ def test_a_real_file_size_limit_is_one_line_for_every_writer(tmp_path: Path, tin
         for out in ("out.jsonl", "out.npy"):
             print(main(["embed", "in.txt", "-o", out, "--model", model, "--device", "cpu"]), flush=True)
         print(main({argv!r}), flush=True)
+        import torch
+        from safetensors.torch import save_file
+        from qwen_embed.files import atomic_dir
+        from qwen_embed.train.checkpoints import CheckpointStore
+        big = {{"w": torch.zeros(20_000)}}  # 80 kB
+        for name, write in [("safetensors", lambda d: save_file(big, str(d / "model.safetensors"))),
+                            ("torch.save", lambda d: torch.save(big, d / "state.pt"))]:
+            try:
+                with atomic_dir(name) as d:
+                    write(d)
+            except OSError as e:
+                print(name, e.errno, e.filename, flush=True)
+        try:
+            CheckpointStore(__import__("pathlib").Path("ckpts")).save(2, lambda d: None, big)
+        except OSError as e:
+            print("checkpoint", e.errno, flush=True)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(), capture_output=True,
                           text=True, timeout=240)
-    assert proc.stdout.split() == ["2", "2", "2"], proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["2", "2", "2", f"safetensors {errno.EFBIG} safetensors",
+                                        f"torch.save {errno.EIO} torch.save", f"checkpoint {errno.EIO}"], \
+        proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 3 and "Traceback" not in proc.stderr, proc.stderr
     assert "File too large" in lines[0] and "disk is probably full" in lines[1] and str(tmp_path / "db") in lines[2]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out", "safet", ".safet", ".torch"))]
+    assert leftovers == [] and list((tmp_path / "ckpts").iterdir()) == []

@@ -63,6 +63,24 @@ _OS_FIXES = {
     errno.EMFILE: "too many open files; raise `ulimit -n`",
 }
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile on a full disk: no errno
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust's io::Error prints (safetensors, Lance)
+_TORCH_WRITER = "inline_container.cc"  # torch.save's zip writer: a failed write, its errno lost
+
+
+def native_os_error(e: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """The OSError behind a native writer's failure, naming `path`: safetensors and Lance keep only its text
+    (`File too large (os error 27)`), torch.save only `[enforce fail at inline_container.cc ...]` (taken
+    as EIO). None when `e` is none of these (an OSError already, or another error)."""
+    if isinstance(e, OSError) or not isinstance(e, Exception):
+        return None
+    text = str(e)
+    m = _NATIVE_OS_ERROR.search(text)
+    if m is not None:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), os.fspath(path))
+    if isinstance(e, RuntimeError) and _TORCH_WRITER in text:
+        return OSError(errno.EIO, "torch.save could not write its file", os.fspath(path))
+    return None
 
 
 def describe_os_error(e: OSError) -> str | None:

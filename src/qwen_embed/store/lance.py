@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import quantize
-from ..errors import InputError
+from ..errors import InputError, native_os_error
 from .base import (
     ANN_MIN_ROWS,
     INFO_KEY,
@@ -78,10 +78,8 @@ def lance_io_error(e: BaseException, path: Path) -> OSError | None:
     if not isinstance(e, (RuntimeError, OSError)):
         return None
     text = str(e)
-    m = _OS_ERROR.search(text)
-    if m is not None:
-        code = int(m.group(1))
-        return OSError(code, os.strerror(code), str(path))
+    if _OS_ERROR.search(text):
+        return native_os_error(RuntimeError(text), path)
     if "Not found: " in text:
         return OSError(errno.ENOENT, "a file of the table is gone", str(path))
     if "LanceError(IO)" in text:  # e.g. a short read of a file that a full disk cut
