@@ -30,11 +30,11 @@ from tests.threads import subprocess_env
 
 from .conftest import LiveServer
 
-HOSTILE = ["partial-headers", "stalled-body", "stalled-chunked-body", "client-gone-mid-body", "connection-flood",
-           "emfile-log-flood", "huge-id-list-health", "huge-single-text", "huge-tokenize", "tokens-per-request",
-           "client-disconnect", "id-list-over-length", "metrics-auth", "metrics-path-label", "head-health",
-           "deep-nesting", "id-list-under-cap-validation", "whitespace-run-cut", "huge-text-no-truncate",
-           "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup", "nan-weights-serve-cli"]
+HOSTILE = ["partial-headers", "stalled-body", "stalled-chunked-body", "trickled-chunked-body",
+           "client-gone-mid-body", "connection-flood", "emfile-log-flood", "huge-id-list-health", "huge-single-text",
+           "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length", "metrics-auth",
+           "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation", "whitespace-run-cut",
+           "huge-text-no-truncate", "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup", "nan-weights-serve-cli"]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -161,6 +161,37 @@ def test_a_chunked_body_that_never_ends_is_cut_off(hardened: LiveServer) -> None
         t0 = time.monotonic()
         assert closed_within(s, 5.0)
         assert time.monotonic() - t0 < 3.0
+
+
+def test_a_chunked_body_that_trickles_forever_is_cut_off(hardened: LiveServer) -> None:
+    """A byte-sized chunk every 0.1 s never stalls the body for --body-timeout (1 s here), but never ends
+    either: it falls behind the minimum rate (500 bytes/s) and is closed about a second in."""
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.settimeout(0.1)
+        t0 = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - t0 < 6:
+            try:
+                s.sendall(b"1\r\n \r\n")
+                closed = s.recv(4096) == b""
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed and time.monotonic() - t0 < 3.0, f"still open after {time.monotonic() - t0:.1f} s"
+    # a body that keeps up is never cut, however long it takes in all: 2.5 s, 10 pauses of 0.25 s
+    with connect(hardened.url) as s:
+        body = b'{"input": "' + b"word " * 2000 + b'"}'
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        step = len(body) // 10 + 1
+        for i in range(0, len(body), step):
+            s.sendall(body[i : i + step])
+            time.sleep(0.25)
+        s.settimeout(30)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
 
 
 def test_a_client_leaving_mid_body_is_counted_not_logged_as_a_bug(hardened: LiveServer,
