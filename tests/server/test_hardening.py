@@ -109,6 +109,7 @@ def test_a_model_that_outputs_nan_is_not_healthy_and_never_answers_200(warmup: b
             assert r.json()["error"]["code"] == "model_output_not_finite" and "NaN" in r.json()["error"]["message"]
 
 
+@pytest.mark.slow  # a `serve` process: ~7 s
 def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path,
                                                                     small_embedding_path: Path) -> None:
     from safetensors.torch import load_file, save_file
