@@ -136,3 +136,45 @@ def test_index_naming_shards_outside_the_folder_is_refused(tmp_path: Path, shard
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
     with pytest.raises(WeightsError, match="not a file of"):
         safetensors_files(folder)
+
+
+@pytest.mark.parametrize(("kind", "key", "value"), [
+    ("embedding", "layers.1.mlp.up_proj.weight", float("nan")),
+    ("embedding", "embed_tokens.weight", float("-inf")),
+    ("reranker", "model.layers.0.self_attn.q_norm.weight", float("nan")),
+    ("reranker", "lm_head.weight", float("nan")),  # only its yes / no rows are read: the head vector is checked
+])
+def test_nan_or_inf_weights_are_refused_by_name(tmp_path: Path, kind: str, key: str, value: float,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 23.2: NaN weights gave NaN vectors that `embed` wrote and the server served (exit 0, 200)."""
+    from safetensors.torch import load_file, save_file
+
+    from qwen_embed.cli import main
+
+    path = make_checkpoint(tmp_path / "bad", kind, tokenizer="small", tie_word_embeddings=False)  # type: ignore[arg-type]
+    w = load_file(str(path / "model.safetensors"))
+    w[key] = torch.full_like(w[key], value)
+    save_file(w, str(path / "model.safetensors"))
+    cls = Embedder if kind == "embedding" else Reranker
+    name = "the reranker head" if key == "lm_head.weight" else key
+    with pytest.raises(WeightsError, match=rf"{name}.* holds \d+ NaN or infinite values"):
+        cls.from_pretrained(path, device="cpu")
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    out = tmp_path / ("out.jsonl" if kind == "embedding" else "out.json")
+    argv = (["embed", str(tmp_path / "in.txt"), "-o", str(out)] if kind == "embedding" else
+            ["rerank", "--query", "q", "--documents", str(tmp_path / "in.txt"), "-o", str(out)])
+    capsys.readouterr()
+    assert main([*argv, "--model", str(path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NaN or infinite" in err and not out.exists()
+
+
+def test_all_finite_sees_nan_that_a_sum_would_miss_and_passes_large_finite_values() -> None:
+    from qwen_embed.weights import all_finite
+
+    big = torch.full((4,), 3e38)  # finite, but its float32 sum overflows to inf
+    assert all_finite(big) and all_finite(torch.zeros(0)) and all_finite(torch.arange(3))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        t = torch.randn(1000, dtype=torch.bfloat16)
+        t[777] = bad
+        assert not all_finite(t)

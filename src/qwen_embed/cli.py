@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import InputError, QwenEmbedError
+from .errors import InputError, QwenEmbedError, describe_os_error
 from .files import atomic_file, check_output_dir, check_output_file
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
 
@@ -442,9 +442,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OSError as e:  # a file system refusal the checks could not foresee (disk full, permissions)
-        if e.filename is None:
+        line = describe_os_error(e)
+        if line is None:
             raise
-        return fail(name, f"{e.strerror or e} ({e.filename}); choose another path or free the resource.")
+        return fail(name, line)
 
 
 if __name__ == "__main__":

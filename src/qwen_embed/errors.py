@@ -1,10 +1,16 @@
 """One small exception hierarchy.
 
 Every error a user can cause derives from `QwenEmbedError`; its message says the value, the limit and
-the fix. The CLI prints such an error as one line and exits non-zero; anything else is a bug.
+the fix. The CLI prints such an error as one line and exits non-zero; anything else is a bug, except a
+file system refusal (an OSError: disk full, read-only, permissions), which `describe_os_error` turns
+into one line too.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import re
 
 
 class QwenEmbedError(Exception):
@@ -40,3 +46,51 @@ class TokenizerError(QwenEmbedError):
 
 class ModelOutputError(QwenEmbedError):
     """The model produced non-finite values (NaN / inf): broken weights or config, never a vector to keep."""
+
+
+# -- file system refusals as one line --------------------------------------------------------------------
+_OS_FIXES = {
+    errno.ENOSPC: "the disk is full; free space or write to another disk",
+    errno.EDQUOT: "the disk quota is used up; free space or write to another disk",
+    errno.EFBIG: "the file grew past the file-size limit (`ulimit -f`) or what the file system holds; raise the "
+                 "limit or write to another disk",
+    errno.EROFS: "the file system is read-only; write to another folder",
+    errno.EACCES: "permission denied; choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write to, or fix its permissions",
+    errno.ENOENT: "no such file or folder (deleted or moved while the command ran?); check the path and run again",
+    errno.EIO: "an input/output error (a full or failing disk, a file-size limit, a network file system); check "
+               "the disk and run again",
+    errno.EMFILE: "too many open files; raise `ulimit -n`",
+}
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")  # numpy's tofile on a full disk: no errno
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust's io::Error prints (safetensors, Lance)
+_TORCH_WRITER = "inline_container.cc"  # torch.save's zip writer: a failed write, its errno lost
+
+
+def native_os_error(e: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """The OSError behind a native writer's failure, naming `path`: safetensors and Lance keep only its text
+    (`File too large (os error 27)`), torch.save only `[enforce fail at inline_container.cc ...]` (taken
+    as EIO). None when `e` is none of these (an OSError already, or another error)."""
+    if isinstance(e, OSError) or not isinstance(e, Exception):
+        return None
+    text = str(e)
+    m = _NATIVE_OS_ERROR.search(text)
+    if m is not None:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code), os.fspath(path))
+    if isinstance(e, RuntimeError) and _TORCH_WRITER in text:
+        return OSError(errno.EIO, "torch.save could not write its file", os.fspath(path))
+    return None
+
+
+def describe_os_error(e: OSError) -> str | None:
+    """One line for a file system refusal (disk full, file too large, read-only, permissions, a path gone):
+    what happened, the path when known, and the fix; None for an OSError that is not one (a bug: re-raise)."""
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno in _OS_FIXES:
+        return f"{e.strerror or os.strerror(e.errno)}{where}: {_OS_FIXES[e.errno]}."
+    if e.errno is None and _SHORT_WRITE.match(str(e)):
+        return f"a write stopped short ({e}){where}: the disk is probably full; free space or write to another disk."
+    if e.filename is not None:
+        return f"{e.strerror or e}{where}; choose another path or free the resource."
+    return None

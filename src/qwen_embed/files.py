@@ -14,7 +14,9 @@ synthetic data, indexing):
   folder is touched. An output folder that holds one of the command's inputs (`merge-lora -o runs/x`
   with the adapter in `runs/x/adapter`) is therefore safe: the adapter is not one of the names written.
 - **No leftovers.** Temporary siblings are named `.{name}.tmp-{pid}-{random}`; a failure removes
-  them, and `clean_stale_temps` removes those whose process is gone (a SIGKILL mid-write).
+  them, and `clean_stale_temps` removes those whose process is gone (a SIGKILL mid-write). A native
+  writer's failure inside them (safetensors, torch.save on a full disk) comes out as the OSError it is
+  (`errors.native_os_error`), which the CLI prints as one line.
 - **Fingerprints** are SHA-256 over canonical JSON (`fingerprint`, `fingerprint_rows` for a stream of
   rows) or over a file's bytes (`file_digest`), so resume keys and cache keys are computed one way
   everywhere.
@@ -37,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import InputError
+from .errors import InputError, native_os_error
 
 
 class OutputExistsError(InputError):
@@ -183,8 +185,9 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w", *, overwrite: boo
             raise OutputExistsError(f"output {target} appeared while it was being written; it was left as it is.")
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        _raise_native(e, target)
         raise
 
 
@@ -217,9 +220,17 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     try:
         yield tmp
         _place_dir(tmp, resolved, overwrite=overwrite)
-    except BaseException:
+    except BaseException as e:
         remove_path(tmp)
+        _raise_native(e, target)
         raise
+
+
+def _raise_native(e: BaseException, target: Path) -> None:
+    """A native writer's failure (safetensors, torch.save) inside an atomic output, re-raised as its OSError."""
+    err = native_os_error(e, target)
+    if err is not None:
+        raise err from e
 
 
 def _place_dir(tmp: Path, target: Path, *, overwrite: bool) -> None:

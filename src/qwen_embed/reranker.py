@@ -30,7 +30,7 @@ import torch
 from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
-from .errors import InputError
+from .errors import InputError, ModelOutputError
 from .pooling import rank_by_score, row_sum
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
 from .threads import use_threads
@@ -83,6 +83,17 @@ def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     torch.sigmoid (whose CPU kernel rounds the elements of a vector tail differently)."""
     logit = row_sum(hidden.float() * head.float()).double()  # [n]
     return (1.0 / (1.0 + torch.exp(-logit))).float()
+
+
+def finish_scores(hidden: torch.Tensor, head: torch.Tensor) -> np.ndarray:
+    """The one scoring rule's output: `yes_probability` as numpy float32 [n], refused (ModelOutputError)
+    when any score is NaN, as `pooling.finish` refuses non-finite vectors."""
+    scores = yes_probability(hidden, head).numpy().astype(np.float32)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ModelOutputError(f"the reranker produced NaN scores for {bad} of {len(scores)} inputs; its weights "
+                               "or config.json are broken (nothing was written).")
+    return scores
 
 
 MIN_SHARED_PREFIX = 16  # tokens; below this sharing saves too little to be worth a second pass
@@ -222,7 +233,7 @@ class Reranker(CheckpointFacts):
         show = len(seqs) >= 512 if progress is None else progress
         share = self.share_prefix if share_prefix is None else share_prefix
         h = self.engine.last_hidden_stream([split_prefix(seqs, share)], len(seqs), show)  # [n, H] float32
-        return yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
+        return finish_scores(h, self.head.cpu())
 
     def score_many(self, queries: Sequence[str], documents: Sequence[Sequence[str]], *,
                    instruction: str | None = None, progress: bool | None = None) -> list[np.ndarray]:
@@ -246,7 +257,7 @@ class Reranker(CheckpointFacts):
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-embed-rerank") as pool:
             futures = [pool.submit(prepare, i) for i in range(len(queries))]
             h = self.engine.last_hidden_stream((f.result() for f in futures), sum(counts), show)
-        scores = yes_probability(h, self.head.cpu()).numpy().astype(np.float32)
+        scores = finish_scores(h, self.head.cpu())
         bounds = np.cumsum([0, *counts])
         return [scores[a:b] for a, b in itertools.pairwise(bounds.tolist())]
 

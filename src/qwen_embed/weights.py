@@ -6,7 +6,8 @@ sharded safetensors, strips the `model.` prefix of causal-LM / sequence-classifi
 the trunk on the meta device and loads with `strict=True, assign=True` after comparing key sets
 itself so that a mismatch is reported readably. Reranker heads are reduced to the one vector that
 scores: W[yes] - W[no] of lm_head (or of the tied embedding), or the converted `score.weight` row.
-Only those two rows of lm_head are read from disk.
+Only those two rows of lm_head are read from disk. A tensor holding NaN or inf is refused by name
+(`check_finite`, issue 23): such a checkpoint only ever gives NaN vectors and scores.
 """
 
 from __future__ import annotations
@@ -286,6 +287,24 @@ def trunk_mapping(model_dir: Path, cfg: ModelConfig, reader_keys: list[str],
     return mapping
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True when a tensor holds no NaN or inf. A float32 sum first (one read; NaN and inf reach it), the
+    elementwise test only when the sum is not finite (large finite values can overflow a sum)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+
+
+def check_finite(t: torch.Tensor, name: str, model_dir: Path) -> torch.Tensor:
+    """`t`, or a WeightsError naming it when it holds NaN or inf (a broken conversion or training run)."""
+    if not all_finite(t):
+        bad = int((~torch.isfinite(t)).sum())
+        raise WeightsError(f"{model_dir}: {name} holds {bad} NaN or infinite values of {t.numel()}; every vector "
+                           "or score of this checkpoint would be NaN. Load an intact copy (an earlier training "
+                           "checkpoint, or the original download).")
+    return t
+
+
 def load_trunk(
     model_dir: Path, cfg: ModelConfig, device: torch.device, dtype: torch.dtype,
     head_rows: tuple[int, int] | None = None, want_head: bool = True,
@@ -305,10 +324,11 @@ def load_trunk(
         want = model.state_dict()[key].shape
         if t.shape != want:
             raise WeightsError(f"{model_dir}: {file_key} has shape {list(t.shape)}, the config implies {list(want)}.")
-        state[key] = t.to(device=device, dtype=dtype)
+        state[key] = check_finite(t.to(device=device, dtype=dtype), file_key, model_dir)  # on the device: fast
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
-    return model, (_head_vector(reader, cfg, model_dir, head_rows) if want_head else None)
+    head = _head_vector(reader, cfg, model_dir, head_rows) if want_head else None
+    return model, (None if head is None else check_finite(head, "the reranker head (yes - no row)", model_dir))
 
 
 def _head_vector(

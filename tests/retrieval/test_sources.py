@@ -120,3 +120,17 @@ def test_fifo_devices_and_outside_links_are_skipped_not_read(tmp_path: Path) -> 
     followed = read_sources([root], SourceSettings.parse(follow_links=True))
     assert "leak.txt" in {d.id for d in followed.documents}
     assert "not a regular file" in dict(followed.skipped)[str(root / "zero.txt")]
+
+
+def test_a_file_over_the_size_limit_is_skipped_unread(tmp_path: Path) -> None:
+    """Issue 23.6: files are read with a size limit (a sparse 300 MB file: no disk used, never read)."""
+    from qwen_embed.retrieval.sources import MAX_FILE_BYTES, read_sources
+
+    root = tmp_path / "notes"
+    root.mkdir()
+    (root / "ok.txt").write_text("a real note")
+    with open(root / "huge.txt", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    report = read_sources([root])
+    assert [d.id for d in report.documents] == ["ok.txt"]
+    assert f"over the limit of {MAX_FILE_BYTES:,}" in dict(report.skipped)[str(root / "huge.txt")]

@@ -27,8 +27,10 @@ from qwen_embed.server.serving import DrainingServer, uvicorn_config
 class LiveServer:
     """uvicorn serving `app` in a background thread; `url` is its base address."""
 
-    def __init__(self, app: FastAPI, settings: ServerSettings | None = None) -> None:
+    def __init__(self, app: FastAPI, settings: ServerSettings | None = None, *, ready: bool = True) -> None:
+        """`ready=False`: entering waits for the port only, not for /health to say ready."""
         self.app = app
+        self.wait_ready = ready
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -44,6 +46,8 @@ class LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.server.started and not self.wait_ready:
+                return self
             if self.server.started:
                 try:
                     if httpx.get(self.url + "/health", timeout=5).status_code == 200:

@@ -1,4 +1,4 @@
-"""Hostile clients and faults (issue 23: 3, 4, 5, 7, 11, 12), each against a live loopback server.
+"""Hostile clients and faults (issue 23: 2, 3, 4, 5, 7, 11, 12), each against a live loopback server.
 
 Every scenario is bounded in count and time (sockets have timeouts, clients have deadlines); traffic
 goes to 127.0.0.1 only. `HOSTILE` counts the scenarios this file tries (the closing note reports it).
@@ -8,26 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 
-from qwen_embed import Embedder
+from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.app import metrics_label
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
+from tests.threads import subprocess_env
 
 from .conftest import LiveServer
 
-HOSTILE = ["partial-headers", "stalled-body", "connection-flood", "emfile-log-flood", "huge-id-list-health",
-           "huge-single-text", "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length",
-           "metrics-auth", "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation",
-           "whitespace-run-cut", "huge-text-no-truncate", "low-fd-limit"]
+HOSTILE = ["partial-headers", "stalled-body", "stalled-chunked-body", "trickled-chunked-body",
+           "client-gone-mid-body", "connection-flood", "emfile-log-flood", "huge-id-list-health", "huge-single-text",
+           "huge-tokenize", "tokens-per-request", "client-disconnect", "id-list-over-length", "metrics-auth",
+           "metrics-path-label", "head-health", "deep-nesting", "id-list-under-cap-validation", "whitespace-run-cut",
+           "huge-text-no-truncate", "low-fd-limit", "nan-model-warmup", "nan-model-no-warmup", "nan-weights-serve-cli"]
 
 
 def metric(text: str, name: str, labels: str) -> float:
@@ -63,6 +70,69 @@ def connect(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=5)
 
 
+# -- 2: a model whose output is NaN is never reported healthy and never answers 200 ----------------------
+def nan_models(embedding: Path, reranker: Path) -> tuple[Embedder, Reranker]:
+    """Both small models, loaded intact, then one MLP weight set to NaN in memory (the loader refuses NaN in
+    a file; this is what a forward pass that overflows leaves)."""
+    emb = Embedder.from_pretrained(embedding, device="cpu", max_length=64)
+    rr = Reranker.from_pretrained(reranker, device="cpu", max_length=256)
+    with torch.no_grad():
+        for m in (emb, rr):
+            m.checkpoint.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    return emb, rr
+
+
+@pytest.mark.parametrize("warmup", [True, False], ids=["warmup", "no-warmup"])
+def test_a_model_that_outputs_nan_is_not_healthy_and_never_answers_200(warmup: bool, small_embedding_path: Path,
+                                                                       small_reranker_path: Path) -> None:
+    emb, rr = nan_models(small_embedding_path, small_reranker_path)
+    settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_length=64, warmup=warmup)
+    with LiveServer(create_app(settings, embedder=emb, reranker=rr), settings, ready=False) as srv:
+        deadline = time.monotonic() + 30
+        while warmup and "NaN" not in httpx.get(srv.url + "/health", timeout=5).text:  # the warm-up has run
+            assert time.monotonic() < deadline, "the warm-up did not report the NaN output"
+            time.sleep(0.05)
+        health = httpx.get(srv.url + "/health", timeout=5)
+        answers = [httpx.post(srv.url + "/v1/embeddings", json={"input": ["a b", "c"], "encoding_format": fmt},
+                              timeout=30) for fmt in ("float", "base64")]
+        answers.append(httpx.post(srv.url + "/v1/rerank", json={"query": "q", "documents": ["a", "b"]}, timeout=30))
+        answers.append(httpx.post(srv.url + "/embed", json={"inputs": "a"}, timeout=30))
+        head = httpx.head(srv.url + "/health", timeout=5).status_code
+    if warmup:
+        assert health.status_code == head == 503 and "NaN" in health.json()["error"]["message"]
+        for r in answers:
+            assert r.status_code == 503 and "warm-up forward pass failed" in r.json()["error"]["message"], r.text
+            assert "Retry-After" not in r.headers  # not a wait: the model is broken
+    else:  # no warm-up, so /health cannot know; every answer that would carry NaN is a 500 naming the cause
+        for r in answers:
+            assert r.status_code == 500, r.text
+            assert r.json()["error"]["code"] == "model_output_not_finite" and "NaN" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow  # a `serve` process: ~7 s
+def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path,
+                                                                    small_embedding_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan-emb"
+    shutil.copytree(small_embedding_path, bad)
+    w = load_file(str(bad / "model.safetensors"))
+    w["norm.weight"] = torch.full_like(w["norm.weight"], float("nan"))
+    save_file(w, str(bad / "model.safetensors"))
+    with socket.socket() as s:  # a free port: it must stay closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:  # before the fix it served (and answered NaN) until killed
+        proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(bad),
+                               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
+                              env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve started on NaN weights")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "norm.weight holds 64 NaN or infinite values" in err
+
+
 # -- 5: read timeouts, connection cap, quiet accept errors ------------------------------------------
 def test_partial_headers_are_cut_off_after_the_header_timeout(hardened: LiveServer) -> None:
     with connect(hardened.url) as s:
@@ -82,6 +152,63 @@ def test_a_stalled_body_is_cut_off_after_the_body_timeout(hardened: LiveServer) 
         assert closed_within(s, 5.0)
         assert time.monotonic() - t0 < 3.0
     assert httpx.post(hardened.url + "/v1/embeddings", json={"input": "fine"}, timeout=10).status_code == 200
+
+
+def test_a_chunked_body_that_never_ends_is_cut_off(hardened: LiveServer) -> None:
+    """No Content-Length to wait for: one chunk, then silence (the terminating chunk never comes)."""
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"inp\r\n")
+        t0 = time.monotonic()
+        assert closed_within(s, 5.0)
+        assert time.monotonic() - t0 < 3.0
+
+
+def test_a_chunked_body_that_trickles_forever_is_cut_off(hardened: LiveServer) -> None:
+    """A byte-sized chunk every 0.1 s never stalls the body for --body-timeout (1 s here), but never ends
+    either: it falls behind the minimum rate (500 bytes/s) and is closed about a second in."""
+    with connect(hardened.url) as s:
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.settimeout(0.1)
+        t0 = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - t0 < 6:
+            try:
+                s.sendall(b"1\r\n \r\n")
+                closed = s.recv(4096) == b""
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed and time.monotonic() - t0 < 3.0, f"still open after {time.monotonic() - t0:.1f} s"
+    # a body that keeps up is never cut, however long it takes in all: 2.5 s, 10 pauses of 0.25 s
+    with connect(hardened.url) as s:
+        body = b'{"input": "' + b"word " * 2000 + b'"}'
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        step = len(body) // 10 + 1
+        for i in range(0, len(body), step):
+            s.sendall(body[i : i + step])
+            time.sleep(0.25)
+        s.settimeout(30)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+
+
+def test_a_client_leaving_mid_body_is_counted_not_logged_as_a_bug(hardened: LiveServer,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    before = httpx.get(hardened.url + "/metrics", timeout=5).text.count('status="499"')
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            with connect(hardened.url) as s:
+                s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"inp\r\n")
+                time.sleep(0.1)
+        time.sleep(0.5)
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged == [], logged  # was: "internal error" and "Exception in ASGI application", a traceback each
+    text = httpx.get(hardened.url + "/metrics", timeout=5).text
+    assert 'status="500"' not in text and text.count('status="499"') >= max(before, 1)
 
 
 def test_connections_over_the_cap_get_503_and_are_closed(hardened: LiveServer) -> None:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qwen_embed.cli import main
+from qwen_embed.errors import WeightsError
 from qwen_embed.train.checkpoints import CheckpointError
 from qwen_embed.train.config import TrainConfig
 from qwen_embed.train.loop import Trainer, TrainingError
@@ -58,7 +59,7 @@ def test_nan_base_refuses_to_train(small_ckpt: Path, train_file: Path, tmp_path:
     bad = tmp_path / "bad"
     shutil.copytree(small_ckpt, bad)
     poison(bad / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"base checkpoint .* NaN or inf"):
+    with pytest.raises(WeightsError, match=r"bad: .* holds \d+ NaN or infinite values"):
         Trainer(config(bad, train_file, tmp_path / "run"))
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import InputError
 from ..jsonl import iter_jsonl
 from ..tokenizer import document_text
-from .trec import Qrels
+from .trec import Qrels, parse_grade
 
 
 @dataclass
@@ -97,12 +97,9 @@ def read_beir_qrels(path: Path) -> Qrels:
             if len(fields) < 3:
                 raise InputError(f"{path}:{n}: a qrels line has 3 tab-separated fields: query-id corpus-id score.")
             qid, doc, score = fields[0].strip(), fields[1].strip(), fields[2].strip()
-            try:
-                value = int(float(score))
-            except ValueError:
-                if n == 1:
-                    continue  # the header
-                raise InputError(f"{path}:{n}: score {score!r} is not a number.") from None
+            if n == 1 and score.isascii() and score.isalpha() and score.lower() not in ("nan", "inf", "infinity"):
+                continue  # the header: query-id corpus-id score
+            value = parse_grade(score, f"{path}:{n}")
             judged = qrels.setdefault(qid, {})
             if doc in judged:
                 raise InputError(f"{path}:{n}: duplicate judgment of document {doc!r} for query {qid!r}.")

@@ -7,11 +7,18 @@ form_res_rels.c); `sorted_docs` and `write_run` use that order, so a run we writ
 same ranking under trec_eval. Like trec_eval, a document named twice for one query is an error.
 
 In memory: `Qrels = {qid: {docno: rel}}` and `Run = {qid: {docno: score}}`, the shapes pytrec_eval takes.
+
+Numbers are read by one strict parser (`parse_grade`, `parse_score`; BEIR's qrels reader uses them too):
+ASCII decimal only, never what Python's int() / float() also take (`1_0` read as 10, Arabic-Indic `٣` as
+3, `nan`, `inf`, `1e999`). A grade is an integer within +-MAX_GRADE: the metrics count documents per
+level up to the largest one, so a grade of 10**22 would need that many counters.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,31 @@ from ..files import atomic_file
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
 DEFAULT_RUN_NAME = "qwen-embed"
+MAX_GRADE = 1000  # TREC and BEIR grades are 0..4
+_INT = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_grade(text: str, where: str) -> int:
+    """A relevance grade: an ASCII integer within +-MAX_GRADE, else an InputError saying so at `where`."""
+    if not _INT.fullmatch(text):
+        raise InputError(f"{where}: relevance {text[:40]!r} is not an integer (ASCII digits, e.g. 0, 1, 2).")
+    value = int(text)
+    if abs(value) > MAX_GRADE:
+        raise InputError(f"{where}: relevance {text[:40]} is out of range: grades are integers from -{MAX_GRADE} to "
+                         f"{MAX_GRADE} (TREC and BEIR use 0..4); fix the grade on that line.")
+    return value
+
+
+def parse_score(text: str, where: str) -> float:
+    """A score: an ASCII decimal number (`12`, `-0.5`, `3e-4`) that is finite as a float, else an InputError."""
+    if not _DECIMAL.fullmatch(text):
+        raise InputError(f"{where}: score {text[:40]!r} is not a decimal number (ASCII digits, '.', an exponent; "
+                         "no nan, inf, '_' or other scripts' digits).")
+    value = float(text)
+    if not math.isfinite(value):
+        raise InputError(f"{where}: score {text[:40]} overflows a float (largest {1.8e308:.1e}); rescale the scores.")
+    return value
 
 
 @dataclass
@@ -54,10 +86,7 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
         if len(f) != 4:
             raise InputError(f"{path}:{n}: a qrels line has 4 fields 'qid iter docno rel', got {len(f)}.")
         qid, _, doc, rel = f
-        try:
-            value = int(rel)
-        except ValueError:
-            raise InputError(f"{path}:{n}: relevance {rel!r} is not an integer.") from None
+        value = parse_grade(rel, f"{path}:{n}")
         judged = qrels.setdefault(qid, {})
         if doc in judged:
             raise InputError(f"{path}:{n}: document {doc!r} is judged twice for query {qid!r}; keep one line.")
@@ -75,10 +104,7 @@ def read_run_file(path: str | os.PathLike[str]) -> RunFile:
         if len(f) != 6:
             raise InputError(f"{path}:{n}: a run line has 6 fields 'qid Q0 docno rank score run', got {len(f)}.")
         qid, _, doc, _, score, name = f
-        try:
-            value = float(score)
-        except ValueError:
-            raise InputError(f"{path}:{n}: score {score!r} is not a number.") from None
+        value = parse_score(score, f"{path}:{n}")
         docs = run.setdefault(qid, {})
         if doc in docs:
             raise InputError(f"{path}:{n}: document {doc!r} is listed twice for query {qid!r}; keep one line.")

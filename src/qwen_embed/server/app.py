@@ -155,4 +155,7 @@ async def warm_up(state: State) -> None:
         log.info("warm-up done; serving %s", ", ".join(s.name for s in state.services))
     except Exception as e:
         state.warmup_error = f"{type(e).__name__}: {e}"
-        log.exception("warm-up failed")
+        if isinstance(e, QwenEmbedError):  # a reason (NaN output of broken weights), not a bug: one line
+            log.error("warm-up failed; /health stays 503: %s", e)
+        else:
+            log.exception("warm-up failed")

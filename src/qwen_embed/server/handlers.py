@@ -5,6 +5,8 @@
 - Request validation errors become one readable line: unknown fields (400, naming them and the
   accepted ones, as OpenAI's API answers), malformed JSON (400), wrong types (422, naming the field).
 - Starlette HTTP errors (404, 405, body errors) get our wording; anything else is a bug (500, logged).
+- A client that disconnects while sending its body (`ClientDisconnect`) is nobody to answer: 499, counted,
+  never logged as an error (a traceback per dropped upload would let clients flood the log).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..errors import QwenEmbedError
 from .errors import APIError, as_api_error, error_response
@@ -131,6 +134,10 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return error_response(status, detail, dict(exc.headers or {}))
 
 
+async def on_client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # never delivered: the metrics count it as nginx's "client closed request"
+
+
 async def on_bug(request: Request, exc: Exception) -> Response:
     log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); this is a bug in qwen-embed.")
@@ -142,4 +149,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(QwenEmbedError, on_library_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_bug)

@@ -3,7 +3,9 @@
 - `GuardedH11Protocol` (uvicorn's h11 protocol plus three limits): a client must send a request's
   headers within --header-timeout seconds of its first byte (or of connecting), a body may not stall
   longer than --body-timeout seconds between reads (slowloris, a Content-Length larger than the body
-  sent), and beyond --max-connections open connections a new one is answered 503 and closed at once,
+  sent) nor trickle in: it must arrive within --body-timeout seconds plus one second per MIN_BODY_RATE
+  bytes received (Apache's mod_reqtimeout rule: a chunked body sent a byte at a time never ends
+  otherwise), and beyond --max-connections open connections a new one is answered 503 and closed at once,
   so the process stays under its file-descriptor limit instead of failing accept() with EMFILE.
 - `DrainingServer` (uvicorn's Server): on SIGTERM / SIGINT the app is told first (`State.begin_drain`:
   /health and new requests answer 503 with `Connection: close`, the batchers run what was accepted
@@ -33,6 +35,7 @@ log = logging.getLogger("qwen_embed.server")
 LINGER_S = 0.5
 QUIET_S = 10.0
 DRAIN_MARGIN_S = 0.5  # the batchers give up this long before uvicorn does, so that their 503s go out
+MIN_BODY_RATE = 500  # bytes per second a body must keep up, over its first --body-timeout seconds
 BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
         b"content-length: 109\r\n\r\n"
         b'{"error":{"message":"too many connections; retry later.","type":"service_unavailable",'
@@ -45,6 +48,7 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
 
     class GuardedH11Protocol(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
+        _body_deadline: float | None = None  # loop time by which the body must be complete
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.connections) >= cap:
@@ -63,12 +67,18 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
             super().data_received(data)
             theirs = self.conn.their_state
             if theirs is h11.SEND_BODY:
-                self._arm(body_s)  # each read restarts the body clock
-            elif theirs is h11.IDLE:  # a request head, not complete yet
-                if self._timer is None:
-                    self._arm(header_s)  # its first byte starts the header clock
+                now = self.loop.time()
+                if self._body_deadline is None:
+                    self._body_deadline = now + body_s
+                self._body_deadline += len(data) / MIN_BODY_RATE  # each byte buys time at the minimum rate
+                self._arm(min(body_s, self._body_deadline - now))  # each read restarts the stall clock
             else:
-                self._disarm()  # the request is read: the app works on it
+                self._body_deadline = None
+                if theirs is h11.IDLE:  # a request head, not complete yet
+                    if self._timer is None:
+                        self._arm(header_s)  # its first byte starts the header clock
+                else:
+                    self._disarm()  # the request is read: the app works on it
 
         def on_response_complete(self) -> None:
             self._disarm()
@@ -76,7 +86,7 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
 
         def _arm(self, seconds: float) -> None:
             self._disarm()
-            self._timer = self.loop.call_later(seconds, self._expired)
+            self._timer = self.loop.call_later(max(0.0, seconds), self._expired)
 
         def _disarm(self) -> None:
             if self._timer is not None:

@@ -174,8 +174,8 @@ SETTINGS: list[Setting] = [
             "closed at once (keeps the server under its file-descriptor limit)"),
     Setting("header_timeout", float, "seconds a client has to send a request's headers; then the connection "
             "is closed"),
-    Setting("body_timeout", float, "seconds a request body may stall between two reads; then the connection "
-            "is closed"),
+    Setting("body_timeout", float, "seconds a request body may stall between two reads (and its grace before "
+            "it must keep up 500 bytes/s); then the connection is closed"),
     Setting("tokenization_workers", int, "threads that tokenize and format responses (default: min(4, cores))"),
     Setting("graceful_timeout", int, "seconds to finish accepted requests after SIGTERM"),
     Setting("keep_alive", int, "seconds an idle keep-alive connection stays open (clients reuse pooled ones)"),

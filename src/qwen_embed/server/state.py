@@ -61,9 +61,12 @@ class State:
         if self.draining:
             raise APIError(503, "the server is shutting down; retry on another replica.", code="shutting_down",
                            headers={"Connection": "close"})
+        if self.warmup_error is not None:  # never retried: the model is broken (NaN output) or did not fit
+            raise APIError(503, f"not ready: the warm-up forward pass failed ({self.warmup_error}); fix the model "
+                           "and restart the server.", code="not_ready")
         if not self.ready:
-            why = self.warmup_error or "the model is warming up"
-            raise APIError(503, f"not ready: {why}; retry shortly.", code="not_ready", headers={"Retry-After": "1"})
+            raise APIError(503, "not ready: the model is warming up; retry shortly.", code="not_ready",
+                           headers={"Retry-After": "1"})
 
     def embedding_service(self, model: str | None) -> EmbeddingService:
         svc = self.embedding

@@ -22,11 +22,16 @@
   the codes in `vector`; Lance cannot search integer vectors with a float query, so the codes are scanned
   in numpy (cached per table version) and scored against the float query. The calibration ranges are
   recorded in `TableInfo.ranges`, given when the table is made or computed from its first batch.
+- Faults: Lance reports a failed write as a RuntimeError whose text carries the OS error (`File too
+  large (os error 27)`) or `Not found: <file>` when the folder was deleted under it; writes and table
+  creation turn these into the OSError they are (`lance_io_error`), naming the database folder, which
+  the CLI prints as one line (`errors.describe_os_error`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -41,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import quantize
-from ..errors import InputError
+from ..errors import InputError, native_os_error
 from .base import (
     ANN_MIN_ROWS,
     INFO_KEY,
@@ -61,6 +66,37 @@ DELETE_BATCH = 512
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SQL_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.string(): "STRING"}
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+_RUST_SOURCE = re.compile(r", /\S+\.rs:\d+:\d+$")  # where in Lance's source: no use to a user
+
+
+def lance_io_error(e: BaseException, path: Path) -> OSError | None:
+    """The OSError behind one of Lance's I/O failures (see the module docstring), naming the database
+    folder `path`; None when `e` is something else."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return None  # already the real thing (with its own path)
+    if not isinstance(e, (RuntimeError, OSError)):
+        return None
+    text = str(e)
+    if _OS_ERROR.search(text):
+        return native_os_error(RuntimeError(text), path)
+    if "Not found: " in text:
+        return OSError(errno.ENOENT, "a file of the table is gone", str(path))
+    if "LanceError(IO)" in text:  # e.g. a short read of a file that a full disk cut
+        return OSError(errno.EIO, _RUST_SOURCE.sub("", text.splitlines()[0])[:200], str(path))
+    return None
+
+
+@contextlib.contextmanager
+def lance_io(path: Path) -> Iterator[None]:
+    """Re-raise Lance's I/O failures inside the block as OSErrors (`lance_io_error`)."""
+    try:
+        yield
+    except (RuntimeError, OSError) as e:
+        err = lance_io_error(e, path)
+        if err is None:
+            raise
+        raise err from e
 
 
 def ann_partitions(rows: int) -> int:
@@ -177,7 +213,8 @@ class LanceStore:
                                  f"first, or pass --table.") from None
             if info.needs_ranges and info.ranges is None:
                 return cls(path, table, None, info, conn)  # made at the first write, calibrated on its rows
-            tbl = conn.create_table(table, schema=base_schema(info))
+            with lance_io(path):
+                tbl = conn.create_table(table, schema=base_schema(info))
             return cls(path, table, tbl, info, conn)
         raw = (tbl.schema.metadata or {}).get(INFO_KEY)
         if raw is None:
@@ -196,7 +233,8 @@ class LanceStore:
 
         Two `qwen-embed index` runs on one table would otherwise both find a document missing and both
         insert it (merge_insert commits do not see each other): the second run waits here, then reads
-        the table as the first one left it. Readers (search) never wait."""
+        the table as the first one left it. Readers (search) never wait. Lance's I/O failures inside
+        the block come out as OSErrors (`lance_io`)."""
         lock_path = self.path / f".{self.name}.write.lock"
         with open(lock_path, "a+b") as f:
             try:
@@ -206,11 +244,12 @@ class LanceStore:
                       file=sys.stderr)
                 fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                if self.table is not None:
-                    self.table.checkout_latest()
-                elif self._conn is not None and self.name in self._conn.list_tables().tables:
-                    self._adopt_created_table()
-                yield
+                with lance_io(self.path):
+                    if self.table is not None:
+                        self.table.checkout_latest()
+                    elif self._conn is not None and self.name in self._conn.list_tables().tables:
+                        self._adopt_created_table()
+                    yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -472,9 +511,9 @@ class LanceStore:
             return query.to_arrow()
         except (ValueError, RuntimeError, OSError) as e:
             if where:
+                why = _RUST_SOURCE.sub("", str(e).splitlines()[0]) if str(e) else type(e).__name__
                 raise InputError(f"--where {where!r} is not a valid filter over the columns "
-                                 f"{', '.join(['id', 'doc_id', 'chunk', 'title', *meta_cols])}: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                 f"{', '.join(['id', 'doc_id', 'chunk', 'title', *meta_cols])}: {why}") from None
             raise
 
     @staticmethod

@@ -8,7 +8,8 @@ training time so far. Safety and faults (issue 23):
 - `state.pt` is read with `torch.load(weights_only=True)`: tensors and plain containers only, never
   code (a crafted file is refused instead of run);
 - a checkpoint whose state or weights cannot be read is skipped with a message and the previous intact
-  one is used; weights that hold NaN or inf are refused with an error (training on them is pointless).
+  one is used; weights that hold NaN or inf are refused with an error (training on them is pointless;
+  a base checkpoint holding them is refused by the loader, `weights.check_finite`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from ..errors import QwenEmbedError, WeightsError
 from ..files import atomic_dir, clean_stale_temps, remove_path
+from ..weights import all_finite
 
 STATE = "state.pt"
 _LEGACY_TEMP = re.compile(r"^\.step-\d{8}\.[A-Za-z0-9_]{8}$")  # tempfile.mkdtemp names of older versions
@@ -40,7 +42,7 @@ class CheckpointError(QwenEmbedError):
 def check_finite(named: Any, where: str) -> None:
     """Raise when any tensor of (name, tensor) pairs holds NaN or inf."""
     for name, t in named:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise CheckpointError(f"{where}: {name} holds NaN or inf values; training on it would only produce "
                                   "NaN. Resume from an earlier checkpoint (delete this one) or start from the base.")
 

@@ -30,7 +30,7 @@ import torch
 
 from ..errors import ConfigError, QwenEmbedError
 from . import distributed as D
-from .checkpoints import CheckpointStore, check_finite, load_into, read_weights
+from .checkpoints import CheckpointStore, load_into, read_weights
 from .config import TrainConfig
 from .objectives import Objective, make_objective
 
@@ -96,7 +96,6 @@ class Trainer:
         self.base = self.objective.base
         self.tokenizer = self.base.tokenizer
         self.model = self.objective.model
-        check_finite(self.model.named_parameters(), f"base checkpoint {cfg.model.path}")
         self.model.train()
         if cfg.model.gradient_checkpointing:
             from .checkpointing import enable_gradient_checkpointing

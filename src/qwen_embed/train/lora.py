@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from ..errors import InputError
+from ..files import atomic_file
 from .config import LORA_TARGETS
 
 PREFIX = "base_model.model."
@@ -69,9 +70,8 @@ def save_adapter(model: nn.Module, config: Any, out_dir: str | Path) -> Path:
     """Write the adapter in PEFT format (adapter_config.json + adapter_model.safetensors)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{ADAPTER_WEIGHTS}.tmp"
-    save_file(adapter_state(model), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / ADAPTER_WEIGHTS)
+    with atomic_file(out / ADAPTER_WEIGHTS, "wb") as f:  # a temporary sibling, renamed (or removed on failure)
+        f.write(save(adapter_state(model), metadata={"format": "pt"}))
     config.save_pretrained(str(out))
     return out
 

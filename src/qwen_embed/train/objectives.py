@@ -202,7 +202,7 @@ class RerankObjective:
     def score(self, query: str, documents: list[str], instruction: str | None = None) -> np.ndarray:
         """Probabilities of "yes" as `Reranker.score` computes them, with the weights being trained."""
         from ..engine import Engine
-        from ..reranker import yes_probability
+        from ..reranker import finish_scores
 
         was = self.model.training
         self.model.eval()
@@ -210,7 +210,7 @@ class RerankObjective:
             with self.autocast():
                 h = Engine(self.trunk, self.info.device, self.cfg.train.chunk_tokens).last_hidden(
                     self.inputs.build(query, documents, instruction=instruction))
-            return yes_probability(h, self.model.margin_vector().detach().cpu()).numpy().astype(np.float32)
+            return finish_scores(h, self.model.margin_vector().detach().cpu())
         finally:
             self.model.train(was)
 
