@@ -25,12 +25,14 @@ from ..embedder import Embedder
 from ..errors import QwenEmbedError
 from ..reranker import Reranker
 from . import handlers
+from .board import Board
 from .facts import ModelFacts
 from .metrics import Metrics
 from .middleware import Guard
 from .model_pool import ModelPool, start_pool
 from .model_process import ModelSpec
 from .pools import Pools
+from .remote import Link, ModelPlan, RemoteBatcher
 from .routes import add_routes
 from .service import EmbeddingService, RerankService
 from .settings import ServerSettings
@@ -106,6 +108,28 @@ def create_pooled_app(settings: ServerSettings, devices: list[str], max_lengths:
             p.close(2.0)
         raise
     return assemble(settings, State(settings, emb, rr, metrics, pools), started)
+
+
+def create_worker_app(settings: ServerSettings, models: Sequence[ModelPlan], board: Board, worker: int,
+                      addresses: str, metrics_dir: str) -> FastAPI:
+    """The app of HTTP worker `worker` under `serve --workers N` (supervisor.py): tokenizers and configs
+    only; each model's requests go to its model processes (remote.py), which batch them with the other
+    workers' requests. Metrics are recorded into `metrics_dir` and merged from every process on read."""
+    pools = Pools(settings.tokenization_workers, [])
+    metrics = Metrics(metrics_dir)
+    emb = rr = None
+    for m in models:
+        facts = ModelFacts.from_folder(m.path, list(m.devices), m.dtype, m.max_length, m.batch_tokens)
+        remote = RemoteBatcher(m.label, m.model, [Link(s, d) for s, d in zip(m.slots, m.devices, strict=True)],
+                               addresses, board, worker, max_batch_tokens=facts.batch_tokens,
+                               max_queue=settings.max_queue, max_queue_tokens=settings.max_queue_tokens,
+                               metrics=metrics)
+        if m.kind == "embedding":
+            emb = EmbeddingService(facts, remote, m.name, m.label, settings, metrics, pools.cpu)
+        else:
+            rr = RerankService(facts, settings.reranker_template, remote, m.name, m.label, settings, metrics,
+                               pools.cpu)
+    return assemble(settings, State(settings, emb, rr, metrics, pools))
 
 
 def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = ()) -> FastAPI:

@@ -148,6 +148,11 @@ class Batcher:
         self._pool = worker or model_worker(name)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """False while `run` says it cannot run (a model process restarting: its `ready` flag)."""
+        return bool(getattr(self.run, "ready", True))
+
     def start(self) -> None:
         """Start the batch loop on the running event loop."""
         if self._task is None:
