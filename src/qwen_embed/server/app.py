@@ -129,19 +129,23 @@ def create_worker_app(settings: ServerSettings, models: Sequence[ModelPlan], boa
         else:
             rr = RerankService(facts, settings.reranker_template, remote, m.name, m.label, settings, metrics,
                                pools.cpu)
-    return assemble(settings, State(settings, emb, rr, metrics, pools))
+    # a worker takes connections once warm: a replaced worker must not answer 503 beside a ready one
+    return assemble(settings, State(settings, emb, rr, metrics, pools), warm_first=True)
 
 
-def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = ()) -> FastAPI:
+def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = (),
+             warm_first: bool = False) -> FastAPI:
     """The FastAPI app of `state`: lifespan (batchers, warm-up, drain, model processes), handlers,
-    middleware, routes."""
+    middleware, routes. `warm_first`: the warm-up ends before the app starts (and the server listens)."""
     pools = state.pools
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for svc in state.services:
             svc.batcher.start()
-        task = asyncio.create_task(warm_up(state))
+        if warm_first:
+            await warm_up(state)
+        task = asyncio.create_task(asyncio.sleep(0) if warm_first else warm_up(state))
         try:
             yield
         finally:

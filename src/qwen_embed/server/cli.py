@@ -58,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             refuse_reranker(settings.embedding_model)
         wanted = settings.devices if settings.devices is not None else settings.device
         devices = parse_devices(None if wanted in (None, "auto") else wanted)
-        return Supervisor(settings, devices).run()
+        code = Supervisor(settings, devices).run()
+        gc.freeze()  # as in run_server: skip the last garbage collection of a process that is ending
+        return code
     if settings.devices is not None:
         from .model_pool import parse_devices
 
