@@ -10,8 +10,8 @@ until all texts are embedded. Runs, one after another (`--servers`):
   device batching every worker's requests);
 - `model-processes` (not by default): `serve --devices D`, one HTTP process in front of model processes;
 - `infinity`: Infinity (`infinity_emb v2`) on the same folder, device and load, when it can be imported
-  (with `--infinity-site`, default build/infinity_site, put first on its PYTHONPATH; skipped with a note
-  otherwise),
+  (with `--infinity-site`, default build/infinity_site, put first on its PYTHONPATH, or run by
+  `--infinity-python`; skipped with a note otherwise),
 
 each at every `--texts-per-request` (8 and 32), plus the median latency of a one-query request. Prints
 a table of the ratios to direct and (with `--out`) writes one JSON: texts/s and tokens/s of each, the
@@ -123,11 +123,11 @@ def infinity_env(args: argparse.Namespace) -> dict[str, str]:
 def start_infinity(model: str, args: argparse.Namespace, port: int, device: str) -> subprocess.Popen[bytes] | str:
     """Infinity (`infinity_emb v2`) on the same folder and device; the reason when it cannot start."""
     env = infinity_env(args)
-    probe = subprocess.run([sys.executable, "-c", "import infinity_emb"], env=env, capture_output=True, text=True)
+    probe = subprocess.run([args.infinity_python, "-c", "import infinity_emb"], env=env, capture_output=True, text=True)
     if probe.returncode != 0:
         return "infinity_emb is not importable: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
     cuda = device.startswith("cuda")
-    cmd = [sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port),
+    cmd = [args.infinity_python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port),
            "--batch-size", str(args.infinity_batch_size), "--engine", "torch", "--device", "cuda" if cuda else "cpu",
            "--dtype", "bfloat16" if cuda else "float32", "--no-bettertransformer", "--no-model-warmup",
            "--url-prefix", "", "--log-level", "warning"]
@@ -240,6 +240,8 @@ def main() -> None:
                    "(infinity is skipped when it cannot be imported)")
     p.add_argument("--infinity-site", type=Path, default=Path("build/infinity_site"),
                    help="a folder put first on Infinity's PYTHONPATH (its `pip install --target`)")
+    p.add_argument("--infinity-python", default=sys.executable,
+                   help="the Python that runs Infinity (default: this one; e.g. a venv of its own)")
     p.add_argument("--infinity-batch-size", type=int, default=64, help="Infinity's --batch-size")
     p.add_argument("--out", type=Path, default=None, help="write the figures to this JSON file (atomically)")
     p.add_argument("--seed", type=int, default=0)

@@ -50,7 +50,7 @@ def request(rid: int, seqs: Sequence[Sequence[int]], warmup: bool = False) -> li
     """A REQUEST frame's parts: header, lengths, ids."""
     lengths = np.fromiter((len(s) for s in seqs), dtype="<i4", count=len(seqs))
     total = int(lengths.sum())
-    ids = np.fromiter((t for s in seqs for t in s), dtype="<i4", count=total)
+    ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype="<i4", count=total)
     return [HEAD.pack(REQUEST, WARMUP if warmup else 0, rid, len(seqs), total, 4 * (len(seqs) + total), 0.0, 0.0),
             lengths.tobytes(), ids.tobytes()]
 
@@ -76,8 +76,8 @@ def rows(rid: int, out: np.ndarray, queue_s: float, inference_s: float) -> list[
 
 
 def array(frame: Frame) -> np.ndarray:
-    """A ROWS frame's array."""
-    out = np.frombuffer(frame.payload, dtype=DTYPES[frame.code])
+    """A ROWS frame's array (writable: one copy, as torch.from_numpy wants)."""
+    out = np.frombuffer(bytearray(frame.payload), dtype=DTYPES[frame.code])
     return out if frame.b == 0 else out.reshape(frame.a, frame.b)
 
 
