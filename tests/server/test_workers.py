@@ -187,18 +187,23 @@ def test_a_killed_worker_is_replaced_and_its_counts_stay(workers_server: Workers
 
 @pytest.mark.slow
 def test_sigterm_drains_every_process(small_embedding_path: Path, tmp_path: Path) -> None:
-    """A request of 2,048 token-id sequences of 256 tokens, one per batch (~15 s of model work here), SIGTERM
-    1.5 s in, --graceful-timeout 3: the client gets 503 (shutting_down), the supervisor exits 0 within the
-    timeout, and no process of it is left."""
+    """Under an API key (401 without it, on every worker). A request of 2,048 token-id sequences of 256
+    tokens, one per batch (~15 s of model work here), SIGTERM 1.5 s in, --graceful-timeout 3: the client
+    gets 503 (shutting_down), the supervisor exits 0 within the timeout, and no process of it is left."""
     cli = ["--embedding-model", str(small_embedding_path), "--embedding-name", "emb", "--workers", "2",
            "--devices", "cpu", "--max-length", "256", "--max-batch-tokens", "256", "--max-wait-ms", "0",
-           "--graceful-timeout", "3", "--max-request-tokens", "1000000"]
+           "--graceful-timeout", "3", "--max-request-tokens", "1000000", "--api-key", "sk-test"]
+    key = {"Authorization": "Bearer sk-test"}
     with WorkersServer(tmp_path / "serve.log", cli=cli) as srv:
         children = [*srv.pids("worker").values(), *srv.pids("model").values()]
+        for _ in range(6):  # fresh connections: both workers answer
+            r = httpx.post(srv.url + "/v1/embeddings", json={"input": "x"})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert httpx.post(srv.url + "/v1/embeddings", json={"input": "x"}, headers=key).status_code == 200
         ids = [[i % 500 + 1] * 255 for i in range(2048)]
         result: dict[str, httpx.Response] = {}
         t = threading.Thread(target=lambda: result.update(
-            r=httpx.post(srv.url + "/v1/embeddings", json={"input": ids}, timeout=60)))
+            r=httpx.post(srv.url + "/v1/embeddings", json={"input": ids}, headers=key, timeout=60)))
         t.start()
         time.sleep(1.5)
         assert t.is_alive(), "the request ended before SIGTERM: make it longer"
