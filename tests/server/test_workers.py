@@ -66,6 +66,16 @@ def test_admission_counts_every_worker() -> None:
     alone.release()
 
 
+def test_workers_setting() -> None:
+    from qwen_embed.errors import InputError
+    from qwen_embed.server.settings import resolve
+
+    assert resolve({"embedding_model": "m"}, env={}).workers == 1  # the default: one process, as before
+    assert resolve({"embedding_model": "m"}, env={"QWEN_EMBED_WORKERS": "4"}).workers == 4
+    with pytest.raises(InputError, match=r"workers=0 is out of range: use 1\.\.64"):
+        resolve({"embedding_model": "m", "workers": 0}, env={})
+
+
 def embed_all(url: str, bodies: list[dict[str, object]], concurrency: int) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         sem = asyncio.Semaphore(concurrency)

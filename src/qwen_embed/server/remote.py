@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from .metrics import Metrics
 from .model_process import ModelError, ModelProcessDied
 
 RECONNECT_S = 0.05
+log = logging.getLogger("qwen_embed.server")
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,15 @@ class RemoteBatcher:
             for link in self.links:
                 g = self.board.generation(link.slot)
                 if not link.up and g != link.generation and self.board.ready(link.slot):
-                    with contextlib.suppress(OSError):
+                    try:
                         reader, writer = await asyncio.open_unix_connection(self.addresses.format(link.slot, g))
-                        link.writer, link.generation = writer, g
-                        task = asyncio.get_running_loop().create_task(self._read(link, reader))
-                        self._readers.add(task)
-                        task.add_done_callback(self._readers.discard)
+                    except OSError as e:  # it died again before we came: the next generation will do
+                        log.debug("cannot reach model process %d of %s: %s", link.slot, self.name, e)
+                        continue
+                    link.writer, link.generation = writer, g
+                    task = asyncio.get_running_loop().create_task(self._read(link, reader))
+                    self._readers.add(task)
+                    task.add_done_callback(self._readers.discard)
             await asyncio.sleep(RECONNECT_S)
 
     async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
