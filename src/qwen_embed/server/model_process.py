@@ -15,7 +15,7 @@ The wire format is plain: sequences as one flat int64 array plus their lengths, 
 array (pickle protocol 5 moves numpy buffers without copies through a `multiprocessing` pipe). The
 child is started with `spawn`, so it never inherits the parent's threads, CUDA state or sockets.
 
-`serve --workers N` goes further (engine.py, supervisor.py): several HTTP worker processes, and the
+`serve --workers N` goes further (model_server.py, supervisor.py): several HTTP worker processes, and the
 batcher in the model process, merging every worker's requests.
 """
 

@@ -1,7 +1,7 @@
 """An HTTP worker's side of the model processes (`serve --workers N`): `RemoteBatcher`.
 
 It stands where the in-process `Batcher` stands in a service (same `admit` / `submit` / `drain` / `stop`),
-but the batching happens in the model processes (engine.py): a request's token ids go over a Unix socket
+but the batching happens in the model processes (model_server.py): a request's token ids go over a Unix socket
 (wire.py) to the ready process of the model with the fewest tokens queued or running, and its rows come
 back. One `Link` per model process, reconnected after a restart (a new generation on the board).
 

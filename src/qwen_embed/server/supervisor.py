@@ -15,7 +15,7 @@
 ```
 
 The supervisor loads nothing. It checks each model folder (config and tokenizer; a bad path fails here
-with one line), starts the model processes (engine.py) and waits until each has loaded and warmed up,
+with one line), starts the model processes (model_server.py) and waits until each has loaded and warmed up,
 binds the port, then starts the workers (worker_main), each running the app of `create_worker_app`
 under uvicorn on the shared socket. Then it watches them: a model process that dies is started again
 (the workers answer its requests in flight 503 at once, and /health is 503 while no process of a model
@@ -50,16 +50,16 @@ import torch
 from ..errors import QwenEmbedError
 from .app import create_worker_app, metrics_label
 from .board import MODELS, Board
-from .engine import EngineConfig, engine_main
 from .facts import ModelFacts
 from .model_process import ModelSpec
+from .model_server import ModelServerConfig, model_server_main
 from .remote import ModelPlan
 from .settings import ServerSettings
 
 log = logging.getLogger("qwen_embed.server")
 WATCH_S = 0.1
 RESTART_GAP_S = 1.0  # a child that keeps dying is started again at most once a second
-ENGINE_STOP_S = 3.0
+MODEL_STOP_S = 3.0
 BACKLOG = 2048
 
 
@@ -149,26 +149,26 @@ class Supervisor:
         self.tmp = ""
         self.metrics_dir = ""
         self.addresses = ""
-        self.engines: list[Any] = [None] * len(self.slots)
+        self.models: list[Any] = [None] * len(self.slots)
         self.workers: list[Any] = [None] * settings.workers
         self.started_at: dict[tuple[str, int], float] = {}
         self.signal: int | None = None
         self.sock: socket.socket | None = None
 
     # -- children ----------------------------------------------------------------------------------
-    def start_engine(self, slot: int) -> None:
+    def start_model(self, slot: int) -> None:
         plan, spec, device = self.slots[slot]
         self.board.set_ready(slot, False)
         generation = self.board.next_generation(slot)
         s = self.settings
-        config = EngineConfig(ModelSpec(**{**spec.__dict__, "device": device}), plan.label, slot, generation,
+        config = ModelServerConfig(ModelSpec(**{**spec.__dict__, "device": device}), plan.label, slot, generation,
                               self.addresses.format(slot, generation), s.max_batch_requests, s.max_wait_ms / 1000.0,
                               s.inflight_batches, s.warmup, s.deterministic)
-        proc = self.ctx.Process(target=engine_main, args=(config, self.board), name=f"qwen-embed-model-{slot}")
+        proc = self.ctx.Process(target=model_server_main, args=(config, self.board), name=f"qwen-embed-model-{slot}")
         proc.start()
         log.info("model process %d (%s, %s) started: pid %d", slot, plan.name, device, proc.pid)
-        self.engines[slot] = proc
-        self.started_at[("engine", slot)] = time.monotonic()
+        self.models[slot] = proc
+        self.started_at[("model", slot)] = time.monotonic()
 
     def start_worker(self, index: int) -> None:
         models = [plan for plan, _ in self.plans]
@@ -180,12 +180,12 @@ class Supervisor:
         self.workers[index] = proc
         self.started_at[("worker", index)] = time.monotonic()
 
-    def wait_engines(self) -> None:
+    def wait_models(self) -> None:
         """Until every model process is ready (QwenEmbedError when one exits first, as a load error does)."""
         while not all(self.board.ready(i) for i in range(len(self.slots))):
             if self.signal is not None:
                 raise KeyboardInterrupt
-            for slot, proc in enumerate(self.engines):
+            for slot, proc in enumerate(self.models):
                 if not proc.is_alive():
                     plan, _, device = self.slots[slot]
                     raise QwenEmbedError(f"the model process for {plan.path} on {device} exited with code "
@@ -197,13 +197,13 @@ class Supervisor:
         from prometheus_client.multiprocess import mark_process_dead
 
         now = time.monotonic()
-        for slot, proc in enumerate(self.engines):
-            if not proc.is_alive() and now - self.started_at[("engine", slot)] >= RESTART_GAP_S:
+        for slot, proc in enumerate(self.models):
+            if not proc.is_alive() and now - self.started_at[("model", slot)] >= RESTART_GAP_S:
                 self.board.set_ready(slot, False)
                 mark_process_dead(proc.pid, self.metrics_dir)
                 log.warning("model process %d (%s) exited with code %s; starting it again", slot,
                             self.slots[slot][2], proc.exitcode)
-                self.start_engine(slot)
+                self.start_model(slot)
         for index, proc in enumerate(self.workers):
             if not proc.is_alive() and now - self.started_at[("worker", index)] >= RESTART_GAP_S:
                 mark_process_dead(proc.pid, self.metrics_dir)
@@ -225,9 +225,9 @@ class Supervisor:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # read by prometheus_client in the children
         try:
             for slot in range(len(self.slots)):
-                self.start_engine(slot)
+                self.start_model(slot)
             try:
-                self.wait_engines()
+                self.wait_models()
             except KeyboardInterrupt:
                 return 130 if self.signal == signal.SIGINT else 0
             self.sock = listen(self.settings.host, self.settings.port)
@@ -264,21 +264,21 @@ class Supervisor:
 
     def stop_all(self) -> None:
         """End every child still running: workers (killed: their drain time is over), then model processes
-        (SIGTERM, killed after ENGINE_STOP_S)."""
+        (SIGTERM, killed after MODEL_STOP_S)."""
         for proc in self.workers:
             if proc is not None and proc.is_alive():
                 proc.kill()
                 proc.join(2.0)
-        for proc in self.engines:
+        for proc in self.models:
             if proc is not None and proc.is_alive():
                 proc.terminate()
-        deadline = time.monotonic() + ENGINE_STOP_S
-        for proc in self.engines:
+        deadline = time.monotonic() + MODEL_STOP_S
+        for proc in self.models:
             if proc is not None:
                 proc.join(max(0.0, deadline - time.monotonic()))
                 if proc.is_alive():
                     log.warning("model process %s did not exit on SIGTERM within %.0f s; killed", proc.pid,
-                                ENGINE_STOP_S)
+                                MODEL_STOP_S)
                     proc.kill()
                     proc.join(2.0)
         if self.sock is not None:

@@ -1,5 +1,5 @@
 """A model process of `serve --workers N`: the model, its dynamic batcher, and a Unix socket the HTTP
-workers send token ids to (`engine_main`).
+workers send token ids to (`model_server_main`).
 
 Every HTTP worker connects to every model process of the models it serves. A worker sends a request's
 token-id sequences (wire.py: flat int32 buffers, no pickling); the process puts them in its `Batcher`
@@ -44,7 +44,7 @@ PARENT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class ModelServerConfig:
     """What one model process needs besides its model: its slot on the board, its socket, its batching."""
 
     spec: ModelSpec
@@ -113,10 +113,10 @@ def forget(tasks: dict[int, asyncio.Task[None]], rid: int, task: asyncio.Task[No
     tasks.pop(rid, None)
 
 
-class Engine:
+class ModelServer:
     """The batcher and the socket server of one model process (module docstring)."""
 
-    def __init__(self, config: EngineConfig, board: Board, run: RunFn) -> None:
+    def __init__(self, config: ModelServerConfig, board: Board, run: RunFn) -> None:
         self.config = config
         self.board = board
         spec = config.spec
@@ -194,11 +194,16 @@ class Engine:
                 await writer.drain()
 
 
-def engine_main(config: EngineConfig, board: Board) -> None:
+def model_server_main(config: ModelServerConfig, board: Board) -> None:
     """The model process (module docstring)."""
+    import threading
+
+    from tqdm import tqdm
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which os._exit would leak
     run, warm = load_model(config.spec, config.deterministic)
-    asyncio.run(Engine(config, board, run).serve(warm))
+    asyncio.run(ModelServer(config, board, run).serve(warm))
     # the workers have drained (or are gone): nothing is left to answer, and a forward pass still running
     # in the model thread need not finish
     os._exit(0)
