@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import signal
@@ -116,7 +117,7 @@ def infinity_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment of the Infinity process: its own site folder first on the path, no telemetry."""
     env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     if args.infinity_site is not None and args.infinity_site.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.infinity_site), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.infinity_site.resolve()), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -275,6 +276,11 @@ def main() -> None:
             direct_s = min(direct_s, time.perf_counter() - start)
         device = str(emb.device)
         del emb
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()  # the servers load their own copies
         result: dict[str, Any] = {
             "model": model if args.model else f"{args.shape} (random weights)", "device": device, "texts": n,
             "tokens": tokens, "concurrency": args.concurrency, "cpu_cores": os.cpu_count(),

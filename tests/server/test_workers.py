@@ -29,18 +29,39 @@ from .test_load import metric
 BOUND_S = 20.0  # no request may take longer, kill included
 
 
+def frame_of(parts: list[bytes]) -> wire.Frame:
+    """The frame a reader gets from these parts (the size in the header checked against the payload)."""
+    kind, code, rid, a, b, size, q, i = wire.HEAD.unpack(parts[0])
+    payload = b"".join(parts[1:])
+    assert size == len(payload)
+    return wire.Frame(kind, rid, code, a, b, payload, q, i)
+
+
 def test_frames_round_trip() -> None:
     seqs = [[1, 2, 3], [151643], [7] * 10]
-    head, *rest = wire.request(5, seqs)
-    kind, code, rid, a, b, size, _, _ = wire.HEAD.unpack(head)
-    frame = wire.Frame(kind, rid, code, a, b, b"".join(rest))
-    assert (kind, rid, size) == (wire.REQUEST, 5, len(frame.payload)) and wire.sequences(frame) == seqs
+    frame = frame_of(wire.request(5, seqs))
+    assert (frame.kind, frame.id, frame.code) == (wire.REQUEST, 5, 0) and wire.sequences(frame) == seqs
+    assert frame_of(wire.request(6, seqs, warmup=True)).code == wire.WARMUP
     for out in (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.array([0.25, 1 / 3]),
                 np.array([0.5], dtype=np.float32)):
-        head, data = wire.rows(9, out, 0.01, 0.02)
-        kind, code, rid, a, b, size, q, i = wire.HEAD.unpack(head)
-        got = wire.array(wire.Frame(kind, rid, code, a, b, data, q, i))
-        assert got.dtype == out.dtype and np.array_equal(got, out) and (q, i) == (0.01, 0.02)
+        frame = frame_of(wire.rows(9, out, 0.01, 0.02))
+        got = wire.array(frame)
+        assert got.dtype == out.dtype and np.array_equal(got, out)
+        assert (frame.queue_s, frame.inference_s) == (0.01, 0.02)
+        got[0] = 0  # writable, as torch.from_numpy wants
+
+
+def test_errors_cross_by_class() -> None:
+    from qwen_embed.errors import ModelOutputError
+    from qwen_embed.server.errors import status_of
+    from qwen_embed.server.model_process import ModelError
+    from qwen_embed.server.remote import remote_error
+
+    err = remote_error(*wire.error_of(frame_of(wire.error(3, "ModelOutputError", "NaN in the output of batch 1"))))
+    assert isinstance(err, ModelOutputError) and str(err) == "NaN in the output of batch 1"
+    assert status_of(err) == (500, "model_output_not_finite")  # as in process: one table of statuses
+    other = remote_error("RuntimeError", "CUDA error")
+    assert isinstance(other, ModelError) and status_of(other) == (500, "model_error") and "CUDA error" in str(other)
 
 
 def test_admission_counts_every_worker() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import QwenEmbedError
 from . import wire
-from .batcher import Batcher, RunFn, ShuttingDown, Timing
+from .batcher import Batcher, RunFn, Timing
 from .board import Board
 from .metrics import Metrics
 from .model_process import ModelSpec
@@ -182,12 +182,10 @@ class ModelServer:
         try:
             out = await (self.batcher.call(seqs) if warmup else self.batcher.submit(seqs, timing))
             parts = wire.rows(rid, out, timing.queue, timing.inference)
-        except ShuttingDown as e:
-            parts = wire.error(rid, wire.SHUTTING_DOWN, str(e))
-        except QwenEmbedError as e:
-            parts = wire.error(rid, wire.MODEL_ERROR, str(e))
+        except QwenEmbedError as e:  # the library's and the batcher's own errors: the worker raises them again
+            parts = wire.error(rid, type(e).__name__, str(e))
         except Exception as e:  # the model failed on this batch; the process serves on
-            parts = wire.error(rid, wire.MODEL_ERROR, f"{type(e).__name__}: {e}")
+            parts = wire.error(rid, "ModelError", f"{type(e).__name__}: {e}")
         if not writer.is_closing():
             writer.writelines(parts)
             with contextlib.suppress(ConnectionError):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
 from . import wire
 from .batcher import QueueFull, ShuttingDown, Timing
 from .board import Board
@@ -51,6 +52,19 @@ class ModelPlan:
     max_length: int
     batch_tokens: int
     dtype: str | None = None
+
+
+# errors a model process sends back by name, raised again here as they are (errors.py maps them to statuses)
+KNOWN_ERRORS: dict[str, type[QwenEmbedError]] = {
+    cls.__name__: cls for cls in (ShuttingDown, ModelError, ModelOutputError, InputError, TokenizerError, ConfigError)}
+
+
+def remote_error(name: str, message: str) -> QwenEmbedError:
+    """The error a model process reported, as its own class when known, else a ModelError."""
+    cls = KNOWN_ERRORS.get(name)
+    if cls is None:
+        return ModelError(f"the model failed on this request: {name}: {message}")
+    return cls(message)
 
 
 @dataclass
@@ -172,10 +186,8 @@ class RemoteBatcher:
                 if frame.kind == wire.ROWS:
                     p.timing.queue, p.timing.inference = frame.queue_s, frame.inference_s
                     p.future.set_result(wire.array(frame))
-                elif frame.code == wire.SHUTTING_DOWN:
-                    p.future.set_exception(ShuttingDown(frame.payload.decode()))
                 else:
-                    p.future.set_exception(ModelError(f"the model failed on this request: {frame.payload.decode()}"))
+                    p.future.set_exception(remote_error(*wire.error_of(frame)))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

@@ -7,7 +7,7 @@ A frame is a fixed header (`HEAD`) and a payload of raw bytes, no pickling:
 | `REQUEST` | worker -> model | sequences n, tokens T | lengths int32 [n], then token ids int32 [T] |
 | `CANCEL` | worker -> model | - | none: the client left, or the drain deadline passed |
 | `ROWS` | model -> worker | rows, columns (0: a vector) | the rows, dtype `code` ("f" float32, "d" float64) |
-| `ERROR` | model -> worker | - | the message (UTF-8); `code` says which error (`ERRORS`) |
+| `ERROR` | model -> worker | - | the error's class name, a NUL, its message (UTF-8) |
 
 A `REQUEST` whose `code` is `WARMUP` (a worker's warm-up) runs outside the queue and its metrics. `ROWS`
 carries the seconds the request waited in the model's queue and ran in forward passes (the
@@ -27,7 +27,6 @@ import numpy as np
 
 HEAD = struct.Struct("<BBQIIQdd")  # kind, code, id, a, b, payload bytes, queue seconds, inference seconds
 REQUEST, CANCEL, ROWS, ERROR = 1, 2, 3, 4
-MODEL_ERROR, SHUTTING_DOWN = 1, 2
 WARMUP = 1
 DTYPES: dict[int, np.dtype[np.floating]] = {ord("f"): np.dtype("<f4"), ord("d"): np.dtype("<f8")}
 
@@ -81,9 +80,16 @@ def array(frame: Frame) -> np.ndarray:
     return out if frame.b == 0 else out.reshape(frame.a, frame.b)
 
 
-def error(rid: int, code: int, message: str) -> list[bytes]:
-    data = message.encode("utf-8", "replace")
-    return [HEAD.pack(ERROR, code, rid, 0, 0, len(data), 0.0, 0.0), data]
+def error(rid: int, name: str, message: str) -> list[bytes]:
+    """An ERROR frame's parts: the error's class name and message."""
+    data = f"{name}\0{message}".encode("utf-8", "replace")
+    return [HEAD.pack(ERROR, 0, rid, 0, 0, len(data), 0.0, 0.0), data]
+
+
+def error_of(frame: Frame) -> tuple[str, str]:
+    """An ERROR frame's (class name, message)."""
+    name, _, message = frame.payload.decode("utf-8", "replace").partition("\0")
+    return name, message
 
 
 async def read(reader: asyncio.StreamReader) -> Frame:
