@@ -6,12 +6,17 @@
    precision: recall@10 of its top 10 against float32 search's top 10, nDCG@10 against the qrels,
    bytes per vector, p50 search latency.
 2. Size sweep (random unit vectors, dim 1024 by default): for each size in --sizes, one table per
-   precision; bytes per vector in memory and on disk, p50 latency of an exact search (no ANN index,
-   so the numbers compare the scans themselves).
+   precision (the binary table serves both binary settings); bytes per vector searched and on disk,
+   p50 latency of an exact search (no ANN index, so the numbers compare the scans themselves), and
+   recall@10 / @1 against float32 search. Vectors are made in float32 chunks (1M x 1024 is 4 GiB)
+   and each table is deleted once measured, so the 1M row needs about 10 GiB of RAM and 5 GiB of disk.
+
+Both parts run in one process and write one JSON (`--out FILE.json`, or a folder for the dated name):
 
     python benchmarks/quantized.py --quick                                # CPU, tiny model, 20k vectors
-    python benchmarks/quantized.py                                        # CPU, tiny model, 100k and 1M
-    python benchmarks/quantized.py --model tiny-0.6b --device cuda        # 0.6B shape, random weights
+    python benchmarks/quantized.py --sizes 100000 --out q.json            # CPU, tiny model, 100k
+    python benchmarks/quantized.py --model tiny-0.6b --device cuda --sizes 100000,1000000 \
+        --out benchmarks/results/quantized-gpu.json                       # 0.6B shape (GPU) + 100k and 1M
 
 Random weights make absolute nDCG meaningless; recall against float search measures what quantization
 loses, whatever the model.
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +44,7 @@ from common import versions, write_result  # noqa: E402
 
 from qwen_embed import Embedder  # noqa: E402
 from qwen_embed.eval import load_beir, mteb_scores  # noqa: E402
+from qwen_embed.files import write_json_atomic  # noqa: E402
 from qwen_embed.quantize import bytes_per_vector, calibration_ranges  # noqa: E402
 from qwen_embed.store import ChunkRows, TableInfo, open_store  # noqa: E402
 from qwen_embed.store.lance import LanceStore  # noqa: E402
@@ -113,34 +121,49 @@ def quality(embedder: Embedder, scifact: Path, tmp: Path, max_docs: int | None =
     return rows
 
 
+def unit_vectors(rng: np.random.Generator, n: int, dim: int, chunk: int = 100_000) -> np.ndarray:
+    """[n, dim] random unit vectors, made in float32 chunks (no float64 copy of the whole array)."""
+    x = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, chunk):
+        part = rng.standard_normal((min(chunk, n - s), dim), dtype=np.float32)
+        x[s : s + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return x
+
+
 def sweep(sizes: list[int], dim: int, tmp: Path, queries: int = 20) -> list[dict[str, Any]]:
-    """Latency and memory per vector at each size, random unit vectors."""
+    """Latency, memory per vector and recall against float32 at each size, random unit vectors."""
     rng = np.random.default_rng(0)
     out = []
     for n in sizes:
-        x = rng.standard_normal((n, dim)).astype(np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        q = x[rng.choice(n, queries, replace=False)] + 0.05 * rng.standard_normal((queries, dim)).astype(np.float32)
+        x = unit_vectors(rng, n, dim)
+        q = x[rng.choice(n, queries, replace=False)] + 0.05 * rng.standard_normal((queries, dim), dtype=np.float32)
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         ranges = calibration_ranges(x[: min(n, 100_000)])
-        reference = None
-        for label, precision, rescore in SETTINGS:
-            db = tmp / f"sweep-{n}"
-            name = label.replace(" ", "_").replace("+", "_")
-            t = time.perf_counter()
-            store = build_table(db, name, x, precision, ranges)
-            build_s = time.perf_counter() - t
+        db = tmp / f"sweep-{n}"
+        reference: list[list[str]] | None = None
+        built: dict[str, tuple[LanceStore, float, int]] = {}  # precision -> (store, build seconds, disk bytes)
+        for i, (label, precision, rescore) in enumerate(SETTINGS):
+            if precision not in built:
+                t = time.perf_counter()
+                store = build_table(db, precision, x, precision, ranges)
+                build_s = time.perf_counter() - t
+                disk = sum(f.stat().st_size for f in (db / f"{precision}.lance").rglob("*") if f.is_file())
+                built[precision] = (store, build_s, disk)
+            store, build_s, disk = built[precision]
             store.search(q[0], 10, exact=True, rescore_multiplier=rescore)  # warm caches
             found, p50 = search_all(store, q, 10, rescore)
             if reference is None:
                 reference = found
             recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, reference, strict=True)]))
-            disk = sum(f.stat().st_size for f in (db / f"{name}.lance").rglob("*") if f.is_file())
+            top1 = float(np.mean([a[:1] == b[:1] for a, b in zip(found, reference, strict=True)]))
             out.append({"rows": n, "dim": dim, "setting": label, "search_p50_ms": p50, "recall_at_10_vs_float": recall,
-                        "bytes_per_vector": bytes_per_vector(dim, precision), "disk_bytes_per_vector": disk / n,
-                        "build_s": build_s})
+                        "recall_at_1_vs_float": top1, "bytes_per_vector": bytes_per_vector(dim, precision),
+                        "disk_bytes_per_vector": disk / n, "build_s": build_s})
             print(json.dumps(out[-1]), flush=True)
-            del store
+            if all(p != precision for _, p, _ in SETTINGS[i + 1 :]):  # measured: free its disk and memory
+                del built[precision], store
+                shutil.rmtree(db / f"{precision}.lance", ignore_errors=True)
+        del x
     return out
 
 
@@ -151,10 +174,15 @@ def main() -> None:
     ap.add_argument("--scifact", default=str(REPO.parent / "shared/data/beir/scifact"))
     ap.add_argument("--sizes", default="100000,1000000", help="comma-separated table sizes of the sweep")
     ap.add_argument("--dim", type=int, default=1024, help="dimension of the sweep's random vectors")
+    ap.add_argument("--queries", type=int, default=20, help="queries per size in the sweep (default 20)")
     ap.add_argument("--quick", action="store_true", help="20k vectors only")
-    ap.add_argument("--out", default=str(REPO / "benchmarks/results"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks/results"),
+                    help="FILE.json (refused when it exists), or a folder for quantized-{cpu,gpu}-DATE.json")
     args = ap.parse_args()
     sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    out = Path(args.out)
+    if out.suffix == ".json" and out.exists():
+        sys.exit(f"--out {out} exists; pass another file name (results are never overwritten).")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         result: dict[str, Any] = {"versions": versions(), "model": args.model, "device": args.device or "auto"}
@@ -167,14 +195,18 @@ def main() -> None:
                       f"{r['bytes_per_vector']} | {r['search_p50_ms']:.1f} |")
         else:
             print(f"SciFact not found at {args.scifact}: quality part skipped")
-        result["sweep"] = sweep(sizes, args.dim, tmp)
-        print("\n| rows | setting | bytes/vector | disk bytes/vector | search p50 ms | recall@10 vs float |")
-        print("|---|---|---|---|---|---|")
+        result["sweep"] = sweep(sizes, args.dim, tmp, args.queries)
+        print("\n| rows | setting | bytes/vector | disk bytes/vector | search p50 ms | recall@10 vs float | "
+              "recall@1 vs float |")
+        print("|---|---|---|---|---|---|---|")
         for r in result["sweep"]:
             print(f"| {r['rows']:,} | {r['setting']} | {r['bytes_per_vector']} | {r['disk_bytes_per_vector']:.0f} | "
-                  f"{r['search_p50_ms']:.1f} | {r['recall_at_10_vs_float']:.3f} |")
-    print(write_result("quantized-" + ("gpu" if (args.device or "").startswith("cuda") else "cpu"), result,
-                       Path(args.out)))
+                  f"{r['search_p50_ms']:.1f} | {r['recall_at_10_vs_float']:.3f} | {r['recall_at_1_vs_float']:.2f} |")
+    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+    if out.suffix == ".json":
+        print(write_json_atomic(out, result, overwrite=False))
+    else:
+        print(write_result("quantized-" + ("gpu" if (args.device or "").startswith("cuda") else "cpu"), result, out))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, lora: bool
          mean_len: float) -> dict[str, Any]:
     cfg = TrainConfig.from_dict({
         "model": {"path": str(ckpt), "device": device.type, "precision": "bf16" if device.type == "cuda" else "fp32",
-                  "gradient_checkpointing": args.checkpointing},
+                  "gradient_checkpointing": args.checkpointing, "compile": args.compile},
         "data": {"train_files": [str(data)], "default_instruction": None, "query_max_length": args.query_len,
                  "doc_max_length": args.doc_len, "num_negatives": 0},
         "optim": {"lr": 1e-4 if lora else 1e-5, "warmup_steps": 1},
@@ -117,7 +117,7 @@ def rerank_ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, dev
     """qwen-embed `train rerank` steps (bce, 1 negative per positive: 2 pairs per row), timed per step."""
     cfg = TrainConfig.from_dict({
         "model": {"path": str(ckpt), "device": device.type, "precision": "bf16" if device.type == "cuda" else "fp32",
-                  "gradient_checkpointing": args.checkpointing},
+                  "gradient_checkpointing": args.checkpointing, "compile": args.compile},
         "data": {"train_files": [str(data)], "default_instruction": None},
         "optim": {"lr": 1e-5, "warmup_steps": 1},
         "train": {"output_dir": str(out), "batch_size": args.batch, "chunk_tokens": args.batch * 2 * args.doc_len,
@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--doc-len", type=int, default=512)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
     ap.add_argument("--skip-st", action="store_true", help="only our side")
+    ap.add_argument("--compile", action="store_true", help="our side with model.compile (torch.compile per layer)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--rerank", action="store_true", help="reranker training (train rerank, bce) against "
                     "sentence-transformers' CrossEncoder on the same CausalLM checkpoint: pairs/s")

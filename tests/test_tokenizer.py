@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from qwen_embed import Embedder, Reranker
 from qwen_embed.errors import InputError, TokenizerError
 from qwen_embed.tiny import train_small_tokenizer
-from qwen_embed.tokenizer import QwenTokenizer, check_texts
+from qwen_embed.tokenizer import QwenTokenizer, check_texts, truncate_keep_end
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,23 @@ def test_end_token_appended_exactly_once_and_kept_when_truncating(embedder: Embe
     eos = embedder.tokenizer.eos_id
     seqs = embedder.tokenize(["plain", "x" * 5000])
     assert all(s[-1] == eos and s.count(eos) == 1 for s in seqs)
+
+
+@pytest.mark.parametrize(("ids", "max_length", "side", "head", "want"), [
+    ([1, 2, 3], 8, "left", 2, [1, 2, 3, 9]),  # fits: untouched
+    ([1, 2, 3, 4, 5, 6], 4, "right", 0, [1, 2, 3, 9]),  # the end of the content goes
+    ([1, 2, 3, 4, 5, 6], 4, "left", 0, [4, 5, 6, 9]),  # its start goes
+    ([1, 2, 3, 4, 5, 6], 5, "left", 2, [1, 2, 5, 6, 9]),  # ... after the kept head (a prompt)
+    ([1, 2, 3, 4, 5, 6], 4, "left", 3, [4, 5, 6, 9]),  # a head that leaves no room for content: not kept
+    ([1, 2, 3], 1, "left", 0, [9]),
+])
+def test_truncate_keep_end_sides(ids: list[int], max_length: int, side: str, head: int, want: list[int]) -> None:
+    assert truncate_keep_end(ids, max_length, 9, side, head) == want
+
+
+def test_truncate_keep_end_refuses_an_unknown_side() -> None:
+    with pytest.raises(InputError, match="'middle' is not one of right, left"):
+        truncate_keep_end([1, 2], 1, 9, "middle")
 
 
 def test_tokenizer_without_yes_token_is_refused() -> None:

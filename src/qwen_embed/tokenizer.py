@@ -111,11 +111,28 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
     return items
 
 
-def truncate_keep_end(ids: Sequence[int], max_length: int, eos_id: int) -> list[int]:
+TRUNCATION_SIDES = ("right", "left")
+
+
+def truncate_keep_end(ids: Sequence[int], max_length: int, eos_id: int, side: str = "right",
+                      keep_head: int = 0) -> list[int]:
     """The one truncation rule of the embedder: at most `max_length` ids, the end token kept last.
 
-    `ids` are the content ids (without the end token); the end token is appended after cutting."""
-    return [*ids[: max_length - 1], eos_id]
+    `ids` are the content ids (without the end token); the end token is appended after cutting.
+    `side="right"` cuts the end of the content (the default everywhere), `side="left"` its start
+    (TEI's `truncation_direction: Left`, Cohere's `truncate: START`) while keeping the first `keep_head`
+    ids, the prompt (query instruction) at the head, when they leave room for at least one content id
+    (else no head is kept): `[*ids[:keep_head], *ids[-(room - keep_head):], eos]`, room = max_length - 1.
+    """
+    if side not in TRUNCATION_SIDES:
+        raise InputError(f"truncation side {side!r} is not one of {', '.join(TRUNCATION_SIDES)}.")
+    room = max(max_length - 1, 0)
+    if len(ids) <= room:
+        return [*ids, eos_id]
+    if side == "right":
+        return [*ids[:room], eos_id]
+    head = keep_head if keep_head < room else 0  # a prompt that fills it all: no head kept
+    return [*ids[:head], *ids[len(ids) - (room - head) :], eos_id]
 
 
 def document_text(title: str | None, text: str | None) -> str:

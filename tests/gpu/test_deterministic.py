@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from qwen_embed import Embedder, Reranker
+from qwen_embed.kernels import batch_invariant as bi
 from qwen_embed.tiny import make_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
@@ -110,11 +111,21 @@ def embed_counts(path: Path, texts: list[str], deterministic: bool, compile: boo
     return counts
 
 
-@pytest.mark.parametrize("compile", [None, True])  # None: the mode's default (eager layers)
+@pytest.fixture(params=["cublas", "triton"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both CUDA matmul backends of the mode: probed cuBLAS (the default where it holds) and the Triton kernel."""
+    monkeypatch.setattr(bi, "CUBLAS", request.param == "cublas")
+    shapes = [(2048, 1024), (1024, 1024), (1024, 2048), (3072, 1024), (1024, 3072)]
+    REPORT.setdefault("matmul_backend", {})[request.param] = sorted(  # type: ignore[index]
+        {bi.matmul_backend(n, k, torch.bfloat16, torch.device("cuda")) for n, k in shapes})
+    return str(request.param)
+
+
+@pytest.mark.parametrize("compile", [None, False])  # None: the mode's default (compiled layers on CUDA)
 def test_embedder_deterministic_is_bitwise_batch_invariant(ckpts: tuple[Path, Path], texts: list[str],
-                                                           compile: bool | None) -> None:
+                                                           compile: bool | None, backend: str) -> None:
     counts = embed_counts(ckpts[0], texts, deterministic=True, compile=compile)
-    REPORT[f"embedder_deterministic_compile_{compile}"] = counts
+    REPORT[f"embedder_deterministic_compile_{compile}_{backend}"] = counts
     assert counts["any"] == 0, counts
 
 
@@ -140,9 +151,10 @@ def rerank_counts(path: Path, texts: list[str], deterministic: bool) -> dict[str
     return differing_rows(solo, variants)
 
 
-def test_reranker_deterministic_is_bitwise_batch_invariant(ckpts: tuple[Path, Path], texts: list[str]) -> None:
+def test_reranker_deterministic_is_bitwise_batch_invariant(ckpts: tuple[Path, Path], texts: list[str],
+                                                           backend: str) -> None:
     counts = rerank_counts(ckpts[1], texts, deterministic=True)
-    REPORT["reranker_deterministic"] = counts
+    REPORT[f"reranker_deterministic_{backend}"] = counts
     assert counts["any"] == 0, counts
 
 
@@ -158,3 +170,37 @@ def test_deterministic_vectors_match_the_default_path_closely(ckpts: tuple[Path,
     b = Embedder.from_pretrained(ckpts[0], device="cuda").encode(texts[:64])
     REPORT["cos_deterministic_vs_default_min"] = float((a * b).sum(1).min())
     assert (a * b).sum(1).min() >= 0.999
+
+
+def test_server_under_concurrent_load_serves_the_solo_vectors(ckpts: tuple[Path, Path], texts: list[str]) -> None:
+    """The server's dynamic batcher packs concurrent requests together: in the mode every served vector is
+    bitwise the vector of its text embedded alone (base64, so the float32 bits travel unchanged)."""
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from qwen_embed.server import ServerSettings, create_app
+    from tests.server.conftest import LiveServer
+
+    emb = Embedder.from_pretrained(ckpts[0], device="cuda", deterministic=True)
+    solo = np.concatenate([emb.encode([t]) for t in texts])
+    settings = ServerSettings(embedding_model="emb", max_wait_ms=5)
+    app = create_app(settings, embedder=emb)
+    rng = random.Random(2)
+    requests = []  # (indices) of each request: 1 to 5 texts, 400 requests over the 200 texts
+    for _ in range(400):
+        requests.append(rng.sample(range(len(texts)), rng.randint(1, 5)))
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as client:
+        def send(idx: list[int]) -> tuple[list[int], np.ndarray]:
+            r = client.post("/v1/embeddings", json={"model": "emb", "input": [texts[i] for i in idx],
+                                                    "encoding_format": "base64"})
+            assert r.status_code == 200, r.text
+            rows = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]]
+            return idx, np.stack(rows)
+
+        with ThreadPoolExecutor(48) as pool:
+            results = list(pool.map(send, requests))
+    differing = sum(int((got != solo[idx]).any(1).sum()) for idx, got in results)
+    REPORT["server_concurrent_rows_differing"] = {"rows": sum(len(i) for i, _ in results), "differing": differing}
+    assert differing == 0

@@ -7,9 +7,13 @@ fewer than about 8 rows). Reductions over a row (RMSNorm) likewise pick their th
 number of rows in eager CUDA code, and Inductor's generated reductions pick a configuration by
 benchmarking. This module gives both operations one fixed reduction order per row:
 
-- CUDA: Triton kernels with ONE configuration each (no autotuning, no split-K). The matmul tiles
-  BLOCK_M x BLOCK_N and walks K in BLOCK_K steps from 0 upwards; every row of a tile takes the same
-  instruction sequence, so a row's bits depend on K and the weights only. RMSNorm reduces each row
+- CUDA matmul: cuBLAS where a probe shows it row invariant for the layer's shape, else a Triton kernel.
+  cuBLAS kernels walk K in one order (whatever their M x N tiling) unless the heuristics split K, which
+  they do for few rows: products are padded to CUBLAS_MIN_ROWS rows, and `_cublas_row_invariant` checks
+  once per (shape, dtype, device, matmul flags) that a block's bits are the same alone, in products of
+  other sizes and at other row offsets. Where it is not (another GPU or library), the Triton kernel has
+  ONE configuration (no autotuning, no split-K): it tiles BLOCK_M x BLOCK_N and walks K in BLOCK_K steps
+  from 0 upwards, so a row's bits depend on K and the weights only. RMSNorm (Triton) reduces each row
   inside one program with a block fixed by the row width.
 - CPU: products are computed in fixed-shape chunks of CPU_CHUNK_ROWS rows (the last padded with
   zeros), so the library sees one problem shape whatever the batch; RMSNorm sums its squares with
@@ -47,6 +51,8 @@ MATMUL_CONFIG = {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "n
 MATMUL_CONFIG_FP32 = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
 RMS_BLOCK_ELEMENTS = 2048  # elements per RMSNorm program: rows of width D are handled 2048 // D at a time
 CPU_CHUNK_ROWS = 64
+CUBLAS_MIN_ROWS = 512  # cuBLAS products are padded to at least this many rows (see _cublas_row_invariant)
+CUBLAS = True  # False: the Triton kernel for every CUDA product (read per call; a captured graph keeps its own)
 
 
 @functools.cache
@@ -112,7 +118,63 @@ def _triton_kernels() -> tuple[Any, Any]:
     return matmul_kernel, rms_norm_kernel
 
 
+# cuBLAS probe: the row counts compared (all >= CUBLAS_MIN_ROWS) and the row offsets a block is moved to
+PROBE_ROWS = (CUBLAS_MIN_ROWS, CUBLAS_MIN_ROWS + 1, 1000, 2047, 4096, 12_345, 32_768)
+PROBE_OFFSETS = (0, 1, 37, 1000, 20_000)
+
+
+def _matmul_flags() -> tuple[bool, bool, bool]:
+    m = torch.backends.cuda.matmul
+    return m.allow_tf32, m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+
+
+@functools.cache
+def _cublas_row_invariant(n: int, k: int, dtype: torch.dtype, device: torch.device,
+                          flags: tuple[bool, bool, bool]) -> bool:
+    """True when cuBLAS gives every row of x @ w.T the same bits whatever the row count (>= CUBLAS_MIN_ROWS)
+    and wherever the row sits: a block of CUBLAS_MIN_ROWS rows is multiplied alone, inside products of
+    PROBE_ROWS rows, and at PROBE_OFFSETS of a 32,768-row product, and must match bit for bit.
+
+    Library GEMMs reduce K in one order per kernel unless they split K, which their heuristics do for
+    few rows (measured on an H200: the 3,072-wide down projection splits below 256 rows, nothing else
+    does); `_mm_cuda` pads to CUBLAS_MIN_ROWS and uses cuBLAS where this holds, the Triton kernel where
+    it does not. The answer depends only on the shape, dtype, device and matmul flags (the key)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    w = torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5
+    big = torch.randn(max(PROBE_ROWS) + max(PROBE_OFFSETS) + CUBLAS_MIN_ROWS, k, device=device, dtype=dtype,
+                      generator=gen)
+    block = big[:CUBLAS_MIN_ROWS].clone()
+    ref = torch.mm(block, w.t())
+    for rows in PROBE_ROWS:
+        if not torch.equal(torch.mm(big[:rows].clone(), w.t())[:CUBLAS_MIN_ROWS], ref):
+            return False
+    for off in PROBE_OFFSETS:
+        moved = big.clone()
+        moved[off : off + CUBLAS_MIN_ROWS] = block
+        if not torch.equal(torch.mm(moved, w.t())[off : off + CUBLAS_MIN_ROWS], ref):
+            return False
+    return True
+
+
+def matmul_backend(n: int, k: int, dtype: torch.dtype, device: torch.device) -> str:
+    """Which kernel `bi_mm` uses on CUDA for x [M, k] @ w [n, k]^T: "cublas" (probed row invariant) or "triton"."""
+    return "cublas" if CUBLAS and _cublas_row_invariant(n, k, dtype, device, _matmul_flags()) else "triton"
+
+
 def _mm_cuda(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    m, k = x.shape
+    n = w.shape[0]
+    if matmul_backend(n, k, x.dtype, x.device) == "cublas":
+        if m >= CUBLAS_MIN_ROWS and x.data_ptr() % 256 == 0:  # aligned like the probe's fresh tensors
+            return torch.mm(x, w.t())
+        # padded to the probed row floor, in a fresh (allocator-aligned) tensor
+        padded = x.new_zeros(max(m, CUBLAS_MIN_ROWS), k)
+        padded[:m] = x
+        return torch.mm(padded, w.t())[:m].clone()
+    return _mm_triton(x, w)
+
+
+def _mm_triton(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     import triton
 
     m, k = x.shape

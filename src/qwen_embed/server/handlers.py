@@ -37,9 +37,19 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def accepted_fields(request: Request) -> list[str]:
     """The fields the matched route's body accepts (from its request model)."""
+    return list(_body_fields(request))
+
+
+def _body_fields(request: Request) -> dict[str, Any]:
     field = getattr(request.scope.get("route"), "body_field", None)
     model = getattr(getattr(field, "field_info", None), "annotation", None)
-    return list(getattr(model, "model_fields", {}))
+    return dict(getattr(model, "model_fields", {}))
+
+
+def is_object_field(request: Request, name: str) -> bool:
+    """Whether the route's field `name` is a JSON object (TEI /similarity's `inputs`), not an input union."""
+    info = _body_fields(request).get(name)
+    return info is not None and hasattr(info.annotation, "model_fields")
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -94,7 +104,8 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     parts = []
     for name, errs in list(by_field.items())[:3]:
         loc = [p for p in errs[0]["loc"] if p != "body"]
-        if name in UNION_HELP and not any(e["type"] == "missing" and len(loc) == 1 for e in errs):
+        if (name in UNION_HELP and not is_object_field(request, name)
+                and not any(e["type"] == "missing" and len(loc) == 1 for e in errs)):
             idx = next((p for e in errs for p in e["loc"] if isinstance(p, int)), None)
             at = f" ({name}[{idx}] is not)" if idx is not None else ""
             parts.append(f"`{name}` must be {UNION_HELP[name]}{at}")

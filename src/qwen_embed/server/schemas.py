@@ -3,8 +3,9 @@
 Field types are strict (a string is never taken for a number, `true` never for 1), so a wrong type is
 a 422 with the field's path, not a silent conversion. Ranges that depend on the model (dimensions,
 token ids, lengths) are checked by the handlers, which answer 400 / 413 with the limit in the message.
-Shapes follow the OpenAI embeddings API, the Cohere / Jina rerank API and text-embeddings-inference
-(TEI) routes; our extensions (`instruction`, `input_type`, `truncate`) are marked as such. Unknown
+Shapes follow the OpenAI embeddings API, Cohere's v2 embed API, the Cohere / Jina rerank API and
+text-embeddings-inference (TEI) routes (/similarity included); our extensions (`instruction`,
+`input_type`, `truncate`) are marked as such. Unknown
 fields are refused (`extra="forbid"`: a typo such as `dimension` is a 400 naming the accepted fields,
 never silently ignored); a field documented as "accepted and ignored" (OpenAI's `user`) is declared.
 """
@@ -194,6 +195,110 @@ class SimpleToken(BaseModel):
     special: bool
     start: int | None
     stop: int | None
+
+
+class SimilarityInput(Request):
+    source_sentence: StrictStr = Field(description="The text the others are compared with.")
+    sentences: list[StrictStr] = Field(description="Texts compared against `source_sentence`.")
+
+
+class SimilarityParameters(Request):
+    prompt_name: StrictStr | None = Field(None, description="TEI: a prompt of the model put before every text "
+                                          "(as /embed's `prompt_name`).")
+    truncate: StrictBool | None = Field(None, description="Cut texts over the max length (default true); false "
+                                        "answers 413.")
+    truncation_direction: Literal["Left", "Right", "left", "right"] | None = TRUNCATION_DIRECTION
+
+
+class SimilarityRequest(Request):
+    """POST /similarity (text-embeddings-inference)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"inputs": {"source_sentence": "What is Deep Learning?", "sentences": ["What is Machine Learning?"]}}]})
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
+    model: StrictStr | None = Field(None, description="Extension: the served embedding model's name.")
+
+
+# -- Cohere v2 embed --------------------------------------------------------------------------------
+CohereEmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+
+
+class CohereContent(Request):
+    """One part of a Cohere `inputs` item; only `{"type": "text", "text": ...}` is served (a text model)."""
+
+    type: StrictStr
+    text: StrictStr | None = None
+    image_url: dict[str, StrictStr] | None = None
+
+
+class CohereInput(Request):
+    content: list[CohereContent]
+
+
+class CohereEmbedRequest(Request):
+    """POST /v2/embed (Cohere v2 shape)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "emb", "texts": ["The capital of China is Beijing."], "input_type": "search_document",
+         "embedding_types": ["float", "binary"]},
+        {"model": "emb", "texts": ["What is the capital of China?"], "input_type": "search_query",
+         "output_dimension": 32, "embedding_types": ["ubinary"], "truncate": "START"},
+    ]})
+
+    texts: list[StrictStr] | None = Field(None, description="The texts to embed (or `inputs`).")
+    inputs: list[CohereInput] | None = Field(None, description="Cohere's content form: `[{\"content\": [{\"type\": "
+                                             "\"text\", \"text\": ...}]}]`; text parts only.")
+    images: list[StrictStr] | None = Field(None, description="Refused: this server embeds text only.")
+    model: StrictStr | None = Field(None, description="The served embedding model's name (GET /v1/models).")
+    input_type: Literal["search_query", "search_document", "classification", "clustering", "image"] | None = Field(
+        None, description="search_query: the query template with the default instruction (or `instruction`); "
+        "search_document: the text as it is; classification / clustering: as it is, or under `instruction` when "
+        "given; image is refused. Left out: as search_document.")
+    embedding_types: list[CohereEmbeddingType] | None = Field(
+        None, description="Any of float, int8, uint8, binary, ubinary, base64 (default [float]); int8 / uint8 need "
+        "the server's --ranges.")
+    output_dimension: StrictInt | None = Field(None, description="Matryoshka dimension, 32..hidden size (default: "
+                                               "full).")
+    max_tokens: StrictInt | None = Field(None, description="Tokens per input at most (end token included), cut as "
+                                         "`truncate` says.")
+    truncate: Literal["NONE", "START", "END"] = Field(
+        "END", description="END cuts the end of a too-long input, START its start (keeping the instruction and the "
+        "end token), NONE answers 413.")
+    priority: StrictInt | None = Field(None, description="Accepted and ignored (Cohere compatibility).")
+    instruction: StrictStr | None = Field(None, description="Extension: task instruction for search_query, "
+                                          "classification or clustering inputs.")
+
+
+class CohereEmbeddings(BaseModel):
+    float_: list[list[float]] | None = Field(None, alias="float")
+    int8: list[list[int]] | None = None
+    uint8: list[list[int]] | None = None
+    binary: list[list[int]] | None = None
+    ubinary: list[list[int]] | None = None
+    base64: list[str] | None = None
+
+
+class CohereBilledUnits(BaseModel):
+    input_tokens: int
+
+
+class CohereApiVersion(BaseModel):
+    version: str
+
+
+class CohereMeta(BaseModel):
+    api_version: CohereApiVersion
+    billed_units: CohereBilledUnits
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
+    embeddings: CohereEmbeddings
+    texts: list[str]
+    meta: CohereMeta
 
 
 # -- discovery --------------------------------------------------------------------------------------

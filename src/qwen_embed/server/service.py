@@ -143,10 +143,11 @@ class Service:
                            f"{self.settings.max_request_tokens} per request (--max-request-tokens); split it into "
                            "smaller requests.", param=what, code="too_many_tokens")
 
-    def too_long(self, index: int, length: int, what: str, cut: bool = False) -> APIError:
+    def too_long(self, index: int, length: int, what: str, cut: bool = False, limit: int | None = None) -> APIError:
         has = f"more than {length}" if cut else f"{length}"
-        return APIError(413, f"{what}[{index}] has {has} tokens, over the model's max length "
-                        f"{self.max_length}; shorten it or send truncate=true.", param=what, code="input_too_long")
+        over = f"the model's max length {self.max_length}" if limit is None else f"max_tokens={limit}"
+        return APIError(413, f"{what}[{index}] has {has} tokens, over {over}; shorten it or send truncate=true.",
+                        param=what, code="input_too_long")
 
     async def tokenized(self, fn: Callable[[], list[list[int]]], timing: Timing) -> list[list[int]]:
         start = time.perf_counter()
@@ -193,25 +194,22 @@ class EmbeddingService(Service):
         return None if instruction is None else format_query("", instruction)
 
     def fit(self, seqs: list[list[int]], truncate: bool, what: str, left: bool = False, keep_head: int = 0,
-            cut: Sequence[bool] = ()) -> list[list[int]]:
-        """Truncate (end token kept last) or refuse (413) sequences over max_length. `left` drops the
-        start of the input instead of its end, keeping the first `keep_head` ids (the prompt)."""
+            cut: Sequence[bool] = (), limit: int | None = None) -> list[list[int]]:
+        """Truncate (`tokenizer.truncate_keep_end`: end token kept last) or refuse (413) sequences over
+        max_length, or over `limit` tokens when a request asks for fewer (Cohere's `max_tokens`). `left`
+        drops the start of the input instead of its end, keeping the first `keep_head` ids (the prompt)."""
+        n = self.max_length if limit is None else min(limit, self.max_length)
         out = []
         for i, s in enumerate(seqs):
-            if len(s) > self.max_length or (cut and cut[i]):
+            if len(s) > n or (cut and cut[i]):
                 if not truncate:
-                    raise self.too_long(i, len(s), what, bool(cut and cut[i]))
-                body = s[:-1]
-                if left:
-                    head = keep_head if keep_head < self.max_length - 1 else 0  # a prompt that fills it all: none
-                    room = self.max_length - 1 - head
-                    body = [*body[:head], *body[len(body) - room :]]
-                s = truncate_keep_end(body, self.max_length, self.eos_id)
+                    raise self.too_long(i, len(s), what, bool(cut and cut[i]), limit if n == limit else None)
+                s = truncate_keep_end(s[:-1], n, self.eos_id, "left" if left else "right", keep_head)
             out.append(s)
         return out
 
     def texts_to_ids(self, texts: list[str], prefix: str | None, truncate: bool, what: str,
-                     left: bool = False) -> list[list[int]]:
+                     left: bool = False, limit: int | None = None) -> list[list[int]]:
         """Exactly `Embedder.tokenize` (prefix = the query template's head), but able to tell that an
         input was cut, and cutting huge texts by characters before they are tokenized."""
         check_unicode(texts, what)
@@ -224,9 +222,10 @@ class EmbeddingService(Service):
             head_ids = self.tokenizer.encode_one(prefix)
             if all(s[: len(head_ids)] == head_ids for s in full):
                 keep_head = len(head_ids)
-        return self.fit(full, truncate, what, left, keep_head, [c for _, c in heads])
+        return self.fit(full, truncate, what, left, keep_head, [c for _, c in heads], limit)
 
-    def check_ids(self, seqs: list[list[int]], truncate: bool, what: str, left: bool = False) -> list[list[int]]:
+    def check_ids(self, seqs: list[list[int]], truncate: bool, what: str, left: bool = False,
+                  limit: int | None = None) -> list[list[int]]:
         """Client token ids: in the vocabulary, non-empty; the end token appended unless already last."""
         out = []
         for i, s in enumerate(seqs):
@@ -237,12 +236,16 @@ class EmbeddingService(Service):
                     raise APIError(400, f"{what}[{i}] holds token id {t}, outside this model's vocabulary "
                                    f"0..{self.vocab_size - 1}.", param=what)
             out.append(list(s) if s[-1] == self.eos_id else [*s, self.eos_id])
-        return self.fit(out, truncate, what, left)
+        return self.fit(out, truncate, what, left, limit=limit)
 
     async def prepare(self, inputs: object, *, instruction: str | None, input_type: str | None, truncate: bool,
                       what: str, timing: Timing, prompt_name: str | None = None,
-                      left: bool = False) -> list[list[int]]:
-        """Any accepted `input` shape -> token id sequences, tokenized in the pool."""
+                      left: bool = False, limit: int | None = None) -> list[list[int]]:
+        """Any accepted `input` shape -> token id sequences, tokenized in the pool; `limit`: at most
+        this many tokens per input (end token included), below the model's max length."""
+        if limit is not None and limit < 1:
+            raise APIError(400, f"max_tokens={limit} must be at least 1 (or left out for the model's max length "
+                           f"{self.max_length}).", param="max_tokens")
         prefix = self.prefix_for(instruction, input_type, prompt_name)
         items: list[Any] = [inputs] if isinstance(inputs, str) else inputs  # type: ignore[assignment]
         if items and all(isinstance(x, int) for x in items):  # one sequence of token ids: one input
@@ -252,14 +255,14 @@ class EmbeddingService(Service):
             if prefix is not None:
                 raise APIError(400, "instruction / input_type=query / prompt_name need text input, not token ids.",
                                param=what)
-            seqs = await self.tokenized(lambda: self.check_ids(items, truncate, what, left), timing)
+            seqs = await self.tokenized(lambda: self.check_ids(items, truncate, what, left, limit), timing)
         else:
             texts: list[str] = items
             for i, t in enumerate(texts):
                 if not t:
                     raise APIError(400, f"{what}[{i}] is an empty string; every input needs at least one character.",
                                    param=what)
-            seqs = await self.tokenized(lambda: self.texts_to_ids(texts, prefix, truncate, what, left), timing)
+            seqs = await self.tokenized(lambda: self.texts_to_ids(texts, prefix, truncate, what, left, limit), timing)
         self.check_total(seqs, what)
         return seqs
 

@@ -33,6 +33,7 @@ class ServerSettings:
     dtype: str | None = None
     max_length: int = DEFAULT_MAX_LENGTH
     reranker_template: str = "card"
+    ranges: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -103,6 +104,9 @@ class ServerSettings:
         if self.devices is not None and self.device is not None:
             raise InputError(f"device={self.device} and devices={self.devices} both given; --devices places the "
                              "model processes, --device the in-process model: pass one.")
+        if self.ranges is not None and not os.path.isfile(self.ranges):
+            raise InputError(f"ranges={self.ranges} is not a file; write one with `qwen-embed embed ... --precision "
+                             "int8 --save-ranges FILE` (calibration ranges of the served model's vectors).")
         if self.api_key is not None and not self.api_key:
             raise InputError("api-key is empty; give a non-empty key or leave it unset to disable auth.")
         return self
@@ -153,6 +157,8 @@ SETTINGS: list[Setting] = [
     Setting("dtype", str, HELP["dtype"]),
     Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
+    Setting("ranges", str, "int8 / uint8 calibration ranges for /v2/embed's embedding_types (the JSON of `qwen-embed "
+            "embed --save-ranges`, or a .npy of shape [2, dim]); without it int8 / uint8 requests are refused (400)"),
     Setting("host", str, "address to listen on"),
     Setting("port", int, "TCP port (0 picks a free one)"),
     Setting("api_key", str, "require `Authorization: Bearer KEY` (default: no auth)"),

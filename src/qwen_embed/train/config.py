@@ -45,6 +45,8 @@ class ModelSettings:
     precision: str = setting("auto", "auto (bf16-autocast on cuda, fp32 on cpu), fp32, bf16-autocast (fp32 "
                              "weights, bf16 compute), or bf16 (bf16 weights and optimiser state)")
     gradient_checkpointing: bool = setting(False, "recompute each layer in the backward pass (less memory)")
+    compile: bool = setting(False, "torch.compile each decoder layer (dynamic shapes; fuses the elementwise "
+                            "steps on CUDA, at a start-up cost of about a minute)")
 
     def loading(self) -> LoadingSettings:
         """How the weights are loaded: this checkpoint and device, bf16 weights for `bf16`, else float32."""

@@ -109,6 +109,9 @@ class Trainer:
             self.lora_config = lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
                                            base_model=cfg.model.path, task_type=self.objective.lora_task)
             add_lora(self.model, self.lora_config)
+        if cfg.model.compile:  # after LoRA, so the adapters are traced too; parameter names are unchanged
+            for layer in self.objective.trunk.layers:
+                layer.compile(dynamic=True)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]

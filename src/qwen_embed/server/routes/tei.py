@@ -1,10 +1,13 @@
-"""text-embeddings-inference (TEI) routes: POST /embed, /rerank, /tokenize and GET /info.
+"""text-embeddings-inference (TEI) routes: POST /embed, /similarity, /rerank, /tokenize and GET /info.
 
-`/embed` takes TEI's `prompt_name` (a name from the model's prompts: "query", "document" and those of
-its config_sentence_transformers.json) and `truncation_direction`. "Left" drops the start of an
-input that is too long instead of its end; unlike TEI, which cuts the whole token sequence, the
-prompt (instruction) at its head is kept, and the end token is always last, because an embedding of
-a query without its instruction, or without the end token, is not the query's embedding.
+`/similarity` embeds `source_sentence` and `sentences` (normalised, full dimension) and answers the
+cosine of each sentence with the source, as TEI does. `/embed` (and `/similarity`'s `parameters`)
+takes TEI's `prompt_name` (a name from the model's prompts: "query", "document" and those of its
+config_sentence_transformers.json) and `truncation_direction`. "Left" drops the start of an input
+that is too long instead of its end (`tokenizer.truncate_keep_end` with side "left"); unlike TEI,
+which cuts the whole token sequence, the prompt (instruction) at its head is kept, and the end token
+is always last, because an embedding of a query without its instruction, or without the end token,
+is not the query's embedding.
 """
 
 from __future__ import annotations
@@ -35,18 +38,40 @@ def router(state: State) -> APIRouter:
         svc = state.embedding_service(req.model)
         dim = svc.check_dim(req.dimensions)
         timing = Timing()
-        left = req.truncation_direction is not None and req.truncation_direction.lower() == "left"
+        left = is_left(req.truncation_direction)
         with svc.admission() as adm:
             seqs = await svc.prepare(req.inputs, instruction=req.instruction, input_type=None, truncate=req.truncate,
                                      what="inputs", timing=timing, prompt_name=req.prompt_name, left=left)
             vecs = await svc.embed(adm, seqs, dim, req.normalize, timing)
         return await encoded(svc, lambda: vecs.tolist(), timing)
 
+    @r.post("/similarity", response_model=list[float], responses=ERRORS)
+    async def similarity(req: S.SimilarityRequest) -> Response:
+        """TEI: the cosine similarity of `source_sentence` with each of `sentences`, in their order."""
+        svc = state.embedding_service(req.model)
+        p = req.parameters
+        prompt_name = None if p is None else p.prompt_name
+        truncate = p is None or p.truncate is None or p.truncate
+        left = p is not None and is_left(p.truncation_direction)
+        svc.check_count(len(req.inputs.sentences) + 1, "sentences")
+        timing = Timing()
+        with svc.admission() as adm:
+            src = await svc.prepare([req.inputs.source_sentence], instruction=None, input_type=None,
+                                    truncate=truncate, what="source_sentence", timing=timing,
+                                    prompt_name=prompt_name, left=left)
+            tokenization = timing.tokenization
+            seqs = await svc.prepare(req.inputs.sentences, instruction=None, input_type=None, truncate=truncate,
+                                     what="sentences", timing=timing, prompt_name=prompt_name, left=left)
+            timing.tokenization += tokenization
+            svc.check_total(src + seqs, "sentences")
+            vecs = await svc.embed(adm, src + seqs, svc.check_dim(None), True, timing)
+        return await encoded(svc, lambda: (vecs[1:] @ vecs[0]).tolist(), timing)
+
     @r.post("/rerank", response_model=list[S.TEIRank], responses=ERRORS)
     async def tei_rerank(req: S.TEIRerankRequest) -> Response:
         """TEI: `[{index, score, text?}]` sorted by score, best first."""
         svc = state.rerank_service(req.model)
-        if req.truncation_direction is not None and req.truncation_direction.lower() == "left":
+        if is_left(req.truncation_direction):
             raise APIError(400, "truncation_direction='Left' is not supported on /rerank: documents are cut at "
                            "their end, keeping the prompt's frame; drop it or send truncate=false.",
                            param="truncation_direction")
@@ -112,6 +137,11 @@ def router(state: State) -> APIRouter:
                 "models": [describe(x) for x in state.services]}
 
     return r
+
+
+def is_left(direction: str | None) -> bool:
+    """TEI's `truncation_direction` (Left / Right, either case) -> whether the start is cut."""
+    return direction is not None and direction.lower() == "left"
 
 
 def tokens_of(svc: Service, texts: list[str], add_special: bool, prefix: str = "") -> list[list[dict[str, Any]]]:
