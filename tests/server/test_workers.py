@@ -247,3 +247,24 @@ def test_sigterm_drains_every_process(small_embedding_path: Path, tmp_path: Path
     assert code == 0 and exited <= 3.5, (code, exited)
     assert not [p for p in children if alive(p)]
     assert "Traceback" not in srv.log.read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_ends_the_server_with_one_line(small_embedding_path: Path, tmp_path: Path) -> None:
+    """A --ranges file of the wrong shape fails in each worker's app: the supervisor exits 2, saying so,
+    instead of starting workers again forever."""
+    import subprocess
+    import sys
+
+    from tests.threads import subprocess_env
+
+    bad = tmp_path / "ranges.npy"
+    np.save(bad, np.zeros((3, 5), dtype=np.float32))
+    proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(small_embedding_path),
+                           "--workers", "2", "--devices", "cpu", "--max-length", "64", "--port", "0", "--ranges",
+                           str(bad), "--log-level", "warning"], capture_output=True, text=True, timeout=180,
+                          env=subprocess_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qwen-embed serve: error: HTTP worker") and "while starting" in last, last
+    assert "holds an array of shape (3, 5)" in proc.stderr

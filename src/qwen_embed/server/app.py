@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -130,13 +130,15 @@ def create_worker_app(settings: ServerSettings, models: Sequence[ModelPlan], boa
             rr = RerankService(facts, settings.reranker_template, remote, m.name, m.label, settings, metrics,
                                pools.cpu)
     # a worker takes connections once warm: a replaced worker must not answer 503 beside a ready one
-    return assemble(settings, State(settings, emb, rr, metrics, pools), warm_first=True)
+    return assemble(settings, State(settings, emb, rr, metrics, pools), warm_first=True,
+                    on_ready=partial(board.set_serving, worker))
 
 
 def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = (),
-             warm_first: bool = False) -> FastAPI:
+             warm_first: bool = False, on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The FastAPI app of `state`: lifespan (batchers, warm-up, drain, model processes), handlers,
-    middleware, routes. `warm_first`: the warm-up ends before the app starts (and the server listens)."""
+    middleware, routes. `warm_first`: the warm-up ends before the app starts (and the server listens);
+    `on_ready` is called then."""
     pools = state.pools
 
     @contextlib.asynccontextmanager
@@ -145,6 +147,8 @@ def assemble(settings: ServerSettings, state: State, model_pools: Sequence[Model
             svc.batcher.start()
         if warm_first:
             await warm_up(state)
+            if on_ready is not None:
+                on_ready()
         task = asyncio.create_task(asyncio.sleep(0) if warm_first else warm_up(state))
         try:
             yield

@@ -2,7 +2,8 @@
 
 One flat int64 array (`multiprocessing.RawArray`, handed to each process when it is started), in two parts:
 
-- per HTTP worker and model: requests admitted (from before tokenization until answered) and their tokens.
+- per HTTP worker and model: requests admitted (from before tokenization until answered) and their tokens;
+  and whether the worker serves (warmed up and accepting; kept in its slots of model 0).
   Only that worker writes its slots; admission sums the slots of every worker, so that `--max-queue` and
   `--max-queue-tokens` bound the whole server, not one worker's share. The supervisor zeroes a dead
   worker's slots before its replacement starts.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 MODELS = ("embedding", "reranker")
-_WORKER_FIELDS = 2  # requests, tokens
+_WORKER_FIELDS = 3  # requests, tokens, serving
 _PROCESS_FIELDS = 4  # ready, generation, pending tokens, tokens per second
 
 
@@ -66,10 +67,17 @@ class Board:
         return int(requests), int(tokens)
 
     def clear_worker(self, worker: int) -> None:
-        """Forget what a dead worker held (its requests died with it)."""
+        """Forget what a dead worker held (its requests died with it), and that it served."""
         for m in range(len(MODELS)):
             i = self._w(worker, m)
-            self.array[i] = self.array[i + 1] = 0
+            self.array[i] = self.array[i + 1] = self.array[i + 2] = 0
+
+    def set_serving(self, worker: int) -> None:
+        """Worker `worker` has warmed up and accepts connections."""
+        self.array[self._w(worker, 0) + 2] = 1
+
+    def serving(self, worker: int) -> bool:
+        return bool(self.array[self._w(worker, 0) + 2])
 
     # -- model processes ---------------------------------------------------------------------------
     def _p(self, process: int) -> int:

@@ -192,6 +192,18 @@ class Supervisor:
                                          f"{proc.exitcode} while loading; see its log above.")
             time.sleep(WATCH_S)
 
+    def wait_workers(self) -> None:
+        """Until every HTTP worker serves (QwenEmbedError when one exits first: its app could not start,
+        e.g. a bad --ranges file, and a replacement would fail the same way)."""
+        while not all(self.board.serving(i) for i in range(len(self.workers))):
+            if self.signal is not None:
+                raise KeyboardInterrupt
+            for index, proc in enumerate(self.workers):
+                if not proc.is_alive():
+                    raise QwenEmbedError(f"HTTP worker {index} exited with code {proc.exitcode} while starting; see "
+                                         "its log above.")
+            time.sleep(WATCH_S)
+
     def reap(self) -> None:
         """Start again each child that died (at most once a second per child)."""
         from prometheus_client.multiprocess import mark_process_dead
@@ -233,6 +245,11 @@ class Supervisor:
             self.sock = listen(self.settings.host, self.settings.port)
             for index in range(self.settings.workers):
                 self.start_worker(index)
+            try:
+                self.wait_workers()
+            except KeyboardInterrupt:
+                self.drain()
+                return 130 if self.signal == signal.SIGINT else 0
             host, port = self.sock.getsockname()[:2]
             log.info("serving on http://%s:%d: %d HTTP workers, %d model processes (%s)", host, port,
                      self.settings.workers, len(self.slots), ", ".join(d for _, _, d in self.slots))
