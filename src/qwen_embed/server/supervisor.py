@@ -17,7 +17,8 @@
 The supervisor loads nothing. It checks each model folder (config and tokenizer; a bad path fails here
 with one line), starts the model processes (model_server.py) and waits until each has loaded and warmed up,
 binds the port, then starts the workers (worker_main), each running the app of `create_worker_app`
-under uvicorn on the shared socket. Then it watches them: a model process that dies is started again
+under uvicorn on the shared socket, and waits until each serves (one that exits first ends it all: a
+replacement would fail the same way). Then it watches them: a model process that dies is started again
 (the workers answer its requests in flight 503 at once, and /health is 503 while no process of a model
 is up); a worker that dies is replaced (its open connections are lost; the others are unaffected). All
 children are started with `spawn`: no inherited threads, CUDA state or sockets other than the listener.
