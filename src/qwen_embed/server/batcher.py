@@ -2,7 +2,8 @@
 
 Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO queue; the batch
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
-until the token / request budget is full), and runs the merged sequences through `run` in the model's
+until the token / request budget is full; a request alone that finds the model idle for at least that
+long runs at once: it has nobody to wait for), and runs the merged sequences through `run` in the model's
 single worker thread, so the event loop never waits on the model. A request larger than the token
 budget is cut into several batches (a sequence is never cut), so that one large request is
 interruptible between batches: a client that went away, or a drain deadline, stops it there. While a
@@ -143,6 +144,7 @@ class Batcher:
         self._slots = asyncio.Semaphore(max(1, max_inflight))
         self._running: set[asyncio.Task[None]] = set()
         self._in_batches: list[list[Slice]] = []
+        self._last_end = -math.inf  # when the last batch ended (perf_counter)
         # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models
         self._owns_pool = worker is None
         self._pool = worker or model_worker(name)
@@ -283,7 +285,11 @@ class Batcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            deadline = self._queue[0].enqueued + self.max_wait_s
+            first = self._queue[0]
+            # a request alone, arriving at a model idle for a whole window, has nobody to wait for: it runs
+            # at once (a lone query pays no batching window); under load the model is never idle that long
+            lone = len(self._queue) == 1 and not self._in_batches and first.enqueued - self._last_end >= self.max_wait_s
+            deadline = first.enqueued + (0.0 if lone else self.max_wait_s)
             while not self._full() and not self._stopping:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -307,6 +313,7 @@ class Batcher:
             await self._run_batch(batch)
         finally:
             self._in_batches.remove(batch)
+            self._last_end = time.perf_counter()
             self._slots.release()
 
     async def _run_batch(self, batch: list[Slice]) -> None:
