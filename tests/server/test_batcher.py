@@ -273,21 +273,23 @@ def test_a_cancelled_large_request_stops_between_batches() -> None:
     run(scenario)
 
 
-def test_a_lone_request_at_an_idle_model_does_not_wait_for_the_window() -> None:
+def test_a_request_alone_in_the_server_does_not_wait_for_the_window() -> None:
     model = FakeModel()
 
     async def scenario() -> None:
         b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.5)
         b.start()
         t0 = time.perf_counter()
-        await b.submit([[1]])  # the model was idle (never ran): at once
+        await b.submit([[1]])  # nobody else admitted: at once
         alone = time.perf_counter() - t0
+        adm = b.admit()  # another request holds a place (tokenizing): this one waits for it
         t0 = time.perf_counter()
-        await b.submit([[2]])  # right after a batch: the model was not idle for a window, so it waits for company
-        after = time.perf_counter() - t0
+        await b.submit([[2]])
+        company = time.perf_counter() - t0
+        adm.release()
         outs = await asyncio.gather(b.submit([[3]]), b.submit([[4]]))  # two at once still merge
         await b.stop()
-        assert alone < 0.25 and after >= 0.45, (alone, after)
+        assert alone < 0.25 and company >= 0.45, (alone, company)
         assert [int(o[0, 0]) for o in outs] == [3, 4] and model.calls[-1] == [[3], [4]]
 
     run(scenario)

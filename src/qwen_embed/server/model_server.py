@@ -49,6 +49,7 @@ class ModelServerConfig:
 
     spec: ModelSpec
     label: str  # the model's name in metrics
+    model: int  # its index on the board (board.MODELS)
     slot: int  # its index among the model processes (board.py)
     generation: int
     address: str  # the Unix socket path it listens on
@@ -123,7 +124,8 @@ class ModelServer:
         self.batcher = Batcher(config.label, run, max_batch_tokens=spec.batch_tokens or 16384,
                                max_batch_requests=config.max_batch_requests, max_wait_s=config.max_wait_s,
                                max_queue=UNLIMITED, max_queue_tokens=UNLIMITED,
-                               metrics=BoardMetrics(board, config.slot), max_inflight=config.inflight)
+                               metrics=BoardMetrics(board, config.slot), max_inflight=config.inflight,
+                               admitted=lambda: board.admitted(config.model)[0])
         self.stop = asyncio.Event()
 
     async def serve(self, warm: list[list[list[int]]]) -> None:

@@ -162,9 +162,9 @@ class Supervisor:
         self.board.set_ready(slot, False)
         generation = self.board.next_generation(slot)
         s = self.settings
-        config = ModelServerConfig(ModelSpec(**{**spec.__dict__, "device": device}), plan.label, slot, generation,
-                              self.addresses.format(slot, generation), s.max_batch_requests, s.max_wait_ms / 1000.0,
-                              s.inflight_batches, s.warmup, s.deterministic)
+        config = ModelServerConfig(ModelSpec(**{**spec.__dict__, "device": device}), plan.label, plan.model, slot,
+                                   generation, self.addresses.format(slot, generation), s.max_batch_requests,
+                                   s.max_wait_ms / 1000.0, s.inflight_batches, s.warmup, s.deterministic)
         proc = self.ctx.Process(target=model_server_main, args=(config, self.board), name=f"qwen-embed-model-{slot}")
         proc.start()
         log.info("model process %d (%s, %s) started: pid %d", slot, plan.name, device, proc.pid)
