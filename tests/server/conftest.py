@@ -160,7 +160,11 @@ def workers_server(small_embedding_path: Path, small_reranker_path: Path,
     names of the `live` fixture; started once per session."""
     settings = {"embedding_model": str(small_embedding_path), "reranker_model": str(small_reranker_path),
                 "embedding_name": "emb", "reranker_name": "rr", "max_wait_ms": 10, "max_length": 64,
-                "workers": 2, "tokenization_workers": 1}
+                "workers": 2, "tokenization_workers": 1,
+                # one model process merges both workers' requests into batches that would pass the CPU default
+                # of 8192 tokens; a request cut between two batches counts in both (qwen_embed_batch_requests),
+                # which test_load's exact count of merged requests does not expect
+                "max_batch_tokens": 65536}
     log = tmp_path_factory.mktemp("workers") / "serve.log"
     with WorkersServer(log, settings=settings, devices=["cpu"], max_lengths={"reranker": 256}) as srv:
         yield srv
