@@ -77,6 +77,7 @@ class Board:
         self.array[self._w(worker, 0) + 2] = 1
 
     def serving(self, worker: int) -> bool:
+        """Whether HTTP worker `worker` has warmed up and accepts connections."""
         return bool(self.array[self._w(worker, 0) + 2])
 
     # -- model processes ---------------------------------------------------------------------------
@@ -84,12 +85,15 @@ class Board:
         return self._base + process * _PROCESS_FIELDS
 
     def ready(self, process: int) -> bool:
+        """Whether model process `process` is loaded, warmed up and listening."""
         return bool(self.array[self._p(process)])
 
     def set_ready(self, process: int, ready: bool) -> None:
+        """Set by the model process once listening; cleared by it on exit and by the supervisor on its death."""
         self.array[self._p(process)] = int(ready)
 
     def generation(self, process: int) -> int:
+        """How many times the supervisor has started model process `process`."""
         return int(self.array[self._p(process) + 1])
 
     def next_generation(self, process: int) -> int:

@@ -149,6 +149,7 @@ class ModelServer:
             server.close()
 
     async def watch_parent(self) -> None:
+        """Stop when the supervisor is gone (this process was re-parented)."""
         parent = os.getppid()
         while os.getppid() == parent:
             await asyncio.sleep(PARENT_POLL_S)

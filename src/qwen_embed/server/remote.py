@@ -89,6 +89,7 @@ class Link:
 
     @property
     def up(self) -> bool:
+        """Connected, and the connection not closing."""
         return self.writer is not None and not self.writer.is_closing()
 
 

@@ -158,6 +158,7 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------------
     def start_model(self, slot: int) -> None:
+        """Start the model process of `slot` (a new generation; it sets ready itself once warm)."""
         plan, spec, device = self.slots[slot]
         self.board.set_ready(slot, False)
         generation = self.board.next_generation(slot)
@@ -172,6 +173,7 @@ class Supervisor:
         self.started_at[("model", slot)] = time.monotonic()
 
     def start_worker(self, index: int) -> None:
+        """Start HTTP worker `index` on the shared socket."""
         models = [plan for plan, _ in self.plans]
         proc = self.ctx.Process(target=worker_main, name=f"qwen-embed-http-{index}",
                                 args=(self.worker_settings, models, self.board, index, self.addresses,

@@ -63,6 +63,7 @@ def sequences(frame: Frame) -> list[list[int]]:
 
 
 def cancel(rid: int) -> bytes:
+    """A CANCEL frame (header only)."""
     return HEAD.pack(CANCEL, 0, rid, 0, 0, 0, 0.0, 0.0)
 
 
