@@ -3,19 +3,30 @@
 Direct: `Embedder.encode(all texts)` in this process (tokenization + token-budget batches, the best the
 library does). HTTP: `qwen-embed serve` in a subprocess, `--concurrency` clients each sending requests
 of `--texts-per-request` texts to /v1/embeddings (base64, as the openai client asks) one after another
-until all texts are embedded. Runs, one after another: the server with the model in process
-(`serve --device`), the server in front of model processes (`serve --devices`, issue 16), and
-Infinity (`infinity-emb`) on the same folder when it is importable (skipped with a note otherwise), each
-at every `--texts-per-request` (8 and 32), plus the median latency of a one-query request. Prints (and
-with `--out`, writes) one JSON: texts/s and tokens/s of each, the ratio to direct (goals on the GPU:
->= 0.8 at 8, >= 0.9 at 32, p50 <= 5 ms), and the max difference of served vectors from direct ones.
+until all texts are embedded. Runs, one after another (`--servers`):
+
+- `in-process`: `serve --device` (one process, the model in it: `--workers 1`);
+- `workers`: `serve --workers N --devices D` (issue 16: N HTTP worker processes, one model process per
+  device batching every worker's requests);
+- `model-processes` (not by default): `serve --devices D`, one HTTP process in front of model processes;
+- `infinity`: Infinity (`infinity_emb v2`) on the same folder, device and load, when it can be imported
+  (with `--infinity-site`, default build/infinity_site, put first on its PYTHONPATH, or run by
+  `--infinity-python`; skipped with a note otherwise),
+
+each at every `--texts-per-request` (8 and 32), plus the median latency of a one-query request. Prints
+a table of the ratios to direct and (with `--out`) writes one JSON: texts/s and tokens/s of each, the
+ratio to direct (goals on the GPU: >= 0.8 at 8, >= 0.9 at 32, p50 <= 5 ms), and the max difference of
+served vectors from direct ones (Infinity pools as its own config says, so its vectors may differ).
 
 Workload: texts of random words whose token counts follow a lognormal around 160 (16..1024), as in
 DESIGN.md. Model: `--model PATH`, or a random-weight checkpoint made on the spot: `--shape tiny`
 (hidden 64, 2 layers: a CPU check of the plumbing) or `--shape 0.6b` (the Qwen3-Embedding-0.6B shape).
 
-    python benchmarks/serve_load.py --quick                      # CPU, tiny model, a few seconds
-    python benchmarks/serve_load.py --shape 0.6b --device cuda --out serve_load.json   # GPU, 8192 texts
+    python benchmarks/serve_load.py --quick                      # CPU, tiny model, a few minutes
+    python benchmarks/serve_load.py --shape 0.6b --device cuda --workers 4 --out serve_load.json   # GPU
+
+Infinity on a machine without network (its wheels carried in build/infinity_wheels, see BENCHMARKS.md):
+    pip install --no-index --no-deps --target build/infinity_site build/infinity_wheels/*.whl
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import importlib.util
+import gc
 import json
 import os
 import signal
@@ -85,11 +96,13 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
     raise SystemExit(f"{what} did not become ready in 600 s")
 
 
-def start_server(model: str, args: argparse.Namespace, port: int, devices: str | None) -> subprocess.Popen[bytes]:
-    """`qwen-embed serve` in a subprocess: the model in process (devices None) or in model processes."""
+def start_server(model: str, args: argparse.Namespace, port: int, devices: str | None,
+                 workers: int = 1) -> subprocess.Popen[bytes]:
+    """`qwen-embed serve` in a subprocess: the model in process (devices None), or in model processes
+    (one per device) behind `workers` HTTP processes."""
     cmd = [sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", model, "--port", str(port),
            "--max-length", str(args.max_length), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
-           "--max-queue", str(max(512, args.concurrency * 2))]
+           "--max-queue", str(max(512, args.concurrency * 2)), "--workers", str(workers)]
     device = None if devices is not None else args.device
     for flag, value in (("--device", device), ("--devices", devices), ("--dtype", args.dtype),
                         ("--max-batch-tokens", args.batch_tokens)):
@@ -100,15 +113,26 @@ def start_server(model: str, args: argparse.Namespace, port: int, devices: str |
     return proc
 
 
-def start_infinity(model: str, args: argparse.Namespace, port: int) -> subprocess.Popen[bytes] | None:
-    """Infinity (`infinity_emb v2`) on the same folder, or None when it is not importable."""
-    if importlib.util.find_spec("infinity_emb") is None:
-        return None
-    cmd = [sys.executable, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port),
-           "--batch-size", "64", "--no-model-warmup"]
-    if args.device is not None:
-        cmd += ["--device", args.device.split(":")[0]]
-    proc = subprocess.Popen(cmd)
+def infinity_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of the Infinity process: its own site folder first on the path, no telemetry."""
+    env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    if args.infinity_site is not None and args.infinity_site.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.infinity_site.resolve()), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def start_infinity(model: str, args: argparse.Namespace, port: int, device: str) -> subprocess.Popen[bytes] | str:
+    """Infinity (`infinity_emb v2`) on the same folder and device; the reason when it cannot start."""
+    env = infinity_env(args)
+    probe = subprocess.run([args.infinity_python, "-c", "import infinity_emb"], env=env, capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "infinity_emb is not importable: " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+    cuda = device.startswith("cuda")
+    cmd = [args.infinity_python, "-m", "infinity_emb.cli", "v2", "--model-id", model, "--port", str(port),
+           "--batch-size", str(args.infinity_batch_size), "--engine", "torch", "--device", "cuda" if cuda else "cpu",
+           "--dtype", "bfloat16" if cuda else "float32", "--no-bettertransformer", "--no-model-warmup",
+           "--url-prefix", "", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env)
     wait_ready(proc, f"http://127.0.0.1:{port}/health", "infinity")
     return proc
 
@@ -179,6 +203,21 @@ def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace,
     return out
 
 
+def summary(result: dict[str, Any], ks: list[int]) -> str:
+    """One line per server: texts/s and the ratio to direct at each request size, and the one-query p50."""
+    lines = [f"direct: {result['direct']['texts_per_s']:.1f} texts/s"]
+    for name, r in result.items():
+        if not isinstance(r, dict) or name == "direct":
+            continue
+        if "skipped" in r:
+            lines.append(f"{name}: skipped ({r['skipped']})")
+            continue
+        parts = [f"{k}/req {r[f'{k}_per_request']['texts_per_s']:.1f} texts/s = "
+                 f"{r[f'{k}_per_request']['ratio_to_direct']:.2f}x direct" for k in ks]
+        lines.append(f"{name}: " + ", ".join(parts) + f", one-query p50 {r['single_query_p50_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="checkpoint folder or hub id (default: make one of --shape)")
@@ -195,17 +234,27 @@ def main() -> None:
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass, both paths")
     p.add_argument("--quick", action="store_true", help="512 texts (a CPU check)")
     p.add_argument("--repeat", type=int, default=2, help="timed rounds of each path; the best counts")
-    p.add_argument("--servers", default="in-process,model-processes,infinity",
-                   help="which servers to load (comma-separated; infinity is skipped when not importable)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="HTTP worker processes of the `workers` server (default: min(4, cores))")
+    p.add_argument("--servers", default="in-process,workers,infinity",
+                   help="which servers to load, comma-separated, of in-process, workers, model-processes, infinity "
+                   "(infinity is skipped when it cannot be imported)")
+    p.add_argument("--infinity-site", type=Path, default=Path("build/infinity_site"),
+                   help="a folder put first on Infinity's PYTHONPATH (its `pip install --target`)")
+    p.add_argument("--infinity-python", default=sys.executable,
+                   help="the Python that runs Infinity (default: this one; e.g. a venv of its own)")
+    p.add_argument("--infinity-batch-size", type=int, default=64, help="Infinity's --batch-size")
     p.add_argument("--out", type=Path, default=None, help="write the figures to this JSON file (atomically)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     n = 512 if args.quick else args.texts
     ks = [int(x) for x in args.texts_per_request.split(",")]
     servers = [x.strip() for x in args.servers.split(",") if x.strip()]
-    unknown = set(servers) - {"in-process", "model-processes", "infinity"}
+    unknown = set(servers) - {"in-process", "workers", "model-processes", "infinity"}
     if unknown:
-        raise SystemExit(f"--servers: unknown {sorted(unknown)}; use in-process, model-processes, infinity")
+        raise SystemExit(f"--servers: unknown {sorted(unknown)}; use in-process, workers, model-processes, infinity")
+    if args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: use at least 1")
     if args.out is not None and args.out.exists():
         raise SystemExit(f"--out {args.out} exists; pass a new path")
 
@@ -227,6 +276,11 @@ def main() -> None:
             direct_s = min(direct_s, time.perf_counter() - start)
         device = str(emb.device)
         del emb
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()  # the servers load their own copies
         result: dict[str, Any] = {
             "model": model if args.model else f"{args.shape} (random weights)", "device": device, "texts": n,
             "tokens": tokens, "concurrency": args.concurrency, "cpu_cores": os.cpu_count(),
@@ -236,23 +290,29 @@ def main() -> None:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             if name == "infinity":
-                proc = start_infinity(model, args, port)
-                if proc is None:
-                    result[name] = {"skipped": "infinity_emb is not importable (pip install 'infinity-emb[all]')"}
+                started = start_infinity(model, args, port, device)
+                if isinstance(started, str):
+                    result[name] = {"skipped": started}
+                    print(f"infinity skipped: {started}", file=sys.stderr)
                     continue
+                proc = started
                 route = "/embeddings"
             else:
-                proc = start_server(model, args, port, None if name == "in-process" else args.devices)
+                proc = start_server(model, args, port, None if name == "in-process" else args.devices,
+                                    args.workers if name == "workers" else 1)
                 route = "/v1/embeddings"
             try:
                 result[name] = measure(url, texts, ks, args, direct_s, tokens, direct, route)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)
-            if name == "model-processes":
+            if name in ("model-processes", "workers"):
                 result[name]["devices"] = args.devices
+            if name == "workers":
+                result[name]["workers"] = args.workers
 
     print(json.dumps(result, indent=1))
+    print(summary(result, ks), file=sys.stderr)
     if args.out is not None:
         tmp_out = args.out.with_name(args.out.name + ".tmp")
         tmp_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

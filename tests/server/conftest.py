@@ -3,11 +3,18 @@
 `LiveServer(app)` runs uvicorn in a thread on a free loopback port (a real socket, so the official
 openai client and concurrent httpx clients go through HTTP) and waits for /health to say ready.
 `LiveServer(app, settings)` runs it as `qwen-embed serve` does (serving.py: connection limits, drain).
+`WorkersServer(args)` runs `serve --workers` (supervisor, HTTP workers, model processes) as a process of
+its own, logging to a file (the pids of its children are in it).
 """
 
 from __future__ import annotations
 
+import json
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +29,7 @@ from fastapi import FastAPI
 from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
+from tests.threads import subprocess_env
 
 
 class LiveServer:
@@ -63,12 +71,119 @@ class LiveServer:
         self.sock.close()
 
 
-@pytest.fixture(scope="module", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow)])
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# `serve --workers` with per-model max lengths (the CLI has one --max-length): the supervisor itself
+SUPERVISOR = """
+import json, logging, sys
+from qwen_embed.server import ServerSettings
+from qwen_embed.server.supervisor import Supervisor
+settings, devices, max_lengths = json.loads(sys.argv[1])
+logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+sys.exit(Supervisor(ServerSettings(**settings), devices, max_lengths).run())
+"""
+
+
+class WorkersServer:
+    """`serve --workers` in a process of its own: `cli` arguments to `qwen-embed serve`, or `settings`
+    (ServerSettings fields) with `devices` and `max_lengths` for the supervisor; `url`, `log`, `pids`."""
+
+    def __init__(self, log: Path, cli: list[str] | None = None, settings: dict[str, object] | None = None,
+                 devices: list[str] | None = None, max_lengths: dict[str, int] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        if cli is not None:
+            self.cmd = [sys.executable, "-m", "qwen_embed", "serve", *cli, "--port", str(self.port),
+                        "--log-level", "info"]
+        else:
+            self.cmd = [sys.executable, "-c", SUPERVISOR,
+                        json.dumps([{**(settings or {}), "port": self.port}, devices or ["cpu"], max_lengths or {}])]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> WorkersServer:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
+        self.wait_ready(180)
+        return self
+
+    def wait_ready(self, seconds: float) -> float:
+        """Until /health is 200 (seconds waited); TimeoutError after `seconds`."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve --workers exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"serve --workers not ready in {seconds} s:\n{self.log.read_text()}")
+
+    def pids(self, what: str) -> dict[int, int]:
+        """{index: pid} of the latest `worker`s or `model` processes, from the log."""
+        pattern = r"HTTP worker (\d+) started: pid (\d+)" if what == "worker" else \
+            r"model process (\d+) \(.*?\) started: pid (\d+)"
+        return {int(i): int(p) for i, p in re.findall(pattern, self.log.read_text())}
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM the supervisor; its exit status."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        assert self.proc is not None
+        try:
+            self.terminate()
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (and is not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def workers_server(small_embedding_path: Path, small_reranker_path: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkersServer]:
+    """`serve --workers 2` over both small models (one model process each, on the CPU), the limits and
+    names of the `live` fixture; started once per session."""
+    settings = {"embedding_model": str(small_embedding_path), "reranker_model": str(small_reranker_path),
+                "embedding_name": "emb", "reranker_name": "rr", "max_wait_ms": 10, "max_length": 64,
+                "workers": 2, "tokenization_workers": 1,
+                # one model process merges both workers' requests into batches that would pass the CPU default
+                # of 8192 tokens; a request cut between two batches counts in both (qwen_embed_batch_requests),
+                # which test_load's exact count of merged requests does not expect
+                "max_batch_tokens": 65536}
+    log = tmp_path_factory.mktemp("workers") / "serve.log"
+    with WorkersServer(log, settings=settings, devices=["cpu"], max_lengths={"reranker": 256}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow),
+                                        pytest.param("workers", marks=pytest.mark.slow)])
 def live(request: pytest.FixtureRequest, small_embedder: Embedder, small_reranker: Reranker,
-         small_embedding_path: Path, small_reranker_path: Path) -> Iterator[LiveServer]:
+         small_embedding_path: Path, small_reranker_path: Path) -> Iterator[LiveServer | WorkersServer]:
     """Both models, default limits, a 10 ms batching window; the models in this process, or (slow) in
-    model processes, two per model (`--devices cpu,cpu`), answered under the names the
-    in-process variant uses."""
+    model processes, two per model (`--devices cpu,cpu`), or (slow) `serve --workers 2` (the session's
+    `workers_server`), answered under the names the in-process variant uses."""
+    if request.param == "workers":
+        yield request.getfixturevalue("workers_server")
+        return
     if request.param == "in-process":
         settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_wait_ms=10, max_length=64)
         app = create_app(settings, embedder=small_embedder, reranker=small_reranker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -268,5 +269,27 @@ def test_a_cancelled_large_request_stops_between_batches() -> None:
         await b.stop()
         assert ran < 20 and len(model.calls) <= ran + 2
         assert b.pending_requests == 0 and b.pending_tokens == 0
+
+    run(scenario)
+
+
+def test_a_request_alone_in_the_server_does_not_wait_for_the_window() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.5)
+        b.start()
+        t0 = time.perf_counter()
+        await b.submit([[1]])  # nobody else admitted: at once
+        alone = time.perf_counter() - t0
+        adm = b.admit()  # another request holds a place (tokenizing): this one waits for it
+        t0 = time.perf_counter()
+        await b.submit([[2]])
+        company = time.perf_counter() - t0
+        adm.release()
+        outs = await asyncio.gather(b.submit([[3]]), b.submit([[4]]))  # two at once still merge
+        await b.stop()
+        assert alone < 0.25 and company >= 0.45, (alone, company)
+        assert [int(o[0, 0]) for o in outs] == [3, 4] and model.calls[-1] == [[3], [4]]
 
     run(scenario)

@@ -8,7 +8,10 @@ Modules, in the order a request meets them: serving (uvicorn with connection lim
 middleware (auth, body size, metrics, disconnects), routes/ (one module per API), state (model
 lookup, readiness), service (tokenize -> batch -> finish per model), batcher (async dynamic batching
 with backpressure), model_pool (`serve --devices`: a model process per device behind the batcher's
-`run`, batches sent by load), model_process (one model in a child process); beside
+`run`, batches sent by load), model_process (one model in a child process); for `serve --workers N`:
+supervisor (HTTP worker processes on one socket, model processes, restarts, drain), model_server (a model
+process with its batcher), remote (a worker's batcher interface over the model processes), wire (their
+frames), board (shared-memory counters: global admission, readiness, load); beside
 them settings (flags + QWEN_EMBED_* variables), schemas (request / response bodies), errors and
 handlers (the OpenAI error shape, one table of statuses), facts (a model's tokenizer, config and
 limits without its weights), pools (every thread), metrics (Prometheus),

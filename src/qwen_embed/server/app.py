@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -25,12 +25,14 @@ from ..embedder import Embedder
 from ..errors import QwenEmbedError
 from ..reranker import Reranker
 from . import handlers
+from .board import Board
 from .facts import ModelFacts
 from .metrics import Metrics
 from .middleware import Guard
 from .model_pool import ModelPool, start_pool
 from .model_process import ModelSpec
 from .pools import Pools
+from .remote import Link, ModelPlan, RemoteBatcher
 from .routes import add_routes
 from .service import EmbeddingService, RerankService
 from .settings import ServerSettings
@@ -108,16 +110,46 @@ def create_pooled_app(settings: ServerSettings, devices: list[str], max_lengths:
     return assemble(settings, State(settings, emb, rr, metrics, pools), started)
 
 
-def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = ()) -> FastAPI:
+def create_worker_app(settings: ServerSettings, models: Sequence[ModelPlan], board: Board, worker: int,
+                      addresses: str, metrics_dir: str) -> FastAPI:
+    """The app of HTTP worker `worker` under `serve --workers N` (supervisor.py): tokenizers and configs
+    only; each model's requests go to its model processes (remote.py), which batch them with the other
+    workers' requests. Metrics are recorded into `metrics_dir` and merged from every process on read."""
+    pools = Pools(settings.tokenization_workers, [])
+    metrics = Metrics(metrics_dir)
+    emb = rr = None
+    for m in models:
+        facts = ModelFacts.from_folder(m.path, list(m.devices), m.dtype, m.max_length, m.batch_tokens)
+        remote = RemoteBatcher(m.label, m.model, [Link(s, d) for s, d in zip(m.slots, m.devices, strict=True)],
+                               addresses, board, worker, max_batch_tokens=facts.batch_tokens,
+                               max_queue=settings.max_queue, max_queue_tokens=settings.max_queue_tokens,
+                               metrics=metrics)
+        if m.kind == "embedding":
+            emb = EmbeddingService(facts, remote, m.name, m.label, settings, metrics, pools.cpu)
+        else:
+            rr = RerankService(facts, settings.reranker_template, remote, m.name, m.label, settings, metrics,
+                               pools.cpu)
+    # a worker takes connections once warm: a replaced worker must not answer 503 beside a ready one
+    return assemble(settings, State(settings, emb, rr, metrics, pools), warm_first=True,
+                    on_ready=partial(board.set_serving, worker))
+
+
+def assemble(settings: ServerSettings, state: State, model_pools: Sequence[ModelPool] = (),
+             warm_first: bool = False, on_ready: Callable[[], None] | None = None) -> FastAPI:
     """The FastAPI app of `state`: lifespan (batchers, warm-up, drain, model processes), handlers,
-    middleware, routes."""
+    middleware, routes. `warm_first`: the warm-up ends before the app starts (and the server listens);
+    `on_ready` is called then."""
     pools = state.pools
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for svc in state.services:
             svc.batcher.start()
-        task = asyncio.create_task(warm_up(state))
+        if warm_first:
+            await warm_up(state)
+            if on_ready is not None:
+                on_ready()
+        task = asyncio.create_task(asyncio.sleep(0) if warm_first else warm_up(state))
         try:
             yield
         finally:

@@ -2,7 +2,8 @@
 
 Each model has one `Batcher`: requests (lists of token-id sequences) join a FIFO queue; the batch
 loop takes the oldest request, waits at most `max_wait_s` after its arrival for others to join (or
-until the token / request budget is full), and runs the merged sequences through `run` in the model's
+until the token / request budget is full; a request alone in the server, none other admitted, queued
+or running, runs at once: it has nobody to wait for), and runs the merged sequences through `run` in the model's
 single worker thread, so the event loop never waits on the model. A request larger than the token
 budget is cut into several batches (a sequence is never cut), so that one large request is
 interruptible between batches: a client that went away, or a drain deadline, stops it there. While a
@@ -118,7 +119,7 @@ class Batcher:
     def __init__(self, name: str, run: RunFn, *, max_batch_tokens: int, max_batch_requests: int = 256,
                  max_wait_s: float = 0.005, max_queue: int = 512, max_queue_tokens: int = 1 << 20,
                  metrics: Metrics | None = None, worker: ThreadPoolExecutor | None = None,
-                 max_inflight: int = 1) -> None:
+                 max_inflight: int = 1, admitted: Callable[[], int] | None = None) -> None:
         self.name = name
         self.run = run
         self.max_batch_tokens = max_batch_tokens
@@ -143,11 +144,19 @@ class Batcher:
         self._slots = asyncio.Semaphore(max(1, max_inflight))
         self._running: set[asyncio.Task[None]] = set()
         self._in_batches: list[list[Slice]] = []
+        # requests admitted anywhere (tokenizing, queued or running): this batcher's own count, or the
+        # count of every HTTP worker when the batcher runs in a model process (model_server.py)
+        self.admitted: Callable[[], int] = admitted or (lambda: self.pending_requests)
         # the model's worker thread; a shared one (the caller's, which it shuts down) serialises several models
         self._owns_pool = worker is None
         self._pool = worker or model_worker(name)
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """False while `run` says it cannot run (a model process restarting: its `ready` flag)."""
+        return bool(getattr(self.run, "ready", True))
+
     def start(self) -> None:
         """Start the batch loop on the running event loop."""
         if self._task is None:
@@ -278,7 +287,10 @@ class Batcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            deadline = self._queue[0].enqueued + self.max_wait_s
+            # a request alone in the server (none other admitted, queued or running) has nobody to wait for:
+            # it runs at once, so a lone query pays no batching window; under load others are always pending
+            lone = len(self._queue) == 1 and not self._in_batches and self.admitted() <= 1
+            deadline = self._queue[0].enqueued + (0.0 if lone else self.max_wait_s)
             while not self._full() and not self._stopping:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

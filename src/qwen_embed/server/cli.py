@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import signal
 from typing import Any
 
 from .settings import SETTINGS, default_of, resolve
@@ -51,6 +50,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1:
+        from .model_pool import parse_devices
+        from .supervisor import Supervisor
+
+        if settings.embedding_model:
+            refuse_reranker(settings.embedding_model)
+        wanted = settings.devices if settings.devices is not None else settings.device
+        devices = parse_devices(None if wanted in (None, "auto") else wanted)
+        code = Supervisor(settings, devices).run()
+        gc.freeze()  # as in run_server: skip the last garbage collection of a process that is ending
+        return code
     if settings.devices is not None:
         from .model_pool import parse_devices
 
@@ -79,21 +89,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def run_server(app: Any, settings: Any) -> int:
     """Serve `app` under uvicorn until SIGTERM / Ctrl-C; 0 after a graceful shutdown."""
-    from .serving import DrainingServer, raise_fd_limit, uvicorn_config
+    from .serving import serve_app
 
-    raise_fd_limit(settings.max_connections)
-    server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)
-    # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,
-    # that re-raise is a no-op and a SIGTERM ends with status 0.
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    try:
-        server.run()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    started = serve_app(app, settings)
     # the interpreter's last garbage collection walks every object the models and the server made (4 s
     # for a tiny model on 2 cores); the process is ending, so let it skip them and exit at once
     gc.freeze()
-    return 0 if server.started else 1
+    return 0 if started else 1
 
 
 def refuse_reranker(model: str) -> None:

@@ -8,6 +8,12 @@ Names follow the Prometheus conventions (`_total` counters, `_seconds` durations
 - qwen_embed_tokenization_seconds{model}, qwen_embed_queue_seconds{model},
   qwen_embed_inference_seconds{model}: stage durations
 - qwen_embed_input_tokens{model}: tokens per input after truncation
+
+Under `serve --workers N` every process (HTTP workers and model processes) records into files of its
+own in one folder (prometheus_client's multiprocess mode, chosen by PROMETHEUS_MULTIPROC_DIR, which the
+supervisor sets before it starts them), and any worker's /metrics merges the files on read: counters
+and histograms add up, the queue gauges add up over the live workers (`livesum`), and a dead process's
+counts stay counted.
 """
 
 from __future__ import annotations
@@ -24,12 +30,16 @@ _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 class Metrics:
     """The server's counters, gauges and histograms."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir`: render the sum over every process recording into that folder (module docstring)."""
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("qwen_embed_requests", "HTTP requests answered", ["route", "status"], registry=r)
-        self.queue_requests = Gauge("qwen_embed_queue_requests", "requests queued or running", ["model"], registry=r)
-        self.queue_tokens = Gauge("qwen_embed_queue_tokens", "tokens queued or running", ["model"], registry=r)
+        self.queue_requests = Gauge("qwen_embed_queue_requests", "requests queued or running", ["model"], registry=r,
+                                    multiprocess_mode="livesum")
+        self.queue_tokens = Gauge("qwen_embed_queue_tokens", "tokens queued or running", ["model"], registry=r,
+                                  multiprocess_mode="livesum")
         self.batch_requests = Histogram("qwen_embed_batch_requests", "requests merged into one forward pass",
                                         ["model"], buckets=_POW2, registry=r)
         self.batch_inputs = Histogram("qwen_embed_batch_inputs", "sequences in one forward pass", ["model"],
@@ -70,4 +80,10 @@ class Metrics:
 
     def render(self) -> bytes:
         """The text exposition format."""
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)

@@ -15,8 +15,8 @@ The wire format is plain: sequences as one flat int64 array plus their lengths, 
 array (pickle protocol 5 moves numpy buffers without copies through a `multiprocessing` pipe). The
 child is started with `spawn`, so it never inherits the parent's threads, CUDA state or sockets.
 
-Next steps (docs/server.md, "Where this goes"): HTTP workers that hold only the tokenizer and config,
-the batcher moved into the model process to merge every worker's requests, one process per device.
+`serve --workers N` goes further (model_server.py, supervisor.py): several HTTP worker processes, and the
+batcher in the model process, merging every worker's requests.
 """
 
 from __future__ import annotations

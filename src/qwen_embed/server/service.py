@@ -40,6 +40,7 @@ from .batcher import Admission, Batcher, RunFn, Timing
 from .errors import APIError
 from .facts import ModelFacts
 from .metrics import Metrics
+from .remote import RemoteAdmission, RemoteBatcher
 from .settings import ServerSettings
 
 T = TypeVar("T")
@@ -94,9 +95,11 @@ class Service:
 
     kind = "model"
 
-    def __init__(self, facts: ModelFacts, run: RunFn, name: str, label: str, settings: ServerSettings,
-                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None,
-                 inflight: int | None = None) -> None:
+    def __init__(self, facts: ModelFacts, run: RunFn | RemoteBatcher, name: str, label: str,
+                 settings: ServerSettings, metrics: Metrics, cpu_pool: ThreadPoolExecutor,
+                 worker: ThreadPoolExecutor | None = None, inflight: int | None = None) -> None:
+        """`run`: the model (in this process, or the client of model processes: model_pool.py) under a
+        batcher of this process, or a `RemoteBatcher` whose model processes batch (`serve --workers`)."""
         self.facts = facts
         self.name = name
         self.label = label  # the model's name in metrics (never a folder path)
@@ -106,7 +109,7 @@ class Service:
         self.settings = settings
         self.metrics = metrics
         self.cpu_pool = cpu_pool
-        self.batcher = Batcher(
+        self.batcher: Batcher | RemoteBatcher = run if isinstance(run, RemoteBatcher) else Batcher(
             label, run, max_batch_tokens=facts.batch_tokens, max_batch_requests=settings.max_batch_requests,
             max_wait_s=settings.max_wait_ms / 1000.0, max_queue=settings.max_queue,
             max_queue_tokens=settings.max_queue_tokens, metrics=metrics, worker=worker,
@@ -118,7 +121,7 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
     @contextlib.contextmanager
-    def admission(self) -> Iterator[Admission]:
+    def admission(self) -> Iterator[Admission | RemoteAdmission]:
         """A place in the model's queue for one request, from before tokenization until answered."""
         adm = self.batcher.admit()
         try:
@@ -160,9 +163,9 @@ class Service:
 class EmbeddingService(Service):
     kind = "embedding"
 
-    def __init__(self, facts: ModelFacts, run: RunFn, name: str, label: str, settings: ServerSettings,
-                 metrics: Metrics, cpu_pool: ThreadPoolExecutor, worker: ThreadPoolExecutor | None = None,
-                 inflight: int | None = None) -> None:
+    def __init__(self, facts: ModelFacts, run: RunFn | RemoteBatcher, name: str, label: str,
+                 settings: ServerSettings, metrics: Metrics, cpu_pool: ThreadPoolExecutor,
+                 worker: ThreadPoolExecutor | None = None, inflight: int | None = None) -> None:
         """`run`: token ids -> hidden rows [n, H] (`Embedder.embed_ids(..., normalize=False)`, in this
         process or in model processes)."""
         super().__init__(facts, run, name, label, settings, metrics, cpu_pool, worker, inflight)
@@ -267,7 +270,7 @@ class EmbeddingService(Service):
     def check_dim(self, dim: int | None) -> int:
         return check_dim(dim, self.facts.config.hidden_size, param="dimensions")
 
-    async def embed(self, admission: Admission, seqs: list[list[int]], dim: int, normalize: bool,
+    async def embed(self, admission: Admission | RemoteAdmission, seqs: list[list[int]], dim: int, normalize: bool,
                     timing: Timing) -> np.ndarray:
         """Rows [n, dim] float32, finished as `Embedder.encode` finishes them."""
         hidden = await admission.submit(seqs, timing)
@@ -283,7 +286,7 @@ class EmbeddingService(Service):
 class RerankService(Service):
     kind = "reranker"
 
-    def __init__(self, facts: ModelFacts, template: str, run: RunFn, name: str, label: str,
+    def __init__(self, facts: ModelFacts, template: str, run: RunFn | RemoteBatcher, name: str, label: str,
                  settings: ServerSettings, metrics: Metrics, cpu_pool: ThreadPoolExecutor,
                  worker: ThreadPoolExecutor | None = None, inflight: int | None = None) -> None:
         """`run`: token ids -> scores [n] (`Reranker.score_ids`, in this process or in model processes);
@@ -329,7 +332,7 @@ class RerankService(Service):
         self.check_total(seqs, what)
         return seqs
 
-    async def score(self, admission: Admission, seqs: list[list[int]], timing: Timing) -> np.ndarray:
+    async def score(self, admission: Admission | RemoteAdmission, seqs: list[list[int]], timing: Timing) -> np.ndarray:
         return await admission.submit(seqs, timing)
 
     async def warmup(self) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -161,3 +163,19 @@ def uvicorn_config(app: Any, settings: ServerSettings, **kw: Any) -> uvicorn.Con
                           timeout_graceful_shutdown=settings.graceful_timeout, access_log=False,
                           timeout_keep_alive=settings.keep_alive, http=guarded_protocol(settings),
                           h11_max_incomplete_event_size=64 * 1024, **kw)
+
+
+def serve_app(app: Any, settings: ServerSettings, sockets: list[socket.socket] | None = None) -> bool:
+    """Run `app` (a server app: `app.state.qe` drains) under `DrainingServer` until SIGTERM / Ctrl-C, on
+    `sockets` when given (a worker of `serve --workers`), else on settings.host:port; True when it had
+    started."""
+    raise_fd_limit(settings.max_connections)
+    server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)
+    # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,
+    # that re-raise is a no-op and a SIGTERM ends with status 0.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return bool(server.started)

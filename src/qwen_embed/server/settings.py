@@ -29,6 +29,7 @@ class ServerSettings:
     reranker_name: str | None = None
     device: str | None = None
     devices: str | None = None
+    workers: int = 1
     dtype: str | None = None
     max_length: int = DEFAULT_MAX_LENGTH
     reranker_template: str = "card"
@@ -88,6 +89,8 @@ class ServerSettings:
             raise InputError(f"max-wait-ms={self.max_wait_ms} is out of range: use 0..10000 (milliseconds).")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port={self.port} is out of range: use 0..65535.")
+        if not 1 <= self.workers <= 64:
+            raise InputError(f"workers={self.workers} is out of range: use 1..64 HTTP worker processes.")
         if not 1 <= self.inflight_batches <= 8:
             raise InputError(f"inflight-batches={self.inflight_batches} is out of range: use 1..8.")
         if self.keep_alive < 1:
@@ -148,6 +151,9 @@ SETTINGS: list[Setting] = [
     Setting("devices", str, "run each model in a process of its own per device, fed by this HTTP process: "
             "cuda:0,cuda:1, cpu,cpu, or auto (every CUDA device, else one cpu); default: the model in this "
             "process (--device)"),
+    Setting("workers", int, "HTTP worker processes sharing the port (parsing, auth, tokenization, responses); "
+            "above 1, the model(s) run in model processes (one per device of --devices, or of --device; default "
+            "auto) that batch the requests of all workers; 1: one process, as without this flag"),
     Setting("dtype", str, HELP["dtype"]),
     Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),

@@ -50,7 +50,7 @@ class State:
     def down(self) -> str | None:
         """Why a model cannot run now (its `run` reports not ready: a model process restarting), else None."""
         for svc in self.services:
-            if not getattr(svc.batcher.run, "ready", True):
+            if not svc.batcher.ready:
                 return f"the model process of {svc.name} is restarting"
         return None
 

@@ -1,0 +1,310 @@
+"""An HTTP worker's side of the model processes (`serve --workers N`): `RemoteBatcher`.
+
+It stands where the in-process `Batcher` stands in a service (same `admit` / `submit` / `drain` / `stop`),
+but the batching happens in the model processes (model_server.py): a request's token ids go over a Unix socket
+(wire.py) to the ready process of the model with the fewest tokens queued or running, and its rows come
+back. One `Link` per model process, reconnected after a restart (a new generation on the board).
+
+Admission is global: a place is reserved on the shared `Board` before tokenization, and refused (429,
+`QueueFull`) when the requests or tokens admitted by all workers together would pass --max-queue /
+--max-queue-tokens. An accepted request is answered exactly once: its rows, the model's error, 503 when
+its model process dies (`ModelProcessDied`, at once: the socket closes), or 503 at the drain deadline
+(`ShuttingDown`). A client that goes away cancels its request in the model process too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
+from . import wire
+from .batcher import QueueFull, ShuttingDown, Timing
+from .board import Board
+from .metrics import Metrics
+from .model_process import ModelError, ModelProcessDied
+
+RECONNECT_S = 0.05
+log = logging.getLogger("qwen_embed.server")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One served model under `serve --workers N`, as the supervisor tells each worker: where its folder is
+    (the worker reads its config and tokenizer, never its weights), how it is named, and which model
+    processes (board slots, on which devices) run it."""
+
+    kind: str  # "embedding" or "reranker"
+    model: int  # its index on the board (board.MODELS)
+    path: str
+    name: str  # the name clients pass as `model`
+    label: str  # its name in metrics
+    devices: tuple[str, ...]
+    slots: tuple[int, ...]
+    max_length: int
+    batch_tokens: int
+    dtype: str | None = None
+
+
+# errors a model process sends back by name, raised again here as they are (errors.py maps them to statuses)
+KNOWN_ERRORS: dict[str, type[QwenEmbedError]] = {
+    cls.__name__: cls for cls in (ShuttingDown, ModelError, ModelOutputError, InputError, TokenizerError, ConfigError)}
+
+
+def remote_error(name: str, message: str) -> QwenEmbedError:
+    """The error a model process reported, as its own class when known, else a ModelError."""
+    cls = KNOWN_ERRORS.get(name)
+    if cls is None:
+        return ModelError(f"the model failed on this request: {name}: {message}")
+    return cls(message)
+
+
+@dataclass
+class Pending:
+    """A request sent to a model process and not answered yet."""
+
+    future: asyncio.Future[np.ndarray]
+    timing: Timing
+    tokens: int
+
+
+@dataclass
+class Link:
+    """The connection to one model process (`slot` on the board), while it is up."""
+
+    slot: int
+    where: str  # for messages: "cpu", "cuda:1"
+    generation: int = 0
+    writer: asyncio.StreamWriter | None = None
+    pending: dict[int, Pending] = field(default_factory=dict)
+    tokens: int = 0  # tokens this worker has in flight on it
+
+    @property
+    def up(self) -> bool:
+        """Connected, and the connection not closing."""
+        return self.writer is not None and not self.writer.is_closing()
+
+
+class RemoteAdmission:
+    """A place reserved on the board before tokenization; `submit` sends the request."""
+
+    def __init__(self, batcher: RemoteBatcher) -> None:
+        self.batcher = batcher
+        self.held = True
+        self.tokens = 0
+
+    async def submit(self, seqs: Sequence[Sequence[int]], timing: Timing | None = None) -> np.ndarray:
+        """Send the sequences under this reservation; returns their rows in order."""
+        assert self.held, "an admission submits once"
+        b = self.batcher
+        tokens = sum(len(s) for s in seqs)
+        b.check_room(0, tokens, holding=1)
+        b.hold(0, tokens)
+        self.tokens = tokens
+        try:
+            return await b.send(seqs, timing or Timing())
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the place back (answered, failed, or never submitted); idempotent."""
+        if self.held:
+            self.held = False
+            self.batcher.hold(-1, -self.tokens)
+
+
+class RemoteBatcher:
+    """The batcher interface over the model processes of one model (module docstring)."""
+
+    def __init__(self, name: str, model: int, links: Sequence[Link], addresses: str, board: Board, worker: int, *,
+                 max_batch_tokens: int, max_queue: int, max_queue_tokens: int, metrics: Metrics | None = None) -> None:
+        """`addresses`: the socket path pattern of the model processes, formatted with slot and generation."""
+        self.name = name
+        self.model = model
+        self.links = list(links)
+        self.addresses = addresses
+        self.board = board
+        self.worker = worker
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queue = max_queue
+        self.max_queue_tokens = max_queue_tokens
+        self.metrics = metrics
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """True while at least one model process is connected and ready."""
+        return any(link.up and self.board.ready(link.slot) for link in self.links)
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests this worker holds for the model (admitted, not answered)."""
+        return self.board.own(self.worker, self.model)[0]
+
+    def start(self) -> None:
+        """Connect to the model processes now and after each restart."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._connect_loop(), name=f"links-{self.name}")
+
+    async def _connect_loop(self) -> None:
+        while True:
+            for link in self.links:
+                g = self.board.generation(link.slot)
+                if not link.up and g != link.generation and self.board.ready(link.slot):
+                    try:
+                        reader, writer = await asyncio.open_unix_connection(self.addresses.format(link.slot, g))
+                    except OSError as e:  # it died again before we came: the next generation will do
+                        log.debug("cannot reach model process %d of %s: %s", link.slot, self.name, e)
+                        continue
+                    link.writer, link.generation = writer, g
+                    task = asyncio.get_running_loop().create_task(self._read(link, reader))
+                    self._readers.add(task)
+                    task.add_done_callback(self._readers.discard)
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
+        """Answers of one model process until its socket closes; then its requests left get a 503."""
+        try:
+            while True:
+                frame = await wire.read(reader)
+                p = link.pending.pop(frame.id, None)
+                if p is None or p.future.done():  # cancelled meanwhile: the answer is dropped
+                    continue
+                link.tokens -= p.tokens
+                if frame.kind == wire.ROWS:
+                    p.timing.queue, p.timing.inference = frame.queue_s, frame.inference_s
+                    p.future.set_result(wire.array(frame))
+                else:
+                    p.future.set_exception(remote_error(*wire.error_of(frame)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if link.writer is not None:
+                link.writer.close()
+            link.writer = None
+            error = ModelProcessDied(f"the model process of {self.name} on {link.where} exited while this request "
+                                     "was in it; it is being restarted: retry shortly.")
+            for p in link.pending.values():
+                if not p.future.done():
+                    p.future.set_exception(error)
+            link.pending.clear()
+            link.tokens = 0
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Refuse new work; after `timeout` seconds, answer what is still in flight with ShuttingDown."""
+        self._stopping = True
+        if timeout is not None and self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(max(0.0, timeout), self._expire)
+
+    def _expire(self) -> None:
+        error = ShuttingDown(f"the server is shutting down and the {self.name} drain time ran out before this "
+                             "request finished; retry on another replica.")
+        for link in self.links:
+            for rid, p in list(link.pending.items()):
+                if not p.future.done():
+                    p.future.set_exception(error)
+                self._cancel(link, rid)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Drain (within `timeout` seconds when given), then close the links."""
+        self.drain(timeout)
+        while any(link.pending for link in self.links):
+            await asyncio.sleep(0.01)
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for link in self.links:
+            if link.writer is not None:
+                link.writer.close()
+        for task in list(self._readers):
+            task.cancel()
+
+    async def call(self, seqs: Sequence[Sequence[int]], timeout: float = 600.0) -> np.ndarray:
+        """Run `seqs` outside admission (warm-up: proves the path to a model process), waiting for one
+        to be connected."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if time.monotonic() > deadline:
+                raise ModelProcessDied(f"no model process of {self.name} became ready in {timeout:.0f} s.")
+            await asyncio.sleep(RECONNECT_S)
+        return await self.send(seqs, Timing(), warmup=True)
+
+    # -- admission ---------------------------------------------------------------------------------
+    def check_room(self, requests: int, tokens: int, holding: int = 0) -> None:
+        """Raise QueueFull when `requests` more requests and `tokens` more tokens would not fit the whole
+        server's queue (all workers; `holding`: places the caller already holds), ShuttingDown while
+        draining. A request alone in the queue is always taken, however many tokens it holds."""
+        if self._stopping:
+            raise ShuttingDown("the server is shutting down; retry on another replica.")
+        held, held_tokens = self.board.admitted(self.model)
+        held -= holding
+        if held + requests > self.max_queue:
+            raise QueueFull(f"the {self.name} queue is full ({held} requests queued or running, limit "
+                            f"{self.max_queue}); retry after the Retry-After seconds.", self._retry_after(held_tokens))
+        if held and held_tokens + tokens > self.max_queue_tokens:
+            raise QueueFull(f"the {self.name} queue is full ({held_tokens} tokens queued or running, limit "
+                            f"{self.max_queue_tokens}); retry after the Retry-After seconds.",
+                            self._retry_after(held_tokens))
+
+    def admit(self) -> RemoteAdmission:
+        """Reserve a place for one request before its tokenization (QueueFull / ShuttingDown when none)."""
+        self.check_room(1, 0)
+        self.hold(1, 0)
+        return RemoteAdmission(self)
+
+    def hold(self, requests: int, tokens: int) -> None:
+        """Count requests and tokens this worker holds (negative: gives them back) on the board."""
+        self.board.add(self.worker, self.model, requests, tokens)
+        if self.metrics is not None:
+            self.metrics.set_queue(self.name, *self.board.own(self.worker, self.model))
+
+    def _retry_after(self, tokens: int) -> int:
+        rate = sum(self.board.load(link.slot)[1] for link in self.links)
+        return 1 if rate <= 0 else max(1, min(60, math.ceil(tokens / rate)))
+
+    # -- sending -----------------------------------------------------------------------------------
+    def _pick(self) -> Link:
+        live = [link for link in self.links if link.up and self.board.ready(link.slot)]
+        if not live:
+            raise ModelProcessDied(f"every model process of {self.name} is restarting; retry shortly.")
+        return min(live, key=lambda link: self.board.load(link.slot)[0] + link.tokens)
+
+    async def send(self, seqs: Sequence[Sequence[int]], timing: Timing, warmup: bool = False) -> np.ndarray:
+        """Send one request to the least-loaded model process; its rows, or its error."""
+        link = self._pick()
+        rid = next(self._ids)
+        tokens = sum(len(s) for s in seqs)
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        link.pending[rid] = Pending(future, timing, tokens)
+        link.tokens += tokens
+        assert link.writer is not None
+        link.writer.writelines(wire.request(rid, seqs, warmup))
+        try:
+            return await future
+        except asyncio.CancelledError:  # the client went away: the model process skips it
+            self._cancel(link, rid)
+            raise
+
+    def _cancel(self, link: Link, rid: int) -> None:
+        p = link.pending.pop(rid, None)
+        if p is not None:
+            link.tokens -= p.tokens
+        if link.up:
+            assert link.writer is not None
+            link.writer.write(wire.cancel(rid))

@@ -1,0 +1,270 @@
+"""serve --workers N (issue 16): HTTP worker processes on one socket, model processes that batch the
+requests of every worker. The frames and the global admission alone (fast), then real servers (slow):
+overload and a model process killed under load, a worker killed (replaced, metrics kept), SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from qwen_embed import Embedder
+from qwen_embed.server import wire
+from qwen_embed.server.batcher import QueueFull
+from qwen_embed.server.board import Board
+from qwen_embed.server.remote import RemoteBatcher
+
+from .conftest import WorkersServer, alive
+from .test_load import metric
+
+BOUND_S = 20.0  # no request may take longer, kill included
+
+
+def frame_of(parts: list[bytes]) -> wire.Frame:
+    """The frame a reader gets from these parts (the size in the header checked against the payload)."""
+    kind, code, rid, a, b, size, q, i = wire.HEAD.unpack(parts[0])
+    payload = b"".join(parts[1:])
+    assert size == len(payload)
+    return wire.Frame(kind, rid, code, a, b, payload, q, i)
+
+
+def test_frames_round_trip() -> None:
+    seqs = [[1, 2, 3], [151643], [7] * 10]
+    frame = frame_of(wire.request(5, seqs))
+    assert (frame.kind, frame.id, frame.code) == (wire.REQUEST, 5, 0) and wire.sequences(frame) == seqs
+    assert frame_of(wire.request(6, seqs, warmup=True)).code == wire.WARMUP
+    for out in (np.arange(12, dtype=np.float32).reshape(3, 4) / 7, np.array([0.25, 1 / 3]),
+                np.array([0.5], dtype=np.float32)):
+        frame = frame_of(wire.rows(9, out, 0.01, 0.02))
+        got = wire.array(frame)
+        assert got.dtype == out.dtype and np.array_equal(got, out)
+        assert (frame.queue_s, frame.inference_s) == (0.01, 0.02)
+        got[0] = 0  # writable, as torch.from_numpy wants
+
+
+def test_errors_cross_by_class() -> None:
+    from qwen_embed.errors import ModelOutputError
+    from qwen_embed.server.errors import status_of
+    from qwen_embed.server.model_process import ModelError
+    from qwen_embed.server.remote import remote_error
+
+    err = remote_error(*wire.error_of(frame_of(wire.error(3, "ModelOutputError", "NaN in the output of batch 1"))))
+    assert isinstance(err, ModelOutputError) and str(err) == "NaN in the output of batch 1"
+    assert status_of(err) == (500, "model_output_not_finite")  # as in process: one table of statuses
+    other = remote_error("RuntimeError", "CUDA error")
+    assert isinstance(other, ModelError) and status_of(other) == (500, "model_error") and "CUDA error" in str(other)
+
+
+def test_admission_counts_every_worker() -> None:
+    """Two workers' batchers on one board: --max-queue 3 holds for both together, not for each."""
+    board = Board.create(mp.get_context("spawn"), workers=2, processes=1)
+    w0, w1 = (RemoteBatcher("emb", 0, [], "{}-{}", board, w, max_batch_tokens=64, max_queue=3,
+                            max_queue_tokens=100) for w in (0, 1))
+    held = [w0.admit(), w1.admit(), w0.admit()]
+    assert board.admitted(0) == (3, 0) and w1.pending_requests == 1
+    with pytest.raises(QueueFull, match=r"3 requests queued or running, limit 3"):
+        w1.admit()
+    held.pop().release()
+    held.append(w1.admit())
+    board.add(0, 0, 0, 90)  # worker 0's requests hold 90 tokens: 20 more from worker 1 pass the token limit
+    with pytest.raises(QueueFull, match=r"90 tokens queued or running, limit 100"):
+        w1.check_room(0, 20, holding=1)
+    for adm in held:
+        adm.release()
+    board.add(0, 0, 0, -90)
+    assert board.admitted(0) == (0, 0)
+    alone = w1.admit()
+    w1.check_room(0, 10_000, holding=1)  # a request alone in the queue is always taken
+    alone.release()
+
+
+def test_workers_setting() -> None:
+    from qwen_embed.errors import InputError
+    from qwen_embed.server.settings import resolve
+
+    assert resolve({"embedding_model": "m"}, env={}).workers == 1  # the default: one process, as before
+    assert resolve({"embedding_model": "m"}, env={"QWEN_EMBED_WORKERS": "4"}).workers == 4
+    with pytest.raises(InputError, match=r"workers=0 is out of range: use 1\.\.64"):
+        resolve({"embedding_model": "m", "workers": 0}, env={})
+
+
+def embed_all(url: str, bodies: list[dict[str, object]], concurrency: int) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        sem = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=BOUND_S) as c:
+            async def one(body: dict[str, object]) -> httpx.Response:
+                async with sem:
+                    return await c.post("/v1/embeddings", json=body)
+            return list(await asyncio.gather(*(one(b) for b in bodies)))
+    return asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Path, small_embedder: Embedder,
+                                                          tmp_path: Path) -> None:
+    """`--workers 2 --max-queue 4`: 429s across both workers, none lost; then the model process killed
+    under load: every request ends (200, 503 or 429) within the bound, /health goes 503, the process
+    is started again, later requests succeed."""
+    cli = ["--embedding-model", str(small_embedding_path), "--embedding-name", "emb", "--workers", "2",
+           "--devices", "cpu", "--max-length", "64", "--max-wait-ms", "2", "--max-queue", "4",
+           "--max-batch-requests", "2"]
+    texts = [f"text number {i} " + "word " * 40 for i in range(8)]
+    want = small_embedder.encode(texts)
+    with WorkersServer(tmp_path / "serve.log", cli=cli) as srv:
+        before = httpx.get(srv.url + "/metrics").text
+        responses = embed_all(srv.url, [{"input": texts, "encoding_format": "float"}] * 60, 60)
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and statuses.count(200) > 0, statuses
+        for r in responses:
+            if r.status_code == 200:
+                assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-6
+            else:
+                assert int(r.headers["retry-after"]) >= 1 and r.json()["error"]["code"] == "queue_full"
+        after = httpx.get(srv.url + "/metrics").text
+        # the model process ran exactly the accepted requests, whichever worker took them
+        ran = metric(after, "qwen_embed_batch_requests_sum", 'model="emb"') - \
+            metric(before, "qwen_embed_batch_requests_sum", 'model="emb"')
+        assert ran == statuses.count(200)
+        assert metric(after, "qwen_embed_queue_requests", 'model="emb"') == 0
+
+        old = srv.pids("model")[0]
+        statuses = []
+        health: list[int] = []
+        t_kill = 0.0
+
+        async def load() -> float:
+            sem = asyncio.Semaphore(12)
+            slowest = 0.0
+            async with httpx.AsyncClient(base_url=srv.url, timeout=BOUND_S) as c:
+                async def one() -> None:
+                    nonlocal slowest
+                    async with sem:
+                        t0 = time.monotonic()
+                        r = await c.post("/v1/embeddings", json={"input": texts})
+                        slowest = max(slowest, time.monotonic() - t0)
+                        statuses.append(r.status_code)
+                        if r.status_code == 503:
+                            assert r.json()["error"]["code"] == "model_unavailable", r.text
+
+                async def killer() -> None:
+                    nonlocal t_kill
+                    while statuses.count(200) < 3:
+                        await asyncio.sleep(0.005)
+                    t_kill = time.monotonic()
+                    os.kill(old, signal.SIGKILL)
+                    await asyncio.sleep(0.3)
+                    health.append((await c.get("/health")).status_code)
+
+                await asyncio.gather(killer(), *(one() for _ in range(48)))
+            return slowest
+
+        slowest = asyncio.run(load())
+        assert len(statuses) == 48 and set(statuses) <= {200, 429, 503} and 503 in statuses, statuses
+        assert statuses.count(200) + statuses.count(503) + statuses.count(429) == 48
+        assert slowest < BOUND_S and health == [503], (slowest, health)
+        recovered = srv.wait_ready(90)
+        assert srv.pids("model")[0] != old
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=BOUND_S)
+        assert r.status_code == 200
+        assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-6
+        print(f"200/503/429: {statuses.count(200)}/{statuses.count(503)}/{statuses.count(429)}, slowest "
+              f"{slowest:.2f} s, ready again {time.monotonic() - t_kill:.1f} s after the kill ({recovered:.1f} s wait)")
+
+
+def warmed_workers(srv: WorkersServer) -> int:
+    return len(re.findall(r"\[worker \d+\]: warm-up done", srv.log.read_text()))
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_counts_stay(workers_server: WorkersServer,
+                                                         small_embedder: Embedder) -> None:
+    """Requests on fresh connections (spread over both workers), then each worker killed in turn: the
+    other serves meanwhile, each is replaced, and /metrics still counts the requests that the dead
+    processes answered (only files merged across processes can)."""
+    srv = workers_server
+    label = 'route="/v1/embeddings",status="200"'
+    before = metric(httpx.get(srv.url + "/metrics").text, "qwen_embed_requests_total", label)
+    for i in range(20):
+        with httpx.Client(base_url=srv.url, timeout=BOUND_S) as c:  # a new connection each
+            r = c.post("/v1/embeddings", json={"input": [f"fresh {i}"]})
+            assert r.status_code == 200
+            assert np.abs(np.array(r.json()["data"][0]["embedding"]) - small_embedder.encode([f"fresh {i}"])[0]).max() \
+                <= 1e-6
+    for index in (0, 1):
+        old = srv.pids("worker")[index]
+        warmed = warmed_workers(srv)
+        os.kill(old, signal.SIGKILL)
+        while alive(old):
+            time.sleep(0.01)
+        for i in range(5):  # the other worker is unaffected
+            assert httpx.post(srv.url + "/v1/embeddings", json={"input": [f"meanwhile {i}"]},
+                              timeout=BOUND_S).status_code == 200
+        deadline = time.monotonic() + 90
+        while srv.pids("worker")[index] == old or warmed_workers(srv) == warmed:
+            assert time.monotonic() < deadline, "the worker was not replaced within 90 s"
+            time.sleep(0.1)
+    after = metric(httpx.get(srv.url + "/metrics").text, "qwen_embed_requests_total", label)
+    assert after == before + 30, (before, after)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_every_process(small_embedding_path: Path, tmp_path: Path) -> None:
+    """Under an API key (401 without it, on every worker). A request of 2,048 token-id sequences of 256
+    tokens, one per batch (~15 s of model work here), SIGTERM 1.5 s in, --graceful-timeout 3: the client
+    gets 503 (shutting_down), the supervisor exits 0 within the timeout, and no process of it is left."""
+    cli = ["--embedding-model", str(small_embedding_path), "--embedding-name", "emb", "--workers", "2",
+           "--devices", "cpu", "--max-length", "256", "--max-batch-tokens", "256", "--max-wait-ms", "0",
+           "--graceful-timeout", "3", "--max-request-tokens", "1000000", "--api-key", "sk-test"]
+    key = {"Authorization": "Bearer sk-test"}
+    with WorkersServer(tmp_path / "serve.log", cli=cli) as srv:
+        children = [*srv.pids("worker").values(), *srv.pids("model").values()]
+        for _ in range(6):  # fresh connections: both workers answer
+            r = httpx.post(srv.url + "/v1/embeddings", json={"input": "x"})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert httpx.post(srv.url + "/v1/embeddings", json={"input": "x"}, headers=key).status_code == 200
+        ids = [[i % 500 + 1] * 255 for i in range(2048)]
+        result: dict[str, httpx.Response] = {}
+        t = threading.Thread(target=lambda: result.update(
+            r=httpx.post(srv.url + "/v1/embeddings", json={"input": ids}, headers=key, timeout=60)))
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive(), "the request ended before SIGTERM: make it longer"
+        t0 = time.monotonic()
+        code = srv.terminate(timeout=10)
+        exited = time.monotonic() - t0
+        t.join(10)
+    r = result["r"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+    assert code == 0 and exited <= 3.5, (code, exited)
+    assert not [p for p in children if alive(p)]
+    assert "Traceback" not in srv.log.read_text()
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_ends_the_server_with_one_line(small_embedding_path: Path, tmp_path: Path) -> None:
+    """A --ranges file of the wrong shape fails in each worker's app: the supervisor exits 2, saying so,
+    instead of starting workers again forever."""
+    import subprocess
+    import sys
+
+    from tests.threads import subprocess_env
+
+    bad = tmp_path / "ranges.npy"
+    np.save(bad, np.zeros((3, 5), dtype=np.float32))
+    proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(small_embedding_path),
+                           "--workers", "2", "--devices", "cpu", "--max-length", "64", "--port", "0", "--ranges",
+                           str(bad), "--log-level", "warning"], capture_output=True, text=True, timeout=180,
+                          env=subprocess_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("qwen-embed serve: error: HTTP worker") and "while starting" in last, last
+    assert "holds an array of shape (3, 5)" in proc.stderr
