@@ -7,7 +7,7 @@ relative to the stage folder (a list for `checkpoints`); later stages name them 
 
 | kind | outputs | what it runs |
 |---|---|---|
-| pairs | train, heldout | weak pairs from local real text: BEIR titles -> texts, BEIR qrels, docstrings -> sources |
+| pairs | train, heldout | weak pairs from local text: BEIR titles -> texts, qrels, docstrings -> sources, WordNet |
 | tokenizer | tokenizer | a byte-level BPE trained on pair files (Qwen's special tokens, single-token yes/no) |
 | init | model | a random-weight Qwen3 checkpoint of a given shape (`tiny.make_checkpoint`) |
 | synth | pairs | persona-based synthetic queries (`qwen_embed.synth`) |
@@ -128,11 +128,18 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
         opts = src["stdlib"] or {}
         return [{"query": p.query, "positive": p.source[: int(opts.get("max_chars", 2000))], "task": "code",
                  "id": f"stdlib:{p.name}"} for p in collect_pairs(strip_docstring=opts.get("strip_docstring", True))]
+    if "wordnet" in src:
+        from ..train.wordnet_pairs import KINDS, wordnet_pairs
+
+        kinds = src.get("kinds", list(KINDS))
+        if not isinstance(kinds, list) or not kinds:
+            raise InputError(f"{where}: kinds must be a non-empty list of {', '.join(KINDS)}, got {kinds!r:.60}.")
+        return wordnet_pairs(src["wordnet"], kinds=tuple(kinds), seed=int(src.get("seed", 0)))
     if "file" in src:
         rows = _read_jsonl(src["file"])
         return [{**r, "id": r.get("id", f"file:{i}")} for i, r in enumerate(rows)]
-    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|qrels}}, {{stdlib: {{}}}} or "
-                     f"{{file: PATH}}, got {src!r:.80}.")
+    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|lead-rest|qrels}}, {{stdlib: {{}}}}, "
+                     f"{{wordnet: FOLDER, kinds: [...]}} or {{file: PATH}}, got {src!r:.80}.")
 
 
 def run_pairs(ctx: StageContext) -> StageResult:

