@@ -1,7 +1,7 @@
 """WordNet pairs: the wndb line format parsed by hand-checked example, the three pair kinds, determinism, errors.
 
-The fixture is three real lines of WordNet 3.0's data.noun (tide, its hypernym, a satellite adjective
-line of data.adj), written by the test with the licence header's leading-spaces form."""
+The fixture is real lines of WordNet 3.0 (tide, its hypernym, a satellite adjective line of data.adj)
+and two hyponyms of the hypernym made for the test, written with the licence header's leading-spaces form."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ NOUNS = (
     "07402519 11 n 01 tide 0 003 @ 07296190 n 0000 + 02815241 a 0101 %p 07404114 n 0000 | the periodic rise and "
     "fall of the sea level under the gravitational pull of the moon; \"the tide was coming in\"  \n"
     "07296190 11 n 01 periodic_event 0 001 ~ 07402519 n 0000 | an event that recurs at intervals  \n"
+    "07296999 11 n 01 heartbeat 0 001 @ 07296190 n 0000 | the rhythmic contraction and expansion of the arteries  \n"
+    "07297000 11 n 01 season 0 001 @ 07296190 n 0000 | one of the natural periods into which the year is divided  \n"
 )
 ADJS = ("00015247 00 s 02 galore(ip) 0 in_large_quantities 0 001 & 00013887 a 0000 | in abundance; "
         "\"there were snacks galore at the party\"  \n")
@@ -44,15 +46,23 @@ def test_parse_line_reads_words_gloss_examples_and_hypernyms() -> None:
 def test_pairs_of_each_kind(folder: Path) -> None:
     rows = wordnet_pairs(folder)
     by_id = {r["id"]: r for r in rows}
+    definition = "the periodic rise and fall of the sea level under the gravitational pull of the moon"
     term = by_id["wordnet:n07402519:term"]
     assert "tide" in term["query"]
-    assert term["positive"].endswith("the gravitational pull of the moon. The tide was coming in.")
-    assert by_id["wordnet:n07402519:usage"] == {
-        "query": "the tide was coming in", "id": "wordnet:n07402519:usage",
-        "positive": "tide: the periodic rise and fall of the sea level under the gravitational pull of the moon."}
-    assert by_id["wordnet:n07402519:kind-of"]["positive"] == (
-        "tide is a kind of periodic event: an event that recurs at intervals.")
+    assert definition in term["positive"].lower() and term["positive"].endswith("The tide was coming in.")
+    usage = by_id["wordnet:n07402519:usage"]
+    assert usage["query"] == "the tide was coming in"
+    assert definition in usage["positive"].lower() and "tide" in usage["positive"].lower()
+    assert not usage["positive"].startswith("tide:")  # prose, not a "word: definition" form
+    assert by_id["wordnet:n07402519:kind-of"] == {
+        "query": definition, "id": "wordnet:n07402519:kind-of",
+        "positive": "A tide is a kind of periodic event, an event that recurs at intervals."}
     assert "wordnet:n07296190:kind-of" not in by_id  # no hypernym
+    topic = by_id["wordnet:n07296190:topic"]  # the hypernym has three hyponyms: a paragraph of four entries
+    paragraph = topic["query"] + " " + topic["positive"]
+    for text in ("an event that recurs at intervals", definition, "rhythmic contraction", "natural periods"):
+        assert text in paragraph.lower()
+    assert topic["query"] not in topic["positive"]
     assert not any("a00015247" in i for i in by_id)  # "in abundance": definitions under three words are left out
     assert wordnet_pairs(folder) == rows  # deterministic
     assert {r["id"].rsplit(":", 1)[1] for r in wordnet_pairs(folder, kinds=("usage",))} == {"usage"}
@@ -70,5 +80,5 @@ def test_errors_name_the_problem(tmp_path: Path, folder: Path) -> None:
     (tmp_path / "bad" / "data.verb").write_text("not a wordnet line\n")
     with pytest.raises(InputError, match=r"data.verb:1: not a WordNet data line"):
         read_synsets(tmp_path / "bad")
-    with pytest.raises(InputError, match="'synonym' is not one of term, usage, kind-of"):
+    with pytest.raises(InputError, match="'synonym' is not one of term, usage, kind-of, topic"):
         wordnet_pairs(folder, kinds=("synonym",))

