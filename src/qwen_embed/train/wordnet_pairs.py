@@ -19,6 +19,12 @@ and did not transfer to ordinary text. Each synset with a gloss gives up to four
 - `topic`: for a synset with at least three hyponyms, a paragraph of its entry and its hyponyms'
   entries: one sentence of it -> the rest (the inverse cloze task of Lee et al. 2019 on a paragraph of
   related definitions), for multi-sentence documents on one topic.
+- `keywords`: two or three content words of a document (the entry with its examples, or the topic
+  paragraph), alone or inside a generic question -> that document. The other kinds can be solved by
+  learning each word's associations one by one; this one asks a model to match any word of the query
+  to the same word in a document, which a model of a few million parameters trained from random
+  weights did not learn from them (a first model ranked "A vaccine shows the immune system ..." below
+  "The surface of Mars ..." for the query "vaccine").
 The choices (which word, which template, which question) come from a generator seeded by (seed,
 synset), so the set is deterministic and does not move when other synsets change. Rows are in the
 training format `{"query", "positive", "id"}`; ids are `wordnet:<pos><offset>:<kind>`.
@@ -35,7 +41,7 @@ from pathlib import Path
 from ..errors import InputError
 
 FILES = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
-KINDS = ("term", "usage", "kind-of", "topic")
+KINDS = ("term", "usage", "kind-of", "topic", "keywords")
 
 # Generic question forms by part of speech ({w}: the word, {a}: its article, {p}: its plural).
 QUESTIONS: dict[str, tuple[str, ...]] = {
@@ -48,6 +54,15 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "r": ("{w}", "what does {w} mean", "define {w}"),
 }
 _EXAMPLE = re.compile(r'"([^"]+)"')
+_WORD = re.compile(r"[A-Za-z][A-Za-z-]{2,}")
+_STOP = """a about above after again all also an and any are as at be because been before being
+below between both but by can could did do does doing down during each either for from further had has have
+having he her here hers him his how if in into is it its itself just kind like made make may means more most
+much must my no nor not of off on once one only or other our out over own same she should so some something
+such than that the their them then there these they this those through to too under until up used very was
+way we were what when where which while who whom why will with word would you your"""
+STOP_WORDS = frozenset(_STOP.split())
+KEYWORD_QUESTIONS = ("{k}", "{k}", "{k}", "why {k}", "how {k}", "what is {k}", "what about {k}", "tell me about {k}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,14 @@ def synset_pairs(s: Synset, by_key: dict[str, Synset], children: dict[str, list[
         i = rng.randrange(len(sentences))
         rest = sentences[:i] + sentences[i + 1:]
         yield {"query": sentences[i], "positive": " ".join(rest), "id": f"{key}:topic"}
+        document = " ".join(sentences)
+    else:
+        document = _document(word, s, rng)
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(document) if w.lower() not in STOP_WORDS))
+    if len(words) >= 4:
+        picked = rng.sample(words, rng.choice((2, 3)))
+        yield {"query": rng.choice(KEYWORD_QUESTIONS).format(k=" ".join(picked)), "positive": document,
+               "id": f"{key}:keywords"}
 
 
 def wordnet_pairs(folder: str | Path, *, kinds: tuple[str, ...] = KINDS, seed: int = 0) -> list[dict[str, str]]:
