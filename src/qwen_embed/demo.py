@@ -49,6 +49,7 @@ SEARCHES: list[tuple[str, str | None]] = [
     ("what makes bread light and airy", "topic = 'cooking'"),
 ]
 CANDIDATES = 20  # retrieved by the embedder per search, then reranked
+MAX_LENGTH = 512  # tokens per input: the demo's texts are short, and the demo models' limit is 4,096
 TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: the scores and rankings below are meaningless"
 DEMO_LABEL = ("DEMO MODEL: a 7M-parameter demo model trained by qwen-embed's recipe; for real use, the Qwen3 "
               "models")
@@ -89,13 +90,15 @@ def load_models(embedding: str, reranker: str, device: str | None, tiny: bool) -
             emb_path = fallback("embedding", embedding, "--tiny was given")
             rr_path = fallback("reranker", reranker, "--tiny was given")
         try:
-            emb = Embedder.from_pretrained(emb_path, device=device)
+            emb = Embedder.from_pretrained(emb_path, device=device, max_length=MAX_LENGTH)
         except ModelNotFoundError as e:
-            emb = Embedder.from_pretrained(fallback("embedding", embedding, str(e).split(". ")[0]), device=device)
+            emb = Embedder.from_pretrained(fallback("embedding", embedding, str(e).split(". ")[0]), device=device,
+                                           max_length=MAX_LENGTH)
         try:
-            rr = Reranker.from_pretrained(rr_path, device=device)
+            rr = Reranker.from_pretrained(rr_path, device=device, max_length=MAX_LENGTH)
         except ModelNotFoundError as e:
-            rr = Reranker.from_pretrained(fallback("reranker", reranker, str(e).split(". ")[0]), device=device)
+            rr = Reranker.from_pretrained(fallback("reranker", reranker, str(e).split(". ")[0]), device=device,
+                                          max_length=MAX_LENGTH)
         yield emb, rr, notes
 
 

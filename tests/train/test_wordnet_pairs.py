@@ -5,12 +5,13 @@ and two hyponyms of the hypernym made for the test, written with the licence hea
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from qwen_embed.errors import InputError
-from qwen_embed.train.wordnet_pairs import parse_line, plural, read_synsets, wordnet_pairs
+from qwen_embed.train.wordnet_pairs import STOP_WORDS, parse_line, plural, read_synsets, wordnet_pairs
 
 NOUNS = (
     "  1 This software and database is being provided to you, the LICENSEE, by  \n"
@@ -74,11 +75,20 @@ def test_plural() -> None:
 
 
 def test_errors_name_the_problem(tmp_path: Path, folder: Path) -> None:
-    with pytest.raises(InputError, match="holds none of WordNet's data.noun"):
+    with pytest.raises(InputError, match=r"holds none of WordNet's data\.noun"):
         read_synsets(tmp_path / "nothing")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "data.verb").write_text("not a wordnet line\n")
     with pytest.raises(InputError, match=r"data.verb:1: not a WordNet data line"):
         read_synsets(tmp_path / "bad")
-    with pytest.raises(InputError, match="'synonym' is not one of term, usage, kind-of, topic"):
+    with pytest.raises(InputError, match="'synonym' is not one of term, usage, kind-of, topic, keywords"):
         wordnet_pairs(folder, kinds=("synonym",))
+
+
+def test_keyword_queries_are_content_words_of_their_document(folder: Path) -> None:
+    rows = wordnet_pairs(folder, kinds=("keywords",))
+    assert rows
+    for r in rows:
+        doc_words = set(re.findall(r"[a-z-]+", r["positive"].lower()))
+        content = [w for w in r["query"].split() if w not in {"why", "how", "what", "is", "tell", "me", "about"}]
+        assert 2 <= len(content) <= 3 and set(content) <= doc_words - STOP_WORDS, r

@@ -189,8 +189,8 @@ def synset_pairs(s: Synset, by_key: dict[str, Synset], children: dict[str, list[
         document = _document(word, s, rng)
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(document) if w.lower() not in STOP_WORDS))
     if len(words) >= 4:
-        picked = rng.sample(words, rng.choice((2, 3)))
-        yield {"query": rng.choice(KEYWORD_QUESTIONS).format(k=" ".join(picked)), "positive": document,
+        keys = rng.sample(words, rng.choice((2, 3)))
+        yield {"query": rng.choice(KEYWORD_QUESTIONS).format(k=" ".join(keys)), "positive": document,
                "id": f"{key}:keywords"}
 
 
