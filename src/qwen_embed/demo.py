@@ -9,8 +9,8 @@
 It uses the real Qwen/Qwen3-Embedding-0.6B and Qwen/Qwen3-Reranker-0.6B when the hub or the local cache
 has them. Where they cannot be reached it says so and runs the same job on the demo models shipped in
 the package (qwen_embed/data/demo-models/: a 7M-parameter embedder and reranker of the Qwen3 shape,
-trained from random weights by examples/recipe_demo.yaml; their README says how and what they score):
-the code path is the same and the rankings are sensible, at toy quality. `--tiny` uses tiny
+trained from random weights by examples/recipe_demo.yaml and recipe_demo_lexical.yaml; their README says
+how and what they score): the code path is the same and the rankings are those of a toy model. `--tiny` uses tiny
 random-weight checkpoints made on the spot instead (meaningless rankings).
 """
 
