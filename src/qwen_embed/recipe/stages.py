@@ -7,9 +7,9 @@ relative to the stage folder (a list for `checkpoints`); later stages name them 
 
 | kind | outputs | what it runs |
 |---|---|---|
-| pairs | train, heldout | weak pairs from local real text: BEIR titles -> texts, BEIR qrels, docstrings -> sources |
+| pairs | train, heldout | weak pairs from local text: BEIR titles -> texts, qrels, docstrings -> sources, WordNet |
 | tokenizer | tokenizer | a byte-level BPE trained on pair files (Qwen's special tokens, single-token yes/no) |
-| init | model | a random-weight Qwen3 checkpoint of a given shape (`tiny.make_checkpoint`) |
+| init | model | a random-weight Qwen3 checkpoint of a given shape, or a reranker from an embedder's trunk |
 | synth | pairs | persona-based synthetic queries (`qwen_embed.synth`) |
 | filter | pairs | the report's cosine filter of synthetic pairs |
 | train-embed | model, checkpoints, log | `train embed` (stage 1 or stage 2) |
@@ -128,11 +128,18 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
         opts = src["stdlib"] or {}
         return [{"query": p.query, "positive": p.source[: int(opts.get("max_chars", 2000))], "task": "code",
                  "id": f"stdlib:{p.name}"} for p in collect_pairs(strip_docstring=opts.get("strip_docstring", True))]
+    if "wordnet" in src:
+        from ..train.wordnet_pairs import KINDS, wordnet_pairs
+
+        kinds = src.get("kinds", list(KINDS))
+        if not isinstance(kinds, list) or not kinds:
+            raise InputError(f"{where}: kinds must be a non-empty list of {', '.join(KINDS)}, got {kinds!r:.60}.")
+        return wordnet_pairs(src["wordnet"], kinds=tuple(kinds), seed=int(src.get("seed", 0)))
     if "file" in src:
         rows = _read_jsonl(src["file"])
         return [{**r, "id": r.get("id", f"file:{i}")} for i, r in enumerate(rows)]
-    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|qrels}}, {{stdlib: {{}}}} or "
-                     f"{{file: PATH}}, got {src!r:.80}.")
+    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|lead-rest|qrels}}, {{stdlib: {{}}}}, "
+                     f"{{wordnet: FOLDER, kinds: [...]}} or {{file: PATH}}, got {src!r:.80}.")
 
 
 def run_pairs(ctx: StageContext) -> StageResult:
@@ -190,6 +197,14 @@ def run_init(ctx: StageContext) -> StageResult:
     from ..tiny import make_checkpoint
 
     s = ctx.settings
+    if s.get("from_embedding"):  # a reranker whose trunk is a trained embedder's (rerank_model.py says why)
+        from ..train.rerank_model import reranker_from_embedding
+
+        if s.get("model_kind") != "reranker" or s.get("shape") or s.get("tokenizer"):
+            raise InputError(f"stage {ctx.stage.name}: from_embedding makes a reranker of the embedder's shape and "
+                             "tokenizer; set model_kind: reranker and leave out shape and tokenizer.")
+        path = reranker_from_embedding(s["from_embedding"], ctx.out / "model")
+        return StageResult({"model": path.name}, {"from_embedding": str(s["from_embedding"])})
     shape = dict(s.get("shape") or {})
     allowed = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                "intermediate_size", "max_position_embeddings", "tie_word_embeddings"}
@@ -358,7 +373,8 @@ def run_eval(ctx: StageContext) -> StageResult:
 KINDS: dict[str, Kind] = {
     "pairs": Kind(("train", "heldout"), frozenset({"sources", "held_out"}), run_pairs, frozenset({"sources"})),
     "tokenizer": Kind(("tokenizer",), frozenset({"train_on", "vocab_size"}), run_tokenizer, frozenset({"train_on"})),
-    "init": Kind(("model",), frozenset({"shape", "tokenizer", "seed", "dtype", "model_kind"}), run_init,
+    "init": Kind(("model",), frozenset({"shape", "tokenizer", "seed", "dtype", "model_kind", "from_embedding"}),
+                 run_init,
                  model_output="model"),
     "synth": Kind(("pairs",), frozenset({"passages", "personas", "generator", "model", "embedding_model",
                                          "settings", "generator_settings"}), run_synth,

@@ -10,6 +10,8 @@ the head (`head_weight`) themselves, so that no logits are computed for other po
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from safetensors import safe_open
 from torch import nn
@@ -87,3 +89,28 @@ def load_rerank_model(path: str, device: torch.device, dtype: torch.dtype) -> tu
     head = read_head(base)
     model = RerankModel(base.model, config.kind, None if head is None else head.to(device, dtype), yes_no)
     return model, base
+
+
+def reranker_from_embedding(embedding_dir: str | Path, out_dir: str | Path) -> Path:
+    """A causal-LM reranker checkpoint whose trunk is an embedding model's, the head tied to its embeddings.
+
+    The stand-in for "start the reranker from a pre-trained LM" where there is none: a cross encoder of a
+    few million parameters trained from random weights learns nothing in a few hundred steps (the loss
+    stays at the label prior's entropy), while one that starts from a trained embedder's trunk does. The
+    trunk keys gain the `model.` prefix and config.json becomes the embedder's with `Qwen3ForCausalLM`; the
+    head is the token embeddings (tied, or an `lm_head.weight` copy of them when the config does not tie),
+    so the yes/no rows start as the embeddings of "yes" and "no"."""
+    from safetensors.torch import load_file
+
+    from ..config import ModelConfig
+    from .export import write_checkpoint
+
+    src = Path(embedding_dir)
+    config = ModelConfig.from_file(src / "config.json")
+    if config.kind != "embedding":
+        raise ConfigError(f"{src} is a {config.architecture} checkpoint; a reranker is started from an embedding "
+                          "model (Qwen3Model) here; name one.")
+    state = {f"model.{k}": v for f in safetensors_files(src) for k, v in load_file(str(f)).items()}
+    if not config.tie_word_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    return write_checkpoint(state, src, out_dir, "causal-lm")
