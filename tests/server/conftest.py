@@ -59,12 +59,13 @@ class LiveServer:
         self.sock.close()
 
 
-@pytest.fixture(scope="module", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow)])
+@pytest.fixture(scope="session", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow)])
 def live(request: pytest.FixtureRequest, small_embedder: Embedder, small_reranker: Reranker,
          small_embedding_path: Path, small_reranker_path: Path) -> Iterator[LiveServer]:
     """Both models, default limits, a 10 ms batching window; the models in this process, or (slow) in
     model processes, two per model (`--devices cpu,cpu`), answered under the names the
-    in-process variant uses."""
+    in-process variant uses. One server of each variant per test session (per pytest worker), shared by
+    the modules that take it: starting the four model processes costs seconds each time."""
     if request.param == "in-process":
         settings = ServerSettings(embedding_model="emb", reranker_model="rr", max_wait_ms=10, max_length=64)
         app = create_app(settings, embedder=small_embedder, reranker=small_reranker)
