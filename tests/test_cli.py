@@ -75,11 +75,14 @@ def test_info(tiny_reranker_path: Path, capsys: pytest.CaptureFixture[str]) -> N
      (["embed", "{in}", "-o", "{tmp}/out.csv"], "must end in .jsonl, .json, .npy, .parquet"),
      (["embed", "{in}", "--model", "/no/such/model"], "model folder /no/such/model does not exist"),
      (["rerank", "--query", "q", "--model", "{rr}"], "no documents"),
-     (["rerank", "--query", "q", "--document", "d", "--template", "x", "--model", "{rr}"], "unknown reranker template"),
-     (["info", "Qwen/Not-Here-Model"], "HF_HUB_OFFLINE")],
+     (["rerank", "--query", "q", "--document", "d", "--template", "x", "--model", "{rr}"],
+      "unknown reranker template")],
 )
 def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_embedding_path: Path,
-                                             tiny_reranker_path: Path, tmp_path: Path) -> None:
+                                             tiny_reranker_path: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process (`main` is what the entry point runs; a process start per case cost seconds); the
+    entry point itself is tested below and by the commands above run with `python -m qwen_embed`."""
     src = tmp_path / "in.txt"
     src.write_text("text\n")
     subs = {"{in}": str(src), "{tmp}": str(tmp_path), "{rr}": str(tiny_reranker_path)}
@@ -87,9 +90,18 @@ def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_
         args = [a.replace(key, value) for a in args]
     if args[0] == "embed" and "--model" not in args:
         args += ["--model", str(tiny_embedding_path)]
-    r = run(*args)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_hub_id_offline_is_one_line_from_the_entry_point() -> None:
+    """A process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported."""
+    r = run("info", "Qwen/Not-Here-Model")
     assert r.returncode == 2, r.stderr
-    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert "HF_HUB_OFFLINE" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

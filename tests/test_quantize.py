@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,12 @@ from qwen_embed.quantize import (
     save_ranges,
 )
 
-st_quant = pytest.importorskip("sentence_transformers.util.quantization")
+
+@pytest.fixture(scope="module")
+def st_quant() -> Any:
+    """sentence-transformers' quantization module, imported by the tests that compare with it (importing it
+    pulls in transformers: seconds that every pytest worker would otherwise spend at collection)."""
+    return pytest.importorskip("sentence_transformers.util.quantization")
 
 
 def _random(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -29,7 +35,7 @@ def _random(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
-def test_byte_equal_to_sentence_transformers_random(precision: str) -> None:
+def test_byte_equal_to_sentence_transformers_random(st_quant: Any, precision: str) -> None:
     x = _random(300, 64)
     calib = _random(500, 64, seed=1)
     want = st_quant.quantize_embeddings(x, precision, calibration_embeddings=calib)
@@ -44,7 +50,7 @@ def test_byte_equal_to_sentence_transformers_random(precision: str) -> None:
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary", "float16"])
-def test_embedder_precision_on_real_embeddings(embedder: Embedder, precision: str) -> None:
+def test_embedder_precision_on_real_embeddings(st_quant: Any, embedder: Embedder, precision: str) -> None:
     texts = [f"document number {i} about topic {i % 7}" for i in range(40)]
     floats = embedder.encode(texts, dim=32)
     ranges = calibration_ranges(floats)
@@ -59,7 +65,7 @@ def test_embedder_precision_on_real_embeddings(embedder: Embedder, precision: st
     assert q.shape[0] == 3
 
 
-def test_dequantize_matches_sentence_transformers() -> None:
+def test_dequantize_matches_sentence_transformers(st_quant: Any) -> None:
     x = _random(200, 48)
     r = calibration_ranges(x)
     for p in ("int8", "uint8"):
@@ -107,7 +113,7 @@ def test_ranges_round_trip(tmp_path: Path) -> None:
     assert [bytes_per_vector(1024, p) for p in PRECISIONS] == [4096, 2048, 1024, 1024, 128, 128]
 
 
-def test_cli_embed_precision_and_saved_ranges(tiny_embedding_path: Path, tmp_path: Path,
+def test_cli_embed_precision_and_saved_ranges(st_quant: Any, tiny_embedding_path: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from qwen_embed.cli import main
 

@@ -85,6 +85,22 @@ def test_missing_tokenizer_file(tmp_path: Path) -> None:
         QwenTokenizer.from_dir(tmp_path)
 
 
+def test_loads_are_cached_per_file_version(tmp_path: Path) -> None:
+    """One parse per file version: the same file gives the same instance, an edited or corrupted one is read
+    again (and an unreadable one is reported, never cached)."""
+    path = tmp_path / "tokenizer.json"
+    path.write_text(train_small_tokenizer().to_str())
+    first = QwenTokenizer.from_dir(tmp_path)
+    assert QwenTokenizer.from_dir(tmp_path) is first
+    edited = train_small_tokenizer(vocab_size=600)
+    path.write_text(edited.to_str())
+    second = QwenTokenizer.from_dir(tmp_path)
+    assert second is not first and second.vocab_size == edited.get_vocab_size(with_added_tokens=True)
+    path.write_text("{not json")
+    with pytest.raises(TokenizerError, match="cannot be read"):
+        QwenTokenizer.from_dir(tmp_path)
+
+
 @pytest.mark.parametrize(
     ("texts", "needle"),
     [([], "empty"), ("a string", "single string"), ([""], r"texts\[0\] is an empty string"),

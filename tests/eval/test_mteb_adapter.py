@@ -13,9 +13,6 @@ from qwen_embed.eval.instructions import lookup
 from qwen_embed.eval.metrics import mteb_scores
 from qwen_embed.eval.retrieval import at_dim, embed_texts, exact_topk
 
-mteb = pytest.importorskip("mteb")
-datasets = pytest.importorskip("datasets")
-
 CORPUS = [("d1", "Gravity", "Gravity pulls bodies together."), ("d2", "", "Cells divide by mitosis."),
           ("d3", "Heart", "The heart pumps blood."), ("d4", "Water", "Water boils at 100 degrees.")]
 QUERIES = [("q1", "What pulls bodies together?"), ("q2", "How do cells divide?"), ("q3", "What pumps blood?")]
@@ -23,6 +20,7 @@ QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1, "d4": 0}, "q3": {"d3": 1}}
 
 
 def _task() -> Any:
+    import datasets
     from mteb.abstasks.retrieval import AbsTaskRetrieval
     from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -50,6 +48,9 @@ def _task() -> Any:
 
 
 def test_mteb_evaluates_the_adapter_with_task_instructions(embedder: Embedder, tmp_path: Path) -> None:
+    # imported here, not at collection: mteb pulls in sentence-transformers and transformers (seconds per worker)
+    mteb = pytest.importorskip("mteb")
+    pytest.importorskip("datasets")
     from qwen_embed.eval.mteb_adapter import QwenEmbedMTEB
 
     small = Embedder(embedder.checkpoint, max_length=64)
@@ -86,6 +87,7 @@ def test_mteb_evaluates_the_adapter_with_task_instructions(embedder: Embedder, t
 
 
 def test_meta_and_similarity(embedder: Embedder) -> None:
+    pytest.importorskip("mteb")
     from qwen_embed.eval.mteb_adapter import QwenEmbedMTEB
 
     model = QwenEmbedMTEB(embedder, dim=32, instructions={"MyTask": "Find it"})

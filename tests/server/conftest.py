@@ -174,13 +174,15 @@ def workers_server(small_embedding_path: Path, small_reranker_path: Path,
         yield srv
 
 
-@pytest.fixture(scope="module", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow),
+@pytest.fixture(scope="session", params=["in-process", pytest.param("model-processes", marks=pytest.mark.slow),
                                         pytest.param("workers", marks=pytest.mark.slow)])
 def live(request: pytest.FixtureRequest, small_embedder: Embedder, small_reranker: Reranker,
          small_embedding_path: Path, small_reranker_path: Path) -> Iterator[LiveServer | WorkersServer]:
     """Both models, default limits, a 10 ms batching window; the models in this process, or (slow) in
     model processes, two per model (`--devices cpu,cpu`), or (slow) `serve --workers 2` (the session's
-    `workers_server`), answered under the names the in-process variant uses."""
+    `workers_server`), answered under the names the in-process variant uses. One server of each variant
+    per test session (per pytest worker), shared by the modules that take it: starting the model
+    processes costs seconds each time."""
     if request.param == "workers":
         yield request.getfixturevalue("workers_server")
         return
