@@ -141,3 +141,24 @@ def test_ann_recall_on_50k_random_unit_vectors(tmp_path: Path) -> None:
         ann = {h.id for h in store.search(q, 10)}
         recall.append(len(exact & ann) / 10)
     assert float(np.mean(recall)) >= 0.95, recall
+
+
+def test_table_created_by_another_process_in_between_is_opened(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers start together: both fail to open the missing table, one creates it, the other's create
+    finds it there ("already exists") and must open it instead of failing."""
+    import lancedb
+
+    first = open_store(tmp_path / "db", "t", make_info(16))  # the other process's table, already made
+    real_open = lancedb.db.LanceDBConnection.open_table
+    calls = {"n": 0}
+
+    def open_table(self: object, name: str, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:  # as it was when this process looked, before the other one created it
+            raise ValueError(f"Table '{name}' was not found")
+        return real_open(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lancedb.db.LanceDBConnection, "open_table", open_table)
+    second = LanceStore.open(tmp_path / "db", "t", make_info(16))
+    assert calls["n"] == 2 and second.info == first.info

@@ -213,8 +213,13 @@ class LanceStore:
                                  f"first, or pass --table.") from None
             if info.needs_ranges and info.ranges is None:
                 return cls(path, table, None, info, conn)  # made at the first write, calibrated on its rows
-            with lance_io(path):
-                tbl = conn.create_table(table, schema=base_schema(info))
+            try:
+                with lance_io(path):
+                    tbl = conn.create_table(table, schema=base_schema(info))
+            except ValueError as e:  # another process created it since open_table failed: open theirs
+                if "already exists" not in str(e):
+                    raise
+                return cls.open(db, table, info)
             return cls(path, table, tbl, info, conn)
         raw = (tbl.schema.metadata or {}).get(INFO_KEY)
         if raw is None:
