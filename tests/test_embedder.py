@@ -1,5 +1,7 @@
 """Embedder behaviour through the public API."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,6 +64,20 @@ def test_max_length_limits(tiny_embedding_path) -> None:  # type: ignore[no-unty
         Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=40000)
     e = Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=32768)
     assert e.max_length == 32768
+    assert Embedder.from_pretrained(tiny_embedding_path, device="cpu").max_length == 8192
+
+
+def test_default_max_length_follows_a_lower_model_limit(tmp_path: Path) -> None:
+    """A model whose position limit is below 8192 loads with that limit by default; asking for more is an error."""
+    from qwen_embed import Reranker
+    from qwen_embed.tiny import make_checkpoint
+
+    emb = make_checkpoint(tmp_path / "e", "embedding", tokenizer="small", max_position_embeddings=512)
+    rr = make_checkpoint(tmp_path / "r", "reranker", tokenizer="small", max_position_embeddings=512)
+    assert Embedder.from_pretrained(emb, device="cpu").max_length == 512
+    assert Reranker.from_pretrained(rr, device="cpu").max_length == 512
+    with pytest.raises(QwenEmbedError, match=r"max_length=8192 is out of range: use 2\.\.512"):
+        Embedder.from_pretrained(emb, device="cpu", max_length=8192)
 
 
 def test_chunked_tokenization_pipeline_equals_one_pass(embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,10 @@ def format_query(query: str, instruction: str) -> str:
     return f"Instruct: {instruction}\nQuery:{query}"
 
 
-def check_max_length(max_length: int, config: ModelConfig, minimum: int = 2) -> int:
+def check_max_length(max_length: int | None, config: ModelConfig, minimum: int = 2) -> int:
+    """`max_length` checked against the model's limit; None: DEFAULT_MAX_LENGTH, or the limit where lower."""
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise InputError(f"max_length must be an integer, got {max_length!r}")
     limit = config.max_position_embeddings
@@ -50,7 +53,7 @@ def check_max_length(max_length: int, config: ModelConfig, minimum: int = 2) -> 
 class Embedder(CheckpointFacts):
     """Text -> embeddings with a Qwen3-Embedding checkpoint (CPU float32 or CUDA bfloat16)."""
 
-    def __init__(self, checkpoint: Checkpoint, *, max_length: int = DEFAULT_MAX_LENGTH,
+    def __init__(self, checkpoint: Checkpoint, *, max_length: int | None = None,
                  batch_tokens: int | None = None, compile: bool | None = None,
                  deterministic: bool = False) -> None:
         self.checkpoint = checkpoint
@@ -61,7 +64,7 @@ class Embedder(CheckpointFacts):
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None, *, max_length: int = DEFAULT_MAX_LENGTH,
+        dtype: str | torch.dtype | None = None, *, max_length: int | None = None,
         batch_tokens: int | None = None, compile: bool | None = None, adapter: str | os.PathLike[str] | None = None,
         allow_causal_lm: bool = False, threads: int | None = None, deterministic: bool = False,
     ) -> Embedder:
@@ -69,7 +72,8 @@ class Embedder(CheckpointFacts):
 
         device: None picks CUDA when present; dtype: None picks bfloat16 on CUDA, float32 on CPU;
         "int8" quantizes the linear layers for the CPU (faster, approximate: int8.py).
-        max_length: tokens per input including the end token (default 8192, up to the model's limit).
+        max_length: tokens per input including the end token (default 8192, or the model's limit where
+            it is lower; at most the model's limit).
         batch_tokens: token budget of one forward pass (default 65536 on CUDA, 8192 on CPU).
         compile: torch.compile the layers on CUDA (default on; the first call then compiles, ~10 s).
         adapter: a PEFT LoRA adapter folder applied on top of the base without merging (needs peft, the

@@ -180,7 +180,7 @@ def check_rerank_inputs(query: str, documents: Sequence[str],
 class Reranker(CheckpointFacts):
     """(query, documents) -> relevance probabilities with a Qwen3-Reranker checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int = DEFAULT_MAX_LENGTH,
+    def __init__(self, checkpoint: Checkpoint, *, template: str = "card", max_length: int | None = None,
                  batch_tokens: int | None = None, compile: bool | None = None,
                  share_prefix: bool | None = None, deterministic: bool = False) -> None:
         assert checkpoint.head is not None, "a reranker checkpoint carries a head"
@@ -200,12 +200,13 @@ class Reranker(CheckpointFacts):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None, template: str = "card", *,
-        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, compile: bool | None = None,
+        max_length: int | None = None, batch_tokens: int | None = None, compile: bool | None = None,
         share_prefix: bool | None = None, threads: int | None = None, deterministic: bool = False,
     ) -> Reranker:
         """Load a Qwen3ForCausalLM reranker or a converted Qwen3ForSequenceClassification one.
 
         template: "card" (model card form) or "official-eval" (the official evaluation's form).
+        max_length: tokens per (query, document) input (default 8192, or the model's limit where lower).
         share_prefix: compute the query's prefix once per `score` call (default: on).
         dtype: as for Embedder ("int8": int8 linear layers on the CPU); threads: torch CPU threads.
         deterministic: batch-invariant kernels: a pair's score is bitwise the same in any batch.
