@@ -178,6 +178,7 @@ def test_server_under_concurrent_load_serves_the_solo_vectors(ckpts: tuple[Path,
     import base64
     from concurrent.futures import ThreadPoolExecutor
 
+    pytest.importorskip("fastapi", reason="the server extra is not installed (pip install qwen-embed[server])")
     import httpx
 
     from qwen_embed.server import ServerSettings, create_app
