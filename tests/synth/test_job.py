@@ -136,7 +136,7 @@ def test_wrong_api_key_is_one_request_and_one_error(models_route: bool, embedder
         with pytest.raises(GeneratorError, match="401") as err:
             generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)
         gen.close()
-        assert str(err.value).count("401") == 1 and "SYNTH_TEST_KEY" in str(err.value)
+        assert str(err.value).count("HTTP 401") == 1 and "SYNTH_TEST_KEY" in str(err.value)
         # no retry storm: the preflight GET /models refuses the key, or (a server without that route)
         # the first prompt, sent alone, does
         assert server.gets == 1 and len(server.prompts()) == (0 if models_route else 1)
