@@ -176,3 +176,19 @@ def test_resumable_jsonl_refuses_other_job(tmp_path: Path) -> None:
     w = ResumableJsonl(out, job="j2", overwrite=True)
     assert w.done == set()
     w.close()
+
+
+def test_a_writability_probe_left_by_a_killed_process_is_cleaned_up(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output checks create and remove a probe file; a process killed in between leaves it, and the next
+    run's clean_stale_temps must recognise it as a dead process's temporary file."""
+    import qwen_embed.files as files
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "getpid", lambda: 4_194_304 + 12_345)  # above Linux's pid_max: never alive
+        m.setattr(files.os, "unlink", lambda path: None)  # killed before the probe was removed
+        files.check_output_file(tmp_path / "out.jsonl")
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1
+    assert files.clean_stale_temps(tmp_path) == left
+    assert not any(tmp_path.iterdir())

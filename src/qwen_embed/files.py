@@ -59,7 +59,7 @@ def _check_parent(target: Path, what: str) -> None:
 
 def _can_create_in(folder: Path) -> bool:
     """Whether a file can really be created in `folder` (root ignores mode bits; /proc refuses anyway)."""
-    probe = folder / f".qwen-embed-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = temp_sibling(folder / "qwen-embed-probe")  # a temp name: clean_stale_temps removes one a kill left
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except OSError:
