@@ -113,12 +113,14 @@ def sentence_transformers_run(ckpt: Path, rows: list[dict[str, str]], args: argp
     return {"tokens_per_s": sum(tokens) / sum(times), "step_s": statistics.median(times), "loss": float(loss.detach())}
 
 
-def rerank_ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def rerank_ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, device: torch.device,
+                compile: bool = False) -> dict[str, Any]:
     """qwen-embed `train rerank` steps (bce, 1 negative per positive: 2 pairs per row), timed per step."""
     cfg = TrainConfig.from_dict({
         "model": {"path": str(ckpt), "device": device.type, "precision": "bf16" if device.type == "cuda" else "fp32",
-                  "gradient_checkpointing": args.checkpointing, "compile": args.compile},
-        "data": {"train_files": [str(data)], "default_instruction": None},
+                  "gradient_checkpointing": args.checkpointing, "compile": compile},
+        # file order (shuffle buffer 1): step i takes rows i*batch..(i+1)*batch, as the CrossEncoder loop does
+        "data": {"train_files": [str(data)], "default_instruction": None, "shuffle_buffer": 1},
         "optim": {"lr": 1e-5, "warmup_steps": 1},
         "train": {"output_dir": str(out), "batch_size": args.batch, "chunk_tokens": args.batch * 2 * args.doc_len,
                   "max_steps": 1000, "progress": False},
@@ -126,11 +128,11 @@ def rerank_ours(ckpt: Path, data: Path, out: Path, args: argparse.Namespace, dev
     })
     t = Trainer(cfg, kind="rerank")
     times, pairs, tokens = [], [], []
-    for i, batch in enumerate(t.batches()):
-        if i == args.warmup + args.steps:
-            break
+    batches = iter(t.batches())
+    for i in range(args.warmup + args.steps):
         sync(device)
-        start = time.perf_counter()
+        start = time.perf_counter()  # the batch's tokenization and packing count, as the CrossEncoder's do
+        batch = next(batches)
         stats = t.train_step(batch)
         sync(device)
         if i >= args.warmup:
@@ -160,7 +162,7 @@ def rerank_st(ckpt: Path, rows: list[dict[str, Any]], args: argparse.Namespace, 
     loss_fn = BinaryCrossEntropyLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    times, pairs, tokens = [], [], []
+    times, pairs, tokens, padded = [], [], [], []
     for i in range(args.warmup + args.steps):
         chunk = rows[i * args.batch : (i + 1) * args.batch]
         heads = [tmpl.prefix + tmpl.head.format(instruction=DEFAULT_INSTRUCTION, query=r["query"]) for r in chunk]
@@ -180,7 +182,9 @@ def rerank_st(ckpt: Path, rows: list[dict[str, Any]], args: argparse.Namespace, 
             pairs.append(len(first))
             enc = model.tokenizer(first, second, truncation=True, max_length=args.doc_len)
             tokens.append(sum(len(x) for x in enc["input_ids"]))
+            padded.append(len(enc["input_ids"]) * max(len(x) for x in enc["input_ids"]))
     return {"pairs_per_s": sum(pairs) / sum(times), "tokens_per_s": sum(tokens) / sum(times),
+            "padded_fraction": 1 - sum(tokens) / sum(padded),  # of the token slots its padded batches compute
             "step_s": statistics.median(times), "loss": float(loss.detach())}
 
 
@@ -207,6 +211,11 @@ def rerank_main(args: argparse.Namespace, device: torch.device) -> None:
                                    "rows": args.batch, "pairs_per_step": 2 * args.batch, "steps": args.steps,
                                    "max_length": args.doc_len}
         results["ours"] = rerank_ours(ckpt, data, tmp / "run", args, device)
+        if args.compile:  # the compiled path too, after the eager one, in the same process on the same rows
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            results["ours_compiled"] = rerank_ours(ckpt, data, tmp / "run-compiled", args, device, compile=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.skip_st:
@@ -216,10 +225,13 @@ def rerank_main(args: argparse.Namespace, device: torch.device) -> None:
             results["st"] = rerank_st(ckpt, rows, args, device)
             if device.type == "cuda":
                 results["st"]["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    o, st = results["ours"]["pairs_per_s"], results.get("st", {}).get("pairs_per_s")
-    print(f"\nreranker training, {results['shape']} shape on {device}, {2 * args.batch} pairs/step: qwen-embed "
-          f"{o:.1f} pairs/s, sentence-transformers CrossEncoder {st or float('nan'):.1f} pairs/s"
-          + (f", {o / st:.2f}x" if st else ""))
+    st = results.get("st", {}).get("pairs_per_s")
+    for side in ("ours", "ours_compiled"):
+        if side in results:
+            o = results[side]["pairs_per_s"]
+            print(f"\nreranker training, {results['shape']} shape on {device}, {2 * args.batch} pairs/step: qwen-embed"
+                  f"{' (model.compile)' if side == 'ours_compiled' else ''} {o:.1f} pairs/s, sentence-transformers "
+                  f"CrossEncoder {st or float('nan'):.1f} pairs/s" + (f", {o / st:.2f}x" if st else ""))
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -237,7 +249,8 @@ def main() -> None:
     ap.add_argument("--doc-len", type=int, default=512)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on both sides")
     ap.add_argument("--skip-st", action="store_true", help="only our side")
-    ap.add_argument("--compile", action="store_true", help="our side with model.compile (torch.compile per layer)")
+    ap.add_argument("--compile", action="store_true", help="our side with model.compile (--rerank: "
+                    "our eager and compiled runs, in that order)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--rerank", action="store_true", help="reranker training (train rerank, bce) against "
                     "sentence-transformers' CrossEncoder on the same CausalLM checkpoint: pairs/s")

@@ -39,7 +39,9 @@ class LiveServer:
         """`ready=False`: entering waits for the port only, not for /health to say ready."""
         self.app = app
         self.wait_ready = ready
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP; without it every response
+        # written in two parts waits ~40 ms for the client's delayed ACK (as in server/supervisor.py)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
