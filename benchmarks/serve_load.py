@@ -3,7 +3,8 @@
 Direct: `Embedder.encode(all texts)` in this process (tokenization + token-budget batches, the best the
 library does). HTTP: `qwen-embed serve` in a subprocess, `--concurrency` clients each sending requests
 of `--texts-per-request` texts to /v1/embeddings (base64, as the openai client asks) one after another
-until all texts are embedded. Runs, one after another (`--servers`):
+until all texts are embedded, spread over `--client-processes` load-generating processes (one Python client
+process cannot send small requests fast enough to load a GPU server). Runs, one after another (`--servers`):
 
 - `in-process`: `serve --device` (one process, the model in it: `--workers 1`);
 - `workers`: `serve --workers N --devices D` (issue 16: N HTTP worker processes, one model process per
@@ -167,15 +168,73 @@ async def load(url: str, chunks: list[list[str]], concurrency: int,
         return time.perf_counter() - start, out
 
 
+def _client_process(url: str, chunks: list[list[str]], concurrency: int, route: str, go: Any, results: Any,
+                    part: int) -> None:
+    """One load-generating process: ready, wait for `go`, send its chunks, report (part, end time, vectors)."""
+    results.put(("ready", part))
+    go.wait()
+    _, vecs = asyncio.run(load(url, chunks, concurrency, route))
+    results.put((part, time.time(), vecs))
+
+
+def load_processes(url: str, chunks: list[list[str]], concurrency: int, route: str,
+                   processes: int) -> tuple[float, list[np.ndarray]]:
+    """`load` spread over `processes` client processes (the concurrency split between them, the same total), so
+    that one Python client's GIL does not cap the request rate; the seconds from the common start to the last
+    process's end, and the vectors in chunk order."""
+    processes = max(1, min(processes, concurrency, len(chunks)))
+    if processes == 1:
+        return asyncio.run(load(url, chunks, concurrency, route))
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # this process may hold CUDA; the clients never touch it
+    go, results = ctx.Event(), ctx.Queue()
+    parts = [list(range(p, len(chunks), processes)) for p in range(processes)]
+    shares = [concurrency // processes + (p < concurrency % processes) for p in range(processes)]
+    procs = [ctx.Process(target=_client_process, args=(url, [chunks[i] for i in parts[p]], shares[p], route, go,
+                                                       results, p), daemon=True) for p in range(processes)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        results.get(timeout=300)  # every client imported and waiting
+    start = time.time()
+    go.set()
+    out: list[np.ndarray] = [np.empty(0)] * len(chunks)
+    ends = []
+    for _ in procs:
+        part, end, vecs = results.get(timeout=1800)
+        ends.append(end)
+        for i, v in zip(parts[part], vecs, strict=True):
+            out[i] = v
+    for proc in procs:
+        proc.join(timeout=60)
+        if proc.exitcode != 0:
+            raise RuntimeError(f"a load client process ended with exit code {proc.exitcode}")
+    return max(ends) - start, out
+
+
 def single_p50(url: str, route: str, n: int = 200) -> float:
-    """Median milliseconds of a one-query request (one short text), one at a time on a kept-alive connection."""
+    """Median milliseconds of a one-query request (one short text), one at a time on a kept-alive connection,
+    sent with the standard library's http.client (a lean client: httpx adds ~1 ms of its own per request)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     times = []
-    with httpx.Client(base_url=url, timeout=60) as c:
+    try:
         for i in range(n + 10):
+            body = json.dumps({"input": [f"what is query {i}?"]})
             t = time.perf_counter()
-            c.post(route, json={"input": [f"what is query {i}?"]}).raise_for_status()
+            conn.request("POST", route, body=body, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"one-query request: HTTP {resp.status}: {data[:200]!r}")
             if i >= 10:
                 times.append(time.perf_counter() - t)
+    finally:
+        conn.close()
     return float(np.median(times) * 1000)
 
 
@@ -186,12 +245,12 @@ def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace,
     out: dict[str, Any] = {}
     for k in ks:
         chunks = [texts[i : i + k] for i in range(0, len(texts), k)]
-        asyncio.run(load(url, chunks[: max(1, 1024 // k)], args.concurrency, route))  # warm-up
+        load_processes(url, chunks[: max(1, 1024 // k)], args.concurrency, route, args.client_processes)  # warm-up
         best = float("inf")
         count = total = 0.0
         for _ in range(args.repeat):
             before = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
-            seconds, vecs = asyncio.run(load(url, chunks, args.concurrency, route))
+            seconds, vecs = load_processes(url, chunks, args.concurrency, route, args.client_processes)
             after = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
             if seconds < best:
                 best, count, total = seconds, after[0] - before[0], after[1] - before[1]
@@ -229,6 +288,9 @@ def main() -> None:
     p.add_argument("--texts", type=int, default=8192, help="texts in the workload (default 8192)")
     p.add_argument("--texts-per-request", default="8,32", help="comma-separated request sizes (default 8,32)")
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--client-processes", type=int, default=max(1, min(4, (os.cpu_count() or 1) // 4)),
+                   help="load-generating processes sharing --concurrency (default: min(4, cores / 4)); one Python "
+                   "client process caps the request rate on its own")
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass, both paths")
@@ -283,7 +345,8 @@ def main() -> None:
             torch.cuda.empty_cache()  # the servers load their own copies
         result: dict[str, Any] = {
             "model": model if args.model else f"{args.shape} (random weights)", "device": device, "texts": n,
-            "tokens": tokens, "concurrency": args.concurrency, "cpu_cores": os.cpu_count(),
+            "tokens": tokens, "concurrency": args.concurrency, "client_processes": args.client_processes,
+            "cpu_cores": os.cpu_count(),
             "direct": {"texts_per_s": n / direct_s, "tokens_per_s": tokens / direct_s, "seconds": direct_s},
         }
         for name in servers:
