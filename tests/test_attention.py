@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from qwen_embed.attention import packed_causal_attention, sdpa_per_sequence
+from qwen_embed.attention import packed_causal_attention, rows_attention, sdpa_per_sequence
 
 
 def dense_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lq: list[int], lk: list[int]) -> torch.Tensor:
@@ -68,3 +68,21 @@ def test_strided_views_as_the_model_passes_them() -> None:
     a = sdpa_per_sequence(q, k, v, c, c, 0.25)
     b = sdpa_per_sequence(q.contiguous(), k.contiguous(), v.contiguous(), c, c, 0.25)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("heads", [(4, 2, 16), (6, 1, 64)])
+def test_selected_rows_equal_dense_reference(heads: tuple[int, int, int]) -> None:
+    """`rows_attention` (the last layer's pooled rows on the CPU): each chosen row equals the dense causal
+    reference's row, for the last row of every sequence and for rows inside sequences (two of one)."""
+    torch.manual_seed(1)
+    hq, hkv, d = heads
+    lengths = [1, 3, 257, 64, 2, 600, 33]
+    t = sum(lengths)
+    q, k, v = torch.randn(t, hq, d), torch.randn(t, hkv, d), torch.randn(t, hkv, d)
+    ref = dense_reference(q, k, v, lengths, lengths)
+    bounds = cu(lengths)
+    last = bounds[1:].long() - 1
+    inside = torch.tensor([0, 5, 100, 259, 300, 320, 330, 900, t - 1])
+    for rows in (last, inside):
+        got = rows_attention(q[rows], k, v, rows, bounds)
+        torch.testing.assert_close(got, ref[rows], atol=1e-5, rtol=1e-5)

@@ -49,7 +49,7 @@ SEARCHES: list[tuple[str, str | None]] = [
     ("what makes bread light and airy", "topic = 'cooking'"),
 ]
 CANDIDATES = 20  # retrieved by the embedder per search, then reranked
-MAX_LENGTH = 512  # tokens per input: the demo's texts are short, and the demo models' limit is 4,096
+MAX_LENGTH = 512  # tokens per input: the demo's texts are short (the demo models take 8,192 and 4,096)
 TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: the scores and rankings below are meaningless"
 DEMO_LABEL = ("DEMO MODEL: a 7M-parameter demo model trained by qwen-embed's recipe; for real use, the Qwen3 "
               "models")

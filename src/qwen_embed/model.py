@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import packed_causal_attention
+from .attention import packed_causal_attention, rows_attention
 from .batching import PackedBatch
 from .config import ModelConfig
 
@@ -135,10 +135,20 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (output [T or n, H], k [T, Hkv, D] after RoPE, v [T, Hkv, D])."""
         t = x.shape[0]
-        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
         k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if out_idx is not None and prefix is None and x.device.type == "cpu":
+            # CPU: queries and attention for the kept rows only (O(L) per row, not the causal square).
+            # Not on CUDA: flash's one-query-per-sequence path splits the keys by batch shape, which the
+            # deterministic mode must avoid, and the GPU's full pass costs little there.
+            n = out_idx.shape[0]
+            q = self.q_norm(self.q_proj(x[out_idx]).view(n, self.num_heads, self.head_dim))  # [n, Hq, D]
+            q = apply_rope(q, cos[out_idx], sin[out_idx])
+            o = rows_attention(q, k, v, out_idx, batch.cu_seqlens)  # [n, Hq, D]
+            return self.o_proj(o.reshape(n, -1)), k, v  # [n, H]
+        q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
+        q = apply_rope(q, cos, sin)
         if prefix is None:
             o = packed_causal_attention(q, k, v, batch.cu_seqlens, batch.max_seqlen)  # [T, Hq, D]
         else:
