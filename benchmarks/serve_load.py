@@ -168,49 +168,70 @@ async def load(url: str, chunks: list[list[str]], concurrency: int,
         return time.perf_counter() - start, out
 
 
-def _client_process(url: str, chunks: list[list[str]], concurrency: int, route: str, go: Any, results: Any,
-                    part: int) -> None:
-    """One load-generating process: ready, wait for `go`, send its chunks, report (part, end time, vectors)."""
-    results.put(("ready", part))
-    go.wait()
-    _, vecs = asyncio.run(load(url, chunks, concurrency, route))
-    results.put((part, time.time(), vecs))
+def _client_process(conn: Any) -> None:
+    """One load-generating process, kept for the whole run: per job, load the chunks it was given when the
+    parent says go, and send back (end time, vectors)."""
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        url, chunks, concurrency, route = job
+        conn.send("ready")
+        conn.recv()  # go
+        _, vecs = asyncio.run(load(url, chunks, concurrency, route))
+        conn.send((time.time(), vecs))
 
 
-def load_processes(url: str, chunks: list[list[str]], concurrency: int, route: str,
-                   processes: int) -> tuple[float, list[np.ndarray]]:
-    """`load` spread over `processes` client processes (the concurrency split between them, the same total), so
-    that one Python client's GIL does not cap the request rate; the seconds from the common start to the last
-    process's end, and the vectors in chunk order."""
-    processes = max(1, min(processes, concurrency, len(chunks)))
-    if processes == 1:
-        return asyncio.run(load(url, chunks, concurrency, route))
-    import multiprocessing as mp
+class ClientPool:
+    """`processes` load-generating processes sharing the concurrency (one Python client process cannot send
+    small requests fast enough to load a GPU server); started once, reused for every round."""
 
-    ctx = mp.get_context("spawn")  # this process may hold CUDA; the clients never touch it
-    go, results = ctx.Event(), ctx.Queue()
-    parts = [list(range(p, len(chunks), processes)) for p in range(processes)]
-    shares = [concurrency // processes + (p < concurrency % processes) for p in range(processes)]
-    procs = [ctx.Process(target=_client_process, args=(url, [chunks[i] for i in parts[p]], shares[p], route, go,
-                                                       results, p), daemon=True) for p in range(processes)]
-    for proc in procs:
-        proc.start()
-    for _ in procs:
-        results.get(timeout=300)  # every client imported and waiting
-    start = time.time()
-    go.set()
-    out: list[np.ndarray] = [np.empty(0)] * len(chunks)
-    ends = []
-    for _ in procs:
-        part, end, vecs = results.get(timeout=1800)
-        ends.append(end)
-        for i, v in zip(parts[part], vecs, strict=True):
-            out[i] = v
-    for proc in procs:
-        proc.join(timeout=60)
-        if proc.exitcode != 0:
-            raise RuntimeError(f"a load client process ended with exit code {proc.exitcode}")
-    return max(ends) - start, out
+    def __init__(self, processes: int) -> None:
+        import multiprocessing as mp
+
+        self.size = max(1, processes)
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+        if self.size > 1:
+            ctx = mp.get_context("spawn")  # this process may hold CUDA; the clients never touch it
+            for _ in range(self.size):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_client_process, args=(child,), daemon=True)
+                proc.start()
+                self.procs.append(proc)
+                self.conns.append(parent)
+
+    def load(self, url: str, chunks: list[list[str]], concurrency: int,
+             route: str) -> tuple[float, list[np.ndarray]]:
+        """All chunks through `concurrency` clients in all; the seconds from the common start to the last
+        process's end, and the vectors in chunk order."""
+        n = min(self.size, concurrency, len(chunks))
+        if n <= 1:
+            return asyncio.run(load(url, chunks, concurrency, route))
+        parts = [list(range(p, len(chunks), n)) for p in range(n)]
+        shares = [concurrency // n + (p < concurrency % n) for p in range(n)]
+        for p in range(n):
+            self.conns[p].send((url, [chunks[i] for i in parts[p]], shares[p], route))
+        for p in range(n):
+            if self.conns[p].recv() != "ready":
+                raise RuntimeError("a load client process did not get ready")
+        start = time.time()
+        for p in range(n):
+            self.conns[p].send("go")
+        out: list[np.ndarray] = [np.empty(0)] * len(chunks)
+        ends = []
+        for p in range(n):
+            end, vecs = self.conns[p].recv()
+            ends.append(end)
+            for i, v in zip(parts[p], vecs, strict=True):
+                out[i] = v
+        return max(ends) - start, out
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=30)
 
 
 def single_p50(url: str, route: str, n: int = 200) -> float:
@@ -239,18 +260,18 @@ def single_p50(url: str, route: str, n: int = 200) -> float:
 
 
 def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace, direct_s: float, tokens: int,
-            direct: np.ndarray, route: str = "/v1/embeddings") -> dict[str, Any]:
+            direct: np.ndarray, pool: ClientPool, route: str = "/v1/embeddings") -> dict[str, Any]:
     """Throughput at each texts-per-request (best of --repeat), its ratio to direct, the max vector
     difference, and the single-request p50."""
     out: dict[str, Any] = {}
     for k in ks:
         chunks = [texts[i : i + k] for i in range(0, len(texts), k)]
-        load_processes(url, chunks[: max(1, 1024 // k)], args.concurrency, route, args.client_processes)  # warm-up
+        pool.load(url, chunks[: max(1, 1024 // k)], args.concurrency, route)  # warm-up
         best = float("inf")
         count = total = 0.0
         for _ in range(args.repeat):
             before = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
-            seconds, vecs = load_processes(url, chunks, args.concurrency, route, args.client_processes)
+            seconds, vecs = pool.load(url, chunks, args.concurrency, route)
             after = batch_stats(httpx.get(url + "/metrics").text) if route == "/v1/embeddings" else (0, 0)
             if seconds < best:
                 best, count, total = seconds, after[0] - before[0], after[1] - before[1]
@@ -349,6 +370,7 @@ def main() -> None:
             "cpu_cores": os.cpu_count(),
             "direct": {"texts_per_s": n / direct_s, "tokens_per_s": tokens / direct_s, "seconds": direct_s},
         }
+        pool = ClientPool(args.client_processes)
         for name in servers:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
@@ -365,7 +387,7 @@ def main() -> None:
                                     args.workers if name == "workers" else 1)
                 route = "/v1/embeddings"
             try:
-                result[name] = measure(url, texts, ks, args, direct_s, tokens, direct, route)
+                result[name] = measure(url, texts, ks, args, direct_s, tokens, direct, pool, route)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=120)
@@ -373,13 +395,22 @@ def main() -> None:
                 result[name]["devices"] = args.devices
             if name == "workers":
                 result[name]["workers"] = args.workers
+            print(summary(result, ks), file=sys.stderr, flush=True)
+            save(result, args.out, partial=True)  # what finished survives a run cut short
+        pool.close()
 
     print(json.dumps(result, indent=1))
     print(summary(result, ks), file=sys.stderr)
-    if args.out is not None:
-        tmp_out = args.out.with_name(args.out.name + ".tmp")
-        tmp_out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        tmp_out.replace(args.out)
+    save(result, args.out, partial=False)
+
+
+def save(result: dict[str, Any], out: Path | None, partial: bool) -> None:
+    """Write the figures to `out` atomically (a temp sibling, then rename), marked partial until the end."""
+    if out is None:
+        return
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text(json.dumps({**result, "partial": partial}, indent=1) + "\n", encoding="utf-8")
+    tmp_out.replace(out)
 
 
 if __name__ == "__main__":
