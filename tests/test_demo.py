@@ -79,9 +79,7 @@ def test_shipped_embedder_finds_each_searchs_document_in_the_top_3(
 
 
 @needs_demo_models
-@pytest.mark.parametrize("query", [q if q != "what makes bread light and airy" else
-                                   pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=MISSES))
-                                   for q in EXPECTED])
+@pytest.mark.parametrize("query", list(EXPECTED))
 def test_shipped_reranker_keeps_each_searchs_document_in_the_top_3(
         shipped: tuple[Embedder, Reranker, Index], query: str) -> None:
     _, rr, index = shipped
@@ -98,9 +96,7 @@ def test_shipped_embedder_picks_part_1s_answer(shipped: tuple[Embedder, Reranker
 
 
 @needs_demo_models
-@pytest.mark.parametrize("query", [q if q != "Explain gravity" else
-                                   pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=MISSES))
-                                   for q in BEST])
+@pytest.mark.parametrize("query", list(BEST))
 def test_shipped_reranker_picks_part_1s_answer(shipped: tuple[Embedder, Reranker, Index], query: str) -> None:
     _, rr, _ = shipped
     scores = rr.score(query, demo.DOCUMENTS)
