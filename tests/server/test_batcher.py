@@ -6,11 +6,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
-from qwen_embed.server.batcher import Batcher, QueueFull, ShuttingDown, Timing
+from qwen_embed.server.batcher import Batcher, BatcherFailed, QueueFull, ShuttingDown, Timing
 from qwen_embed.server.metrics import Metrics
 
 
@@ -107,6 +108,33 @@ def test_a_failing_batch_fails_its_requests_and_the_loop_goes_on() -> None:
         model.fail = False
         assert (await b.submit([[3]]))[0, 0] == 3
         await b.stop()
+
+    run(scenario)
+
+
+def test_a_dead_batch_loop_answers_its_requests_and_refuses_new_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that kills the batch loop itself (here: forming a batch raises) must not leave requests waiting
+    forever: the queued ones get BatcherFailed at once, the batcher reports not ready and refuses more."""
+    model = FakeModel()
+
+    def broken(self: Batcher) -> list[Any]:
+        raise RuntimeError("a bug in forming the batch")
+
+    monkeypatch.setattr(Batcher, "_take", broken)
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.02)
+        b.start()
+        assert b.ready
+        results = await asyncio.gather(b.submit([[1]]), b.submit([[2]]), return_exceptions=True)
+        assert all(isinstance(r, BatcherFailed) for r in results), results
+        assert "batch loop stopped on an internal error (RuntimeError: a bug in forming the batch)" in str(results[0])
+        assert not b.ready and b.failed is not None and b.pending_requests == 0 and b.pending_tokens == 0
+        with pytest.raises(BatcherFailed):
+            await b.submit([[3]])
+        with pytest.raises(BatcherFailed):
+            b.admit()
+        assert model.calls == []
 
     run(scenario)
 

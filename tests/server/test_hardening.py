@@ -367,3 +367,24 @@ def test_fd_limit_is_raised_for_the_connection_cap() -> None:
         assert got == min(400, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_dead_batch_loop_gives_503_and_health_says_why(small_embedder: Embedder,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug that kills a batch loop (here: forming a batch raises) answers the request 503 batcher_failed
+    at once instead of leaving it waiting, and /health turns 503 naming the error (lasting: restart)."""
+    from qwen_embed.server.batcher import Batcher
+
+    def broken(self: Batcher) -> list[object]:
+        raise RuntimeError("a bug in forming the batch")
+
+    app = create_app(ServerSettings(embedding_model="emb"), embedder=small_embedder)
+    with LiveServer(app) as srv:  # the warm-up ran outside the queue: ready
+        monkeypatch.setattr(Batcher, "_take", broken)
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": "hello"}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "batcher_failed", r.text
+        assert "RuntimeError: a bug in forming the batch" in r.json()["error"]["message"]
+        health = httpx.get(srv.url + "/health", timeout=30)
+        assert health.status_code == 503 and "batch loop stopped" in health.text, health.text
+        again = httpx.post(srv.url + "/v1/embeddings", json={"input": "hello"}, timeout=30)
+        assert again.status_code == 503, again.text

@@ -59,6 +59,11 @@ class ShuttingDown(QwenEmbedError):
     """The batcher is draining: it takes no new work, or its drain deadline has passed."""
 
 
+class BatcherFailed(QwenEmbedError):
+    """The batch loop itself ended on an unexpected error (a bug, not a model failure): the requests it held
+    get this error instead of waiting forever, and the batcher refuses new work and reports not ready."""
+
+
 def model_worker(name: str) -> ThreadPoolExecutor:
     """The single thread a model runs in (the only place the server makes a model thread)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
@@ -139,6 +144,7 @@ class Batcher:
         self._expired = False  # the drain deadline passed: nothing more runs
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._failed: BatcherFailed | None = None  # the batch loop died: what every request gets
         # batches handed to the worker at once: with 2, the next batch waits in the worker's queue while
         # one runs (the device never idles between batches), but it forms earlier, so it is smaller
         self._slots = asyncio.Semaphore(max(1, max_inflight))
@@ -154,13 +160,33 @@ class Batcher:
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """False while `run` says it cannot run (a model process restarting: its `ready` flag)."""
-        return bool(getattr(self.run, "ready", True))
+        """False while `run` says it cannot run (a model process restarting: its `ready` flag), and for good
+        once the batch loop has died (BatcherFailed)."""
+        return self._failed is None and bool(getattr(self.run, "ready", True))
+
+    @property
+    def failed(self) -> BatcherFailed | None:
+        """The error every request gets once the batch loop has died, else None."""
+        return self._failed
 
     def start(self) -> None:
         """Start the batch loop on the running event loop."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+            self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        """The batch loop returned (drained) or died: when it died, answer what it held with BatcherFailed."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self._failed = BatcherFailed(
+            f"the {self.name} batch loop stopped on an internal error ({type(exc).__name__}: {exc}); the "
+            "request was not run. The server reports not ready from now on: restart it (and report the error).")
+        for job in list(self._queue):
+            self._fail(job, self._failed)
+        self._queue.clear()
+        self._queued_tokens = 0
 
     def drain(self, timeout: float | None = None) -> None:
         """Refuse new work and run what was accepted; after `timeout` seconds, fail what is left."""
@@ -200,6 +226,8 @@ class Batcher:
     # -- admission ---------------------------------------------------------------------------------
     def check_room(self, requests: int, tokens: int) -> None:
         """Raise QueueFull when `requests` more requests of `tokens` tokens would not fit."""
+        if self._failed is not None:
+            raise self._failed
         if self._stopping:
             raise ShuttingDown("the server is shutting down; retry on another replica.")
         if self.pending_requests + requests > self.max_queue:

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
-from .batcher import QueueFull, ShuttingDown
+from .batcher import BatcherFailed, QueueFull, ShuttingDown
 from .model_process import ModelError, ModelProcessDied
 
 ERROR_TYPES = {
@@ -38,6 +38,7 @@ ERROR_TYPES = {
 STATUS: dict[type[BaseException], tuple[int, str | None]] = {
     QueueFull: (429, "queue_full"),
     ShuttingDown: (503, "shutting_down"),
+    BatcherFailed: (503, "batcher_failed"),
     ModelProcessDied: (503, "model_unavailable"),
     ModelError: (500, "model_error"),
     ModelOutputError: (500, "model_output_not_finite"),

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
 from . import wire
-from .batcher import QueueFull, ShuttingDown, Timing
+from .batcher import BatcherFailed, QueueFull, ShuttingDown, Timing
 from .board import Board
 from .metrics import Metrics
 from .model_process import ModelError, ModelProcessDied
@@ -56,7 +56,8 @@ class ModelPlan:
 
 # errors a model process sends back by name, raised again here as they are (errors.py maps them to statuses)
 KNOWN_ERRORS: dict[str, type[QwenEmbedError]] = {
-    cls.__name__: cls for cls in (ShuttingDown, ModelError, ModelOutputError, InputError, TokenizerError, ConfigError)}
+    cls.__name__: cls
+    for cls in (ShuttingDown, BatcherFailed, ModelError, ModelOutputError, InputError, TokenizerError, ConfigError)}
 
 
 def remote_error(name: str, message: str) -> QwenEmbedError:
