@@ -110,8 +110,13 @@ def test_a_model_that_outputs_nan_is_not_healthy_and_never_answers_200(warmup: b
 
 
 @pytest.mark.slow  # a `serve` process: ~7 s
-def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path,
-                                                                    small_embedding_path: Path) -> None:
+@pytest.mark.parametrize("extra", [
+    [], pytest.param(["--devices", "cpu,cpu"], marks=pytest.mark.slow, id="model-processes"),
+    pytest.param(["--workers", "2"], marks=pytest.mark.slow, id="workers")])
+def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: Path, small_embedding_path: Path,
+                                                                    extra: list[str]) -> None:
+    """In one process, and where the model loads in a child process (which reports its one-line error to
+    the parent instead of a traceback)."""
     from safetensors.torch import load_file, save_file
 
     bad = tmp_path / "nan-emb"
@@ -124,7 +129,8 @@ def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: P
         port = s.getsockname()[1]
     try:  # before the fix it served (and answered NaN) until killed
         proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(bad),
-                               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
+                               *([] if "--devices" in extra else ["--device", "cpu"]), "--host", "127.0.0.1",
+                               "--port", str(port), "--log-level", "warning", *extra],
                               env=subprocess_env(), capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("serve started on NaN weights")

@@ -88,24 +88,11 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
 
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
-    if spec.kind == "embedding":
-        from ..embedder import Embedder
-
-        emb = Embedder.from_pretrained(spec.path, spec.device, spec.dtype, max_length=spec.max_length,
-                                       batch_tokens=spec.batch_tokens, compile=spec.compile)
-
-        def run(seqs: list[list[int]]) -> np.ndarray:
-            return emb.embed_ids(seqs, normalize=False, progress=False)
-    else:
-        from ..reranker import Reranker
-
-        rr = Reranker.from_pretrained(spec.path, spec.device, spec.dtype, spec.template,
-                                      max_length=spec.max_length, batch_tokens=spec.batch_tokens,
-                                      compile=spec.compile)
-
-        def run(seqs: list[list[int]]) -> np.ndarray:
-            return rr.score_ids(seqs, progress=False)
-
+    try:
+        run = _load(spec)
+    except QwenEmbedError as e:  # a bad checkpoint: one line for the parent to report, no traceback
+        conn.send(("load_error", str(e)))
+        return
     conn.send(("ready", None))
     while True:
         try:
@@ -119,6 +106,30 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
         except Exception as e:  # reported to the caller; the process serves on
             out = ("error", f"{type(e).__name__}: {e}")
         conn.send(out)
+
+
+def _load(spec: ModelSpec) -> Any:
+    """The child's model as a function of token-id sequences -> rows."""
+    if spec.kind == "embedding":
+        from ..embedder import Embedder
+
+        emb = Embedder.from_pretrained(spec.path, spec.device, spec.dtype, max_length=spec.max_length,
+                                       batch_tokens=spec.batch_tokens, compile=spec.compile)
+
+        def run(seqs: list[list[int]]) -> np.ndarray:
+            return emb.embed_ids(seqs, normalize=False, progress=False)
+
+        return run
+    from ..reranker import Reranker
+
+    rr = Reranker.from_pretrained(spec.path, spec.device, spec.dtype, spec.template,
+                                  max_length=spec.max_length, batch_tokens=spec.batch_tokens,
+                                  compile=spec.compile)
+
+    def score(seqs: list[list[int]]) -> np.ndarray:
+        return rr.score_ids(seqs, progress=False)
+
+    return score
 
 
 class ModelProcess:
@@ -168,9 +179,12 @@ class ModelProcess:
                 raise ModelProcessDied(f"the model process for {self.spec.path} did not load within "
                                        f"{self.start_timeout:.0f} s.")
         try:
-            status, _ = parent.recv()
+            status, detail = parent.recv()
         except EOFError:
-            status = "gone"
+            status, detail = "gone", None
+        if status == "load_error":
+            proc.join(5.0)
+            raise ModelProcessDied(f"the model process for {self.spec.path} could not load it: {detail}")
         if status != "ready":
             proc.join(2.0)
             raise ModelProcessDied(f"the model process for {self.spec.path} exited with code {proc.exitcode} "

@@ -25,9 +25,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -195,15 +197,23 @@ class ModelServer:
                 await writer.drain()
 
 
-def model_server_main(config: ModelServerConfig, board: Board) -> None:
-    """The model process (module docstring)."""
+def model_server_main(config: ModelServerConfig, board: Board, load_errors: Any = None) -> None:
+    """The model process (module docstring). A model that cannot be loaded (a library error: a bad checkpoint)
+    is reported as one line through `load_errors` (a pipe's sending end), and the process exits with 2."""
     import threading
 
     from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which os._exit would leak
-    run, warm = load_model(config.spec, config.deterministic)
+    try:
+        run, warm = load_model(config.spec, config.deterministic)
+    except QwenEmbedError as e:
+        if load_errors is None:
+            raise
+        load_errors.send(str(e))
+        load_errors.close()
+        sys.exit(2)
     asyncio.run(ModelServer(config, board, run).serve(warm))
     # the workers have drained (or are gone): nothing is left to answer, and a forward pass still running
     # in the model thread need not finish

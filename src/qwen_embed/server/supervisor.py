@@ -151,6 +151,7 @@ class Supervisor:
         self.metrics_dir = ""
         self.addresses = ""
         self.models: list[Any] = [None] * len(self.slots)
+        self.load_errors: list[Any] = [None] * len(self.slots)  # each model process's one-line load error
         self.workers: list[Any] = [None] * settings.workers
         self.started_at: dict[tuple[str, int], float] = {}
         self.signal: int | None = None
@@ -166,8 +167,12 @@ class Supervisor:
         config = ModelServerConfig(ModelSpec(**{**spec.__dict__, "device": device}), plan.label, plan.model, slot,
                                    generation, self.addresses.format(slot, generation), s.max_batch_requests,
                                    s.max_wait_ms / 1000.0, s.inflight_batches, s.warmup, s.deterministic)
-        proc = self.ctx.Process(target=model_server_main, args=(config, self.board), name=f"qwen-embed-model-{slot}")
+        errors, child_errors = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=model_server_main, args=(config, self.board, child_errors),
+                                name=f"qwen-embed-model-{slot}")
         proc.start()
+        child_errors.close()
+        self.load_errors[slot] = errors
         log.info("model process %d (%s, %s) started: pid %d", slot, plan.name, device, proc.pid)
         self.models[slot] = proc
         self.started_at[("model", slot)] = time.monotonic()
@@ -191,6 +196,10 @@ class Supervisor:
             for slot, proc in enumerate(self.models):
                 if not proc.is_alive():
                     plan, _, device = self.slots[slot]
+                    why = self.load_error(slot)
+                    if why is not None:
+                        raise QwenEmbedError(f"the model process for {plan.path} on {device} could not load it: "
+                                             f"{why}")
                     raise QwenEmbedError(f"the model process for {plan.path} on {device} exited with code "
                                          f"{proc.exitcode} while loading; see its log above.")
             time.sleep(WATCH_S)
@@ -207,6 +216,14 @@ class Supervisor:
                                          "its log above.")
             time.sleep(WATCH_S)
 
+    def load_error(self, slot: int) -> str | None:
+        """The one-line error the model process of `slot` sent when it could not load its model, if any."""
+        conn = self.load_errors[slot]
+        try:
+            return str(conn.recv()) if conn is not None and conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
     def reap(self) -> None:
         """Start again each child that died (at most once a second per child)."""
         from prometheus_client.multiprocess import mark_process_dead
@@ -216,8 +233,9 @@ class Supervisor:
             if not proc.is_alive() and now - self.started_at[("model", slot)] >= RESTART_GAP_S:
                 self.board.set_ready(slot, False)
                 mark_process_dead(proc.pid, self.metrics_dir)
-                log.warning("model process %d (%s) exited with code %s; starting it again", slot,
-                            self.slots[slot][2], proc.exitcode)
+                why = self.load_error(slot)
+                log.warning("model process %d (%s) exited with code %s%s; starting it again", slot,
+                            self.slots[slot][2], proc.exitcode, f" (could not load: {why})" if why else "")
                 self.start_model(slot)
         for index, proc in enumerate(self.workers):
             if not proc.is_alive() and now - self.started_at[("worker", index)] >= RESTART_GAP_S:
