@@ -67,7 +67,7 @@ def pack(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, lengths
 
 
-def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[Sequence[int]]:
     """The inverse of `pack`."""
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     ids = flat.tolist()
@@ -88,8 +88,10 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
 
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
+    from .model_server import load_model  # the loader of `serve --workers`' model processes (imports this module)
+
     try:
-        run = _load(spec)
+        run, _ = load_model(spec, deterministic=False)
     except QwenEmbedError as e:  # a bad checkpoint: one line for the parent to report, no traceback
         conn.send(("load_error", str(e)))
         return
@@ -106,30 +108,6 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
         except Exception as e:  # reported to the caller; the process serves on
             out = ("error", f"{type(e).__name__}: {e}")
         conn.send(out)
-
-
-def _load(spec: ModelSpec) -> Any:
-    """The child's model as a function of token-id sequences -> rows."""
-    if spec.kind == "embedding":
-        from ..embedder import Embedder
-
-        emb = Embedder.from_pretrained(spec.path, spec.device, spec.dtype, max_length=spec.max_length,
-                                       batch_tokens=spec.batch_tokens, compile=spec.compile)
-
-        def run(seqs: list[list[int]]) -> np.ndarray:
-            return emb.embed_ids(seqs, normalize=False, progress=False)
-
-        return run
-    from ..reranker import Reranker
-
-    rr = Reranker.from_pretrained(spec.path, spec.device, spec.dtype, spec.template,
-                                  max_length=spec.max_length, batch_tokens=spec.batch_tokens,
-                                  compile=spec.compile)
-
-    def score(seqs: list[list[int]]) -> np.ndarray:
-        return rr.score_ids(seqs, progress=False)
-
-    return score
 
 
 class ModelProcess:

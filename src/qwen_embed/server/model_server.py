@@ -29,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -197,7 +197,7 @@ class ModelServer:
                 await writer.drain()
 
 
-def model_server_main(config: ModelServerConfig, board: Board, load_errors: Any = None) -> None:
+def model_server_main(config: ModelServerConfig, board: Board, load_errors: Connection) -> None:
     """The model process (module docstring). A model that cannot be loaded (a library error: a bad checkpoint)
     is reported as one line through `load_errors` (a pipe's sending end), and the process exits with 2."""
     import threading
@@ -209,8 +209,6 @@ def model_server_main(config: ModelServerConfig, board: Board, load_errors: Any 
     try:
         run, warm = load_model(config.spec, config.deterministic)
     except QwenEmbedError as e:
-        if load_errors is None:
-            raise
         load_errors.send(str(e))
         load_errors.close()
         sys.exit(2)

@@ -172,6 +172,8 @@ class Supervisor:
                                 name=f"qwen-embed-model-{slot}")
         proc.start()
         child_errors.close()
+        if self.load_errors[slot] is not None:  # the previous generation's pipe: read (reap) or never written
+            self.load_errors[slot].close()
         self.load_errors[slot] = errors
         log.info("model process %d (%s, %s) started: pid %d", slot, plan.name, device, proc.pid)
         self.models[slot] = proc
