@@ -234,15 +234,19 @@ class ClientPool:
             proc.join(timeout=30)
 
 
-def single_p50(url: str, route: str, n: int = 200) -> float:
+def single_p50(url: str, route: str, n: int = 200) -> dict[str, float]:
     """Median milliseconds of a one-query request (one short text), one at a time on a kept-alive connection,
-    sent with the standard library's http.client (a lean client: httpx adds ~1 ms of its own per request)."""
+    sent with the standard library's http.client (a lean client: httpx adds ~1 ms of its own per request),
+    with the medians of the server's own stage headers (x-total-time: from the first byte read to the
+    response; tokenization, queue and inference inside it) to show where the time goes."""
     import http.client
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    times = []
+    stages = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
+    times: list[float] = []
+    seen: dict[str, list[float]] = {h: [] for h in stages}
     try:
         for i in range(n + 10):
             body = json.dumps({"input": [f"what is query {i}?"]})
@@ -254,9 +258,14 @@ def single_p50(url: str, route: str, n: int = 200) -> float:
                 raise RuntimeError(f"one-query request: HTTP {resp.status}: {data[:200]!r}")
             if i >= 10:
                 times.append(time.perf_counter() - t)
+                for h in stages:
+                    if resp.getheader(h) is not None:
+                        seen[h].append(float(resp.getheader(h)))
     finally:
         conn.close()
-    return float(np.median(times) * 1000)
+    out = {"p50_ms": float(np.median(times) * 1000), "p99_ms": float(np.percentile(times, 99) * 1000)}
+    out.update({f"server_{h[2:].replace('-', '_')}_p50_ms": float(np.median(v)) for h, v in seen.items() if v})
+    return out
 
 
 def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace, direct_s: float, tokens: int,
@@ -279,13 +288,16 @@ def measure(url: str, texts: list[str], ks: list[int], args: argparse.Namespace,
         out[f"{k}_per_request"] = {"texts_per_s": len(texts) / best, "tokens_per_s": tokens / best, "seconds": best,
                                    "ratio_to_direct": direct_s / best, "max_abs_diff": diff,
                                    "batches": count, "requests_per_batch": total / max(count, 1)}
-    out["single_query_p50_ms"] = single_p50(url, route)
+    one = single_p50(url, route)
+    out["single_query_p50_ms"] = one.pop("p50_ms")
+    out["single_query"] = one
     return out
 
 
 def summary(result: dict[str, Any], ks: list[int]) -> str:
     """One line per server: texts/s and the ratio to direct at each request size, and the one-query p50."""
-    lines = [f"direct: {result['direct']['texts_per_s']:.1f} texts/s"]
+    lines = [f"direct: {result['direct']['texts_per_s']:.1f} texts/s, one query "
+             f"{result['direct']['single_query_p50_ms']:.2f} ms"]
     for name, r in result.items():
         if not isinstance(r, dict) or name == "direct":
             continue
@@ -357,6 +369,12 @@ def main() -> None:
             start = time.perf_counter()
             direct = emb.encode(texts, progress=False)
             direct_s = min(direct_s, time.perf_counter() - start)
+        one = []  # the one-query request's text, embedded directly: the floor under the HTTP p50
+        for i in range(210):
+            start = time.perf_counter()
+            emb.encode([f"what is query {i}?"], progress=False)
+            one.append(time.perf_counter() - start)
+        direct_one_ms = float(np.median(one[10:]) * 1000)
         device = str(emb.device)
         del emb
         gc.collect()
@@ -368,7 +386,8 @@ def main() -> None:
             "model": model if args.model else f"{args.shape} (random weights)", "device": device, "texts": n,
             "tokens": tokens, "concurrency": args.concurrency, "client_processes": args.client_processes,
             "cpu_cores": os.cpu_count(),
-            "direct": {"texts_per_s": n / direct_s, "tokens_per_s": tokens / direct_s, "seconds": direct_s},
+            "direct": {"texts_per_s": n / direct_s, "tokens_per_s": tokens / direct_s, "seconds": direct_s,
+                       "single_query_p50_ms": direct_one_ms},
         }
         pool = ClientPool(args.client_processes)
         for name in servers:

@@ -183,3 +183,50 @@ def test_api_key(small_embedder: Embedder) -> None:
         bad = openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad.embeddings.create(input="hi", model="emb")
+
+
+def test_small_work_runs_inline_large_work_in_the_pool(small_embedder: Embedder, small_reranker: Reranker) -> None:
+    """A one-query request is tokenized, finished and encoded on the event loop (no hand-off to the CPU pool);
+    a large one goes to the pool; the vectors and scores are the library's either way."""
+    from qwen_embed.server import service
+
+    app = create_app(ServerSettings(embedding_model="emb", reranker_model="rr", max_length=64),
+                     embedder=small_embedder, reranker=small_reranker)
+    pool = app.state.qe.pools.cpu
+    submitted: list[object] = []
+    original = pool.submit
+
+    def counting_submit(fn: object, *args: object, **kwargs: object) -> object:
+        submitted.append(fn)
+        return original(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+    pool.submit = counting_submit  # type: ignore[method-assign]
+    big = [f"text {i}: " + "word " * 40 for i in range(80)]  # > INLINE_CHARS characters, > INLINE_VALUES numbers
+    assert sum(map(len, big)) > service.INLINE_CHARS and len(big) * 64 > service.INLINE_VALUES
+    with LiveServer(app) as srv:
+        for texts, pooled in ((["a short query"], False), (big, True)):
+            submitted.clear()
+            r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts, "encoding_format": "float"}, timeout=30)
+            assert r.status_code == 200
+            assert bool(submitted) == pooled, (len(texts), submitted)
+            got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+            assert np.abs(got - small_embedder.encode(texts)).max() <= 1e-6
+        submitted.clear()
+        r = httpx.post(srv.url + "/v1/rerank", json={"query": "what is gravity", "documents": ["gravity pulls"]},
+                       timeout=30)
+        assert r.status_code == 200 and not submitted
+        want = small_reranker.rerank("what is gravity", ["gravity pulls"])
+        assert math.isclose(r.json()["results"][0]["relevance_score"], want[0].score, abs_tol=1e-6)
+
+
+def test_lone_is_true_only_while_no_other_request_is_admitted(small_embedder: Embedder) -> None:
+    app = create_app(ServerSettings(embedding_model="emb"), embedder=small_embedder)
+    svc = app.state.qe.embedding
+    assert svc.lone()
+    first = svc.batcher.admit()
+    assert svc.lone()  # the caller's own request
+    second = svc.batcher.admit()
+    assert not svc.lone()  # under load small work goes to the pool too
+    second.release()
+    first.release()
+    assert svc.lone()

@@ -80,7 +80,9 @@ def test_64_clients_x_8_requests_get_their_serial_answers(live: LiveServer, smal
     batches = delta("qwen_embed_batch_requests_count", label)
     singles = delta("qwen_embed_batch_requests_bucket", 'le="1.0",' + label)
     merged = delta("qwen_embed_batch_requests_sum", label)
-    assert merged == 512  # every request went through exactly one batch
+    # every request went through a batch; one that met a full token budget (8192 tokens: 64 requests of up to
+    # 4 x 64 tokens can pass it) is cut and goes on in the next batch, and a batch cuts at most its last one
+    assert 512 <= merged <= 512 + batches - 1
     assert batches - singles > 0, "no batch held more than one request"
     assert batches < 512
 

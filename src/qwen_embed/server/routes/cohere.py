@@ -142,6 +142,6 @@ def router(state: State) -> APIRouter:
                     "embeddings": by_type(vecs, types, ranges), "texts": texts,
                     "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}}}
 
-        return await encoded(svc, payload, timing)
+        return await encoded(svc, payload, timing, vecs.size * len(types) + sum(map(len, texts)))
 
     return r

@@ -15,13 +15,14 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from .. import schemas as S
 from ..batcher import Timing
 from ..errors import APIError
-from ..service import Service
+from ..service import INLINE_VALUES, Service
 from ..state import State
 
 OFF_LOOP_BYTES = 64 * 1024
@@ -33,7 +34,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON (orjson: ~20x the standard library on lists of floats, the same values; the vectors
+    and scores are finite, pooling.py and reranker.py refuse NaN before they get here)."""
+    return orjson.dumps(obj)
 
 
 def timing_headers(t: Timing) -> dict[str, str]:
@@ -42,9 +45,10 @@ def timing_headers(t: Timing) -> dict[str, str]:
     return {k: f"{v * 1000:.3f}" for k, v in ms.items()}
 
 
-async def encoded(svc: Service, payload: Callable[[], Any], timing: Timing) -> Response:
-    """The JSON response, encoded in the CPU pool."""
-    body = await svc.off_loop(lambda: json_bytes(payload()))
+async def encoded(svc: Service, payload: Callable[[], Any], timing: Timing, work: int) -> Response:
+    """The JSON response, encoded in the CPU pool, or on the event loop when `work` (the numbers or characters
+    it holds) is at most service.INLINE_VALUES and the request is alone (`Service.lone`)."""
+    body = await svc.off_loop(lambda: json_bytes(payload()), inline=work <= INLINE_VALUES and svc.lone())
     return Response(body, media_type="application/json", headers=timing_headers(timing))
 
 

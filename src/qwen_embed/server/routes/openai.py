@@ -39,7 +39,7 @@ def router(state: State) -> APIRouter:
             return {"object": "list", "data": data, "model": svc.name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-        return await encoded(svc, payload, timing)
+        return await encoded(svc, payload, timing, vecs.size)
 
     def card(kind: str, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": state.started, "owned_by": "qwen-embed", "kind": kind}

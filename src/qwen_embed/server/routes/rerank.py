@@ -48,7 +48,7 @@ def router(state: State) -> APIRouter:
             return {"id": str(uuid.uuid4()), "model": svc.name, "results": results,
                     "usage": {"total_tokens": tokens}}
 
-        return await encoded(svc, payload, timing)
+        return await encoded(svc, payload, timing, len(scores) + (sum(map(len, docs)) if req.return_documents else 0))
 
     for path in ("/v1/rerank", "/v2/rerank"):
         r.post(path, response_model=S.RerankResponse, responses=ERRORS)(cohere_rerank)

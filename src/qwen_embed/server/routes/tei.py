@@ -43,7 +43,7 @@ def router(state: State) -> APIRouter:
             seqs = await svc.prepare(req.inputs, instruction=req.instruction, input_type=None, truncate=req.truncate,
                                      what="inputs", timing=timing, prompt_name=req.prompt_name, left=left)
             vecs = await svc.embed(adm, seqs, dim, req.normalize, timing)
-        return await encoded(svc, lambda: vecs.tolist(), timing)
+        return await encoded(svc, lambda: vecs.tolist(), timing, vecs.size)
 
     @r.post("/similarity", response_model=list[float], responses=ERRORS)
     async def similarity(req: S.SimilarityRequest) -> Response:
@@ -65,7 +65,7 @@ def router(state: State) -> APIRouter:
             timing.tokenization += tokenization
             svc.check_total(src + seqs, "sentences")
             vecs = await svc.embed(adm, src + seqs, svc.check_dim(None), True, timing)
-        return await encoded(svc, lambda: (vecs[1:] @ vecs[0]).tolist(), timing)
+        return await encoded(svc, lambda: (vecs[1:] @ vecs[0]).tolist(), timing, vecs.size)
 
     @r.post("/rerank", response_model=list[S.TEIRank], responses=ERRORS)
     async def tei_rerank(req: S.TEIRerankRequest) -> Response:
@@ -94,7 +94,7 @@ def router(state: State) -> APIRouter:
                 out.append(item)
             return out
 
-        return await encoded(svc, payload, timing)
+        return await encoded(svc, payload, timing, len(scores) + (sum(map(len, req.texts)) if req.return_text else 0))
 
     @r.post("/tokenize", response_model=list[list[S.SimpleToken]], responses=ERRORS)
     async def tokenize(req: S.TokenizeRequest) -> Response:
@@ -114,7 +114,7 @@ def router(state: State) -> APIRouter:
             start = time.perf_counter()
             toks = await svc.off_loop(lambda: tokens_of(svc, texts, req.add_special_tokens, prefix))
             timing.tokenization = time.perf_counter() - start
-        return await encoded(svc, lambda: toks, timing)
+        return await encoded(svc, lambda: toks, timing, 8 * sum(map(len, toks)))
 
     @r.get("/info")
     async def info() -> dict[str, Any]:
