@@ -259,8 +259,9 @@ def single_p50(url: str, route: str, n: int = 200) -> dict[str, float]:
             if i >= 10:
                 times.append(time.perf_counter() - t)
                 for h in stages:
-                    if resp.getheader(h) is not None:
-                        seen[h].append(float(resp.getheader(h)))
+                    value = resp.getheader(h)
+                    if value is not None:
+                        seen[h].append(float(value))
     finally:
         conn.close()
     out = {"p50_ms": float(np.median(times) * 1000), "p99_ms": float(np.percentile(times, 99) * 1000)}

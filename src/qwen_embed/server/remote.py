@@ -151,6 +151,12 @@ class RemoteBatcher:
         return any(link.up and self.board.ready(link.slot) for link in self.links)
 
     @property
+    def failed(self) -> BatcherFailed | None:
+        """Always None: the batch loops run in the model processes, whose failures come back per request
+        (BatcherFailed by name) and whose deaths are restarts (`ready`)."""
+        return None
+
+    @property
     def pending_requests(self) -> int:
         """Requests this worker holds for the model (admitted, not answered)."""
         return self.board.own(self.worker, self.model)[0]
