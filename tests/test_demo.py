@@ -4,6 +4,7 @@ with `--tiny` it runs on random checkpoints and labels its output as meaningless
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,7 +97,52 @@ def test_shipped_embedder_picks_part_1s_answer(shipped: tuple[Embedder, Reranker
 
 
 @needs_demo_models
-@pytest.mark.parametrize("query", list(BEST))
+@pytest.mark.parametrize("query", list(EXPECTED))
+def test_shipped_reranker_puts_each_searchs_document_first(shipped: tuple[Embedder, Reranker, Index],
+                                                           query: str) -> None:
+    _, rr, index = shipped
+    hits = index.search(query, k=1, reranker=rr, candidates=demo.CANDIDATES, where=dict(demo.SEARCHES)[query])
+    assert hits[0].id == EXPECTED[query], hits[0].id
+
+
+# Natural questions over the sample corpus, not its titles (none of them is a training pair): the document
+# that answers each
+NATURAL = {"why is the sky blue": "doc-31", "how do plants make food from sunlight": "doc-05",
+           "what does a hash table do": "doc-22", "when did the wright brothers fly": "doc-16",
+           "how long is a marathon": "doc-40", "why does sugar cause cavities": "doc-30",
+           "what is inflation": "doc-35", "how does compound interest grow": "doc-36",
+           "why are there volcanoes in iceland": "doc-21", "how do rainbows form": "doc-34",
+           "what is the offside rule": "doc-39", "why do leaves turn red in autumn": "doc-09",
+           "how much water should I drink": "doc-28", "who invented the printing press": "doc-14",
+           "why does water boil at lower temperature on mountains": "doc-33", "what do mitochondria do": "doc-08",
+           "how does sleep help memory": "doc-07", "why is mars red": "doc-02", "what is a light year": "doc-03",
+           "how should I store basil": "doc-13"}
+
+
+@needs_demo_models
+def test_shipped_models_answer_natural_questions_and_titles(shipped: tuple[Embedder, Reranker, Index]) -> None:
+    """The model card's figures: the reranker adds to the embedder on questions it was not trained on (first
+    12 of 20 vs 11; the reranker shipped before put 3 first) and finds nearly every document by its title."""
+    _, rr, index = shipped
+    by_embedding = [index.search(q, k=3)[0].id == d for q, d in NATURAL.items()]
+    reranked = [[h.id for h in index.search(q, k=3, reranker=rr, candidates=demo.CANDIDATES)] for q in NATURAL]
+    first = sum(r[0] == d for r, d in zip(reranked, NATURAL.values(), strict=True))
+    assert first >= max(10, sum(by_embedding)), (first, sum(by_embedding))
+    assert sum(d in r for r, d in zip(reranked, NATURAL.values(), strict=True)) >= 13
+    titles = [(json.loads(line)["title"], json.loads(line)["id"]) for line in
+              demo.sample_corpus().read_text().splitlines()]
+    top3 = sum(d in [h.id for h in index.search(t, k=3, reranker=rr, candidates=demo.CANDIDATES)] for t, d in titles)
+    assert top3 >= 40, top3
+
+
+RERANKER_MISSES = ("the shipped demo reranker ranks 'Water boils at 100 degrees...' above the gravity document "
+                   "(demo-models/README.md); issue 21 is open on it")
+
+
+@needs_demo_models
+@pytest.mark.parametrize("query", [q if q != "Explain gravity" else
+                                   pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=RERANKER_MISSES))
+                                   for q in BEST])
 def test_shipped_reranker_picks_part_1s_answer(shipped: tuple[Embedder, Reranker, Index], query: str) -> None:
     _, rr, _ = shipped
     scores = rr.score(query, demo.DOCUMENTS)

@@ -8,9 +8,9 @@
 
 It uses the real Qwen/Qwen3-Embedding-0.6B and Qwen/Qwen3-Reranker-0.6B when the hub or the local cache
 has them. Where they cannot be reached it says so and runs the same job on the demo models shipped in
-the package (qwen_embed/data/demo-models/: a 7M-parameter embedder and reranker of the Qwen3 shape,
-trained from random weights by examples/recipe_demo.yaml and recipe_demo_lexical.yaml; their README says
-how and what they score): the code path is the same and the rankings are those of a toy model. `--tiny` uses tiny
+the package (qwen_embed/data/demo-models/: a 7M-parameter embedder and a 9M-parameter reranker of the
+Qwen3 shape, trained from random weights by examples/recipe_demo.yaml; their README says how and what
+they score): the code path is the same and the rankings are those of a toy model. `--tiny` uses tiny
 random-weight checkpoints made on the spot instead (meaningless rankings).
 """
 
@@ -49,10 +49,10 @@ SEARCHES: list[tuple[str, str | None]] = [
     ("what makes bread light and airy", "topic = 'cooking'"),
 ]
 CANDIDATES = 20  # retrieved by the embedder per search, then reranked
-MAX_LENGTH = 512  # tokens per input: the demo's texts are short (the demo models take 8,192 and 4,096)
+MAX_LENGTH = 512  # tokens per input: the demo's texts are short (the demo models take 8,192)
 TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: the scores and rankings below are meaningless"
-DEMO_LABEL = ("DEMO MODEL: a 7M-parameter demo model trained by qwen-embed's recipe; for real use, the Qwen3 "
-              "models")
+DEMO_LABEL = ("DEMO MODEL: a small (7M/9M-parameter) demo model trained by qwen-embed's recipe; for real use, "
+              "the Qwen3 models")
 
 
 def sample_corpus() -> Path:
@@ -121,7 +121,13 @@ def show_core(emb: Embedder, rr: Reranker) -> None:
     for query in QUERIES:
         scores = rr.score(query, DOCUMENTS)
         best = int(np.argmax(scores))
-        print(f"  {_short(query, 27):<27}" + "".join(f"{s:9.4f}" for s in scores) + f"   best: D{best + 1}")
+        print(f"  {_short(query, 27):<27}" + "".join(_probability(s) for s in scores) + f"   best: D{best + 1}")
+
+
+def _probability(p: float) -> str:
+    """A probability in 9 columns: 4 decimals, or 2 significant digits below 0.001 (a demo model trained
+    with the listwise loss ranks well but gives P(yes) of about 1e-4, which 4 decimals would print as 0)."""
+    return f"{p:9.4f}" if p >= 0.001 else f"{p:9.1e}"
 
 
 def index_sample_corpus(emb: Embedder, db: Path) -> tuple[Index, int, str]:

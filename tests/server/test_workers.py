@@ -142,7 +142,9 @@ def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Pa
         t_kill = 0.0
 
         async def load() -> float:
-            sem = asyncio.Semaphore(12)
+            # below the admission limit, so that requests are always admitted and in flight when the
+            # third answer comes (with more, 429s, which end fast, could use up every request first)
+            sem = asyncio.Semaphore(3)
             slowest = 0.0
             async with httpx.AsyncClient(base_url=srv.url, timeout=BOUND_S) as c:
                 async def one() -> None:
@@ -158,6 +160,7 @@ def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Pa
                 async def killer() -> None:
                     nonlocal t_kill
                     while statuses.count(200) < 3:
+                        assert len(statuses) < 48, "every request ended before the kill"
                         await asyncio.sleep(0.005)
                     t_kill = time.monotonic()
                     os.kill(old, signal.SIGKILL)
