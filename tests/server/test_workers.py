@@ -19,9 +19,9 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.server import wire
-from qwen_embed.server.batcher import QueueFull
+from qwen_embed.server.batcher import QueueFull, Timing
 from qwen_embed.server.board import Board
-from qwen_embed.server.remote import RemoteBatcher
+from qwen_embed.server.remote import Link, RemoteBatcher
 
 from .conftest import WorkersServer, alive
 from .test_load import metric
@@ -85,6 +85,35 @@ def test_admission_counts_every_worker() -> None:
     alone = w1.admit()
     w1.check_room(0, 10_000, holding=1)  # a request alone in the queue is always taken
     alone.release()
+
+
+def test_a_restarted_model_process_is_reached_by_the_next_request(tmp_path: Path) -> None:
+    """A worker whose reconnect loop has not yet seen a restarted model process is ready as soon as the board
+    says so, and its next request connects to it (before: /health and requests gave 503 until the worker's
+    next reconnect tick, which a loaded machine can delay by seconds)."""
+    board = Board.create(mp.get_context("spawn"), workers=1, processes=1)
+    addresses = str(tmp_path / "m{}-{}.sock")
+
+    async def model_process(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await wire.read(reader)  # one request: its rows are its lengths
+        writer.writelines(wire.rows(frame.id, np.array([[len(s)] for s in wire.sequences(frame)], np.float32), 0, 0))
+        await writer.drain()
+
+    async def run() -> np.ndarray:
+        server = await asyncio.start_unix_server(model_process, addresses.format(0, 1))
+        batcher = RemoteBatcher("emb", 0, [Link(0, "cpu")], addresses, board, 0, max_batch_tokens=64,
+                                max_queue=3, max_queue_tokens=100)  # not started: no reconnect loop
+        assert not batcher.ready
+        board.next_generation(0)  # the supervisor started generation 1, which is now listening
+        board.set_ready(0, True)
+        assert batcher.ready
+        try:
+            return await batcher.send([[1, 2, 3], [4]], Timing())
+        finally:
+            await batcher.stop()
+            server.close()
+
+    assert asyncio.run(run()).tolist() == [[3.0], [1.0]]
 
 
 def test_workers_setting() -> None:

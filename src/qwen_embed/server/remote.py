@@ -143,12 +143,16 @@ class RemoteBatcher:
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._readers: set[asyncio.Task[None]] = set()
+        self._connecting = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        """True while at least one model process is connected and ready."""
-        return any(link.up and self.board.ready(link.slot) for link in self.links)
+        """True while at least one model process is ready: connected, or restarted and not reached yet (the
+        next request connects to it, so a worker is ready as soon as the board says so, not one reconnect
+        tick later)."""
+        return any(self.board.ready(link.slot) and (link.up or self.board.generation(link.slot) != link.generation)
+                   for link in self.links)
 
     @property
     def failed(self) -> BatcherFailed | None:
@@ -168,6 +172,13 @@ class RemoteBatcher:
 
     async def _connect_loop(self) -> None:
         while True:
+            await self._connect_ready()
+            await asyncio.sleep(RECONNECT_S)
+
+    async def _connect_ready(self) -> None:
+        """Connect to every model process that is ready in a generation this worker has not reached (from the
+        reconnect loop, and from a request that finds no connected process)."""
+        async with self._connecting:
             for link in self.links:
                 g = self.board.generation(link.slot)
                 if not link.up and g != link.generation and self.board.ready(link.slot):
@@ -180,7 +191,6 @@ class RemoteBatcher:
                     task = asyncio.get_running_loop().create_task(self._read(link, reader))
                     self._readers.add(task)
                     task.add_done_callback(self._readers.discard)
-            await asyncio.sleep(RECONNECT_S)
 
     async def _read(self, link: Link, reader: asyncio.StreamReader) -> None:
         """Answers of one model process until its socket closes; then its requests left get a 503."""
@@ -286,15 +296,18 @@ class RemoteBatcher:
         return 1 if rate <= 0 else max(1, min(60, math.ceil(tokens / rate)))
 
     # -- sending -----------------------------------------------------------------------------------
-    def _pick(self) -> Link:
+    async def _pick(self) -> Link:
         live = [link for link in self.links if link.up and self.board.ready(link.slot)]
+        if not live:  # a model process restarted since the last reconnect tick: reach it now
+            await self._connect_ready()
+            live = [link for link in self.links if link.up and self.board.ready(link.slot)]
         if not live:
             raise ModelProcessDied(f"every model process of {self.name} is restarting; retry shortly.")
         return min(live, key=lambda link: self.board.load(link.slot)[0] + link.tokens)
 
     async def send(self, seqs: Sequence[Sequence[int]], timing: Timing, warmup: bool = False) -> np.ndarray:
         """Send one request to the least-loaded model process; its rows, or its error."""
-        link = self._pick()
+        link = await self._pick()
         rid = next(self._ids)
         tokens = sum(len(s) for s in seqs)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
