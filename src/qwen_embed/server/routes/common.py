@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence, Sized
 from typing import Any
 
 import orjson
@@ -50,6 +50,12 @@ async def encoded(svc: Service, payload: Callable[[], Any], timing: Timing, work
     it holds) is at most service.INLINE_VALUES and the request is alone (`Service.lone`)."""
     body = await svc.off_loop(lambda: json_bytes(payload()), inline=work <= INLINE_VALUES and svc.lone())
     return Response(body, media_type="application/json", headers=timing_headers(timing))
+
+
+def rerank_work(scores: Sized, texts: Sequence[str], returned: bool) -> int:
+    """The size `encoded` weighs for a rerank answer: one number per score, plus the characters of the
+    texts when the answer returns them."""
+    return len(scores) + (sum(map(len, texts)) if returned else 0)
 
 
 def precheck(body: bytes, max_numbers: int, max_inputs: int) -> None:

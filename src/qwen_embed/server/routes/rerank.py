@@ -12,7 +12,7 @@ from .. import schemas as S
 from ..batcher import Timing
 from ..errors import APIError
 from ..state import State
-from .common import ERRORS, body_route, encoded
+from .common import ERRORS, body_route, encoded, rerank_work
 
 
 def check_top_n(top_n: int | None) -> int | None:
@@ -48,7 +48,7 @@ def router(state: State) -> APIRouter:
             return {"id": str(uuid.uuid4()), "model": svc.name, "results": results,
                     "usage": {"total_tokens": tokens}}
 
-        return await encoded(svc, payload, timing, len(scores) + (sum(map(len, docs)) if req.return_documents else 0))
+        return await encoded(svc, payload, timing, rerank_work(scores, docs, req.return_documents))
 
     for path in ("/v1/rerank", "/v2/rerank"):
         r.post(path, response_model=S.RerankResponse, responses=ERRORS)(cohere_rerank)

@@ -25,7 +25,7 @@ from ..batcher import Timing
 from ..errors import APIError
 from ..service import EmbeddingService, Service, check_unicode, head_text
 from ..state import State
-from .common import ERRORS, body_route, encoded
+from .common import ERRORS, body_route, encoded, rerank_work
 
 
 def router(state: State) -> APIRouter:
@@ -94,7 +94,7 @@ def router(state: State) -> APIRouter:
                 out.append(item)
             return out
 
-        return await encoded(svc, payload, timing, len(scores) + (sum(map(len, req.texts)) if req.return_text else 0))
+        return await encoded(svc, payload, timing, rerank_work(scores, req.texts, req.return_text))
 
     @r.post("/tokenize", response_model=list[list[S.SimpleToken]], responses=ERRORS)
     async def tokenize(req: S.TokenizeRequest) -> Response:
