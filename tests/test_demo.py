@@ -5,7 +5,7 @@ with `--tiny` it runs on random checkpoints and labels its output as meaningless
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +69,13 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Embedder
 MISSES = "the shipped 7M-parameter demo embedder ranks doc-01 13th by embedding alone (demo-models/README.md)"
 
 
+def missing(queries: Iterable[str], miss: str, reason: str) -> list[object]:
+    """`queries` as test parameters, `miss` marked as a strict expected failure for `reason`."""
+    return [pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=reason)) if q == miss else q for q in queries]
+
+
 @needs_demo_models
-@pytest.mark.parametrize("query", [q if q != "why do we have tides" else
-                                   pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=MISSES))
-                                   for q in EXPECTED])
+@pytest.mark.parametrize("query", missing(EXPECTED, "why do we have tides", MISSES))
 def test_shipped_embedder_finds_each_searchs_document_in_the_top_3(
         shipped: tuple[Embedder, Reranker, Index], query: str) -> None:
     _, _, index = shipped
@@ -130,8 +133,7 @@ def test_shipped_models_answer_natural_questions_and_titles(shipped: tuple[Embed
     first = sum(r[0] == d for r, d in zip(reranked, NATURAL.values(), strict=True))
     assert first >= max(10, sum(by_embedding)), (first, sum(by_embedding))
     assert sum(d in r for r, d in zip(reranked, NATURAL.values(), strict=True)) >= 13
-    titles = [(json.loads(line)["title"], json.loads(line)["id"]) for line in
-              demo.sample_corpus().read_text().splitlines()]
+    titles = [(d["title"], d["id"]) for d in map(json.loads, demo.sample_corpus().read_text().splitlines())]
     top3 = sum(d in [h.id for h in index.search(t, k=3, reranker=rr, candidates=demo.CANDIDATES)] for t, d in titles)
     assert top3 >= 40, top3
 
@@ -141,9 +143,7 @@ RERANKER_MISSES = ("the shipped demo reranker ranks 'Water boils at 100 degrees.
 
 
 @needs_demo_models
-@pytest.mark.parametrize("query", [q if q != "Explain gravity" else
-                                   pytest.param(q, marks=pytest.mark.xfail(strict=True, reason=RERANKER_MISSES))
-                                   for q in BEST])
+@pytest.mark.parametrize("query", missing(BEST, "Explain gravity", RERANKER_MISSES))
 def test_shipped_reranker_picks_part_1s_answer(shipped: tuple[Embedder, Reranker, Index], query: str) -> None:
     _, rr, _ = shipped
     scores = rr.score(query, demo.DOCUMENTS)

@@ -151,8 +151,15 @@ class RemoteBatcher:
         """True while at least one model process is ready: connected, or restarted and not reached yet (the
         next request connects to it, so a worker is ready as soon as the board says so, not one reconnect
         tick later)."""
-        return any(self.board.ready(link.slot) and (link.up or self.board.generation(link.slot) != link.generation)
-                   for link in self.links)
+        return bool(self._live()) or any(self._unreached(link) for link in self.links)
+
+    def _live(self) -> list[Link]:
+        """The links connected to a ready model process."""
+        return [link for link in self.links if link.up and self.board.ready(link.slot)]
+
+    def _unreached(self, link: Link) -> bool:
+        """Its model process is ready in a generation this worker has not connected to yet."""
+        return not link.up and self.board.ready(link.slot) and self.board.generation(link.slot) != link.generation
 
     @property
     def failed(self) -> BatcherFailed | None:
@@ -180,8 +187,8 @@ class RemoteBatcher:
         reconnect loop, and from a request that finds no connected process)."""
         async with self._connecting:
             for link in self.links:
-                g = self.board.generation(link.slot)
-                if not link.up and g != link.generation and self.board.ready(link.slot):
+                if self._unreached(link):
+                    g = self.board.generation(link.slot)
                     try:
                         reader, writer = await asyncio.open_unix_connection(self.addresses.format(link.slot, g))
                     except OSError as e:  # it died again before we came: the next generation will do
@@ -297,10 +304,10 @@ class RemoteBatcher:
 
     # -- sending -----------------------------------------------------------------------------------
     async def _pick(self) -> Link:
-        live = [link for link in self.links if link.up and self.board.ready(link.slot)]
+        live = self._live()
         if not live:  # a model process restarted since the last reconnect tick: reach it now
             await self._connect_ready()
-            live = [link for link in self.links if link.up and self.board.ready(link.slot)]
+            live = self._live()
         if not live:
             raise ModelProcessDied(f"every model process of {self.name} is restarting; retry shortly.")
         return min(live, key=lambda link: self.board.load(link.slot)[0] + link.tokens)

@@ -50,8 +50,8 @@ class State:
     def down(self) -> str | None:
         """Why a model cannot run now (its `run` reports not ready: a model process restarting), else None."""
         for svc in self.services:
-            if svc.batcher.failed is not None:  # the batch loop died (a bug): lasting
-                return str(svc.batcher.failed)
+            if (failed := svc.batcher.failed) is not None:  # the batch loop died (a bug): lasting
+                return str(failed)
             if not svc.batcher.ready:
                 return f"the model process of {svc.name} is restarting"
         return None
