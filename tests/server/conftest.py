@@ -81,12 +81,14 @@ def free_port() -> int:
 
 # `serve --workers` with per-model max lengths (the CLI has one --max-length): the supervisor itself
 SUPERVISOR = """
-import json, logging, sys
+import gc, json, logging, sys
 from qwen_embed.server import ServerSettings
 from qwen_embed.server.supervisor import Supervisor
 settings, devices, max_lengths = json.loads(sys.argv[1])
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-sys.exit(Supervisor(ServerSettings(**settings), devices, max_lengths).run())
+code = Supervisor(ServerSettings(**settings), devices, max_lengths).run()
+gc.freeze()  # as `qwen-embed serve` does: skip the last garbage collection of a process that is ending
+sys.exit(code)
 """
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import httpx
 import numpy as np
+import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.server import ServerSettings, create_app
@@ -46,9 +47,18 @@ async def fire(url: str, bodies: Sequence[dict[str, object]], concurrency: int) 
         return list(await asyncio.gather(*(one(b) for b in bodies)))
 
 
-def test_64_clients_x_8_requests_get_their_serial_answers(live: LiveServer, small_embedder: Embedder) -> None:
+@pytest.fixture(scope="session")
+def serial_answers(small_embedder: Embedder) -> list[tuple[list[str], np.ndarray]]:
+    """The 64 x 8 requests, each with its answer from the library, encoded alone (serially, in process): the
+    same for every layout of `live`, so encoded once rather than once per layout (session scope: the tests of
+    the layouts do not run next to each other, each runs among the other tests of its layout)."""
     rng = np.random.default_rng(0)
-    requests = [texts_for(i, rng) for i in range(64 * 8)]
+    return [(texts, small_embedder.encode(texts)) for texts in (texts_for(i, rng) for i in range(64 * 8))]
+
+
+def test_64_clients_x_8_requests_get_their_serial_answers(live: LiveServer,
+                                                          serial_answers: list[tuple[list[str], np.ndarray]]) -> None:
+    requests = [texts for texts, _ in serial_answers]
     before = httpx.get(live.url + "/metrics").text
 
     async def client(k: int) -> list[httpx.Response]:  # one client: its 8 requests one after another
@@ -67,9 +77,9 @@ def test_64_clients_x_8_requests_get_their_serial_answers(live: LiveServer, smal
     print(f"http: {time.perf_counter() - t0:.2f}s")
     assert len(responses) == 512 and all(r.status_code == 200 for r in responses)
     worst = 0.0
-    for texts, r in zip(requests, responses, strict=True):
+    for (_, want), r in zip(serial_answers, responses, strict=True):
         got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
-        worst = max(worst, float(np.abs(got - small_embedder.encode(texts)).max()))  # serial, in process
+        worst = max(worst, float(np.abs(got - want).max()))
     assert worst <= 1e-6, worst
     after = httpx.get(live.url + "/metrics").text
     label = 'model="emb"'

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -27,7 +26,7 @@ from ..reranker import Reranker
 from . import handlers
 from .board import Board
 from .facts import ModelFacts
-from .metrics import Metrics
+from .metrics import Metrics, metrics_label
 from .middleware import Guard
 from .model_pool import ModelPool, start_pool
 from .model_process import ModelSpec
@@ -39,14 +38,6 @@ from .settings import ServerSettings
 from .state import State
 
 log = logging.getLogger("qwen_embed.server")
-
-
-def metrics_label(name: str) -> str:
-    """A model's name for metrics labels: a hub id as it is, a local folder by its last part (labels never
-    carry absolute paths)."""
-    if name.startswith(("/", ".", "~")) or "\\" in name or Path(name).exists():
-        return Path(name).name or name
-    return name
 
 
 def create_app(settings: ServerSettings, *, embedder: Embedder | None = None,

@@ -45,7 +45,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..embedder import Embedder
     from ..reranker import Reranker, get_template
     from ..threads import use_threads
-    from .app import create_app
 
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
@@ -61,6 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = Supervisor(settings, devices).run()
         gc.freeze()  # as in run_server: skip the last garbage collection of a process that is ending
         return code
+    from .app import create_app  # not for --workers: the supervisor builds no app (its workers do)
+
     if settings.devices is not None:
         from .model_pool import parse_devices
 

@@ -19,12 +19,22 @@ counts stay counted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _POW2 = tuple(float(2**i) for i in range(0, 13))  # 1 .. 4096
 _TOKENS = tuple(float(2**i) for i in range(4, 21))  # 16 .. 1M
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+
+def metrics_label(name: str) -> str:
+    """A model's name for metrics labels: a hub id as it is, a local folder by its last part (labels never
+    carry absolute paths)."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or Path(name).exists():
+        return Path(name).name or name
+    return name
 
 
 class Metrics:

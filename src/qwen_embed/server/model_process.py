@@ -22,6 +22,7 @@ batcher in the model process, merging every worker's requests.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing as mp
 import threading
 import time
@@ -79,6 +80,14 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
 
     It ignores SIGINT / SIGTERM (a Ctrl-C reaches the whole process group): the parent drains its
     requests first, then ends the child by closing the pipe."""
+    try:
+        serve_batches(spec, conn)
+    finally:
+        gc.freeze()  # the process is ending: its last garbage collection (~0.5 s with torch loaded) can be skipped
+
+
+def serve_batches(spec: ModelSpec, conn: Connection) -> None:
+    """`child_main`'s work: load, say "ready" (or the one-line load error), answer batches until EOF."""
     import signal
 
     import torch

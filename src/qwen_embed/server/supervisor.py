@@ -49,9 +49,9 @@ from typing import Any
 import torch
 
 from ..errors import QwenEmbedError
-from .app import create_worker_app, metrics_label
 from .board import MODELS, Board
 from .facts import ModelFacts
+from .metrics import metrics_label
 from .model_process import ModelSpec
 from .model_server import ModelServerConfig, model_server_main
 from .remote import ModelPlan
@@ -113,6 +113,7 @@ def worker_main(settings: ServerSettings, models: Sequence[ModelPlan], board: Bo
                 metrics_dir: str, sock: socket.socket) -> None:
     """An HTTP worker: the app of `create_worker_app` under uvicorn on the shared socket, until SIGTERM
     (or its supervisor is gone)."""
+    from .app import create_worker_app  # here, not at the top: the supervisor itself never builds an app
     from .serving import serve_app
 
     logging.basicConfig(level=settings.log_level.upper(),
