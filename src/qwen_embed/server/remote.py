@@ -3,7 +3,8 @@
 It stands where the in-process `Batcher` stands in a service (same `admit` / `submit` / `drain` / `stop`),
 but the batching happens in the model processes (model_server.py): a request's token ids go over a Unix socket
 (wire.py) to the ready process of the model with the fewest tokens queued or running, and its rows come
-back. One `Link` per model process, reconnected after a restart (a new generation on the board).
+back. One `Link` per model process, reconnected after a restart (a new generation on the board; the reconnect
+loop polls only while a link is down).
 
 Admission is global: a place is reserved on the shared `Board` before tokenization, and refused (429,
 `QueueFull`) when the requests or tokens admitted by all workers together would pass --max-queue /
@@ -144,6 +145,7 @@ class RemoteBatcher:
         self._task: asyncio.Task[None] | None = None
         self._readers: set[asyncio.Task[None]] = set()
         self._connecting = asyncio.Lock()
+        self._link_lost = asyncio.Event()  # set by `_read` when a link goes down: wakes the reconnect loop
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -180,7 +182,11 @@ class RemoteBatcher:
     async def _connect_loop(self) -> None:
         while True:
             await self._connect_ready()
-            await asyncio.sleep(RECONNECT_S)
+            if all(link.up for link in self.links):  # nothing to reach until a link goes down: sleep till then
+                self._link_lost.clear()
+                await self._link_lost.wait()
+            else:
+                await asyncio.sleep(RECONNECT_S)
 
     async def _connect_ready(self) -> None:
         """Connect to every model process that is ready in a generation this worker has not reached (from the
@@ -226,6 +232,7 @@ class RemoteBatcher:
                     p.future.set_exception(error)
             link.pending.clear()
             link.tokens = 0
+            self._link_lost.set()
 
     def drain(self, timeout: float | None = None) -> None:
         """Refuse new work; after `timeout` seconds, answer what is still in flight with ShuttingDown."""

@@ -126,9 +126,11 @@ def worker_main(settings: ServerSettings, models: Sequence[ModelPlan], board: Bo
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch_parent, daemon=True, name="watch-supervisor").start()
-    app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
-    serve_app(app, settings, sockets=[sock])
-    gc.freeze()  # the process is ending: its last garbage collection (seconds with torch loaded) can be skipped
+    try:
+        app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
+        serve_app(app, settings, sockets=[sock])
+    finally:  # the process is ending (served, or its app could not start): its last garbage collection
+        gc.freeze()  # (seconds with torch loaded) can be skipped
 
 
 class Supervisor:
