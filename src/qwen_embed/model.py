@@ -9,7 +9,8 @@ names equal the checkpoint keys of a `Qwen3Model` save (`embed_tokens.weight`,
 Differences from the reference, all exact up to rounding: no padding (tokens of several sequences are
 packed and `cu_seqlens` bounds attention); positions restart at 0 for every sequence (RoPE depends
 only on relative positions, so this equals left padding); RoPE tables in float32; with
-`output_indices`, the last layer's MLP and the final norm run on those tokens only.
+`output_indices`, the last layer's MLP and the final norm run on those tokens only (on the CPU its
+queries and attention too, with or without a shared prefix: attention.rows_attention).
 
 Shared prefix (the reranker's system prompt + instruction + query, the same for every document):
 run it once with `record=[]` to collect each layer's k and v, then run the documents alone with
@@ -138,14 +139,20 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim))  # [T, Hkv, D]
         v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         k = apply_rope(k, cos, sin)
-        if out_idx is not None and prefix is None and x.device.type == "cpu":
+        if out_idx is not None and x.device.type == "cpu":
             # CPU: queries and attention for the kept rows only (O(L) per row, not the causal square).
             # Not on CUDA: flash's one-query-per-sequence path splits the keys by batch shape, which the
             # deterministic mode must avoid, and the GPU's full pass costs little there.
             n = out_idx.shape[0]
             q = self.q_norm(self.q_proj(x[out_idx]).view(n, self.num_heads, self.head_dim))  # [n, Hq, D]
             q = apply_rope(q, cos[out_idx], sin[out_idx])
-            o = rows_attention(q, k, v, out_idx, batch.cu_seqlens)  # [n, Hq, D]
+            if prefix is None:
+                o = rows_attention(q, k, v, out_idx, batch.cu_seqlens)  # [n, Hq, D]
+            else:  # batch row t of sequence i sits at row t + (i + 1) P of the extended keys
+                k_all, v_all = prefix.extend(k, v)  # [sum(P + L), Hkv, D]
+                seq = torch.searchsorted(batch.cu_seqlens, out_idx, right=True) - 1  # [n]
+                rows = out_idx + (seq + 1) * prefix.k.shape[0]  # [n]
+                o = rows_attention(q, k_all, v_all, rows, prefix.cu_seqlens_k)  # [n, Hq, D]
             return self.o_proj(o.reshape(n, -1)), k, v  # [n, H]
         q = self.q_norm(self.q_proj(x).view(t, self.num_heads, self.head_dim))  # [T, Hq, D]
         q = apply_rope(q, cos, sin)
@@ -196,7 +203,10 @@ class Qwen3Model(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # built under torch.device("meta") to be loaded: no random init of the embedding (its meta `normal_`
+        # is a Python decomposition whose first call imports torch._dynamo, ~1 s of CPU per process)
+        meta = torch.empty(cfg.vocab_size, cfg.hidden_size) if torch.empty(0).is_meta else None
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=meta)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
