@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,30 @@ def emb_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                               real_tokenizer=REAL and shape == "tiny")
 
 
+def forward_once(emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Serve `emb`'s engine passes over token ids it has already run from the first pass (a copy), so that
+    `encode(dim=...)` for several dims runs all of `encode` but not the same forward again (`dim` slices the
+    pooled states after the trunk). Returns the list of token counts actually run, for the caller to check."""
+    run = emb.engine.last_hidden
+    ran: list[int] = []
+    seen: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
+
+    def last_hidden(seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
+        key = tuple(map(tuple, seqs))
+        if key not in seen:
+            seen[key] = run(seqs, progress)
+            ran.append(sum(map(len, seqs)))
+        return seen[key].clone()
+
+    monkeypatch.setattr(emb.engine, "last_hidden", last_hidden)
+    return ran
+
+
 @pytest.mark.parametrize("instructed", [False, True])
-def test_embedding_parity(emb_ckpt: Path, instructed: bool) -> None:
-    """Mixed lengths 1..300, with and without instruction, dims 32 / 128 / full."""
+def test_embedding_parity(emb_ckpt: Path, instructed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixed lengths 1..300, with and without instruction, dims 32 / 128 / full (one forward, sliced per dim)."""
     emb = Embedder.from_pretrained(emb_ckpt, device="cpu")
+    ran = forward_once(emb, monkeypatch)
     texts = random_texts(24 if emb.hidden_size < 512 else 14, seed=1)
     lengths = [len(s) for s in emb.tokenize(texts)]
     assert min(lengths) <= 5 and max(lengths) >= 200  # mixed lengths, from a few tokens to ~300
@@ -46,6 +67,7 @@ def test_embedding_parity(emb_ckpt: Path, instructed: bool) -> None:
             continue
         ours = emb.encode(texts, instruction=DEFAULT_INSTRUCTION if instructed else None, dim=dim)
         _compare(ours, torch.nn.functional.normalize(raw[:, : dim or emb.hidden_size], dim=1))
+    assert len(ran) == 1  # every dim's encode had the same token ids
 
 
 def test_embedding_parity_tokenizer_without_end_token(tmp_path: Path) -> None:
