@@ -69,11 +69,13 @@ def qrels(path: Path) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
-def ndcg_at_10(rr: Reranker, queries: dict[str, str], cands: dict[str, list[str]], docs: dict[str, str],
+def ndcg_at_10(rr: Reranker, inputs: dict[str, list[list[int]]], cands: dict[str, list[str]],
                judged: dict[str, dict[str, int]]) -> float:
+    """nDCG@10 of `rr`'s scores of each query's candidates, from their input ids (`Reranker.score` is
+    `score_ids` of `build_input_ids`: the ids are built once for the models before and after training)."""
     run = {}
     for q, ids in cands.items():
-        scores = rr.score(queries[q], [docs[d] for d in ids])
+        scores = rr.score_ids(inputs[q])
         run[q] = {d: float(s) for d, s in zip(ids, scores, strict=True)}
     return mteb_scores({q: judged[q] for q in cands}, run, [10])[0]["ndcg_at_10"]
 
@@ -103,8 +105,9 @@ def test_training_raises_ndcg_on_scifact(shared_data: Path, tmp_path: Path) -> N
     assert sum(any(d in test_q[q] for d in cands[q]) for q in test_ids) >= TEST_QUERIES // 2  # a list worth ranking
 
     base = make_checkpoint(tmp_path / "tiny-rr", "reranker", tokenizer="auto", seed=0)
-    before = ndcg_at_10(Reranker.from_pretrained(base, device="cpu", max_length=MAX_LENGTH), queries, cands, docs,
-                        test_q)
+    rr = Reranker.from_pretrained(base, device="cpu", max_length=MAX_LENGTH)
+    inputs = {q: rr.build_input_ids(queries[q], [docs[d] for d in ids]) for q, ids in cands.items()}
+    before = ndcg_at_10(rr, inputs, cands, test_q)
     cfg = TrainConfig.from_dict({
         "model": {"path": str(base), "device": "cpu"},
         "data": {"train_files": [str(data)], "shuffle_buffer": 1000},
@@ -114,8 +117,9 @@ def test_training_raises_ndcg_on_scifact(shared_data: Path, tmp_path: Path) -> N
         "rerank": {"loss": "listwise", "negatives_per_positive": 3, "max_length": MAX_LENGTH},
     })
     Trainer(cfg, kind="rerank").run()
-    after = ndcg_at_10(Reranker.from_pretrained(tmp_path / "run" / "model", device="cpu", max_length=MAX_LENGTH),
-                       queries, cands, docs, test_q)
+    trained = tmp_path / "run" / "model"
+    assert (trained / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()  # the same ids
+    after = ndcg_at_10(Reranker.from_pretrained(trained, device="cpu", max_length=MAX_LENGTH), inputs, cands, test_q)
     print(f"SciFact nDCG@10 reranking BM25 top {CANDIDATES} of {TEST_QUERIES} test queries: before {before:.4f}, "
           f"after {after:.4f}")
     assert after > before + 0.02
