@@ -5,6 +5,8 @@ while a chunked body is read), counts requests by route and status, adds x-total
 responses `Connection: close` while the server drains, and cancels the request's work when its client
 disconnects after sending the body (the handler task is cancelled, so its queued batches are skipped
 and its remaining batches never run; counted with status 499, nginx's "client closed request").
+A request still in the route when the drain time runs out (cancelled by the server, e.g. while it is
+tokenized, before any batcher holds it) is answered 503 `shutting_down`, as the batchers answer theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import time
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import PayloadTooLarge, error_response
+from .batcher import ShuttingDown
+from .errors import PayloadTooLarge, as_api_error, error_response
 from .state import State
 
 CLIENT_CLOSED = 499
@@ -80,10 +83,11 @@ class Guard:
                     body_read.set()
             return message
 
-        answered = False
+        answered = started = False
 
         async def sent(message: Message) -> None:
-            nonlocal answered
+            nonlocal answered, started
+            started = True
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 answered = True
@@ -103,7 +107,11 @@ class Guard:
         try:
             await task
         except asyncio.CancelledError:
-            if not gone:
+            if gone:
+                pass
+            elif self.state.draining and not started:  # the drain time ran out while the route had it
+                await drain_ran_out(scope, receive, send)
+            else:
                 raise
         finally:
             watcher.cancel()
@@ -131,3 +139,11 @@ class Guard:
                 return error_response(413, f"the request body has {n} bytes, over the {self.limit}-byte limit; "
                                       "send fewer or shorter inputs.")
         return None
+
+
+async def drain_ran_out(scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer a request that the server cancelled at the end of its drain time as the batchers do (503)."""
+    error = as_api_error(ShuttingDown("the server is shutting down and its drain time ran out before this request "
+                                      "reached the model; retry on another replica."))
+    assert error is not None
+    await error_response(error.status, error.message, error.headers, code=error.code)(scope, receive, send)
