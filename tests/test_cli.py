@@ -20,7 +20,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
                           text=True, env=ENV, timeout=120)
 
 
-def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path) -> None:
+def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path, embedder: Embedder) -> None:
     src = tmp_path / "in.txt"
     src.write_text("first line\nsecond line\n\nthird\n")
     assert main(["embed", str(src), "-o", str(tmp_path / "v.npy"), "--model", str(tiny_embedding_path),
@@ -28,8 +28,7 @@ def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path) -> None:
     v = np.load(tmp_path / "v.npy")
     ids = [json.loads(ln) for ln in (tmp_path / "v.ids.jsonl").read_text().splitlines()]
     assert [r["index"] for r in ids] == [0, 1, 3]  # the blank line 2 (0-based) was skipped, and said so
-    ref = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode(["first line", "second line", "third"],
-                                                                           dim=32)
+    ref = embedder.encode(["first line", "second line", "third"], dim=32)  # from_pretrained(the same path, "cpu")
     assert v.shape == (3, 32) and np.allclose(v, ref, atol=1e-6)
 
     jl = tmp_path / "in.jsonl"
@@ -38,7 +37,7 @@ def test_embed_npy_and_jsonl(tiny_embedding_path: Path, tmp_path: Path) -> None:
                  "--query"]) == 0
     rows = [json.loads(ln) for ln in (tmp_path / "v.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"] and len(rows[0]["embedding"]) == 64
-    q = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode_queries(["what is gravity"])
+    q = embedder.encode_queries(["what is gravity"])
     assert np.allclose(rows[0]["embedding"], q[0], atol=1e-6)
 
 
@@ -48,13 +47,17 @@ def test_embed_stdin_to_stdout(tiny_embedding_path: Path) -> None:
     assert [json.loads(ln)["index"] for ln in r.stdout.splitlines()] == [0, 1]
 
 
-def test_rerank_json(tiny_reranker_path: Path, tmp_path: Path) -> None:
+def test_rerank_json(tiny_reranker_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In this process, like the user mistakes below (a process start costs seconds); the entry point is
+    tested by the stdin command above and the hub id below, run with `python -m qwen_embed`."""
     docs = tmp_path / "docs.txt"
     docs.write_text("Beijing is the capital of China.\nGravity pulls things down.\nRivers.\n")
-    r = run("rerank", "--model", str(tiny_reranker_path), "--query", "capital of China",
-            "--documents", str(docs), "--top-n", "2", "--document", "extra doc")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    capsys.readouterr()
+    code = main(["rerank", "--model", str(tiny_reranker_path), "--query", "capital of China",
+                 "--documents", str(docs), "--top-n", "2", "--document", "extra doc"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    out = json.loads(captured.out)
     assert len(out["results"]) == 2
     assert out["results"][0]["score"] >= out["results"][1]["score"]
     assert {"index", "score", "document"} <= set(out["results"][0])
@@ -82,7 +85,7 @@ def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_
                                              tiny_reranker_path: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """In this process (`main` is what the entry point runs; a process start per case cost seconds); the
-    entry point itself is tested below and by the commands above run with `python -m qwen_embed`."""
+    entry point itself is tested below and by the stdin command above run with `python -m qwen_embed`."""
     src = tmp_path / "in.txt"
     src.write_text("text\n")
     subs = {"{in}": str(src), "{tmp}": str(tmp_path), "{rr}": str(tiny_reranker_path)}

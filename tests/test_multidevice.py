@@ -19,15 +19,15 @@ def test_shard_bounds_cover_in_order() -> None:
         assert all(x[1] == y[0] for x, y in itertools.pairwise(b))
 
 
-def test_two_workers_equal_one_process(tiny_embedding_path: Path) -> None:
+def test_two_workers_equal_one_process(tiny_embedding_path: Path, embedder: Embedder) -> None:
     texts = random_texts(30, seed=21, max_words=60)
     two = encode_on_devices(tiny_embedding_path, texts, ["cpu", "cpu"], dim=48)
-    one = Embedder.from_pretrained(tiny_embedding_path, device="cpu").encode(texts, dim=48)
+    one = embedder.encode(texts, dim=48)  # the session's Embedder.from_pretrained(tiny_embedding_path, device="cpu")
     assert two.shape == one.shape and np.abs(two - one).max() <= 1e-5
 
 
-def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: Path) -> None:
-    emb = Embedder.from_pretrained(tiny_embedding_path, device="cpu")
+def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: Path, embedder: Embedder) -> None:
+    emb = embedder  # the session's Embedder.from_pretrained(tiny_embedding_path, device="cpu")
     docs, queries = random_texts(9, seed=3, max_words=40), random_texts(3, seed=4, max_words=10)
     with DevicePool(tiny_embedding_path, ["cpu", "cpu"]) as pool:
         assert [s["device"] for s in pool.worker_startup()] == ["cpu", "cpu"]
@@ -45,8 +45,9 @@ def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: P
 
 
 def test_worker_failure_names_the_device(tiny_embedding_path: Path) -> None:
+    # one torch thread, as every test process (tests/threads.py): a lone worker would take both shared cores
     with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*dim=31"):
-        encode_on_devices(tiny_embedding_path, ["a", "b"], ["cpu"], dim=31)
+        encode_on_devices(tiny_embedding_path, ["a", "b"], ["cpu"], dim=31, threads=1)
 
 
 def test_start_up_failure_names_the_device(tmp_path: Path) -> None:

@@ -112,7 +112,8 @@ def test_resume_writes_only_the_rest(tmp_path: Path, tiny_embedding_path: Path) 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_clean_run(tmp_path: Path, tiny_embedding_path: Path) -> None:
-    src = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows(3000))
+    n = 1000  # the kill lands at 3 parts of 16 rows, with 59 parts (about a second of work) still to come
+    src = write_jsonl(tmp_path / "corpus.jsonl", corpus_rows(n))
     args = [str(src), "--model", str(tiny_embedding_path), "--rows-per-file", "16"]
     out = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -124,7 +125,7 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path: Path, tiny_embedding_pat
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = len(list(out.glob("part-*.parquet")))
-    assert 3 <= written < 3000 // 16, "the run was not killed in the middle"
+    assert 3 <= written < n // 16, "the run was not killed in the middle"
     assert json.loads((out / MANIFEST).read_text())["complete"] is False
     assert run_cli(*args, "-o", str(out)) == 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "a temporary file was left"
@@ -132,7 +133,7 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path: Path, tiny_embedding_pat
     assert run_cli(*args, "-o", str(clean)) == 0
     ids, vecs, _ = read_output(out)
     want_ids, want, _ = read_output(clean)
-    assert ids == want_ids and len(set(ids)) == len(ids) == 3000
+    assert ids == want_ids and len(set(ids)) == len(ids) == n
     np.testing.assert_allclose(vecs, want, atol=1e-5)
 
 

@@ -1,5 +1,6 @@
-"""Ray Data stages and `embed-corpus --engine ray` on a local Ray cluster started once per test session
-(2 CPUs, CPU actors, the tiny checkpoints). Skipped when Ray (the `[ray]` extra) is not installed."""
+"""Ray Data stages and `embed-corpus --engine ray` on a local Ray cluster started once for this module, the
+only one that uses Ray (2 CPUs, CPU actors, the tiny checkpoints). Skipped when Ray (the `[ray]` extra) is
+not installed."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ from .test_job import MANIFEST, corpus_rows, read_output, run_cli, write_jsonl
 ray = pytest.importorskip("ray", reason="Ray is the optional extra qwen-embed[ray]")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
-    """A local Ray cluster for the whole session -> its address (for subprocess drivers)."""
+    """A local Ray cluster shared by this module's tests -> its address (for subprocess drivers).
+
+    Module scope, not session: this is the only module that uses Ray, and a cluster left up until the session
+    ends keeps its daemons and idle workers polling (~0.07 CPU-seconds per second, measured) through every later
+    test of that pytest process; it is shut down as soon as these tests are done."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
