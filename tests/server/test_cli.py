@@ -171,7 +171,7 @@ def test_drain_ends_within_the_graceful_timeout_answering_503(small_embedding_pa
             proc.kill()
             proc.wait()
     r = result["r"]
-    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", r.text
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down", (r.text, out[-3000:])
     assert answered <= 3.0 and exited <= 4.5, (answered, exited)
     assert proc.returncode == 0, out
     assert "Traceback" not in out, out

@@ -206,7 +206,7 @@ def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Pa
         recovered = srv.wait_ready(90)
         assert srv.pids("model")[0] != old
         r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=BOUND_S)
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
         assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-6
         print(f"200/503/429: {statuses.count(200)}/{statuses.count(503)}/{statuses.count(429)}, slowest "
               f"{slowest:.2f} s, ready again {time.monotonic() - t_kill:.1f} s after the kill ({recovered:.1f} s wait)")
