@@ -97,6 +97,11 @@ def as_api_error(exc: BaseException, rename: dict[str, str] | None = None) -> AP
     return APIError(status, str(exc), param=param, code=code, headers=headers)
 
 
+def api_error_response(err: APIError) -> JSONResponse:
+    """The response an APIError is answered with."""
+    return error_response(err.status, err.message, err.headers, err.param, err.code)
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """The OpenAI error object."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")

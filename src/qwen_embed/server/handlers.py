@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import QwenEmbedError
-from .errors import APIError, as_api_error, error_response
+from .errors import APIError, api_error_response, as_api_error, error_response
 
 log = logging.getLogger("qwen_embed.server")
 UNION_HELP = {
@@ -57,7 +57,7 @@ def is_object_field(request: Request, name: str) -> bool:
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.message, exc.headers, exc.param, exc.code)
+    return api_error_response(exc)
 
 
 async def on_library_error(request: Request, exc: Exception) -> Response:

@@ -28,7 +28,6 @@ _TOKENS = tuple(float(2**i) for i in range(4, 21))  # 16 .. 1M
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-
 def metrics_label(name: str) -> str:
     """A model's name for metrics labels: a hub id as it is, a local folder by its last part (labels never
     carry absolute paths)."""

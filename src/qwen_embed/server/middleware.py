@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batcher import ShuttingDown
-from .errors import PayloadTooLarge, as_api_error, error_response
+from .errors import PayloadTooLarge, api_error_response, as_api_error, error_response
 from .state import State
 
 CLIENT_CLOSED = 499
@@ -146,4 +146,4 @@ async def drain_ran_out(scope: Scope, receive: Receive, send: Send) -> None:
     error = as_api_error(ShuttingDown("the server is shutting down and its drain time ran out before this request "
                                       "reached the model; retry on another replica."))
     assert error is not None
-    await error_response(error.status, error.message, error.headers, code=error.code)(scope, receive, send)
+    await api_error_response(error)(scope, receive, send)
