@@ -116,10 +116,10 @@ def model_facts(model: str, dim: int | None, max_length: int) -> dict[str, Any]:
     """What the output records about the model (and a table needs), from its config and tokenizer only."""
     from ..config import ModelConfig
     from ..embedder import check_max_length
+    from ..hub import resolve_model_dir
     from ..pooling import check_dim
     from ..retrieval.index import model_id
     from ..tokenizer import QwenTokenizer
-    from ..weights import resolve_model_dir
 
     path = resolve_model_dir(model)
     cfg = ModelConfig.from_file(path / "config.json")

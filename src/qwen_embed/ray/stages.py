@@ -64,19 +64,19 @@ def _pin_threads(load: ModelLoad) -> None:
 
 
 class TokenizeStage:
-    """CPU stage: `text_column` -> `input_ids` (list<int32>), the embedder's own tokenization rule."""
+    """CPU stage: `text_column` -> `input_ids` (list<int32>), the embedder's own tokenization rule.
+
+    It needs the tokenizer only: without an instruction its worker processes never import torch."""
 
     def __init__(self, model: str, *, max_length: int = 8192, text_column: str = "text",
                  instruction: str | None = None, drop_text: bool = False) -> None:
-        from ..embedder import format_query
+        from ..hub import resolve_model_dir
         from ..tokenizer import QwenTokenizer
-        from ..weights import resolve_model_dir
 
         self.tokenizer = QwenTokenizer.from_dir(resolve_model_dir(model))
         self.max_length = max_length
         self.text_column = text_column
         self.instruction = instruction
-        self.format_query = format_query
         self.drop_text = drop_text
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -84,7 +84,9 @@ class TokenizeStage:
 
         texts = check_texts(batch.column(self.text_column).to_pylist(), self.text_column)
         if self.instruction is not None:
-            texts = [self.format_query(t, self.instruction) for t in texts]
+            from ..embedder import format_query  # imports torch: only a stage with an instruction pays for it
+
+            texts = [format_query(t, self.instruction) for t in texts]
         ids = self.tokenizer.encode_for_embedding(texts, self.max_length)
         out = batch.drop_columns([self.text_column]) if self.drop_text else batch
         return out.append_column(IDS_COLUMN, pa.array(ids, pa.list_(pa.int32())))
