@@ -1,7 +1,9 @@
 """Retrieval evaluation, the MTEB/BEIR protocol: embed corpus and queries, exact top-k, score the run.
 
 - Queries get the instruction template, documents none (Qwen3-Embedding). A document whose text is empty is
-  embedded as the end token alone, which is what the reference tokenizer makes of "".
+  embedded as the end token alone, which is what the reference tokenizer makes of "". Tokenizing is a seam
+  (`Tokenize`, default `tokenize_texts`): a caller evaluating several models of one tokenizer on the same
+  texts (a recipe's held-out check after every stage) may keep the ids instead of tokenizing again.
 - The corpus is embedded once at the full hidden size without normalisation; each Matryoshka dimension is
   then the first `dim` features, L2-normalised (the core's `pooling.finish`), so one pass
   serves every `--dim`. Corpus embeddings are cached in shards under `<output>/cache/`, keyed by model,
@@ -60,12 +62,16 @@ def tokenize_texts(embedder: Embedder, texts: Sequence[str], instruction: str | 
     return out
 
 
+# (embedder, texts, instruction) -> the ids `tokenize_texts` makes of them
+Tokenize = Callable[["Embedder", Sequence[str], "str | None"], list[list[int]]]
+
+
 def embed_texts(embedder: Embedder, texts: Sequence[str], instruction: str | None = None,
-                progress: bool | None = None) -> np.ndarray:
+                progress: bool | None = None, tokenize: Tokenize = tokenize_texts) -> np.ndarray:
     """Full-size, un-normalised embeddings float32 [n, hidden]; slice and normalise with `at_dim`."""
     if not texts:
         raise InputError("nothing to embed: the list of texts is empty.")
-    return embedder.embed_ids(tokenize_texts(embedder, texts, instruction), normalize=False, progress=progress)
+    return embedder.embed_ids(tokenize(embedder, texts, instruction), normalize=False, progress=progress)
 
 
 def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -79,10 +85,11 @@ def _corpus_key(embedder: Embedder, ids: Sequence[str], texts: Sequence[str]) ->
 
 
 def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], cache_dir: Path | None = None,
-                 shard: int = SHARD_DOCS, progress: bool | None = None) -> np.ndarray:
+                 shard: int = SHARD_DOCS, progress: bool | None = None,
+                 tokenize: Tokenize = tokenize_texts) -> np.ndarray:
     """Embed a corpus in shards; with `cache_dir`, finished shards are kept and reused (resume)."""
     if cache_dir is None:
-        return embed_texts(embedder, texts, progress=progress)
+        return embed_texts(embedder, texts, progress=progress, tokenize=tokenize)
     folder = cache_dir / f"corpus-{_corpus_key(embedder, ids, texts)}"
     folder.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -91,7 +98,7 @@ def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], c
         if path.is_file():
             parts.append(np.load(path))
             continue
-        vecs = embed_texts(embedder, texts[start:start + shard], progress=progress)
+        vecs = embed_texts(embedder, texts[start:start + shard], progress=progress, tokenize=tokenize)
         with atomic_file(path, "wb") as f:
             np.save(f, vecs)
         parts.append(vecs)
@@ -180,7 +187,7 @@ def evaluate_retrieval(
     embedder: Embedder, dataset: BeirDataset, *, instruction: str, dims: Sequence[int] | None = None,
     ks: Sequence[int] = DEFAULT_K, depth: int = DEFAULT_DEPTH, cache_dir: Path | None = None,
     device: str | None = None, progress: bool | None = None, ignore_identical_ids: bool | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, tokenize: Tokenize = tokenize_texts,
 ) -> RetrievalResult:
     """Embed, search and score one BEIR split; see the module docstring."""
     drop_same = ignores_identical_ids(dataset.name) if ignore_identical_ids is None else ignore_identical_ids
@@ -193,11 +200,13 @@ def evaluate_retrieval(
 
     t = time.perf_counter()
     say(f"embedding {len(dataset.corpus_ids)} documents")
-    doc_vecs = embed_corpus(embedder, dataset.corpus_ids, dataset.corpus_texts, cache_dir, progress=progress)
+    doc_vecs = embed_corpus(embedder, dataset.corpus_ids, dataset.corpus_texts, cache_dir, progress=progress,
+                            tokenize=tokenize)
     timings["embed_corpus_s"] = time.perf_counter() - t
     t = time.perf_counter()
     say(f"embedding {len(dataset.query_ids)} queries")
-    query_vecs = embed_texts(embedder, dataset.query_texts, instruction=instruction, progress=progress)
+    query_vecs = embed_texts(embedder, dataset.query_texts, instruction=instruction, progress=progress,
+                             tokenize=tokenize)
     timings["embed_queries_s"] = time.perf_counter() - t
 
     results = []

@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import InputError
 from ..files import fingerprint, write_json_atomic
 from .spec import Recipe, Ref, parse_ref
-from .stages import KINDS, StageContext, retrieval_metric
+from .stages import KINDS, HeldOut, StageContext, retrieval_metric
 
 MARKER = ".recipe.json"
 RECORD = "stage.json"
@@ -152,6 +152,7 @@ def run(recipe: Recipe, *, rerun: Sequence[str] = (), say: Callable[[str], None]
     for name in rerun:  # a forced stage forces everything that uses it
         forced.add(name)
     records: dict[str, StageRecord] = {}
+    held_out = HeldOut()  # evaluation sets read and tokenized once for the whole run
     for s in recipe.stages:
         refs = {r.stage for _, r in _refs(s)}
         if refs & forced:
@@ -168,7 +169,7 @@ def run(recipe: Recipe, *, rerun: Sequence[str] = (), say: Callable[[str], None]
                                  f"away or rename the stage.")
             tell(f"[{s.name}] settings or inputs changed since it ran: running it again")
             shutil.rmtree(final)
-        records[s.name] = _run_stage(recipe, s, prints[s.name], records, tell)
+        records[s.name] = _run_stage(recipe, s, prints[s.name], records, tell, held_out)
     write_report(recipe, [records[s.name] for s in recipe.stages])
     return [records[s.name] for s in recipe.stages]
 
@@ -180,7 +181,7 @@ def _refs(stage: Any) -> list[tuple[str, Ref]]:
 
 
 def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
-               tell: Callable[[str], None]) -> StageRecord:
+               tell: Callable[[str], None], held_out: HeldOut) -> StageRecord:
     partial = recipe.workdir / f"{s.name}.partial"
     mark = partial / ".fingerprint"
     if partial.is_dir() and (not mark.is_file() or mark.read_text().strip() != fp):
@@ -193,12 +194,12 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
     kind = KINDS[s.kind]
     settings = _resolve(s.settings, s.name, done, recipe.workdir)
     t = time.perf_counter()
-    result = kind.run(StageContext(recipe, s, settings, partial, tell))
+    result = kind.run(StageContext(recipe, s, settings, partial, tell, held_out))
     seconds = time.perf_counter() - t
     metric = None
     if kind.model_output and recipe.evaluate and settings.get("model_kind", "embedding") == "embedding":
         model = partial / str(result.outputs[kind.model_output])
-        metric = retrieval_metric(model, recipe.evaluate)
+        metric = retrieval_metric(model, recipe.evaluate, held_out)
         metric.pop("run", None)
         tell(f"[{s.name}] held-out nDCG@10 {metric['ndcg_at_10']:.4f}")
     rec = StageRecord(s.name, s.kind, fp, result.outputs, _jsonable(result.stats), seconds, metric)

@@ -27,10 +27,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from .spec import Recipe, Stage, refs_in
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..embedder import Embedder
 
 
 @dataclass
@@ -42,6 +47,7 @@ class StageContext:
     settings: dict[str, Any]  # references replaced by absolute paths
     out: Path
     say: Callable[[str], None] = print
+    held_out: HeldOut | None = None  # the run's evaluation sets (a fresh one when None)
 
 
 @dataclass
@@ -329,16 +335,48 @@ def load_eval_dataset(settings: dict[str, Any]) -> Any:
                        [qtext[q] for q in qids], {q: ds.qrels[q] for q in qids}, dict(ds.stats))
 
 
-def retrieval_metric(model: str | Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """nDCG@10 (and Recall@100) of an embedding model on the recipe's held-out set."""
+class HeldOut:
+    """One recipe run's evaluation data: each BEIR cut (`load_eval_dataset`) read once, and the token ids of
+    its texts kept per tokenizer (its fingerprint), max length and instruction, for the held-out check after
+    every stage and the final evaluation, which evaluate models of one tokenizer on the same texts (reading
+    and tokenizing them again took ~1 s of CPU per evaluation of the tiny recipe). Kept for the run only."""
+
+    def __init__(self) -> None:
+        self._datasets: dict[tuple[Any, ...], Any] = {}
+        self._ids: dict[tuple[Any, ...], list[list[int]]] = {}
+
+    def dataset(self, settings: dict[str, Any]) -> Any:
+        """`load_eval_dataset(settings)`, read once per dataset, split and cut."""
+        key = (settings["dataset"], settings.get("split", "test"), settings.get("max_queries"),
+               settings.get("max_docs"))
+        if key not in self._datasets:
+            self._datasets[key] = load_eval_dataset(settings)
+        return self._datasets[key]
+
+    def tokenize(self, embedder: Embedder, texts: Sequence[str], instruction: str | None) -> list[list[int]]:
+        """`eval.retrieval.tokenize_texts`, once per tokenizer, max length, instruction and texts."""
+        from ..eval.retrieval import tokenize_texts
+
+        key = (embedder.tokenizer.fingerprint, embedder.max_length, instruction, tuple(texts))
+        if key not in self._ids:
+            self._ids[key] = tokenize_texts(embedder, texts, instruction)
+        return self._ids[key]
+
+
+def retrieval_metric(model: str | Path, settings: dict[str, Any], held_out: HeldOut | None = None,
+                     ) -> dict[str, Any]:
+    """nDCG@10 (and Recall@100) of an embedding model on the recipe's held-out set (read and tokenized
+    through `held_out`, a fresh `HeldOut` when None)."""
     from ..embedder import DEFAULT_INSTRUCTION, Embedder
     from ..eval.retrieval import evaluate_retrieval
 
+    data = held_out or HeldOut()
     emb = Embedder.from_pretrained(model, device=settings.get("device"),
                                    max_length=int(settings.get("max_length", 512)))
-    ds = load_eval_dataset(settings)
+    ds = data.dataset(settings)
     instruction = settings.get("instruction", DEFAULT_INSTRUCTION)
-    res = evaluate_retrieval(emb, ds, instruction=instruction, ks=[10, 100], depth=100, progress=False)
+    res = evaluate_retrieval(emb, ds, instruction=instruction, ks=[10, 100], depth=100, progress=False,
+                             tokenize=data.tokenize)
     agg = res.dims[0].evaluation.aggregate
     return {"ndcg_at_10": agg.get("ndcg_cut_10"), "recall_at_100": agg.get("recall_100"),
             "queries": len(ds.query_ids), "documents": len(ds.corpus_ids), "run": res.dims[0].run}
@@ -346,7 +384,8 @@ def retrieval_metric(model: str | Path, settings: dict[str, Any]) -> dict[str, A
 
 def run_eval(ctx: StageContext) -> StageResult:
     s = ctx.settings
-    result = retrieval_metric(s["embedder"], s)
+    data = ctx.held_out or HeldOut()
+    result = retrieval_metric(s["embedder"], s, data)
     run = result.pop("run")
     report: dict[str, Any] = {"retrieval": result}
     if s.get("reranker"):
@@ -356,7 +395,7 @@ def run_eval(ctx: StageContext) -> StageResult:
 
         rr = Reranker.from_pretrained(s["reranker"], device=s.get("device"),
                                       max_length=int(s.get("max_length", 512)))
-        ds = load_eval_dataset(s)
+        ds = data.dataset(s)
         ev = evaluate_rerank(rr, ds, run, instruction=s.get("instruction", DEFAULT_INSTRUCTION),
                              top=int(s.get("top", 100)), ks=[10], progress=False)
         report["rerank"] = {"ndcg_at_10_before": ev.before.aggregate.get("ndcg_cut_10"),
