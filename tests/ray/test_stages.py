@@ -30,13 +30,20 @@ def ray_cluster() -> Iterator[str]:
 
     Module scope, not session: this is the only module that uses Ray, and a cluster left up until the session
     ends keeps its daemons and idle workers polling (~0.07 CPU-seconds per second, measured) through every later
-    test of that pytest process; it is shut down as soon as these tests are done."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    test of that pytest process; it is shut down as soon as these tests are done.
+
+    Fewer Python worker processes (each costs ~0.5-1 CPU-second to start, more with its imports): an idle
+    worker is kept for the next task of its job (Ray kills it after 1 s idle, and the next test's read task
+    started a new one), and a Parquet read lists its footers with one actor, not Ray Data's 32."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _system_config={"idle_worker_killing_time_threshold_ms": 600_000})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 @pytest.mark.slow
