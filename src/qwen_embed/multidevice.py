@@ -12,9 +12,9 @@ the proxy), one per worker; each worker tokenizes its own shard (tokenization ov
 inside `Embedder.encode`), embeds it and writes the vectors straight into its rows of one shared
 output array (a memory-mapped .npy in /dev/shm when present), so results are never pickled or
 concatenated. Each text is embedded exactly as a single process would embed it, so the result equals a
-one-device run up to the device's own rounding (batches hold other neighbours). Workers are spawned
-(never forked: CUDA state does not survive a fork); a failing worker's error is raised in the parent
-with its device named.
+one-device run up to the device's own rounding (batches hold other neighbours). Workers are forked from
+the fork server of processes.py (never from this process: CUDA state does not survive a fork); a
+failing worker's error is raised in the parent with its device named.
 
     from qwen_embed.multidevice import DevicePool, encode_on_devices
     vecs = encode_on_devices("Qwen/Qwen3-Embedding-0.6B", texts, ["cuda:0", "cuda:1"])
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QwenEmbedError
+from .processes import child_context
 from .tokenizer import check_texts
 
 POLL_S = 0.2  # how often the parent checks that its workers are alive while it waits
@@ -61,7 +62,7 @@ def shard_bounds(texts: Sequence[str], parts: int) -> list[tuple[int, int]]:
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """What every worker loads and how (plain data: it is pickled to the spawned processes)."""
+    """What every worker loads and how (plain data: it is pickled to the worker processes)."""
 
     model: str
     dtype: str | None
@@ -158,8 +159,6 @@ class DevicePool:
     def __init__(self, model: str | os.PathLike[str], devices: Sequence[str], *, dtype: str | None = None,
                  max_length: int = 8192, batch_tokens: int | None = None, compile: bool | None = None,
                  warmup: bool = True, threads: int | None = None) -> None:
-        import torch.multiprocessing as mp
-
         devices = list(devices)
         if not devices or not all(isinstance(d, str) and d for d in devices):
             raise InputError(f"devices must be a non-empty list of device names, got {devices!r}; "
@@ -169,7 +168,7 @@ class DevicePool:
 
         threads = check_threads(threads) if threads is not None else default_threads(len(devices))
         opts = WorkerOptions(os.fspath(model), dtype, max_length, batch_tokens, compile, warmup, threads)
-        ctx = mp.get_context("spawn")
+        ctx = child_context()
         self._outbox = ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in devices]
         self._procs = [ctx.Process(target=_serve, args=(k, dev, opts, self._inboxes[k], self._outbox), daemon=True)

@@ -193,8 +193,11 @@ def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Pa
                         await asyncio.sleep(0.005)
                     t_kill = time.monotonic()
                     os.kill(old, signal.SIGKILL)
-                    await asyncio.sleep(0.3)
-                    health.append((await c.get("/health")).status_code)
+                    # /health goes 503 while the model is down (a restart forked from the fork server can be
+                    # ready again within a few tenths of a second, so watch from the kill on)
+                    while not health or (health[-1] == 200 and time.monotonic() - t_kill < 5):
+                        health.append((await c.get("/health")).status_code)
+                        await asyncio.sleep(0.01)
 
                 await asyncio.gather(killer(), *(one() for _ in range(48)))
             return slowest
@@ -202,7 +205,7 @@ def test_overload_and_a_model_process_killed_under_load(small_embedding_path: Pa
         slowest = asyncio.run(load())
         assert len(statuses) == 48 and set(statuses) <= {200, 429, 503} and 503 in statuses, statuses
         assert statuses.count(200) + statuses.count(503) + statuses.count(429) == 48
-        assert slowest < BOUND_S and health == [503], (slowest, health)
+        assert slowest < BOUND_S and health[-1] == 503 and set(health) <= {200, 503}, (slowest, health)
         recovered = srv.wait_ready(90)
         assert srv.pids("model")[0] != old
         r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=BOUND_S)
@@ -279,6 +282,38 @@ def test_sigterm_drains_every_process(small_embedding_path: Path, tmp_path: Path
     assert code == 0 and exited <= 3.5, (code, exited)
     assert not [p for p in children if alive(p)]
     assert "Traceback" not in srv.log.read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_supervisor_leaves_no_process(small_embedding_path: Path, tmp_path: Path) -> None:
+    """SIGKILL to the supervisor (no drain, no clean-up of its own): its workers and model process, and the
+    fork server they were forked from, see it gone and end within seconds."""
+    cli = ["--embedding-model", str(small_embedding_path), "--workers", "2", "--devices", "cpu", "--max-length", "64"]
+    with WorkersServer(tmp_path / "serve.log", cli=cli) as srv:
+        assert srv.proc is not None
+        children = [*srv.pids("worker").values(), *srv.pids("model").values()]
+        everyone = [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if p != srv.proc.pid and
+                    _ancestor(srv.proc.pid, p)]  # the children and the fork server
+        assert set(children) <= set(everyone) and len(everyone) > len(children), (children, everyone)
+        srv.proc.kill()
+        srv.proc.wait()
+        deadline = time.monotonic() + 15
+        while [p for p in everyone if alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in everyone if alive(p)], srv.log.read_text()[-2000:]
+
+
+def _ancestor(ancestor: int, pid: int) -> bool:
+    """Whether `ancestor` is the parent of `pid`, or its parent's, and so on."""
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().split(") ")[-1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
 
 
 @pytest.mark.slow

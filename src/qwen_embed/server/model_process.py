@@ -13,7 +13,8 @@ error that the child survives is sent back and raised as `ModelError`.
 
 The wire format is plain: sequences as one flat int64 array plus their lengths, rows as a float32
 array (pickle protocol 5 moves numpy buffers without copies through a `multiprocessing` pipe). The
-child is started with `spawn`, so it never inherits the parent's threads, CUDA state or sockets.
+child is forked from the fork server of processes.py, so it never inherits the parent's threads, CUDA
+state or sockets, and a restart does not import torch again.
 
 `serve --workers N` goes further (model_server.py, supervisor.py): several HTTP worker processes, and the
 batcher in the model process, merging every worker's requests.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import multiprocessing as mp
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import QwenEmbedError
+from ..processes import child_context
 
 POLL_S = 0.05
 
@@ -126,7 +127,7 @@ class ModelProcess:
         self.spec = spec
         self.start_timeout = start_timeout
         self.restarts = 0
-        self._ctx = mp.get_context("spawn")
+        self._ctx = child_context()
         self._lock = threading.Lock()  # one batch at a time on the pipe
         self._proc: Any = None
         self._conn: Connection | None = None

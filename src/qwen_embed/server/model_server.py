@@ -35,6 +35,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from ..errors import QwenEmbedError
+from ..processes import exit_with_parent
 from . import wire
 from .batcher import Batcher, RunFn, Timing
 from .board import Board
@@ -43,7 +44,6 @@ from .model_process import ModelSpec
 
 UNLIMITED = 1 << 62
 WARMUP_TEXT = "warm-up"
-PARENT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -143,20 +143,11 @@ class ModelServer:
             os.unlink(self.config.address)
         server = await asyncio.start_unix_server(self.connection, path=self.config.address)
         self.board.set_ready(self.config.slot, True)
-        watch = loop.create_task(self.watch_parent())
         try:
             await self.stop.wait()
         finally:
             self.board.set_ready(self.config.slot, False)
-            watch.cancel()
             server.close()
-
-    async def watch_parent(self) -> None:
-        """Stop when the supervisor is gone (this process was re-parented)."""
-        parent = os.getppid()
-        while os.getppid() == parent:
-            await asyncio.sleep(PARENT_POLL_S)
-        self.stop.set()
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One worker's requests, until it disconnects (then its requests left are cancelled)."""
@@ -198,14 +189,17 @@ class ModelServer:
                 await writer.drain()
 
 
-def model_server_main(config: ModelServerConfig, board: Board, load_errors: Connection) -> None:
+def model_server_main(config: ModelServerConfig, board: Board, load_errors: Connection,
+                      lifeline_end: Connection) -> None:
     """The model process (module docstring). A model that cannot be loaded (a library error: a bad checkpoint)
-    is reported as one line through `load_errors` (a pipe's sending end), and the process exits with 2."""
+    is reported as one line through `load_errors` (a pipe's sending end), and the process exits with 2. It
+    stops as on SIGTERM once the supervisor is gone (`lifeline_end`: processes.py), while loading too."""
     import threading
 
     from tqdm import tqdm
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(lifeline_end)
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which os._exit would leak
     try:
         run, warm = load_model(config.spec, config.deterministic)

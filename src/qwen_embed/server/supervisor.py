@@ -21,7 +21,9 @@ under uvicorn on the shared socket, and waits until each serves (one that exits 
 replacement would fail the same way). Then it watches them: a model process that dies is started again
 (the workers answer its requests in flight 503 at once, and /health is 503 while no process of a model
 is up); a worker that dies is replaced (its open connections are lost; the others are unaffected). All
-children are started with `spawn`: no inherited threads, CUDA state or sockets other than the listener.
+children are forked from the fork server of processes.py (torch is imported once, not per child): no
+inherited threads, CUDA state or sockets other than the listener. PROMETHEUS_MULTIPROC_DIR is set before
+the first child starts, so that every child sees it.
 
 SIGTERM (or Ctrl-C): the supervisor closes its copy of the listener and sends SIGTERM to the workers,
 which drain as a single-process server does (serving.py) within --graceful-timeout minus one second;
@@ -35,20 +37,20 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import multiprocessing as mp
 import os
 import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
 import torch
 
 from ..errors import QwenEmbedError
+from ..processes import child_context, exit_with_parent, lifeline
 from .board import MODELS, Board
 from .facts import ModelFacts
 from .metrics import metrics_label
@@ -110,22 +112,15 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def worker_main(settings: ServerSettings, models: Sequence[ModelPlan], board: Board, index: int, addresses: str,
-                metrics_dir: str, sock: socket.socket) -> None:
+                metrics_dir: str, sock: socket.socket, lifeline_end: Connection) -> None:
     """An HTTP worker: the app of `create_worker_app` under uvicorn on the shared socket, until SIGTERM
-    (or its supervisor is gone)."""
+    (sent to itself too once its supervisor is gone: `lifeline`, processes.py)."""
     from .app import create_worker_app  # here, not at the top: the supervisor itself never builds an app
     from .serving import serve_app
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
-    parent = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch_parent, daemon=True, name="watch-supervisor").start()
+    exit_with_parent(lifeline_end)
     try:
         app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
         serve_app(app, settings, sockets=[sock])
@@ -147,7 +142,8 @@ class Supervisor:
         self.worker_settings = settings.with_overrides(
             graceful_timeout=max(1, settings.graceful_timeout - 1),
             max_connections=max(1, math.ceil(settings.max_connections / settings.workers)))
-        self.ctx = mp.get_context("spawn")
+        self.ctx = child_context()
+        self.lifeline = lifeline(self.ctx)  # the children stop once this process is gone, however it ends
         self.slots = [(plan, spec, d) for plan, spec in self.plans for d in plan.devices]
         self.board = Board.create(self.ctx, settings.workers, len(self.slots))
         self.tmp = ""
@@ -171,7 +167,7 @@ class Supervisor:
                                    generation, self.addresses.format(slot, generation), s.max_batch_requests,
                                    s.max_wait_ms / 1000.0, s.inflight_batches, s.warmup, s.deterministic)
         errors, child_errors = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=model_server_main, args=(config, self.board, child_errors),
+        proc = self.ctx.Process(target=model_server_main, args=(config, self.board, child_errors, self.lifeline[0]),
                                 name=f"qwen-embed-model-{slot}")
         proc.start()
         child_errors.close()
@@ -187,7 +183,7 @@ class Supervisor:
         models = [plan for plan, _ in self.plans]
         proc = self.ctx.Process(target=worker_main, name=f"qwen-embed-http-{index}",
                                 args=(self.worker_settings, models, self.board, index, self.addresses,
-                                      self.metrics_dir, self.sock))
+                                      self.metrics_dir, self.sock, self.lifeline[0]))
         proc.start()
         log.info("HTTP worker %d started: pid %d", index, proc.pid)
         self.workers[index] = proc

@@ -1,0 +1,57 @@
+"""How qwen-embed starts its child processes: `child_context()`.
+
+Model processes (`serve --model-processes`, `serve --workers`), HTTP workers and the workers of a
+`DevicePool` are started with multiprocessing's `forkserver` method: on the first child, the parent
+starts one small server process that imports torch and the model code once (`PRELOAD`, ~2 s of CPU),
+and every child is then forked from that server. A child therefore gets what `spawn` would give it (a
+fresh process with no threads, CUDA state, sockets or locks of the parent: the server is single-threaded,
+holds no sockets and never touches CUDA; its arguments are pickled as with `spawn`) without paying the
+import again: a model process that died is serving again sooner, and `serve --workers N` with M model
+processes imports torch once instead of N + M times.
+
+Two rules follow. A child's environment is the server's, a copy of the parent's environment when its
+first child started: set what the children need in the environment before starting any (as the
+supervisor does with PROMETHEUS_MULTIPROC_DIR), or pass it as an argument; nothing in `PRELOAD` reads
+such a variable at import time. And a child's parent process is the fork server, which lives as long as
+any child does, so a child cannot tell that the process that started it is gone from its parent pid: it
+holds the receiving end of a `lifeline()` instead and calls `exit_with_parent` on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.context import ForkServerContext
+
+# imported once by the fork server, so that no child imports them itself; none of them starts a thread or
+# reads a variable that a parent sets for its children (prometheus_client does: it is left to each child)
+PRELOAD = ("torch", "qwen_embed.embedder", "qwen_embed.reranker", "qwen_embed.server.model_process")
+
+
+def child_context() -> ForkServerContext:
+    """The multiprocessing context every qwen-embed child process is started with (module docstring)."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))  # takes effect when the server starts (this process's first child)
+    return ctx
+
+
+def lifeline(ctx: ForkServerContext) -> tuple[Connection, Connection]:
+    """(the children's end, the parent's end) of a pipe on which nothing is ever sent. The parent keeps its end
+    open until it exits and hands the other to its children: that end reads EOF once the parent is gone,
+    whether it exited or was killed (no other process holds the parent's end)."""
+    return ctx.Pipe(duplex=False)
+
+
+def exit_with_parent(lifeline_end: Connection) -> None:
+    """Send this process SIGTERM (its own orderly stop) once the parent holding the other end of the
+    `lifeline` is gone; a daemon thread waits for it."""
+    def wait() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline_end.recv()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
