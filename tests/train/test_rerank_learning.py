@@ -15,6 +15,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qwen_embed import Reranker
@@ -31,7 +32,8 @@ WORD = re.compile(r"[a-z0-9]+")
 
 
 class BM25:
-    """Okapi BM25 over lower-cased alphanumeric words."""
+    """Okapi BM25 over lower-cased alphanumeric words (numpy over each word's postings: the same float
+    operations in the same order as the per-posting formula, so the same scores)."""
 
     def __init__(self, docs: dict[str, str], k1: float = 0.9, b: float = 0.4) -> None:
         self.ids = list(docs)
@@ -44,20 +46,28 @@ class BM25:
             for w, c in Counter(words).items():
                 self.postings[w].append((i, c))
         self.avg = sum(self.lengths) / len(self.lengths)
+        # k1 (1 - b + b |d| / avgdl) per document [n]
+        self.doc_norm = self.k1 * (1 - self.b + self.b * np.array(self.lengths, dtype=np.float64) / self.avg)
+        self.arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # word -> (documents, counts), on first use
 
     def top(self, query: str, k: int) -> list[str]:
-        scores: dict[int, float] = defaultdict(float)
         n = len(self.ids)
+        scores = np.zeros(n)  # [n]
+        touched = np.zeros(n, dtype=bool)  # [n]: the documents that share a word with the query
         for w in set(WORD.findall(query.lower())):
             post = self.postings.get(w, [])
             if len(post) > n // 10:  # stop words: small idf, long postings
                 continue
+            if w not in self.arrays:
+                self.arrays[w] = (np.array([i for i, _ in post], dtype=np.int64),
+                                  np.array([c for _, c in post], dtype=np.float64))
+            docs, c = self.arrays[w]
             idf = math.log(1 + (n - len(post) + 0.5) / (len(post) + 0.5))
-            for i, c in post:
-                norm = c + self.k1 * (1 - self.b + self.b * self.lengths[i] / self.avg)
-                scores[i] += idf * c * (self.k1 + 1) / norm
-        best = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-        return [self.ids[i] for i, _ in best]
+            scores[docs] += idf * c * (self.k1 + 1) / (c + self.doc_norm[docs])  # a word once per document
+            touched[docs] = True
+        found = np.flatnonzero(touched)
+        best = found[np.lexsort((found, -scores[found]))][:k]  # by score, ties by position
+        return [self.ids[i] for i in best]
 
 
 def qrels(path: Path) -> dict[str, dict[str, int]]:
