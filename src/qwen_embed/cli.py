@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from .errors import InputError, QwenEmbedError, describe_os_error
 from .files import atomic_file, check_output_dir, check_output_file
+from .processes import skip_final_gc
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
 
 EXTENSIONS = ["qwen_embed.server.cli", "qwen_embed.retrieval.cli", "qwen_embed.eval.cli", "qwen_embed.train.cli",
@@ -448,5 +449,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(name, line)
 
 
+def run() -> None:
+    """The `qwen-embed` program (and `python -m qwen_embed`): `main()` on the command line, then exit with its
+    status, skipping the interpreter's last garbage collection (processes.skip_final_gc)."""
+    code = main()
+    skip_final_gc()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

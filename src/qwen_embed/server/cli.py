@@ -9,9 +9,9 @@ the accepted ones finish or get 503 at --graceful-timeout, and the process exits
 from __future__ import annotations
 
 import argparse
-import gc
 from typing import Any
 
+from ..processes import skip_final_gc
 from .settings import SETTINGS, default_of, resolve
 
 
@@ -58,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wanted = settings.devices if settings.devices is not None else settings.device
         devices = parse_devices(None if wanted in (None, "auto") else wanted)
         code = Supervisor(settings, devices).run()
-        gc.freeze()  # as in run_server: skip the last garbage collection of a process that is ending
+        skip_final_gc()
         return code
     from .app import create_app  # not for --workers: the supervisor builds no app (its workers do)
 
@@ -93,9 +93,7 @@ def run_server(app: Any, settings: Any) -> int:
     from .serving import serve_app
 
     started = serve_app(app, settings)
-    # the interpreter's last garbage collection walks every object the models and the server made (4 s
-    # for a tiny model on 2 cores); the process is ending, so let it skip them and exit at once
-    gc.freeze()
+    skip_final_gc()  # the process is ending (its last collection took 4 s for a tiny model on 2 cores)
     return 0 if started else 1
 
 

@@ -23,7 +23,6 @@ batcher in the model process, merging every worker's requests.
 from __future__ import annotations
 
 import contextlib
-import gc
 import threading
 import time
 from collections.abc import Sequence
@@ -77,18 +76,11 @@ def unpack(flat: np.ndarray, lengths: np.ndarray) -> list[Sequence[int]]:
 
 
 def child_main(spec: ModelSpec, conn: Connection) -> None:
-    """The child: load the model, then answer ("ok", rows) or ("error", message) per batch until EOF.
+    """The child: load the model, say "ready" (or the one-line load error), then answer ("ok", rows) or
+    ("error", message) per batch until EOF.
 
     It ignores SIGINT / SIGTERM (a Ctrl-C reaches the whole process group): the parent drains its
     requests first, then ends the child by closing the pipe."""
-    try:
-        serve_batches(spec, conn)
-    finally:
-        gc.freeze()  # the process is ending: its last garbage collection (~0.5 s with torch loaded) can be skipped
-
-
-def serve_batches(spec: ModelSpec, conn: Connection) -> None:
-    """`child_main`'s work: load, say "ready" (or the one-line load error), answer batches until EOF."""
     import signal
 
     import torch

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -206,7 +205,6 @@ def model_server_main(config: ModelServerConfig, board: Board, load_errors: Conn
     except QwenEmbedError as e:
         load_errors.send(str(e))
         load_errors.close()
-        gc.freeze()  # the process is ending: its last garbage collection (~0.5 s with torch loaded) can be skipped
         sys.exit(2)
     asyncio.run(ModelServer(config, board, run).serve(warm))
     # the workers have drained (or are gone): nothing is left to answer, and a forward pass still running

@@ -34,7 +34,6 @@ temporary folder that the supervisor makes and removes.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
@@ -121,11 +120,8 @@ def worker_main(settings: ServerSettings, models: Sequence[ModelPlan], board: Bo
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
     exit_with_parent(lifeline_end)
-    try:
-        app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
-        serve_app(app, settings, sockets=[sock])
-    finally:  # the process is ending (served, or its app could not start): its last garbage collection
-        gc.freeze()  # (seconds with torch loaded) can be skipped
+    app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
+    serve_app(app, settings, sockets=[sock])
 
 
 class Supervisor:
