@@ -101,6 +101,30 @@ def test_loads_are_cached_per_file_version(tmp_path: Path) -> None:
         QwenTokenizer.from_dir(tmp_path)
 
 
+def test_folders_with_the_same_tokenizer_share_one_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copies of one tokenizer.json in several folders are parsed once (by content); each folder keeps its own
+    instance (its own path in messages), and a different file is parsed on its own."""
+    import qwen_embed.tokenizer as tokenizer_module
+
+    parsed: list[int] = []
+    monkeypatch.setattr(tokenizer_module, "_PARSED", {})  # none of these contents parsed before
+    real_parse = Tokenizer.from_buffer
+    monkeypatch.setattr(tokenizer_module, "Tokenizer", type("T", (), {"from_buffer": staticmethod(
+        lambda data: parsed.append(len(data)) or real_parse(data))}))
+    text = train_small_tokenizer(vocab_size=500).to_str()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tokenizer.json").write_text(text)
+    a, b = QwenTokenizer.from_dir(tmp_path / "a"), QwenTokenizer.from_dir(tmp_path / "b")
+    assert parsed == [len(text.encode())] and a is not b and a.tok is b.tok
+    assert a.source.endswith("a/tokenizer.json") and b.source.endswith("b/tokenizer.json")
+    assert a.encode_one("hello") == b.encode_one("hello")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "tokenizer.json").write_text(train_small_tokenizer(vocab_size=600).to_str())
+    c = QwenTokenizer.from_dir(tmp_path / "c")
+    assert len(parsed) == 2 and c.tok is not a.tok and c.vocab_size != a.vocab_size
+
+
 @pytest.mark.parametrize(
     ("texts", "needle"),
     [([], "empty"), ("a string", "single string"), ([""], r"texts\[0\] is an empty string"),
