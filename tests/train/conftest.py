@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch.multiprocessing as mp
+
+from qwen_embed.processes import child_context
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
          "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"]
@@ -28,6 +34,19 @@ def make_rows(n: int, negatives: int = 2, tasks: tuple[str, ...] = ("a",)) -> li
 def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(fn: Callable[..., None], nprocs: int, *args: Any) -> None:
+    """`fn(rank, *args)` in `nprocs` processes, waited for (torch's `start_processes`); they are forked from
+    qwen-embed's fork server, as its own children are (processes.py: torch is imported once, not per rank)."""
+    child_context()  # its preload, should this call start the server
+    mp.start_processes(fn, args=args, nprocs=nprocs, start_method="forkserver", join=True)
 
 
 @pytest.fixture(scope="session")

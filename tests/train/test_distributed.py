@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from qwen_embed.train import distributed as D
 from qwen_embed.train.config import TrainConfig
 from qwen_embed.train.loop import Trainer
+
+from .conftest import free_port, run_ranks
 
 
 def config(ckpt: Path, data: Path, out: Path) -> TrainConfig:
@@ -43,16 +43,9 @@ def _worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str) ->
         D.shutdown(info)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one(small_embedding_path: Path, train_file: Path, tmp_path: Path) -> None:
-    mp.start_processes(_worker, args=(2, free_port(), str(small_embedding_path), str(train_file), str(tmp_path)),
-                       nprocs=2, start_method="spawn", join=True)
+    run_ranks(_worker, 2, 2, free_port(), str(small_embedding_path), str(train_file), str(tmp_path))
     single = Trainer(config(small_embedding_path, train_file, tmp_path / "single"), D.DistInfo())
     loss1, grads1 = first_step(single)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

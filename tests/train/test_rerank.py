@@ -222,14 +222,11 @@ def _dp_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str)
 
 
 def test_two_gloo_processes_equal_one(rr_ckpt: Path, rr_rows: Path, tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
     from qwen_embed.train import distributed as D
 
-    from .test_distributed import free_port
+    from .conftest import free_port, run_ranks
 
-    mp.start_processes(_dp_worker, args=(2, free_port(), str(rr_ckpt), str(rr_rows), str(tmp_path)), nprocs=2,
-                       start_method="spawn", join=True)
+    run_ranks(_dp_worker, 2, 2, free_port(), str(rr_ckpt), str(rr_rows), str(tmp_path))
     single = Trainer(config(rr_ckpt, rr_rows, tmp_path / "single", loss="listwise"), D.DistInfo(), kind="rerank")
     batch = next(iter(single.batches()))
     loss1 = single.compute_gradients(batch)
