@@ -30,8 +30,11 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
+
+ORPHAN_GRACE_S = 5.0  # a child whose parent is gone: time for its orderly stop before it is ended
 
 # imported once by the fork server, so that no child imports them itself; none of them starts a thread or
 # reads a variable that a parent sets for its children (prometheus_client does: it is left to each child)
@@ -52,13 +55,17 @@ def lifeline(ctx: ForkServerContext) -> tuple[Connection, Connection]:
     return ctx.Pipe(duplex=False)
 
 
-def exit_with_parent(lifeline_end: Connection) -> None:
-    """Send this process SIGTERM (its own orderly stop) once the parent holding the other end of the
-    `lifeline` is gone; a daemon thread waits for it."""
+def exit_with_parent(lifeline_end: Connection, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """Once the parent holding the other end of the `lifeline` is gone, send this process SIGTERM (its own
+    orderly stop), and end it (status 1) if it still runs `grace_s` seconds later: whatever it was doing
+    then (starting up, waiting on a model process that went with the parent) has no one left to serve. A
+    daemon thread waits for it."""
     def wait() -> None:
         with contextlib.suppress(EOFError, OSError):
             lifeline_end.recv()
         os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
 
     threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
 

@@ -116,6 +116,44 @@ def test_a_restarted_model_process_is_reached_by_the_next_request(tmp_path: Path
     assert asyncio.run(run()).tolist() == [[3.0], [1.0]]
 
 
+def test_warm_up_outlives_a_model_process_that_dies_meanwhile(tmp_path: Path) -> None:
+    """A worker's warm-up whose model process dies under it (generation 1 closes the connection without an
+    answer) tries again and is answered by the restarted one (generation 2); before, the warm-up failed with
+    ModelProcessDied and the worker stayed unready for good (a flake of the overload test under load)."""
+    board = Board.create(mp.get_context("spawn"), workers=1, processes=1)
+    addresses = str(tmp_path / "m{}-{}.sock")
+    servers: list[asyncio.AbstractServer] = []
+
+    async def answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await wire.read(reader)  # rows are the lengths
+        writer.writelines(wire.rows(frame.id, np.array([[len(s)] for s in wire.sequences(frame)], np.float32), 0, 0))
+        await writer.drain()
+
+    async def dying(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await wire.read(reader)
+        board.set_ready(0, False)  # as the supervisor does: generation 2 starts and becomes ready
+        servers.append(await asyncio.start_unix_server(answering, addresses.format(0, 2)))
+        board.next_generation(0)
+        board.set_ready(0, True)
+        writer.close()  # generation 1 is gone without an answer
+
+    async def run() -> np.ndarray:
+        servers.append(await asyncio.start_unix_server(dying, addresses.format(0, 1)))
+        batcher = RemoteBatcher("emb", 0, [Link(0, "cpu")], addresses, board, 0, max_batch_tokens=64,
+                                max_queue=3, max_queue_tokens=100)
+        board.next_generation(0)
+        board.set_ready(0, True)
+        try:
+            return await asyncio.wait_for(batcher.call([[1, 2], [3]], timeout=20), 30)
+        finally:
+            await batcher.stop()
+            for server in servers:
+                server.close()
+
+    assert asyncio.run(run()).tolist() == [[2.0], [1.0]]
+    assert board.generation(0) == 2
+
+
 def test_workers_setting() -> None:
     from qwen_embed.errors import InputError
     from qwen_embed.server.settings import resolve
@@ -300,7 +338,17 @@ def test_a_killed_supervisor_leaves_no_process(small_embedding_path: Path, tmp_p
         deadline = time.monotonic() + 15
         while [p for p in everyone if alive(p)] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [p for p in everyone if alive(p)], srv.log.read_text()[-2000:]
+        left = {p: _cmdline(p) for p in everyone if alive(p)}
+        assert not left, (left, srv.log.read_text()[-2000:])
+        assert "Traceback" not in srv.log.read_text()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()[:200]
+    except FileNotFoundError:
+        return "(gone)"
 
 
 def _ancestor(ancestor: int, pid: int) -> bool:

@@ -157,6 +157,8 @@ class ModelServer:
                     frame = await wire.read(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                except asyncio.CancelledError:  # the process is stopping with the worker still connected
+                    return  # (re-raised, Python 3.11's stream callback logs it as an error with a traceback)
                 if frame.kind == wire.REQUEST:
                     task = asyncio.create_task(self.answer(frame.id, wire.sequences(frame), writer,
                                                            frame.code == wire.WARMUP))

@@ -268,13 +268,20 @@ class RemoteBatcher:
 
     async def call(self, seqs: Sequence[Sequence[int]], timeout: float = 600.0) -> np.ndarray:
         """Run `seqs` outside admission (warm-up: proves the path to a model process), waiting for one
-        to be connected."""
+        to be connected, and trying again while the model processes die or restart (a worker that started
+        beside a dying model process must not stay unready); until `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self.ready:
-            if time.monotonic() > deadline:
-                raise ModelProcessDied(f"no model process of {self.name} became ready in {timeout:.0f} s.")
-            await asyncio.sleep(RECONNECT_S)
-        return await self.send(seqs, Timing(), warmup=True)
+        while True:
+            while not self.ready:
+                if time.monotonic() > deadline:
+                    raise ModelProcessDied(f"no model process of {self.name} became ready in {timeout:.0f} s.")
+                await asyncio.sleep(RECONNECT_S)
+            try:
+                return await self.send(seqs, Timing(), warmup=True)
+            except ModelProcessDied:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(RECONNECT_S)
 
     # -- admission ---------------------------------------------------------------------------------
     def check_room(self, requests: int, tokens: int, holding: int = 0) -> None:

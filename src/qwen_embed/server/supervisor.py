@@ -119,7 +119,7 @@ def worker_main(settings: ServerSettings, models: Sequence[ModelPlan], board: Bo
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s[worker {index}]: %(message)s")
-    exit_with_parent(lifeline_end)
+    exit_with_parent(lifeline_end)  # no drain: the model processes go with the supervisor too
     app = create_worker_app(settings, models, board, index, addresses, metrics_dir)
     serve_app(app, settings, sockets=[sock])
 
