@@ -17,9 +17,9 @@ more). A row's result does not depend on the others in its batch; the rows come 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,11 @@ from tokenizers import Tokenizer
 
 from qwen_embed.reranker import PREFIX, SUFFIX, SYSTEM_PROMPT
 from qwen_embed.tiny import _tokenizer_config, _with_eos_postprocessor, find_real_tokenizer, train_small_tokenizer
+
+if TYPE_CHECKING:
+    import pytest
+
+    from qwen_embed import Embedder
 
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -170,3 +175,23 @@ def random_texts(n: int, seed: int, max_words: int = 200) -> list[str]:
     rng = random.Random(seed)
     lengths = [1, 2, 3, max_words] + [rng.randint(1, max_words) for _ in range(n - 4)]
     return [" ".join(rng.choice(words) for _ in range(k)) for k in lengths[:n]]
+
+
+def forward_once(emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Serve `emb`'s engine passes over token ids it has run already (a copy of the first pass's hidden
+    states: the same ids in the same batches give the same numbers on the CPU), so that a test that encodes
+    the same texts several ways (dims, index precisions) runs all of `encode` / `Index` each time but the
+    trunk once per distinct input. Returns the token counts actually run, for the caller to check."""
+    run = emb.engine.last_hidden
+    ran: list[int] = []
+    seen: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
+
+    def last_hidden(seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
+        key = tuple(map(tuple, seqs))
+        if key not in seen:
+            seen[key] = run(seqs, progress)
+            ran.append(sum(map(len, seqs)))
+        return seen[key].clone()
+
+    monkeypatch.setattr(emb.engine, "last_hidden", last_hidden)
+    return ran

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 
 from qwen_embed import DEFAULT_INSTRUCTION, Embedder, Reranker, format_query
 from qwen_embed.tiny import find_real_tokenizer
-from tests.reference import official_embed, official_rerank, random_texts, save_hf_checkpoint
+from tests.reference import forward_once, official_embed, official_rerank, random_texts, save_hf_checkpoint
 
 REAL = find_real_tokenizer() is not None
 
@@ -31,25 +30,6 @@ def emb_ckpt(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     shape = request.param
     return save_hf_checkpoint(tmp_path_factory.mktemp(f"hf-emb-{shape}"), "embedding", shape,
                               real_tokenizer=REAL and shape == "tiny")
-
-
-def forward_once(emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Serve `emb`'s engine passes over token ids it has already run from the first pass (a copy), so that
-    `encode(dim=...)` for several dims runs all of `encode` but not the same forward again (`dim` slices the
-    pooled states after the trunk). Returns the list of token counts actually run, for the caller to check."""
-    run = emb.engine.last_hidden
-    ran: list[int] = []
-    seen: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
-
-    def last_hidden(seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
-        key = tuple(map(tuple, seqs))
-        if key not in seen:
-            seen[key] = run(seqs, progress)
-            ran.append(sum(map(len, seqs)))
-        return seen[key].clone()
-
-    monkeypatch.setattr(emb.engine, "last_hidden", last_hidden)
-    return ran
 
 
 @pytest.mark.parametrize("instructed", [False, True])

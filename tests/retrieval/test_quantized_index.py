@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from qwen_embed import Embedder
 from qwen_embed.errors import InputError
 from qwen_embed.eval import load_beir
 from qwen_embed.retrieval import Document, Index
 from qwen_embed.tiny import make_checkpoint
+from tests.reference import forward_once
 
 
 @pytest.fixture(scope="module")
@@ -27,26 +26,6 @@ def scifact_subset(shared_data: Path) -> tuple[list[Document], list[str]]:
 def wide_embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
     path = make_checkpoint(tmp_path_factory.mktemp("q") / "emb", "embedding", hidden_size=128, intermediate_size=256)
     return Embedder.from_pretrained(path, device="cpu")
-
-
-def forward_once(emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Serve `emb`'s engine passes over token ids it has run already (a copy of the first pass's hidden
-    states: the same ids in the same batches give the same numbers on the CPU), so that the three tables
-    index and search with every line of `Index` but the trunk runs once per distinct input. Returns the
-    token counts actually run."""
-    run = emb.engine.last_hidden
-    ran: list[int] = []
-    seen: dict[tuple[tuple[int, ...], ...], torch.Tensor] = {}
-
-    def last_hidden(seqs: Sequence[Sequence[int]], progress: bool = False) -> torch.Tensor:
-        key = tuple(map(tuple, seqs))
-        if key not in seen:
-            seen[key] = run(seqs, progress)
-            ran.append(sum(map(len, seqs)))
-        return seen[key].clone()
-
-    monkeypatch.setattr(emb.engine, "last_hidden", last_hidden)
-    return ran
 
 
 @pytest.mark.slow
