@@ -23,13 +23,9 @@ from safetensors import SafetensorError, safe_open
 
 from .config import ModelConfig
 from .errors import WeightsError
-from .hub import _HUB_ID as _HUB_ID  # the checkpoint's folder (torch-free), re-exported: weights.<name> stays
-from .hub import FINGERPRINT_BLOCK as FINGERPRINT_BLOCK
+from .hub import FINGERPRINT_BLOCK as FINGERPRINT_BLOCK  # hub.py's public names: weights.<name> keeps working
 from .hub import FINGERPRINT_SAMPLES as FINGERPRINT_SAMPLES
 from .hub import HUB_FILES as HUB_FILES
-from .hub import _from_cache as _from_cache
-from .hub import _from_hub as _from_hub
-from .hub import _hub_reachable as _hub_reachable
 from .hub import resolve_model_dir as resolve_model_dir
 from .hub import safetensors_files as safetensors_files
 from .hub import weights_fingerprint as weights_fingerprint

@@ -139,7 +139,8 @@ class Supervisor:
             graceful_timeout=max(1, settings.graceful_timeout - 1),
             max_connections=max(1, math.ceil(settings.max_connections / settings.workers)))
         self.ctx = child_context()
-        self.lifeline = lifeline(self.ctx)  # the children stop once this process is gone, however it ends
+        # the children stop once this process is gone, however it ends; it holds its own end until then
+        self.lifeline_end, self._own_lifeline_end = lifeline(self.ctx)
         self.slots = [(plan, spec, d) for plan, spec in self.plans for d in plan.devices]
         self.board = Board.create(self.ctx, settings.workers, len(self.slots))
         self.tmp = ""
@@ -163,7 +164,7 @@ class Supervisor:
                                    generation, self.addresses.format(slot, generation), s.max_batch_requests,
                                    s.max_wait_ms / 1000.0, s.inflight_batches, s.warmup, s.deterministic)
         errors, child_errors = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=model_server_main, args=(config, self.board, child_errors, self.lifeline[0]),
+        proc = self.ctx.Process(target=model_server_main, args=(config, self.board, child_errors, self.lifeline_end),
                                 name=f"qwen-embed-model-{slot}")
         proc.start()
         child_errors.close()
@@ -179,7 +180,7 @@ class Supervisor:
         models = [plan for plan, _ in self.plans]
         proc = self.ctx.Process(target=worker_main, name=f"qwen-embed-http-{index}",
                                 args=(self.worker_settings, models, self.board, index, self.addresses,
-                                      self.metrics_dir, self.sock, self.lifeline[0]))
+                                      self.metrics_dir, self.sock, self.lifeline_end))
         proc.start()
         log.info("HTTP worker %d started: pid %d", index, proc.pid)
         self.workers[index] = proc
