@@ -85,3 +85,30 @@ def test_warmup_then_cosine() -> None:
     f = lr_lambda(4, 20, 0.1)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and abs(f(12) - 0.55) < 1e-12 and abs(f(20) - 0.1) < 1e-12
+
+
+def test_the_optimizer_is_torchs_adamw_with_decay_on_matrices_only(small_embedding_path: Path, train_file: Path,
+                                                                    tmp_path: Path) -> None:
+    """The trainer's optimizer (fused on the CPU) makes the update of torch's reference AdamW (its
+    per-parameter loop): weight decay on matrices only, the configured lr, betas and eps; three steps, so
+    that the moments count."""
+    raw = config(small_embedding_path, train_file, tmp_path / "run").to_dict()
+    raw["optim"].update(weight_decay=0.1, beta1=0.8, beta2=0.99, eps=1e-7)
+    t = Trainer(TrainConfig.from_dict(raw))
+    assert t.optimizer.defaults["fused"]
+    start = [p.detach().clone() for p in t.params]
+    ref_params = [torch.nn.Parameter(p.clone()) for p in start]
+    ref = torch.optim.AdamW([{"params": [r for r in ref_params if r.ndim >= 2], "weight_decay": 0.1},
+                             {"params": [r for r in ref_params if r.ndim < 2], "weight_decay": 0.0}],
+                            lr=t.optimizer.param_groups[0]["lr"], betas=(0.8, 0.99), eps=1e-7, foreach=False)
+    assert [g["initial_lr"] for g in t.optimizer.param_groups] == [raw["optim"]["lr"]] * 2  # the warm-up scales it
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, r in zip(t.params, ref_params, strict=True):
+            p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+            r.grad = p.grad.clone()
+        t.optimizer.step()
+        ref.step()
+    gap = max(float((p.detach() - r.detach()).abs().max()) for p, r in zip(t.params, ref_params, strict=True))
+    assert gap <= 1e-6, gap
+    assert min(float((p.detach() - s).abs().max()) for p, s in zip(t.params, start, strict=True)) > 1e-4

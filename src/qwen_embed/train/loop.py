@@ -115,12 +115,13 @@ class Trainer:
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]
         o = cfg.optim
-        # CUDA: the fused kernel; CPU: the multi-tensor (foreach) form, which torch does not pick there by
-        # itself: the same numbers, bit for bit, as the per-parameter loop, ~15% less time per step
+        # The fused kernel on CUDA and on the CPU (torch picks it by itself on neither): one pass over each
+        # parameter, no temporaries of the parameters' size. On 2 CPU cores, 181M parameters (the 0.6B
+        # model's vocabulary rows and 8 MLP matrices): 66 ms a step and 3.1 GB peak against 491 ms and
+        # 4.0 GB for the multi-tensor form (benchmarks/optimizer.py); the same update up to float rounding
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=dev.type == "cuda",
-            foreach=True if dev.type == "cpu" else None)
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=dev.type in ("cuda", "cpu"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(o.warmup_steps, cfg.train.max_steps, o.min_lr_ratio))
         self.store = CheckpointStore(self.out / "checkpoints", cfg.train.keep_checkpoints)
