@@ -343,6 +343,54 @@ def test_a_killed_supervisor_leaves_no_process(small_embedding_path: Path, tmp_p
         assert "Traceback" not in srv.log.read_text()
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_worker_whose_warm_up_waits(small_embedding_path: Path, tmp_path: Path) -> None:
+    """A worker replaced while its model process hangs (SIGSTOP) waits in its warm-up; SIGTERM then ends
+    its warm-up and the worker at once (uvicorn alone acts on a signal only once the start is over: the
+    worker stayed until the warm-up's 600 s limit). The supervisor replaces it; with the model process going
+    again, the new worker serves."""
+    cli = ["--embedding-model", str(small_embedding_path), "--workers", "2", "--devices", "cpu",
+           "--max-length", "64"]
+    with WorkersServer(tmp_path / "serve.log", cli=cli) as srv:
+        def worker0(what: str) -> int:
+            return srv.log.read_text().count(f"[worker 0]: {what}")
+
+        def replaced(old: int) -> int:
+            deadline = time.monotonic() + 60
+            while (new := srv.pids("worker")[0]) == old or f"Started server process [{new}]" not in \
+                    srv.log.read_text():
+                assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
+                time.sleep(0.05)
+            return new
+
+        while "serving on http://" not in srv.log.read_text():  # every worker started: a replacement is not
+            time.sleep(0.05)                                     # a failed start then
+        model = srv.pids("model")[0]
+        os.kill(model, signal.SIGSTOP)
+        try:
+            old = srv.pids("worker")[0]
+            os.kill(old, signal.SIGKILL)
+            waiting = replaced(old)
+            time.sleep(0.5)  # in its warm-up, which cannot end while the model process is stopped
+            assert alive(waiting) and worker0("warm-up done") == 1
+            os.kill(waiting, signal.SIGTERM)
+            t0 = time.monotonic()
+            while alive(waiting) and time.monotonic() - t0 < 10:
+                time.sleep(0.02)
+            assert not alive(waiting), srv.log.read_text()[-2000:]
+            assert time.monotonic() - t0 < 2.0, time.monotonic() - t0
+            assert worker0("warm-up stopped: the server is stopping") == 1
+        finally:
+            os.kill(model, signal.SIGCONT)
+        replaced(waiting)
+        deadline = time.monotonic() + 60
+        while worker0("warm-up done") < 2:
+            assert time.monotonic() < deadline, srv.log.read_text()[-2000:]
+            time.sleep(0.05)
+        assert httpx.post(srv.url + "/v1/embeddings", json={"input": ["back"]}, timeout=BOUND_S).status_code == 200
+        assert "Traceback" not in srv.log.read_text()
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -137,8 +137,18 @@ def assemble(settings: ServerSettings, state: State, model_pools: Sequence[Model
         for svc in state.services:
             svc.batcher.start()
         if warm_first:
-            await warm_up(state)
-            if on_ready is not None:
+            warming = asyncio.create_task(warm_up(state))
+            loop = asyncio.get_running_loop()
+
+            def stop_warmup() -> None:  # from a signal handler: through the loop, which it wakes
+                loop.call_soon_threadsafe(warming.cancel)
+
+            state.stop_warmup = stop_warmup
+            await asyncio.wait([warming])  # returns when it ends or is cancelled (`State.stop_starting`)
+            state.stop_warmup = None
+            if warming.cancelled():
+                log.info("warm-up stopped: the server is stopping")
+            elif on_ready is not None:
                 on_ready()
         task = asyncio.create_task(asyncio.sleep(0) if warm_first else warm_up(state))
         try:

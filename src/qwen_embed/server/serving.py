@@ -12,7 +12,10 @@
   and fail what is left at the deadline with 503), the listener closes (new connections are refused,
   never accepted and dropped), and kept-alive connections stay open a moment (`LINGER_S`), so that a
   request already on its way on one is answered (with `Connection: close`) rather than cut off; then
-  uvicorn closes the idle connections and waits for the handlers, all within --graceful-timeout.
+  uvicorn closes the idle connections and waits for the handlers, all within --graceful-timeout. A
+  signal that comes before the start completed stops the warm-up that holds it up (`State.stop_starting`:
+  a worker of `serve --workers` waiting on a model process that is gone or slow), as uvicorn would only
+  act on it once the start is over.
 - Accept errors (EMFILE) are logged once per `QUIET_S` seconds, not once per attempt.
 """
 
@@ -106,10 +109,19 @@ def guarded_protocol(settings: ServerSettings) -> type[H11Protocol]:
 class DrainingServer(uvicorn.Server):
     """uvicorn's Server that tells the app to drain before it closes connections (module docstring)."""
 
-    def __init__(self, config: uvicorn.Config, on_drain: Callable[[float], None] | None = None) -> None:
+    def __init__(self, config: uvicorn.Config, on_drain: Callable[[float], None] | None = None,
+                 on_stop_starting: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.on_drain = on_drain
+        self.on_stop_starting = on_stop_starting
         self._last_quiet = 0.0
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """uvicorn's signal handler; a signal before the start completed also stops what holds it up (the
+        app's warm-up: `on_stop_starting`), since uvicorn only looks at the signal once the start is over."""
+        super().handle_exit(sig, frame)
+        if not self.started and self.on_stop_starting is not None:
+            self.on_stop_starting()
 
     async def startup(self, sockets: Any = None) -> None:
         asyncio.get_running_loop().set_exception_handler(self._quiet)
@@ -170,7 +182,8 @@ def serve_app(app: Any, settings: ServerSettings, sockets: list[socket.socket] |
     `sockets` when given (a worker of `serve --workers`), else on settings.host:port; True when it had
     started."""
     raise_fd_limit(settings.max_connections)
-    server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain)
+    server = DrainingServer(uvicorn_config(app, settings), on_drain=app.state.qe.begin_drain,
+                            on_stop_starting=app.state.qe.stop_starting)
     # uvicorn re-raises the signal it shut down on after a clean exit; with this handler in place,
     # that re-raise is a no-op and a SIGTERM ends with status 0.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from .errors import APIError
 from .metrics import Metrics
@@ -29,6 +30,7 @@ class State:
         self.draining = False
         self.warmup_error: str | None = None
         self.started = int(time.time())
+        self.stop_warmup: Callable[[], None] | None = None  # set while a warm-up holds up the start (lifespan)
 
     @property
     def services(self) -> list[Service]:
@@ -40,6 +42,13 @@ class State:
         svc = self.embedding or self.reranker
         assert svc is not None
         return svc
+
+    def stop_starting(self) -> None:
+        """SIGTERM / Ctrl-C before the server started: stop the warm-up that holds up the start (a worker of
+        `serve --workers` waiting on a model process that is gone or slow), so that the process ends at once
+        instead of after the warm-up. Safe to call from a signal handler."""
+        if self.stop_warmup is not None:
+            self.stop_warmup()
 
     def begin_drain(self, timeout: float) -> None:
         """SIGTERM: refuse new work (503), finish the accepted work within `timeout` seconds."""
