@@ -26,6 +26,10 @@ from tests.threads import ONE_THREAD
 # One thread per test process and per process it starts (they inherit the environment; tests that build an
 # environment use `tests.threads.subprocess_env`). Set before torch starts its pools.
 os.environ.update(ONE_THREAD)
+# No CA certificates to load (tests/no-ca/README.md): every httpx client the tests make read the system's CA
+# bundle, ~20 ms of CPU each, 20 CPU-seconds a run. No test makes a TLS connection (there is no network).
+os.environ.pop("SSL_CERT_FILE", None)
+os.environ["SSL_CERT_DIR"] = str(Path(__file__).resolve().parent / "no-ca")
 
 import pytest
 import torch
