@@ -27,15 +27,11 @@ from .settings import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # the 
 from .settings import DEFAULT_MAX_LENGTH
 from .threads import use_threads
 from .tokenizer import check_texts
+from .tokenizer import format_query as format_query  # public here too (qwen_embed.format_query)
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PROGRESS_MIN_TEXTS = 512
 TOKENIZE_CHUNK = 4096  # texts per chunk: the worker pool tokenizes the next chunk while the device runs
-
-
-def format_query(query: str, instruction: str) -> str:
-    """The query template the models were trained with."""
-    return f"Instruct: {instruction}\nQuery:{query}"
 
 
 def check_max_length(max_length: int | None, config: ModelConfig, minimum: int = 2) -> int:

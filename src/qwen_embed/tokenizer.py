@@ -143,6 +143,11 @@ def truncate_keep_end(ids: Sequence[int], max_length: int, eos_id: int, side: st
     return [*ids[:head], *ids[len(ids) - (room - head) :], eos_id]
 
 
+def format_query(query: str, instruction: str) -> str:
+    """The query template the models were trained with (documents get none: `document_text`)."""
+    return f"Instruct: {instruction}\nQuery:{query}"
+
+
 def document_text(title: str | None, text: str | None) -> str:
     """The one "title + text" rule (MTEB's `_corpus_to_dict`): title and text joined by a space and
     stripped when there is a title, else the text stripped."""

@@ -66,7 +66,7 @@ def _pin_threads(load: ModelLoad) -> None:
 class TokenizeStage:
     """CPU stage: `text_column` -> `input_ids` (list<int32>), the embedder's own tokenization rule.
 
-    It needs the tokenizer only: without an instruction its worker processes never import torch."""
+    It needs the tokenizer only: its worker processes never import torch."""
 
     def __init__(self, model: str, *, max_length: int = 8192, text_column: str = "text",
                  instruction: str | None = None, drop_text: bool = False) -> None:
@@ -80,12 +80,10 @@ class TokenizeStage:
         self.drop_text = drop_text
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ..tokenizer import check_texts
+        from ..tokenizer import check_texts, format_query
 
         texts = check_texts(batch.column(self.text_column).to_pylist(), self.text_column)
         if self.instruction is not None:
-            from ..embedder import format_query  # imports torch: only a stage with an instruction pays for it
-
             texts = [format_query(t, self.instruction) for t in texts]
         ids = self.tokenizer.encode_for_embedding(texts, self.max_length)
         out = batch.drop_columns([self.text_column]) if self.drop_text else batch
