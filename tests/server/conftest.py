@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
+from tests.ports import free_port
 from tests.threads import subprocess_env
 
 
@@ -71,12 +72,6 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # `serve --workers` with per-model max lengths (the CLI has one --max-length): the supervisor itself

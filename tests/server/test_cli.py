@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,13 +17,8 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.cli import main
+from tests.ports import free_port
 from tests.threads import subprocess_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("placement", [["--device", "cpu"], pytest.param(["--devices", "cpu"], marks=pytest.mark.slow)],

@@ -26,6 +26,7 @@ from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.app import metrics_label
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
+from tests.ports import free_port
 from tests.threads import subprocess_env
 
 from .conftest import LiveServer
@@ -124,9 +125,7 @@ def test_serve_refuses_nan_weights_in_one_line_before_the_port_opens(tmp_path: P
     w = load_file(str(bad / "model.safetensors"))
     w["norm.weight"] = torch.full_like(w["norm.weight"], float("nan"))
     save_file(w, str(bad / "model.safetensors"))
-    with socket.socket() as s:  # a free port: it must stay closed
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # it must stay closed
     try:  # before the fix it served (and answered NaN) until killed
         proc = subprocess.run([sys.executable, "-m", "qwen_embed", "serve", "--embedding-model", str(bad),
                                *([] if "--devices" in extra else ["--device", "cpu"]), "--host", "127.0.0.1",

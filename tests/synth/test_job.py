@@ -20,6 +20,7 @@ from qwen_embed.synth import (
     generate_queries,
 )
 from qwen_embed.train.data import BatchStream, iter_examples
+from tests.ports import free_port
 
 from .conftest import PERSONAS, write_passages
 from .fake_llm import FakeLLM
@@ -150,15 +151,9 @@ def test_wrong_api_key_is_one_request_and_one_error(models_route: bool, embedder
         server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_unreachable_endpoint_fails_fast(embedder: Embedder, tmp_path: Path) -> None:
     passages = write_passages(tmp_path / "p.jsonl", ["valid"] * 3)
-    gen = OpenAIGenerator(f"http://127.0.0.1:{_free_port()}/v1", "m", FAST)  # nothing listens: refused
+    gen = OpenAIGenerator(f"http://127.0.0.1:{free_port()}/v1", "m", FAST)  # nothing listens: refused
     t0 = time.monotonic()
     with pytest.raises(GeneratorError, match=r"no answer from http://127\.0\.0\.1"):
         generate_queries(passages, PERSONAS, tmp_path / "o.jsonl", generator=gen, embedder=embedder)

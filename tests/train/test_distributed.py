@@ -11,8 +11,9 @@ import torch
 from qwen_embed.train import distributed as D
 from qwen_embed.train.config import TrainConfig
 from qwen_embed.train.loop import Trainer
+from tests.ports import free_port
 
-from .conftest import free_port, run_ranks
+from .conftest import run_ranks
 
 
 def config(ckpt: Path, data: Path, out: Path) -> TrainConfig:

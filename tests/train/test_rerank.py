@@ -223,8 +223,9 @@ def _dp_worker(rank: int, world: int, port: int, ckpt: str, data: str, out: str)
 
 def test_two_gloo_processes_equal_one(rr_ckpt: Path, rr_rows: Path, tmp_path: Path) -> None:
     from qwen_embed.train import distributed as D
+    from tests.ports import free_port
 
-    from .conftest import free_port, run_ranks
+    from .conftest import run_ranks
 
     run_ranks(_dp_worker, 2, 2, free_port(), str(rr_ckpt), str(rr_rows), str(tmp_path))
     single = Trainer(config(rr_ckpt, rr_rows, tmp_path / "single", loss="listwise"), D.DistInfo(), kind="rerank")
