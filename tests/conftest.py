@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.threads import ONE_THREAD
 
@@ -32,12 +32,20 @@ os.environ.pop("SSL_CERT_FILE", None)
 os.environ["SSL_CERT_DIR"] = str(Path(__file__).resolve().parent / "no-ca")
 
 import pytest
-import torch
 
-torch.set_num_threads(1)
+if TYPE_CHECKING:
+    from qwen_embed import Embedder, Reranker
 
-from qwen_embed import Embedder, Reranker  # noqa: E402
-from qwen_embed.tiny import make_checkpoint  # noqa: E402
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> None:
+    """torch.set_num_threads(1) in every process that runs tests (ONE_THREAD above already starts torch so).
+    Torch and the package are imported where used, not here: an xdist controller, which runs no test, then
+    starts its workers without first importing torch (~1.2 s on one core while the other waits)."""
+    import torch
+
+    torch.set_num_threads(1)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -60,6 +68,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
     made: dict[tuple[str, tuple[tuple[str, Any], ...]], Path] = {}
 
     def get(kind: str = "embedding", **options: Any) -> Path:
+        from qwen_embed.tiny import make_checkpoint
+
         key = (kind, tuple(sorted(options.items())))
         if key not in made:  # a distinct folder name per checkpoint: the index tells models apart by name
             name = f"tiny-{kind}" + (f"-{len(made)}" if options else "")
@@ -96,21 +106,29 @@ def small_reranker_path(tiny_checkpoint: TinyCheckpoint) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(tiny_embedding_path: Path) -> Embedder:
+    from qwen_embed import Embedder
+
     return Embedder.from_pretrained(tiny_embedding_path, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def reranker(tiny_reranker_path: Path) -> Reranker:
+    from qwen_embed import Reranker
+
     return Reranker.from_pretrained(tiny_reranker_path, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def small_embedder(small_embedding_path: Path) -> Embedder:
     """The small-tokenizer embedder with a 64-token context."""
+    from qwen_embed import Embedder
+
     return Embedder.from_pretrained(small_embedding_path, device="cpu", max_length=64)
 
 
 @pytest.fixture(scope="session")
 def small_reranker(small_reranker_path: Path) -> Reranker:
     """The small-tokenizer reranker with a 256-token context (card template)."""
+    from qwen_embed import Reranker
+
     return Reranker.from_pretrained(small_reranker_path, device="cpu", max_length=256)

@@ -1,4 +1,5 @@
-"""The Guard middleware on its own: a request the server cancels at the end of its drain time."""
+"""The Guard middleware on its own: a request the server cancels at the end of its drain time, and when an
+answer is counted."""
 
 from __future__ import annotations
 
@@ -64,3 +65,39 @@ def test_a_request_cancelled_when_the_drain_time_runs_out_is_answered_503() -> N
 def test_a_cancelled_request_outside_a_drain_stays_cancelled() -> None:
     sent, _, outcome = guarded_route_in_flight(draining=False)
     assert isinstance(outcome, asyncio.CancelledError) and sent == []
+
+
+def test_an_answer_is_counted_before_its_last_byte_is_sent() -> None:
+    """A process killed right after it answered (serve --workers: SIGKILL to a worker) has already counted
+    that answer: the count comes before the response's last body part is handed to the server, not after."""
+    counted: list[tuple[str, int]] = []
+    at_send: list[tuple[str, bool, int]] = []  # (message type, more body, requests counted when it was sent)
+    state = SimpleNamespace(draining=False, metrics=SimpleNamespace(count_request=lambda r, s: counted.append((r, s))),
+                            settings=SimpleNamespace(api_key=None, public_paths=(), max_payload_bytes=1 << 20))
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        scope["route"] = SimpleNamespace(path="/v1/embeddings")  # as the router sets it
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"[1, ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"2]", "more_body": False})
+
+    async def main() -> None:
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive() -> Message:
+            if messages:
+                return messages.pop(0)
+            await asyncio.Event().wait()
+            raise AssertionError
+
+        async def send(message: Message) -> None:
+            at_send.append((message["type"], message.get("more_body", False), len(counted)))
+
+        scope = {"type": "http", "path": "/v1/embeddings", "headers": [(b"content-length", b"2")]}
+        await Guard(route, state)(scope, receive, send)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert at_send == [("http.response.start", False, 0), ("http.response.body", True, 0),
+                       ("http.response.body", False, 1)]
+    assert counted == [("/v1/embeddings", 200)]  # once

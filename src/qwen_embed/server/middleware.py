@@ -1,7 +1,8 @@
 """The Guard: a pure ASGI middleware in front of every route.
 
 It checks the API key (constant time), refuses a body over the size limit (from Content-Length, and
-while a chunked body is read), counts requests by route and status, adds x-total-time, marks
+while a chunked body is read), counts requests by route and status (an answer before its last byte is
+sent, so that a process killed right after answering has counted it), adds x-total-time, marks
 responses `Connection: close` while the server drains, and cancels the request's work when its client
 disconnects after sending the body (the handler task is cancelled, so its queued batches are skipped
 and its remaining batches never run; counted with status 499, nginx's "client closed request").
@@ -43,7 +44,14 @@ class Guard:
             return
         start = time.perf_counter()
         status = 500
+        counted = False
         state = self.state
+
+        def count() -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                state.metrics.count_request(getattr(scope.get("route"), "path", "other"), status)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -54,6 +62,8 @@ class Guard:
                 if state.draining:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()  # before the last byte leaves: an answer a client has is counted, even if the process dies next
             await send(message)
 
         try:
@@ -64,8 +74,7 @@ class Guard:
             if await self.run_watched(scope, receive, send_wrapper):
                 status = CLIENT_CLOSED
         finally:
-            route = scope.get("route")
-            self.state.metrics.count_request(getattr(route, "path", "other"), status)
+            count()  # no complete answer sent (499, or an error that left the app)
 
     async def run_watched(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Run the app; cancel it when the client disconnects after its body was read. True when it did."""

@@ -10,12 +10,12 @@
 - `DrainingServer` (uvicorn's Server): on SIGTERM / SIGINT the app is told first (`State.begin_drain`:
   /health and new requests answer 503 with `Connection: close`, the batchers run what was accepted
   and fail what is left at the deadline with 503), the listener closes (new connections are refused,
-  never accepted and dropped), and kept-alive connections stay open a moment (`LINGER_S`), so that a
-  request already on its way on one is answered (with `Connection: close`) rather than cut off; then
-  uvicorn closes the idle connections and waits for the handlers, all within --graceful-timeout. A
-  signal that comes before the start completed stops the warm-up that holds it up (`State.stop_starting`:
-  a worker of `serve --workers` waiting on a model process that is gone or slow), as uvicorn would only
-  act on it once the start is over.
+  never accepted and dropped), and kept-alive connections stay open a moment (`LINGER_S`, less once none
+  is left open), so that a request already on its way on one is answered (with `Connection: close`) rather
+  than cut off; then uvicorn closes the idle connections and waits for the handlers, all within
+  --graceful-timeout. A signal that comes before the start completed stops the warm-up that holds it up
+  (`State.stop_starting`: a worker of `serve --workers` waiting on a model process that is gone or slow),
+  as uvicorn would only act on it once the start is over.
 - Accept errors (EMFILE) are logged once per `QUIET_S` seconds, not once per attempt.
 """
 
@@ -38,6 +38,7 @@ from .settings import ServerSettings
 
 log = logging.getLogger("qwen_embed.server")
 LINGER_S = 0.5
+LINGER_POLL_S = 0.02
 QUIET_S = 10.0
 DRAIN_MARGIN_S = 0.5  # the batchers give up this long before uvicorn does, so that their 503s go out
 MIN_BODY_RATE = 500  # bytes per second a body must keep up, over its first --body-timeout seconds
@@ -144,7 +145,12 @@ class DrainingServer(uvicorn.Server):
             self.on_drain(max(0.1, total - LINGER_S - DRAIN_MARGIN_S))
         for server in self.servers:  # new connections are refused from now on
             server.close()
-        await asyncio.sleep(LINGER_S)  # kept-alive ones get their next answer with `Connection: close`
+        # kept-alive ones get their next answer with `Connection: close`; with none left open, no request can
+        # still arrive (the listener is closed): the linger ends there (an idle server stops at once)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_S
+        while self.server_state.connections and loop.time() < deadline:
+            await asyncio.sleep(LINGER_POLL_S)
         self.config.timeout_graceful_shutdown = max(1, int(total - LINGER_S))
         await super().shutdown(sockets)
 
