@@ -18,13 +18,14 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, CheckpointFacts
-from .config import ModelConfig, adapter_base
+from .config import adapter_base
 from .engine import make_engine
 from .errors import InputError
 from .pooling import check_dim, finish
 from .quantize import check_precision
 from .settings import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # the model this class defaults to
-from .settings import DEFAULT_MAX_LENGTH
+from .settings import DEFAULT_MAX_LENGTH as DEFAULT_MAX_LENGTH
+from .settings import check_max_length as check_max_length
 from .threads import use_threads
 from .tokenizer import check_texts
 from .tokenizer import format_query as format_query  # public here too (qwen_embed.format_query)
@@ -32,18 +33,6 @@ from .tokenizer import format_query as format_query  # public here too (qwen_emb
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PROGRESS_MIN_TEXTS = 512
 TOKENIZE_CHUNK = 4096  # texts per chunk: the worker pool tokenizes the next chunk while the device runs
-
-
-def check_max_length(max_length: int | None, config: ModelConfig, minimum: int = 2) -> int:
-    """`max_length` checked against the model's limit; None: DEFAULT_MAX_LENGTH, or the limit where lower."""
-    if max_length is None:
-        return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
-        raise InputError(f"max_length must be an integer, got {max_length!r}")
-    limit = config.max_position_embeddings
-    if not minimum <= max_length <= limit:
-        raise InputError(f"max_length={max_length} is out of range: use {minimum}..{limit} (the model's limit).")
-    return max_length
 
 
 class Embedder(CheckpointFacts):

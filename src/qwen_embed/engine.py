@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from .batching import PackedBatch, pack, plan_batches
 from .model import Qwen3Model, SharedPrefix
-
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+from .settings import DEFAULT_BATCH_TOKENS as DEFAULT_BATCH_TOKENS
+from .settings import default_batch_tokens
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Engine:
                  max_seqs: int | None = None) -> None:
         self.model = model
         self.device = device
-        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, 16384)
+        self.batch_tokens = batch_tokens or default_batch_tokens(device.type)
         self.max_seqs = max_seqs
         self.pin = device.type == "cuda"
 

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
-
-INT8_NAMES = ("int8", "qint8")
+from .settings import INT8_NAMES
+from .settings import check_int8_device as _check_int8_device
 
 
 def is_int8(dtype: object) -> bool:
@@ -35,9 +35,7 @@ def is_int8(dtype: object) -> bool:
 
 def check_int8_device(device: torch.device) -> None:
     """int8 runs on the CPU only; say so before any weights are read."""
-    if device.type != "cpu":
-        raise InputError(f"dtype int8 runs on the CPU only, not on {device}; use device='cpu' with dtype='int8', "
-                         "or dtype='bfloat16' on CUDA.")
+    _check_int8_device(device.type, device)
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:

@@ -1,6 +1,6 @@
 """Reranker: Qwen3-Reranker as a cross encoder scored by the "yes"/"no" next-token logits.
 
-Input = prefix + body(instruction, query, document) + suffix (templates below, DESIGN.md). Score =
+Input = prefix + body(instruction, query, document) + suffix (templates.py, DESIGN.md). Score =
 softmax over the last position's logits of "no" and "yes", taking "yes", which equals
 sigmoid(h . (W[yes] - W[no])): one dot product with a precomputed vector instead of the 151k-way
 logits. Only the document is truncated: the body is cut from the right, and the document is its last
@@ -10,10 +10,8 @@ Prefix sharing: the inputs of one query share their first tokens (system prompt,
 `score` runs that prefix once and lets every document attend to its keys and values, which equals
 scoring each full input (attention.py, model.py) and saves the prefix's compute per document.
 
-Templates:
-- "card": the model card / transformers form (body parts joined by one newline).
-- "official-eval": the form of the official evaluation that produced the published scores: body parts
-  joined by a blank line, rendered as the chat's user turn (ending `<|im_end|>\\n`), then the suffix.
+Templates (templates.py, torch-free; re-exported here): "card", the model card / transformers form, and
+"official-eval", the form of the official evaluation that produced the published scores.
 """
 
 from __future__ import annotations
@@ -33,46 +31,14 @@ from .engine import Chunk, make_engine
 from .errors import InputError, ModelOutputError
 from .pooling import rank_by_score, row_sum
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
+from .templates import PREFIX as PREFIX
+from .templates import SUFFIX as SUFFIX
+from .templates import SYSTEM_PROMPT as SYSTEM_PROMPT
+from .templates import TEMPLATES as TEMPLATES
+from .templates import RerankTemplate as RerankTemplate
+from .templates import get_template as get_template
 from .threads import use_threads
 from .tokenizer import QwenTokenizer, check_texts
-
-SYSTEM_PROMPT = (
-    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
-    'Note that the answer can only be "yes" or "no".'
-)
-PREFIX = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-
-
-@dataclass(frozen=True)
-class RerankTemplate:
-    """prefix + head.format(instruction, query) + document + tail, tokenized piecewise as the reference."""
-
-    name: str
-    head: str  # body up to the document, with {instruction} and {query}
-    tail: str  # what follows the document (suffix and, for the eval form, the end of the user turn)
-    prefix: str = PREFIX
-
-    def body(self, instruction: str, query: str, document: str) -> str:
-        return self.head.format(instruction=instruction, query=query) + document
-
-    def render(self, instruction: str, query: str, document: str) -> str:
-        """The whole input as one string (for checks against the reference)."""
-        return self.prefix + self.body(instruction, query, document) + self.tail
-
-
-TEMPLATES: dict[str, RerankTemplate] = {
-    "card": RerankTemplate("card", "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: ", SUFFIX),
-    "official-eval": RerankTemplate(
-        "official-eval", "<Instruct>: {instruction}\n\n<Query>: {query}\n\n<Document>: ", "<|im_end|>\n" + SUFFIX
-    ),
-}
-
-
-def get_template(name: str) -> RerankTemplate:
-    if name not in TEMPLATES:
-        raise InputError(f"unknown reranker template {name!r}; choose one of: {', '.join(TEMPLATES)}.")
-    return TEMPLATES[name]
 
 
 def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

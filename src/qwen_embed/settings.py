@@ -7,8 +7,10 @@ and load with `load_embedder()` / `load_reranker()`. `HELP` is the one table of 
 server's settings table and the training config reuse it). `model=None` means "not given": a command
 may declare the model optional with no default (`index` and `search` then take the table's).
 
-This module stays light (no torch at import), so `qwen-embed --help` stays fast; the default model ids
-live here and are re-exported by `embedder.py` and `reranker.py`, whose models they name.
+This module stays light (no torch at import), so `qwen-embed --help` stays fast and a process that only
+checks settings (the `serve --workers` supervisor) never imports torch: the defaults (model ids, max
+length, token budgets) and the checks of a max length and a dtype name live here; `embedder.py`,
+`reranker.py`, `engine.py` and `weights.py` use and re-export them.
 """
 
 from __future__ import annotations
@@ -18,15 +20,23 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError
+from .errors import InputError, WeightsError
 
 if TYPE_CHECKING:
+    from .config import ModelConfig
     from .embedder import Embedder
     from .reranker import Reranker
 
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_MAX_LENGTH = 8192
+DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}  # token budget of one forward pass by device type
+OTHER_BATCH_TOKENS = 16384  # that of any other device type
+# dtype names a user may give -> torch's name of the float type; INT8_NAMES ask for float32 weights with int8
+# linear layers (CPU only, int8.py)
+FLOAT_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16", "half": "float16"}
+INT8_NAMES = ("int8", "qint8")
 
 HELP = {
     "model": "hub id or local checkpoint folder",
@@ -41,6 +51,52 @@ HELP = {
     "threads": "torch CPU threads per process (default: the cores this process may use, divided among the worker "
                "processes or models that run at once)",
 }
+
+
+def check_max_length(max_length: int | None, config: ModelConfig, minimum: int = 2) -> int:
+    """`max_length` checked against the model's limit; None: DEFAULT_MAX_LENGTH, or the limit where lower."""
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        raise InputError(f"max_length must be an integer, got {max_length!r}")
+    limit = config.max_position_embeddings
+    if not minimum <= max_length <= limit:
+        raise InputError(f"max_length={max_length} is out of range: use {minimum}..{limit} (the model's limit).")
+    return max_length
+
+
+def default_batch_tokens(device_type: str) -> int:
+    """The token budget of one forward pass on a device type ("cpu", "cuda", ...)."""
+    return DEFAULT_BATCH_TOKENS.get(device_type, OTHER_BATCH_TOKENS)
+
+
+def float_dtype_name(dtype: str) -> str:
+    """torch's name of a float dtype a user gave ("bf16", "torch.float16" -> "bfloat16", "float16");
+    WeightsError for any other."""
+    try:
+        return FLOAT_DTYPES[str(dtype).lower().removeprefix("torch.")]
+    except KeyError:
+        raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16, float16 or int8 (cpu).") from None
+
+
+def check_int8_device(device_type: str, device: object) -> None:
+    """int8 runs on the CPU only; say so before any weights are read (`device` as the user named it)."""
+    if device_type != "cpu":
+        raise InputError(f"dtype int8 runs on the CPU only, not on {device}; use device='cpu' with dtype='int8', "
+                         "or dtype='bfloat16' on CUDA.")
+
+
+def weights_dtype_name(dtype: str | None, device: str) -> str:
+    """The dtype the weights are held in on `device` ("cpu", "cuda:1") with the user's `dtype` setting:
+    None -> "bfloat16" on CUDA, "float32" elsewhere; int8 (CPU only) -> "float32" (int8 linear layers over
+    float32 weights); a float name -> torch's name for it. Errors as loading would give them."""
+    device_type = device.split(":")[0]
+    if dtype is None:
+        return "bfloat16" if device_type == "cuda" else "float32"
+    if str(dtype).lower() in INT8_NAMES:
+        check_int8_device(device_type, device)
+        return "float32"
+    return float_dtype_name(dtype)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .hub import resolve_model_dir as resolve_model_dir
 from .hub import safetensors_files as safetensors_files
 from .hub import weights_fingerprint as weights_fingerprint
 from .model import Qwen3Model
+from .settings import float_dtype_name
 
 
 class WeightReader:
@@ -241,17 +242,12 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> bfloat16 on CUDA, float32 elsewhere; strings like 'bf16' or 'float32' accepted."""
+    """None -> bfloat16 on CUDA, float32 elsewhere; strings like 'bf16' or 'float32' accepted
+    (settings.float_dtype_name); int8 is the caller's (checkpoint.py)."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    try:
-        return _DTYPES[str(dtype).lower().removeprefix("torch.")]
-    except KeyError:
-        raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16, float16 or int8 (cpu).") from None
+    dt: torch.dtype = getattr(torch, float_dtype_name(dtype))
+    return dt

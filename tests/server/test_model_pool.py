@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from qwen_embed import Embedder
 from qwen_embed.errors import InputError
@@ -29,11 +31,33 @@ BOUND_S = 20.0  # no request may take longer, kill included
 
 def test_parse_devices() -> None:
     assert parse_devices("cpu,cpu") == ["cpu", "cpu"]
+    assert parse_devices(" cpu , cpu:0 ") == ["cpu", "cpu:0"]
     assert parse_devices(None) in (["cpu"], [f"cuda:{i}" for i in range(99)][: len(parse_devices(None))])
-    with pytest.raises(InputError, match="not a device"):
-        parse_devices("gpu0")
+    for bad in ("gpu0", "gpu", "cuda:x", "CPU", "cuda:-1"):
+        with pytest.raises(InputError, match=f"--devices: '{re.escape(bad)}' is not a device; use cpu, cuda"):
+            parse_devices(bad)
+    with pytest.raises(InputError, match="'mps' is neither cpu nor cuda:N"):
+        parse_devices("cpu,mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="'cuda:1' was asked for but CUDA is not available here"):
+            parse_devices("cpu,cuda:1")
     with pytest.raises(InputError, match="names no device"):
         parse_devices(",")
+
+
+@pytest.mark.slow
+def test_int8_on_a_model_process_equals_int8_in_process(small_embedding_path: Path) -> None:
+    """--dtype int8 in front of model processes (it was refused: "dtype 'int8' is not supported; use ... or
+    int8"): the same vectors as the int8 model in process, and /info reports the weights' float32."""
+    settings = ServerSettings(embedding_model=str(small_embedding_path), embedding_name="emb", max_length=64,
+                              dtype="int8", max_wait_ms=0)
+    texts = ["int8 on a model process", "a second text, a little longer than the first one"]
+    want = Embedder.from_pretrained(small_embedding_path, device="cpu", dtype="int8", max_length=64).encode(texts)
+    with LiveServer(create_app(settings, devices=["cpu"])) as srv:
+        assert httpx.get(srv.url + "/info").json()["model_dtype"] == "float32"
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": texts}, timeout=BOUND_S)
+        assert r.status_code == 200, r.text
+        assert np.abs(np.array([d["embedding"] for d in r.json()["data"]]) - want).max() <= 1e-6
 
 
 @pytest.mark.slow

@@ -164,6 +164,63 @@ def test_workers_setting() -> None:
         resolve({"embedding_model": "m", "workers": 0}, env={})
 
 
+def test_the_supervisor_imports_no_torch(small_embedding_path: Path, small_reranker_path: Path) -> None:
+    """`serve --workers` on CPU devices: the supervisor checks the devices and plans each model (config,
+    tokenizer, max length, dtype, its model processes' share of the cores) without importing torch (~1.2 s
+    of CPU and 300 MB it never used); its children import torch once, in the fork server."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.threads import subprocess_env
+
+    code = ("import json, sys\n"
+            "from qwen_embed.server import ServerSettings\n"
+            "from qwen_embed.server.model_pool import parse_devices\n"
+            "from qwen_embed.server.supervisor import Supervisor, plan_models\n"
+            "settings = ServerSettings(embedding_model=sys.argv[1], reranker_model=sys.argv[2], dtype='int8', "
+            "workers=2)\n"
+            "plans = plan_models(settings, parse_devices('cpu,cpu'))\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'share': [s.thread_share for _, s in plans],"
+            " 'threads': [s.threads for _, s in plans], 'dtype': [s.dtype for _, s in plans]}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(small_embedding_path), str(small_reranker_path)],
+                         capture_output=True, text=True, timeout=120, env=subprocess_env(), check=True)
+    assert json.loads(out.stdout) == {"torch": False, "share": [4, 4], "threads": [None, None],
+                                      "dtype": ["int8", "int8"]}, out.stdout
+
+
+def test_a_cpu_model_process_takes_its_share_of_the_cores(small_embedding_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the supervisor computed with torch before: each CPU model process now takes the cores it may
+    use (threads.py: affinity and cgroup quota) divided by `thread_share`, unless given a count or
+    OMP_NUM_THREADS."""
+    import torch
+
+    from qwen_embed import threads
+    from qwen_embed.server.model_process import ModelSpec
+    from qwen_embed.server.model_server import load_model
+
+    monkeypatch.setattr(threads, "available_cores", lambda root=None: 6)
+    monkeypatch.setattr(threads, "_chosen", None)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        got = []
+        for share, count in ((2, None), (4, None), (1, None), (2, 5)):
+            monkeypatch.setattr(threads, "_chosen", None)
+            load_model(ModelSpec("embedding", str(small_embedding_path), "cpu", max_length=64, threads=count,
+                                 thread_share=share), deterministic=False)
+            got.append(torch.get_num_threads())
+        assert got == [3, 1, 6, 5]
+        monkeypatch.setattr(threads, "_chosen", None)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice stands
+        torch.set_num_threads(2)
+        load_model(ModelSpec("embedding", str(small_embedding_path), "cpu", max_length=64, thread_share=4), False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def embed_all(url: str, bodies: list[dict[str, object]], concurrency: int) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         sem = asyncio.Semaphore(concurrency)
@@ -333,6 +390,7 @@ def test_a_killed_supervisor_leaves_no_process(small_embedding_path: Path, tmp_p
         everyone = [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if p != srv.proc.pid and
                     _ancestor(srv.proc.pid, p)]  # the children and the fork server
         assert set(children) <= set(everyone) and len(everyone) > len(children), (children, everyone)
+        assert "libtorch" not in Path(f"/proc/{srv.proc.pid}/maps").read_text()  # the supervisor imports no torch
         srv.proc.kill()
         srv.proc.wait()
         deadline = time.monotonic() + 15

@@ -39,12 +39,11 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Resolve settings, load models, serve; returns 0 after a graceful shutdown."""
+    """Resolve settings, load models, serve; returns 0 after a graceful shutdown. `--workers N` starts the
+    supervisor, which imports no torch (on CPU devices): its children import it once (processes.py)."""
     import logging
 
-    from ..embedder import Embedder
-    from ..reranker import Reranker, get_template
-    from ..threads import use_threads
+    from ..templates import get_template
 
     settings = resolve({s.name: getattr(args, s.name, None) for s in SETTINGS})
     get_template(settings.reranker_template)
@@ -70,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             refuse_reranker(settings.embedding_model)
         app = create_app(settings, devices=devices)
         return run_server(app, settings)
+    from ..embedder import Embedder
+    from ..reranker import Reranker
+    from ..threads import use_threads
+
     embedder = reranker = None
     # the embedder and the reranker run in threads of their own: share the cores between them
     threads = use_threads(settings.threads, processes=bool(settings.embedding_model) + bool(settings.reranker_model))

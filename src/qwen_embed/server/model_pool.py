@@ -13,33 +13,44 @@ in the background (model_process.py), and takes no batch until it is ready again
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from .model_process import ModelProcess, ModelProcessDied, ModelSpec
 
+DEVICE = re.compile(r"([a-z]+)(?::(\d+))?")  # torch's spelling of a device: type[:index]
+OTHER_DEVICE_TYPES = ("mps", "xpu", "meta", "hpu", "xla", "mtia", "maia", "ipu", "lazy", "vulkan")
+
 
 def parse_devices(text: str | None) -> list[str]:
-    """`cuda:0,cuda:1` / `cpu,cpu` -> the list; None -> every CUDA device, else one `cpu`."""
+    """`cuda:0,cuda:1` / `cpu,cpu` -> the list; None -> every CUDA device, else one `cpu`.
+
+    torch is imported only to look for CUDA (None, or a cuda device named): a `serve --workers` supervisor
+    on CPU devices never imports it."""
     if text is None or text == "":
+        import torch
+
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return [f"cuda:{i}" for i in range(n)] or ["cpu"]
     devices = [d.strip() for d in text.split(",") if d.strip()]
     for d in devices:
-        try:
-            dev = torch.device(d)
-        except (RuntimeError, TypeError):
-            raise InputError(f"--devices: {d!r} is not a device; use cpu, cuda or cuda:N, comma-separated "
-                             "(cuda:0,cuda:1).") from None
-        if dev.type not in ("cpu", "cuda"):
+        match = DEVICE.fullmatch(d)
+        kind = match.group(1) if match else None
+        if kind in OTHER_DEVICE_TYPES:
             raise InputError(f"--devices: {d!r} is neither cpu nor cuda:N.")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"--devices: {d!r} was asked for but CUDA is not available here; use cpu.")
+        if kind not in ("cpu", "cuda"):
+            raise InputError(f"--devices: {d!r} is not a device; use cpu, cuda or cuda:N, comma-separated "
+                             "(cuda:0,cuda:1).")
+        if kind == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError(f"--devices: {d!r} was asked for but CUDA is not available here; use cpu.")
     if not devices:
         raise InputError(f"--devices {text!r} names no device; use e.g. cuda:0,cuda:1 or cpu.")
     return devices
@@ -91,16 +102,13 @@ class ModelPool:
 
 def start_pool(spec: ModelSpec, devices: Sequence[str]) -> ModelPool:
     """A process per device loading `spec` (each started and loaded before this returns). Several CPU
-    processes split this process's torch threads between them unless `spec.threads` is given (one gets
-    torch's default, as the in-process model)."""
-    threads = spec.threads
-    cpus = sum(1 for d in devices if d == "cpu")
-    if threads is None and cpus > 1:
-        threads = max(1, torch.get_num_threads() // cpus)
+    processes share the cores unless `spec.threads` is given (`ModelSpec.thread_share`: one gets the
+    default of threads.py, as the in-process model)."""
+    cpus = sum(1 for d in devices if d.split(":")[0] == "cpu")
     processes: list[ModelProcess] = []
     try:
         for d in devices:
-            one = ModelSpec(**{**spec.__dict__, "device": d, "threads": threads if d == "cpu" else spec.threads})
+            one = ModelSpec(**{**spec.__dict__, "device": d, "thread_share": max(1, cpus)})
             processes.append(ModelProcess(one))
     except BaseException:
         for p in processes:

@@ -58,7 +58,8 @@ class ModelSpec:
     batch_tokens: int | None = None
     compile: bool | None = None
     template: str = "card"
-    threads: int | None = None  # torch threads in the child (None: torch's default)
+    threads: int | None = None  # torch threads in the child (None: the default of threads.py, as follows)
+    thread_share: int = 1  # CPU model processes sharing the cores: with threads None, each takes its share
 
 
 def pack(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,13 +84,10 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
     requests first, then ends the child by closing the pipe."""
     import signal
 
-    import torch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
     from .model_server import load_model  # the loader of `serve --workers`' model processes (imports this module)
 
     try:

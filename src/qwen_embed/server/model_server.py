@@ -85,12 +85,20 @@ class BoardMetrics(Metrics):
 
 def load_model(spec: ModelSpec, deterministic: bool) -> tuple[RunFn, list[list[list[int]]]]:
     """The model of `spec` as a `RunFn`, and its warm-up batches: a short input (the CUDA-graph path) and
-    a long batch (the compiled path), as the in-process server warms up."""
+    a long batch (the compiled path), as the in-process server warms up. A CPU process without a thread
+    count takes its share of the cores (`threads.use_threads`: the cores this process may use, divided by
+    `spec.thread_share`, unless OMP_NUM_THREADS says otherwise), decided here, not by its parent, so that
+    the parent need not import torch."""
+    threads = spec.threads
+    if threads is None and (spec.device or "cpu").split(":")[0] == "cpu":
+        from ..threads import use_threads
+
+        threads = use_threads(None, processes=spec.thread_share)
     if spec.kind == "embedding":
         from ..embedder import Embedder
 
         emb = Embedder.from_pretrained(spec.path, spec.device, spec.dtype, max_length=spec.max_length,
-                                       batch_tokens=spec.batch_tokens, compile=spec.compile, threads=spec.threads,
+                                       batch_tokens=spec.batch_tokens, compile=spec.compile, threads=threads,
                                        deterministic=deterministic)
         eos = emb.tokenizer.eos_id
         warm = [emb.tokenizer.encode_for_embedding([WARMUP_TEXT], emb.max_length), [[eos] * 1500] * 3]
@@ -102,7 +110,7 @@ def load_model(spec: ModelSpec, deterministic: bool) -> tuple[RunFn, list[list[l
     from ..reranker import Reranker
 
     rr = Reranker.from_pretrained(spec.path, spec.device, spec.dtype, spec.template, max_length=spec.max_length,
-                                  batch_tokens=spec.batch_tokens, compile=spec.compile, threads=spec.threads,
+                                  batch_tokens=spec.batch_tokens, compile=spec.compile, threads=threads,
                                   deterministic=deterministic)
 
     def score(seqs: list[Sequence[int]]) -> np.ndarray:

@@ -46,8 +46,6 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-import torch
-
 from ..errors import QwenEmbedError
 from ..processes import child_context, exit_with_parent, lifeline
 from .board import MODELS, Board
@@ -70,11 +68,8 @@ def plan_models(settings: ServerSettings, devices: Sequence[str],
     """Each served model: what the workers need (`ModelPlan`) and how its processes load it (`ModelSpec`),
     one board slot per device. Reads the folders' configs and tokenizers (a bad one fails here).
     `max_lengths` ({"reranker": 256}) gives a model a max length other than settings.max_length."""
-    cpus = sum(1 for d in devices if torch.device(d).type == "cpu")
+    cpus = sum(1 for d in devices if d.split(":")[0] == "cpu")
     served = [(k, m) for k, m in (("embedding", settings.embedding_model), ("reranker", settings.reranker_model)) if m]
-    threads = settings.threads
-    if threads is None and cpus:
-        threads = max(1, torch.get_num_threads() // (cpus * len(served)))
     out = []
     slot = 0
     for kind, model in served:
@@ -84,7 +79,8 @@ def plan_models(settings: ServerSettings, devices: Sequence[str],
         name = (settings.embedding_name if kind == "embedding" else settings.reranker_name) or model
         spec = ModelSpec(kind, str(facts.path), dtype=settings.dtype, max_length=facts.max_length,  # type: ignore[arg-type]
                          batch_tokens=facts.batch_tokens, compile=settings.compile,
-                         template=settings.reranker_template, threads=threads)
+                         template=settings.reranker_template, threads=settings.threads,
+                         thread_share=max(1, cpus * len(served)))
         plan = ModelPlan(kind, MODELS.index(kind), str(facts.path), name, metrics_label(name), tuple(devices),
                          tuple(range(slot, slot + len(devices))), facts.max_length, facts.batch_tokens,
                          settings.dtype)

@@ -126,9 +126,8 @@ def router(state: State) -> APIRouter:
             f = svc.facts
             kind = ({"embedding": {"pooling": "last_token"}} if isinstance(svc, EmbeddingService)
                     else {"reranker": {"score": "yes/no next-token probability"}})
-            return {"model_id": svc.name, "model_sha": None, "model_dtype": str(f.dtype)
-                    .removeprefix("torch."), "model_type": kind, "max_input_length": svc.max_length,
-                    "hidden_size": f.config.hidden_size, "device": f.device}
+            return {"model_id": svc.name, "model_sha": None, "model_dtype": f.dtype, "model_type": kind,
+                    "max_input_length": svc.max_length, "hidden_size": f.config.hidden_size, "device": f.device}
 
         return {**describe(main), "max_concurrent_requests": s.max_queue, "max_batch_tokens":
                 main.batcher.max_batch_tokens, "max_batch_requests": s.max_batch_requests,
