@@ -221,6 +221,37 @@ def test_a_cpu_model_process_takes_its_share_of_the_cores(small_embedding_path: 
         torch.set_num_threads(before)
 
 
+def test_a_model_process_that_dies_while_the_workers_start_is_started_again(small_embedding_path: Path,
+                                                                            tmp_path: Path) -> None:
+    """The supervisor waiting for its workers to serve restarts a model process that died meanwhile (it
+    only watched the workers then: a worker whose warm-up waited on that model process, and the server,
+    waited for good)."""
+    from types import SimpleNamespace
+
+    from qwen_embed.server import ServerSettings
+    from qwen_embed.server.supervisor import Supervisor
+
+    sup = Supervisor(ServerSettings(embedding_model=str(small_embedding_path), workers=2), ["cpu"])
+    sup.metrics_dir = str(tmp_path)
+    dead = SimpleNamespace(is_alive=lambda: False, pid=2**22 + 1, exitcode=-9)
+    sup.models = [dead]
+    sup.workers = [SimpleNamespace(is_alive=lambda: True, pid=2**22 + 2, exitcode=None)] * 2
+    sup.started_at = {("model", 0): 0.0, ("worker", 0): time.monotonic(), ("worker", 1): time.monotonic()}
+    started: list[int] = []
+
+    def start_model(slot: int) -> None:  # the new model process warms up; so do the workers waiting on it
+        started.append(slot)
+        sup.models[slot] = SimpleNamespace(is_alive=lambda: True, pid=2**22 + 3, exitcode=None)
+        sup.board.set_serving(0)
+        sup.board.set_serving(1)
+
+    sup.start_model = start_model  # type: ignore[method-assign]
+    waiting = threading.Thread(target=sup.wait_workers, daemon=True)
+    waiting.start()
+    waiting.join(10)
+    assert not waiting.is_alive() and started == [0]
+
+
 def embed_all(url: str, bodies: list[dict[str, object]], concurrency: int) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         sem = asyncio.Semaphore(concurrency)

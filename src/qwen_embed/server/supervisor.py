@@ -200,7 +200,8 @@ class Supervisor:
 
     def wait_workers(self) -> None:
         """Until every HTTP worker serves (QwenEmbedError when one exits first: its app could not start,
-        e.g. a bad --ranges file, and a replacement would fail the same way)."""
+        e.g. a bad --ranges file, and a replacement would fail the same way). A model process that dies
+        meanwhile is started again, as later: a worker's warm-up waits for it."""
         while not all(self.board.serving(i) for i in range(len(self.workers))):
             if self.signal is not None:
                 raise KeyboardInterrupt
@@ -208,6 +209,7 @@ class Supervisor:
                 if not proc.is_alive():
                     raise QwenEmbedError(f"HTTP worker {index} exited with code {proc.exitcode} while starting; see "
                                          "its log above.")
+            self.reap_models()
             time.sleep(WATCH_S)
 
     def load_error(self, slot: int) -> str | None:
@@ -222,6 +224,19 @@ class Supervisor:
         """Start again each child that died (at most once a second per child)."""
         from prometheus_client.multiprocess import mark_process_dead
 
+        self.reap_models()
+        now = time.monotonic()
+        for index, proc in enumerate(self.workers):
+            if not proc.is_alive() and now - self.started_at[("worker", index)] >= RESTART_GAP_S:
+                mark_process_dead(proc.pid, self.metrics_dir)
+                self.board.clear_worker(index)
+                log.warning("HTTP worker %d exited with code %s; starting it again", index, proc.exitcode)
+                self.start_worker(index)
+
+    def reap_models(self) -> None:
+        """Start again each model process that died (at most once a second per process)."""
+        from prometheus_client.multiprocess import mark_process_dead
+
         now = time.monotonic()
         for slot, proc in enumerate(self.models):
             if not proc.is_alive() and now - self.started_at[("model", slot)] >= RESTART_GAP_S:
@@ -231,12 +246,6 @@ class Supervisor:
                 log.warning("model process %d (%s) exited with code %s%s; starting it again", slot,
                             self.slots[slot][2], proc.exitcode, f" (could not load: {why})" if why else "")
                 self.start_model(slot)
-        for index, proc in enumerate(self.workers):
-            if not proc.is_alive() and now - self.started_at[("worker", index)] >= RESTART_GAP_S:
-                mark_process_dead(proc.pid, self.metrics_dir)
-                self.board.clear_worker(index)
-                log.warning("HTTP worker %d exited with code %s; starting it again", index, proc.exitcode)
-                self.start_worker(index)
 
     # -- the whole ---------------------------------------------------------------------------------
     def run(self) -> int:
