@@ -24,18 +24,8 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .settings import INT8_NAMES
-from .settings import check_int8_device as _check_int8_device
-
-
-def is_int8(dtype: object) -> bool:
-    """Whether a user's dtype asks for the int8 path."""
-    return isinstance(dtype, str) and dtype.lower() in INT8_NAMES
-
-
-def check_int8_device(device: torch.device) -> None:
-    """int8 runs on the CPU only; say so before any weights are read."""
-    _check_int8_device(device.type, device)
+from .settings import check_int8_device as check_int8_device  # torch-free, as the supervisor checks it too
+from .settings import is_int8 as is_int8
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:

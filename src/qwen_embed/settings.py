@@ -65,6 +65,11 @@ def check_max_length(max_length: int | None, config: ModelConfig, minimum: int =
     return max_length
 
 
+def device_type(device: str) -> str:
+    """The type of a device as torch spells it ("cuda:1" -> "cuda", "cpu" -> "cpu"), without torch."""
+    return device.split(":")[0]
+
+
 def default_batch_tokens(device_type: str) -> int:
     """The token budget of one forward pass on a device type ("cpu", "cuda", ...)."""
     return DEFAULT_BATCH_TOKENS.get(device_type, OTHER_BATCH_TOKENS)
@@ -79,9 +84,14 @@ def float_dtype_name(dtype: str) -> str:
         raise WeightsError(f"dtype {dtype!r} is not supported; use float32, bfloat16, float16 or int8 (cpu).") from None
 
 
-def check_int8_device(device_type: str, device: object) -> None:
-    """int8 runs on the CPU only; say so before any weights are read (`device` as the user named it)."""
-    if device_type != "cpu":
+def is_int8(dtype: object) -> bool:
+    """Whether a user's dtype asks for the int8 path (int8.py)."""
+    return isinstance(dtype, str) and dtype.lower() in INT8_NAMES
+
+
+def check_int8_device(device: object) -> None:
+    """int8 runs on the CPU only; say so before any weights are read (`device`: "cuda:0" or a torch.device)."""
+    if device_type(str(device)) != "cpu":
         raise InputError(f"dtype int8 runs on the CPU only, not on {device}; use device='cpu' with dtype='int8', "
                          "or dtype='bfloat16' on CUDA.")
 
@@ -90,11 +100,10 @@ def weights_dtype_name(dtype: str | None, device: str) -> str:
     """The dtype the weights are held in on `device` ("cpu", "cuda:1") with the user's `dtype` setting:
     None -> "bfloat16" on CUDA, "float32" elsewhere; int8 (CPU only) -> "float32" (int8 linear layers over
     float32 weights); a float name -> torch's name for it. Errors as loading would give them."""
-    device_type = device.split(":")[0]
     if dtype is None:
-        return "bfloat16" if device_type == "cuda" else "float32"
-    if str(dtype).lower() in INT8_NAMES:
-        check_int8_device(device_type, device)
+        return "bfloat16" if device_type(device) == "cuda" else "float32"
+    if is_int8(dtype):
+        check_int8_device(device)
         return "float32"
     return float_dtype_name(dtype)
 

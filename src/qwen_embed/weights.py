@@ -30,7 +30,7 @@ from .hub import resolve_model_dir as resolve_model_dir
 from .hub import safetensors_files as safetensors_files
 from .hub import weights_fingerprint as weights_fingerprint
 from .model import Qwen3Model
-from .settings import float_dtype_name
+from .settings import float_dtype_name, weights_dtype_name
 
 
 class WeightReader:
@@ -245,9 +245,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """None -> bfloat16 on CUDA, float32 elsewhere; strings like 'bf16' or 'float32' accepted
     (settings.float_dtype_name); int8 is the caller's (checkpoint.py)."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    dt: torch.dtype = getattr(torch, float_dtype_name(dtype))
+    name = weights_dtype_name(None, str(device)) if dtype is None else float_dtype_name(dtype)
+    dt: torch.dtype = getattr(torch, name)
     return dt

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from ..hub import resolve_model_dir
-from ..settings import check_max_length, default_batch_tokens, weights_dtype_name
+from ..settings import check_max_length, default_batch_tokens, device_type, weights_dtype_name
 from ..tokenizer import QwenTokenizer
 
 if TYPE_CHECKING:
@@ -50,5 +50,5 @@ class ModelFacts:
         path = resolve_model_dir(name_or_path)
         config = ModelConfig.from_file(path / "config.json")
         return cls(name_or_path, path, config, QwenTokenizer.from_dir(path), check_max_length(max_length, config),
-                   batch_tokens or default_batch_tokens(devices[0].split(":")[0]), ",".join(devices),
+                   batch_tokens or default_batch_tokens(device_type(devices[0])), ",".join(devices),
                    weights_dtype_name(dtype, devices[0]))

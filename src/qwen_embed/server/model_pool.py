@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..errors import InputError
+from ..settings import device_type
 from .model_process import ModelProcess, ModelProcessDied, ModelSpec
 
 DEVICE = re.compile(r"([a-z]+)(?::(\d+))?")  # torch's spelling of a device: type[:index]
@@ -104,7 +105,7 @@ def start_pool(spec: ModelSpec, devices: Sequence[str]) -> ModelPool:
     """A process per device loading `spec` (each started and loaded before this returns). Several CPU
     processes share the cores unless `spec.threads` is given (`ModelSpec.thread_share`: one gets the
     default of threads.py, as the in-process model)."""
-    cpus = sum(1 for d in devices if d.split(":")[0] == "cpu")
+    cpus = sum(device_type(d) == "cpu" for d in devices)
     processes: list[ModelProcess] = []
     try:
         for d in devices:

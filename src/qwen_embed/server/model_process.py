@@ -84,7 +84,6 @@ def child_main(spec: ModelSpec, conn: Connection) -> None:
     requests first, then ends the child by closing the pipe."""
     import signal
 
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

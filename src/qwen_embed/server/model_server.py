@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import QwenEmbedError
 from ..processes import exit_with_parent
+from ..settings import device_type
 from . import wire
 from .batcher import Batcher, RunFn, Timing
 from .board import Board
@@ -90,7 +91,7 @@ def load_model(spec: ModelSpec, deterministic: bool) -> tuple[RunFn, list[list[l
     `spec.thread_share`, unless OMP_NUM_THREADS says otherwise), decided here, not by its parent, so that
     the parent need not import torch."""
     threads = spec.threads
-    if threads is None and (spec.device or "cpu").split(":")[0] == "cpu":
+    if threads is None and device_type(spec.device or "cpu") == "cpu":
         from ..threads import use_threads
 
         threads = use_threads(None, processes=spec.thread_share)

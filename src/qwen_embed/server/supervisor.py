@@ -48,6 +48,7 @@ from typing import Any
 
 from ..errors import QwenEmbedError
 from ..processes import child_context, exit_with_parent, lifeline
+from ..settings import device_type
 from .board import MODELS, Board
 from .facts import ModelFacts
 from .metrics import metrics_label
@@ -68,7 +69,7 @@ def plan_models(settings: ServerSettings, devices: Sequence[str],
     """Each served model: what the workers need (`ModelPlan`) and how its processes load it (`ModelSpec`),
     one board slot per device. Reads the folders' configs and tokenizers (a bad one fails here).
     `max_lengths` ({"reranker": 256}) gives a model a max length other than settings.max_length."""
-    cpus = sum(1 for d in devices if d.split(":")[0] == "cpu")
+    cpus = sum(device_type(d) == "cpu" for d in devices)
     served = [(k, m) for k, m in (("embedding", settings.embedding_model), ("reranker", settings.reranker_model)) if m]
     out = []
     slot = 0
