@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QwenEmbedError
-from .processes import child_context
+from .processes import child_context, exit_text
 from .tokenizer import check_texts
 
 POLL_S = 0.2  # how often the parent checks that its workers are alive while it waits
@@ -203,8 +203,8 @@ class DevicePool:
                     if not self._procs[k].is_alive():
                         code = self._procs[k].exitcode
                         self.close()
-                        raise QwenEmbedError(f"the worker on {self.devices[k]} failed: it exited with code {code} "
-                                             "without a report (out of memory?); the pool is closed.") from None
+                        raise QwenEmbedError(f"the worker on {self.devices[k]} failed: it {exit_text(code)} without "
+                                             "a report (out of memory?); the pool is closed.") from None
                 continue
             assert what in (kind, "error") and rank in waiting, (rank, what, kind)
             waiting.discard(rank)

@@ -70,6 +70,25 @@ def exit_with_parent(lifeline_end: Connection, grace_s: float = ORPHAN_GRACE_S) 
     threading.Thread(target=wait, daemon=True, name="exit-with-parent").start()
 
 
+OUTSIDE_SIGNALS = (signal.SIGKILL, signal.SIGTERM)  # what the OOM killer and an operator send
+
+
+def killed_from_outside(exitcode: int | None) -> bool:
+    """Whether a child's exit code says that a signal from outside ended it (not a crash of its own, such
+    as SIGSEGV or SIGABRT, nor an exit of its own, which a replacement would repeat)."""
+    return exitcode is not None and exitcode < 0 and -exitcode in OUTSIDE_SIGNALS
+
+
+def exit_text(exitcode: int | None) -> str:
+    """How a child ended, for a message: "exited with code 1", "was killed by SIGKILL"."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            pass
+    return f"exited with code {exitcode}"
+
+
 def skip_final_gc() -> None:
     """This process is about to exit: let the interpreter skip its last garbage collection (module docstring).
 

@@ -105,9 +105,19 @@ class WorkersServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> WorkersServer:
+        """Start it; return once every HTTP worker serves (the supervisor's "serving on" line). /health is
+        200 as soon as one worker does: a test that then kills or floods the other, still warming up, finds
+        a start that has not finished (a worker killed then ended the server; a warm-up stalled)."""
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
-        self.wait_ready(180)
+        t0 = time.monotonic()
+        while "serving on http://" not in self.log.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve --workers exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if time.monotonic() - t0 > 180:
+                raise TimeoutError(f"serve --workers not serving in 180 s:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.wait_ready(60)
         return self
 
     def wait_ready(self, seconds: float) -> float:

@@ -252,6 +252,44 @@ def test_a_model_process_that_dies_while_the_workers_start_is_started_again(smal
     assert not waiting.is_alive() and started == [0]
 
 
+@pytest.mark.parametrize("exitcode", [-signal.SIGKILL, -signal.SIGTERM, 1, -signal.SIGSEGV])
+def test_a_worker_killed_from_outside_while_starting_is_started_again(small_embedding_path: Path, tmp_path: Path,
+                                                                       exitcode: int) -> None:
+    """A worker that the OOM killer or an operator kills (SIGKILL, SIGTERM) while it starts is started again,
+    as after the start (before, it ended the whole server: seen when a test killed a worker still warming
+    up); one that exits by itself or crashes (code 1, SIGSEGV) while starting still ends the server, in one
+    line that says how it ended."""
+    from types import SimpleNamespace
+
+    from qwen_embed.errors import QwenEmbedError
+    from qwen_embed.server import ServerSettings
+    from qwen_embed.server.supervisor import Supervisor
+
+    sup = Supervisor(ServerSettings(embedding_model=str(small_embedding_path), workers=2), ["cpu"])
+    sup.metrics_dir = str(tmp_path)
+    sup.models = [SimpleNamespace(is_alive=lambda: True, pid=2**22 + 1, exitcode=None)]
+    sup.workers = [SimpleNamespace(is_alive=lambda: False, pid=2**22 + 2, exitcode=exitcode),
+                   SimpleNamespace(is_alive=lambda: True, pid=2**22 + 3, exitcode=None)]
+    sup.started_at = {("model", 0): 0.0, ("worker", 0): 0.0, ("worker", 1): 0.0}
+    sup.board.set_serving(1)
+    started: list[int] = []
+
+    def start_worker(index: int) -> None:  # the new worker warms up and serves
+        started.append(index)
+        sup.workers[index] = SimpleNamespace(is_alive=lambda: True, pid=2**22 + 4, exitcode=None)
+        sup.board.set_serving(index)
+
+    sup.start_worker = start_worker  # type: ignore[method-assign]
+    if exitcode in (-signal.SIGKILL, -signal.SIGTERM):
+        sup.wait_workers()
+        assert started == [0]
+    else:
+        how = "exited with code 1" if exitcode == 1 else "was killed by SIGSEGV"
+        with pytest.raises(QwenEmbedError, match=f"HTTP worker 0 {how} while starting; see its log above"):
+            sup.wait_workers()
+        assert started == []
+
+
 def embed_all(url: str, bodies: list[dict[str, object]], concurrency: int) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
         sem = asyncio.Semaphore(concurrency)
@@ -452,8 +490,6 @@ def test_sigterm_stops_a_worker_whose_warm_up_waits(small_embedding_path: Path, 
                 time.sleep(0.05)
             return new
 
-        while "serving on http://" not in srv.log.read_text():  # every worker started: a replacement is not
-            time.sleep(0.05)                                     # a failed start then
         model = srv.pids("model")[0]
         os.kill(model, signal.SIGSTOP)
         try:

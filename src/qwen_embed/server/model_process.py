@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import QwenEmbedError
-from ..processes import child_context
+from ..processes import child_context, exit_text
 
 POLL_S = 0.05
 
@@ -149,7 +149,7 @@ class ModelProcess:
                 proc.kill()
                 raise ModelProcessDied("closed while loading")
             if not proc.is_alive():
-                raise ModelProcessDied(f"the model process for {self.spec.path} exited with code {proc.exitcode} "
+                raise ModelProcessDied(f"the model process for {self.spec.path} {exit_text(proc.exitcode)} "
                                        "while loading; see its log above.")
             if time.monotonic() > deadline:
                 proc.kill()
@@ -164,7 +164,7 @@ class ModelProcess:
             raise ModelProcessDied(f"the model process for {self.spec.path} could not load it: {detail}")
         if status != "ready":
             proc.join(2.0)
-            raise ModelProcessDied(f"the model process for {self.spec.path} exited with code {proc.exitcode} "
+            raise ModelProcessDied(f"the model process for {self.spec.path} {exit_text(proc.exitcode)} "
                                    "while loading; see its log above.")
         self._proc, self._conn = proc, parent
         self._ready.set()
@@ -192,8 +192,9 @@ class ModelProcess:
             self._proc.join(2.0)  # reap it, for its exit code (a pipe may close a moment before)
             code = self._proc.exitcode
         self._restart_in_background()
-        return ModelProcessDied(f"the model process for {self.spec.path} died (exit code {code}) {during}; it is "
-                                "being restarted: retry shortly.")
+        how = "died" if code is None else exit_text(code)
+        return ModelProcessDied(f"the model process for {self.spec.path} {how} {during}; it is being restarted: "
+                                "retry shortly.")
 
     def __call__(self, seqs: list[Sequence[int]]) -> np.ndarray:
         """Run one batch in the child; rows [n, ...] as the in-process model gives them."""

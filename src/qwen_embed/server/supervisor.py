@@ -47,7 +47,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import QwenEmbedError
-from ..processes import child_context, exit_with_parent, lifeline
+from ..processes import child_context, exit_text, exit_with_parent, killed_from_outside, lifeline
 from ..settings import device_type
 from .board import MODELS, Board
 from .facts import ModelFacts
@@ -195,22 +195,25 @@ class Supervisor:
                     if why is not None:
                         raise QwenEmbedError(f"the model process for {plan.path} on {device} could not load it: "
                                              f"{why}")
-                    raise QwenEmbedError(f"the model process for {plan.path} on {device} exited with code "
-                                         f"{proc.exitcode} while loading; see its log above.")
+                    raise QwenEmbedError(f"the model process for {plan.path} on {device} {exit_text(proc.exitcode)} "
+                                         "while loading; see its log above.")
             time.sleep(WATCH_S)
 
     def wait_workers(self) -> None:
-        """Until every HTTP worker serves (QwenEmbedError when one exits first: its app could not start,
-        e.g. a bad --ranges file, and a replacement would fail the same way). A model process that dies
-        meanwhile is started again, as later: a worker's warm-up waits for it."""
+        """Until every HTTP worker serves. A worker that exits while starting ends the server (QwenEmbedError:
+        its app could not start, e.g. a bad --ranges file, and a replacement would fail the same way), unless
+        something outside killed it (`killed_from_outside`: the OOM killer, an operator), which is no reason
+        to stop: it is started again, as later. So is a model process that dies meanwhile: a worker's warm-up
+        waits for it."""
         while not all(self.board.serving(i) for i in range(len(self.workers))):
             if self.signal is not None:
                 raise KeyboardInterrupt
             for index, proc in enumerate(self.workers):
-                if not proc.is_alive():
-                    raise QwenEmbedError(f"HTTP worker {index} exited with code {proc.exitcode} while starting; see "
-                                         "its log above.")
+                if not proc.is_alive() and not killed_from_outside(proc.exitcode):
+                    raise QwenEmbedError(f"HTTP worker {index} {exit_text(proc.exitcode)} while starting; see its "
+                                         "log above.")
             self.reap_models()
+            self.reap_workers()
             time.sleep(WATCH_S)
 
     def load_error(self, slot: int) -> str | None:
@@ -223,15 +226,19 @@ class Supervisor:
 
     def reap(self) -> None:
         """Start again each child that died (at most once a second per child)."""
+        self.reap_models()
+        self.reap_workers()
+
+    def reap_workers(self) -> None:
+        """Start again each HTTP worker that died (at most once a second per worker)."""
         from prometheus_client.multiprocess import mark_process_dead
 
-        self.reap_models()
         now = time.monotonic()
         for index, proc in enumerate(self.workers):
             if not proc.is_alive() and now - self.started_at[("worker", index)] >= RESTART_GAP_S:
                 mark_process_dead(proc.pid, self.metrics_dir)
                 self.board.clear_worker(index)
-                log.warning("HTTP worker %d exited with code %s; starting it again", index, proc.exitcode)
+                log.warning("HTTP worker %d %s; starting it again", index, exit_text(proc.exitcode))
                 self.start_worker(index)
 
     def reap_models(self) -> None:
@@ -244,8 +251,8 @@ class Supervisor:
                 self.board.set_ready(slot, False)
                 mark_process_dead(proc.pid, self.metrics_dir)
                 why = self.load_error(slot)
-                log.warning("model process %d (%s) exited with code %s%s; starting it again", slot,
-                            self.slots[slot][2], proc.exitcode, f" (could not load: {why})" if why else "")
+                log.warning("model process %d (%s) %s%s; starting it again", slot, self.slots[slot][2],
+                            exit_text(proc.exitcode), f" (could not load: {why})" if why else "")
                 self.start_model(slot)
 
     # -- the whole ---------------------------------------------------------------------------------
