@@ -1,6 +1,10 @@
 """One worker process per device: the result equals a single-process run (two CPU workers here)."""
 
 import itertools
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +12,9 @@ import pytest
 
 from qwen_embed import Embedder, QwenEmbedError
 from qwen_embed.multidevice import DevicePool, encode_on_devices, shard_bounds
+from tests.procs import alive
 from tests.reference import random_texts
+from tests.threads import subprocess_env
 
 
 def test_shard_bounds_cover_in_order() -> None:
@@ -67,3 +73,43 @@ def test_a_dead_worker_is_reported_and_closes_the_pool(tiny_embedding_path: Path
 def test_no_devices_is_refused_before_any_worker_starts(tiny_embedding_path: Path) -> None:
     with pytest.raises(QwenEmbedError, match="non-empty list"):
         DevicePool(tiny_embedding_path, [])
+
+
+@pytest.mark.slow
+def test_a_killed_parent_takes_its_workers_and_scratch_folder_with_it(tiny_embedding_path: Path) -> None:
+    """SIGKILL of the process that holds a DevicePool, in the middle of an encode call: its worker ends
+    within seconds and removes the pool's scratch folder (in /dev/shm here); before, the worker waited for
+    work forever and the folder, as large as the output, stayed until a reboot."""
+    script = textwrap.dedent("""
+        import sys
+        from qwen_embed.multidevice import DevicePool
+        pool = DevicePool(sys.argv[1], ["cpu"], warmup=False, threads=1)
+        print(pool._scratch, *[p.pid for p in pool._procs], flush=True)
+        pool.encode(["a few words to embed again and again"] * 200_000)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_embedding_path)], stdout=subprocess.PIPE,
+                            text=True, env=subprocess_env())
+    assert proc.stdout is not None
+    scratch, *pids = proc.stdout.readline().split()
+    assert pids, "the pool did not start"
+    deadline = time.monotonic() + 60
+    while not list(Path(scratch).glob("vectors-*.npy")):  # the call has begun: its output file exists
+        assert proc.poll() is None and time.monotonic() < deadline, "the encode call did not begin"
+        time.sleep(0.02)
+    time.sleep(0.3)  # the worker is embedding its shard
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(int(pid)) for pid in pids) or Path(scratch).exists():
+        assert time.monotonic() < deadline, (f"worker alive: {[alive(int(p)) for p in pids]}, "
+                                             f"scratch folder left: {Path(scratch).exists()}")
+        time.sleep(0.05)
+
+
+def test_a_closed_pool_leaves_no_scratch_folder(tiny_embedding_path: Path) -> None:
+    with DevicePool(tiny_embedding_path, ["cpu"], warmup=False, threads=1) as pool:
+        pool.encode(["one", "two"])
+        pool.encode(["three"])
+        scratch = Path(pool._scratch)
+        assert scratch.is_dir() and list(scratch.iterdir()) == []  # each call's output removed after it
+    assert not scratch.exists()

@@ -10,11 +10,14 @@ then serves any number of `encode` calls, so start-up is paid once. `encode_on_d
 One call: the texts are cut into contiguous shards of about equal token count (character count as
 the proxy), one per worker; each worker tokenizes its own shard (tokenization overlaps the device
 inside `Embedder.encode`), embeds it and writes the vectors straight into its rows of one shared
-output array (a memory-mapped .npy in /dev/shm when present), so results are never pickled or
-concatenated. Each text is embedded exactly as a single process would embed it, so the result equals a
-one-device run up to the device's own rounding (batches hold other neighbours). Workers are forked from
-the fork server of processes.py (never from this process: CUDA state does not survive a fork); a
-failing worker's error is raised in the parent with its device named.
+output array (a memory-mapped .npy in the pool's scratch folder, in /dev/shm when present), so results
+are never pickled or concatenated. Each text is embedded exactly as a single process would embed it, so
+the result equals a one-device run up to the device's own rounding (batches hold other neighbours).
+Workers are forked from the fork server of processes.py (never from this process: CUDA state does not
+survive a fork); a failing worker's error is raised in the parent with its device named. Workers end
+with their parent, even a parent that was killed: they hold a `lifeline` to it, and the first to see it
+gone removes the scratch folder (a killed parent cannot; in /dev/shm it would hold memory until the
+next reboot).
 
     from qwen_embed.multidevice import DevicePool, encode_on_devices
     vecs = encode_on_devices("Qwen/Qwen3-Embedding-0.6B", texts, ["cuda:0", "cuda:1"])
@@ -25,6 +28,7 @@ failing worker's error is raised in the parent with its device named.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -32,6 +36,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +46,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QwenEmbedError
-from .processes import child_context, exit_text
+from .processes import child_context, exit_text, exit_with_parent, lifeline
 from .tokenizer import check_texts
 
 POLL_S = 0.2  # how often the parent checks that its workers are alive while it waits
+SCRATCH_PREFIX = "qwen-embed-devices-"
 WARMUP_WORDS = (4, 40, 300, 900, 1500)  # one batch over the eager path, then short texts over the graph path
 
 
@@ -94,9 +100,12 @@ def _warm_up(emb: Any) -> None:
     emb.encode(["warm up", "a short one"], progress=False)
 
 
-def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any) -> None:
-    """A worker: load and warm up on `device`, report ready, then run jobs until told to stop (None)."""
+def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any, lifeline_end: Any,
+           scratch: str) -> None:
+    """A worker: load and warm up on `device`, report ready, then run jobs until told to stop (None). Should
+    the parent go (killed), it removes the pool's `scratch` folder and ends."""
     t0 = time.time()
+    exit_with_parent(lifeline_end, on_orphan=lambda: _remove_scratch(scratch))
     try:
         os.environ["RAYON_NUM_THREADS"] = str(opts.threads)  # the tokenizer's pool, before its first use
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(opts.threads))  # compile workers, likewise
@@ -142,10 +151,16 @@ def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any)
 
 
 def _scratch_dir() -> str:
-    """A folder for the shared output: RAM-backed /dev/shm when it exists, else the temp folder."""
+    """A folder for the pool's shared outputs: RAM-backed /dev/shm when it exists, else the temp folder."""
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="qwen-embed-devices-", dir=base)
+    return tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=base)
+
+
+def _remove_scratch(path: str) -> None:
+    """Remove a pool's scratch folder (only one of ours: its name says so)."""
+    if Path(path).name.startswith(SCRATCH_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class DevicePool:
@@ -171,7 +186,11 @@ class DevicePool:
         ctx = child_context()
         self._outbox = ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in devices]
-        self._procs = [ctx.Process(target=_serve, args=(k, dev, opts, self._inboxes[k], self._outbox), daemon=True)
+        self._scratch = _scratch_dir()  # removed by close, at exit, or by a worker once this process is gone
+        self._remove_scratch = weakref.finalize(self, _remove_scratch, self._scratch)
+        children_end, self._lifeline = lifeline(ctx)
+        self._procs = [ctx.Process(target=_serve, args=(k, dev, opts, self._inboxes[k], self._outbox, children_end,
+                                                        self._scratch), daemon=True)
                        for k, dev in enumerate(devices)]
         self._jobs = 0
         self.closed = False
@@ -227,12 +246,11 @@ class DevicePool:
         width = dim if isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= self.hidden_size \
             else self.hidden_size  # a bad dim is refused by the workers, before any work
         kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize}
-        scratch = _scratch_dir()
+        self._jobs += 1
+        path = str(Path(self._scratch) / f"vectors-{self._jobs}.npy")
         try:
-            path = str(Path(scratch) / "vectors.npy")
             out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(items), width))
             del out
-            self._jobs += 1
             waiting = set()
             for k, (a, b) in enumerate(shard_bounds(items, len(self.devices))):
                 if a < b:
@@ -242,7 +260,8 @@ class DevicePool:
             self.last_stats = [{"device": self.devices[k], **s} for k, s in stats]
             return np.array(np.load(path, mmap_mode="r"))
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def worker_startup(self) -> list[dict[str, Any]]:
         """Each worker's start-up phases in seconds (spawn, import, CUDA init, load, warm-up) with its device."""
@@ -251,7 +270,7 @@ class DevicePool:
 
     # -- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the workers (politely, then by force after a few seconds)."""
+        """Stop the workers (politely, then by force after a few seconds) and remove the scratch folder."""
         if self.closed:
             return
         self.closed = True
@@ -265,6 +284,7 @@ class DevicePool:
                 if p.is_alive():
                     p.kill()
                     p.join()
+        self._remove_scratch()
 
     def __enter__(self) -> DevicePool:
         return self

@@ -31,6 +31,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext
 
@@ -55,14 +56,19 @@ def lifeline(ctx: ForkServerContext) -> tuple[Connection, Connection]:
     return ctx.Pipe(duplex=False)
 
 
-def exit_with_parent(lifeline_end: Connection, grace_s: float = ORPHAN_GRACE_S) -> None:
+def exit_with_parent(lifeline_end: Connection, grace_s: float = ORPHAN_GRACE_S,
+                     on_orphan: Callable[[], object] | None = None) -> None:
     """Once the parent holding the other end of the `lifeline` is gone, send this process SIGTERM (its own
     orderly stop), and end it (status 1) if it still runs `grace_s` seconds later: whatever it was doing
     then (starting up, waiting on a model process that went with the parent) has no one left to serve. A
-    daemon thread waits for it."""
+    daemon thread waits for it. `on_orphan` runs first: what the parent would have cleaned up (its errors
+    are ignored: the process ends either way)."""
     def wait() -> None:
         with contextlib.suppress(EOFError, OSError):
             lifeline_end.recv()
+        if on_orphan is not None:
+            with contextlib.suppress(Exception):
+                on_orphan()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(1)

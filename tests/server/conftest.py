@@ -30,6 +30,7 @@ from qwen_embed import Embedder, Reranker
 from qwen_embed.server import ServerSettings, create_app
 from qwen_embed.server.serving import DrainingServer, uvicorn_config
 from tests.ports import free_port
+from tests.procs import alive as alive  # for the server tests
 from tests.threads import subprocess_env
 
 
@@ -155,15 +156,6 @@ class WorkersServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists (and is not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or reaped between open and read
-        return False
 
 
 @pytest.fixture(scope="session")
