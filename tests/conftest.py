@@ -47,6 +47,24 @@ def one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """After each test (its teardown done): collect its garbage now, then freeze what is left alive (session
+    and module fixtures, imported modules) out of the garbage collector's later passes. Each full collection
+    of a test process walked every object torch, transformers, Ray and the models had made (1M+): 14-16 of
+    them, 4.3-5.1 s per xdist worker; now each test's collection walks only what that test made, 1.9-2.2 s
+    per worker in all. A cycle that becomes garbage later among frozen objects is never collected (memory
+    only: fixtures release their resources in their teardown); the objects at the end of a run are as many
+    as before (1.1M). An unraisable exception of a test's garbage is reported with the next test."""
+    import gc
+
+    try:
+        return (yield)
+    finally:
+        gc.collect()
+        gc.freeze()
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The test process is about to end (a worker, or the controller): skip the interpreter's last garbage
