@@ -100,6 +100,19 @@ def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_
     assert len(err.strip().splitlines()) == 1, err
 
 
+def test_info_imports_no_torch(tiny_embedding_path: Path) -> None:
+    """`qwen-embed info` reads config.json, the tokenizer and the weight files' sizes: no torch (1.5 -> 0.5 s
+    of CPU here)."""
+    code = ("import sys, json; from qwen_embed.cli import main; main(['info', sys.argv[1], '--json']); "
+            "print(json.dumps('torch' in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_embedding_path)], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info, _, torch_imported = r.stdout.rpartition("\n")[0].rpartition("\n")
+    assert json.loads(info)["dims"] == {"min": 32, "max": 64}
+    assert torch_imported == "false"
+
+
 def test_hub_id_offline_is_one_line_from_the_entry_point() -> None:
     """A process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported."""
     r = run("info", "Qwen/Not-Here-Model")

@@ -265,11 +265,11 @@ def _query_documents(own: list[Any], path: str, index: int) -> list[Any]:
 
 # -- info ----------------------------------------------------------------------------------------
 def model_info(name_or_path: str) -> dict[str, Any]:
-    """Kind, shape, dims, max length, dtype of a checkpoint, without loading its weights."""
+    """Kind, shape, dims, max length, dtype of a checkpoint, without loading its weights (nor importing torch)."""
     from .config import ModelConfig
-    from .pooling import MIN_DIM
+    from .hub import resolve_model_dir, safetensors_files
+    from .settings import MIN_DIM
     from .tokenizer import QwenTokenizer
-    from .weights import resolve_model_dir, safetensors_files
 
     path = resolve_model_dir(name_or_path)
     cfg = ModelConfig.from_file(path / "config.json")

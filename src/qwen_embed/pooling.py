@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-
-MIN_DIM = 32
+from .settings import MIN_DIM as MIN_DIM  # here too: pooling.MIN_DIM keeps working
 
 
 def last_token_pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

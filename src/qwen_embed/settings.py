@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_MAX_LENGTH = 8192
+MIN_DIM = 32  # the smallest Matryoshka dimension (the models were trained down to it)
 DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}  # token budget of one forward pass by device type
 OTHER_BATCH_TOKENS = 16384  # that of any other device type
 # dtype names a user may give -> torch's name of the float type; INT8_NAMES ask for float32 weights with int8
