@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -111,30 +111,32 @@ class WorkersServer:
         a start that has not finished (a worker killed then ended the server; a warm-up stalled)."""
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env())
-        t0 = time.monotonic()
-        while "serving on http://" not in self.log.read_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve --workers exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            if time.monotonic() - t0 > 180:
-                raise TimeoutError(f"serve --workers not serving in 180 s:\n{self.log.read_text()}")
-            time.sleep(0.05)
+        self.wait_for(lambda: "serving on http://" in self.log.read_text(), 180, "serving", 0.05)
         self.wait_ready(60)
         return self
 
     def wait_ready(self, seconds: float) -> float:
         """Until /health is 200 (seconds waited); TimeoutError after `seconds`."""
+        def healthy() -> bool:
+            try:
+                return httpx.get(self.url + "/health", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        return self.wait_for(healthy, seconds, "ready", 0.1)
+
+    def wait_for(self, done: Callable[[], bool], seconds: float, what: str, poll: float) -> float:
+        """Until `done()` (seconds waited); RuntimeError with the log if the server exits first, TimeoutError
+        after `seconds`."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < seconds:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve --workers exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return time.monotonic() - t0
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"serve --workers not ready in {seconds} s:\n{self.log.read_text()}")
+            if done():
+                return time.monotonic() - t0
+            time.sleep(poll)
+        raise TimeoutError(f"serve --workers not {what} in {seconds} s:\n{self.log.read_text()}")
 
     def pids(self, what: str) -> dict[int, int]:
         """{index: pid} of the latest `worker`s or `model` processes, from the log."""

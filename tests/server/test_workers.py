@@ -12,16 +12,18 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 
 from qwen_embed import Embedder
-from qwen_embed.server import wire
+from qwen_embed.server import ServerSettings, wire
 from qwen_embed.server.batcher import QueueFull, Timing
 from qwen_embed.server.board import Board
 from qwen_embed.server.remote import Link, RemoteBatcher
+from qwen_embed.server.supervisor import Supervisor
 
 from .conftest import WorkersServer, alive
 from .test_load import metric
@@ -221,27 +223,32 @@ def test_a_cpu_model_process_takes_its_share_of_the_cores(small_embedding_path: 
         torch.set_num_threads(before)
 
 
+def stand_in(alive: bool, pid: int, exitcode: int | None = None) -> SimpleNamespace:
+    """A child process as the supervisor sees it (is_alive, pid, exitcode), with a pid no process has."""
+    return SimpleNamespace(is_alive=lambda: alive, pid=2**22 + pid, exitcode=exitcode)
+
+
+def stand_in_supervisor(model: Path, metrics: Path) -> Supervisor:
+    """A supervisor of one model and two workers whose children are set by the test (`stand_in`)."""
+    sup = Supervisor(ServerSettings(embedding_model=str(model), workers=2), ["cpu"])
+    sup.metrics_dir = str(metrics)
+    return sup
+
+
 def test_a_model_process_that_dies_while_the_workers_start_is_started_again(small_embedding_path: Path,
                                                                             tmp_path: Path) -> None:
     """The supervisor waiting for its workers to serve restarts a model process that died meanwhile (it
     only watched the workers then: a worker whose warm-up waited on that model process, and the server,
     waited for good)."""
-    from types import SimpleNamespace
-
-    from qwen_embed.server import ServerSettings
-    from qwen_embed.server.supervisor import Supervisor
-
-    sup = Supervisor(ServerSettings(embedding_model=str(small_embedding_path), workers=2), ["cpu"])
-    sup.metrics_dir = str(tmp_path)
-    dead = SimpleNamespace(is_alive=lambda: False, pid=2**22 + 1, exitcode=-9)
-    sup.models = [dead]
-    sup.workers = [SimpleNamespace(is_alive=lambda: True, pid=2**22 + 2, exitcode=None)] * 2
+    sup = stand_in_supervisor(small_embedding_path, tmp_path)
+    sup.models = [stand_in(False, 1, exitcode=-9)]
+    sup.workers = [stand_in(True, 2)] * 2
     sup.started_at = {("model", 0): 0.0, ("worker", 0): time.monotonic(), ("worker", 1): time.monotonic()}
     started: list[int] = []
 
     def start_model(slot: int) -> None:  # the new model process warms up; so do the workers waiting on it
         started.append(slot)
-        sup.models[slot] = SimpleNamespace(is_alive=lambda: True, pid=2**22 + 3, exitcode=None)
+        sup.models[slot] = stand_in(True, 3)
         sup.board.set_serving(0)
         sup.board.set_serving(1)
 
@@ -259,24 +266,18 @@ def test_a_worker_killed_from_outside_while_starting_is_started_again(small_embe
     as after the start (before, it ended the whole server: seen when a test killed a worker still warming
     up); one that exits by itself or crashes (code 1, SIGSEGV) while starting still ends the server, in one
     line that says how it ended."""
-    from types import SimpleNamespace
-
     from qwen_embed.errors import QwenEmbedError
-    from qwen_embed.server import ServerSettings
-    from qwen_embed.server.supervisor import Supervisor
 
-    sup = Supervisor(ServerSettings(embedding_model=str(small_embedding_path), workers=2), ["cpu"])
-    sup.metrics_dir = str(tmp_path)
-    sup.models = [SimpleNamespace(is_alive=lambda: True, pid=2**22 + 1, exitcode=None)]
-    sup.workers = [SimpleNamespace(is_alive=lambda: False, pid=2**22 + 2, exitcode=exitcode),
-                   SimpleNamespace(is_alive=lambda: True, pid=2**22 + 3, exitcode=None)]
+    sup = stand_in_supervisor(small_embedding_path, tmp_path)
+    sup.models = [stand_in(True, 1)]
+    sup.workers = [stand_in(False, 2, exitcode=exitcode), stand_in(True, 3)]
     sup.started_at = {("model", 0): 0.0, ("worker", 0): 0.0, ("worker", 1): 0.0}
     sup.board.set_serving(1)
     started: list[int] = []
 
     def start_worker(index: int) -> None:  # the new worker warms up and serves
         started.append(index)
-        sup.workers[index] = SimpleNamespace(is_alive=lambda: True, pid=2**22 + 4, exitcode=None)
+        sup.workers[index] = stand_in(True, 4)
         sup.board.set_serving(index)
 
     sup.start_worker = start_worker  # type: ignore[method-assign]
