@@ -248,6 +248,51 @@ def test_an_admission_holds_a_place_from_before_tokenization() -> None:
     run(scenario)
 
 
+def test_a_request_admitted_before_the_drain_is_run_not_refused() -> None:
+    """SIGTERM while an accepted request is still being tokenized (admitted, not yet queued): the drain runs
+    it when it arrives, and the loop, drained with an empty queue, waits for it (before: 503 shutting_down,
+    a flake of tests/server/test_cli.py's SIGTERM test). New requests are refused meanwhile."""
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=5.0)
+        b.start()
+        tokenizing = b.admit()
+        b.drain(timeout=10.0)
+        with pytest.raises(ShuttingDown, match="shutting down; retry"):
+            b.admit()
+        with pytest.raises(ShuttingDown, match="shutting down; retry"):
+            await b.submit([[1]])
+        await asyncio.sleep(0.05)  # the loop has seen the drain with nothing queued
+        stopping = asyncio.ensure_future(b.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # it waits for the request being tokenized
+        assert (await tokenizing.submit([[7, 8, 9]]))[0].tolist() == [7, 3]
+        await asyncio.wait_for(stopping, 5)
+        assert b.pending_requests == 0
+
+    run(scenario)
+
+
+def test_a_request_admitted_before_the_drain_gets_503_once_the_drain_time_ran_out() -> None:
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = Batcher("m", model, max_batch_tokens=100, max_wait_s=0.0)
+        b.start()
+        late, dropped = b.admit(), b.admit()
+        stopping = asyncio.ensure_future(b.stop(timeout=0.05))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+        with pytest.raises(ShuttingDown, match="drain time ran out"):
+            await late.submit([[1, 2]])
+        dropped.release()  # the route failed before submitting: the loop ends with the last place
+        await asyncio.wait_for(stopping, 5)
+        assert b.pending_requests == 0 and model.calls == []
+
+    run(scenario)
+
+
 def test_a_request_over_the_budget_runs_as_several_batches_in_order() -> None:
     model = FakeModel()
 

@@ -20,7 +20,7 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.server import ServerSettings, wire
-from qwen_embed.server.batcher import QueueFull, Timing
+from qwen_embed.server.batcher import QueueFull, ShuttingDown, Timing
 from qwen_embed.server.board import Board
 from qwen_embed.server.remote import Link, RemoteBatcher
 from qwen_embed.server.supervisor import Supervisor
@@ -87,6 +87,41 @@ def test_admission_counts_every_worker() -> None:
     alone = w1.admit()
     w1.check_room(0, 10_000, holding=1)  # a request alone in the queue is always taken
     alone.release()
+
+
+def test_a_request_admitted_before_the_drain_is_sent_not_refused(tmp_path: Path) -> None:
+    """As the in-process batcher: SIGTERM while an admitted request is tokenized does not refuse it; only new
+    requests get 503, and an admitted one gets it once the drain time ran out."""
+    board = Board.create(mp.get_context("spawn"), workers=1, processes=1)
+    addresses = str(tmp_path / "m{}-{}.sock")
+
+    async def model_process(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frame = await wire.read(reader)
+        writer.writelines(wire.rows(frame.id, np.array([[len(s)] for s in wire.sequences(frame)], np.float32), 0, 0))
+        await writer.drain()
+
+    async def run() -> np.ndarray:
+        server = await asyncio.start_unix_server(model_process, addresses.format(0, 1))
+        batcher = RemoteBatcher("emb", 0, [Link(0, "cpu")], addresses, board, 0, max_batch_tokens=64,
+                                max_queue=3, max_queue_tokens=100)
+        board.next_generation(0)
+        board.set_ready(0, True)
+        tokenizing, late = batcher.admit(), batcher.admit()
+        batcher.drain(timeout=0.3)
+        try:
+            with pytest.raises(ShuttingDown, match="shutting down; retry"):
+                batcher.admit()
+            out = await tokenizing.submit([[1, 2, 3]])
+            await asyncio.sleep(0.5)
+            with pytest.raises(ShuttingDown, match="drain time ran out"):
+                await late.submit([[1]])
+            assert board.admitted(0) == (0, 0)
+            return out
+        finally:
+            await batcher.stop()
+            server.close()
+
+    assert asyncio.run(run()).tolist() == [[3.0]]
 
 
 def test_a_restarted_model_process_is_reached_by_the_next_request(tmp_path: Path) -> None:

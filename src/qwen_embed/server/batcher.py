@@ -21,8 +21,10 @@ Backpressure: `admit` reserves a place before any tokenization and `submit` refu
 (`QueueFull`) when the requests or tokens admitted, queued or running would pass `max_queue` /
 `max_queue_tokens`. An accepted request is answered exactly once: its future gets the result rows or
 the error of its batch; a request whose client went away is skipped. `drain(timeout)` refuses new
-work (`ShuttingDown`), runs what was accepted without waiting for batch windows, and at the deadline
-fails what is left with `ShuttingDown`; `stop` drains and ends the worker thread. The batcher raises
+work (`ShuttingDown`), runs what was accepted without waiting for batch windows (a request admitted
+before the drain and still being tokenized is accepted: it is queued and run when it arrives, and the
+loop waits for it), and at the deadline fails what is left with `ShuttingDown`; `stop` drains and ends
+the worker thread. The batcher raises
 its own errors; the HTTP layer maps them to statuses (errors.py).
 
 This is the scheme of text-embeddings-inference's queue and vLLM's scheduler reduced to one
@@ -57,6 +59,12 @@ class QueueFull(QwenEmbedError):
 
 class ShuttingDown(QwenEmbedError):
     """The batcher is draining: it takes no new work, or its drain deadline has passed."""
+
+
+def ran_out(model: str) -> ShuttingDown:
+    """The error of a request that the drain deadline stopped (queued, running, or admitted and not yet queued)."""
+    return ShuttingDown(f"the server is shutting down and the {model} drain time ran out before this request "
+                        "finished; retry on another replica.")
 
 
 class BatcherFailed(QwenEmbedError):
@@ -105,7 +113,8 @@ class Admission:
         self.held = True
 
     async def submit(self, seqs: Sequence[Sequence[int]], timing: Timing | None = None) -> np.ndarray:
-        """Queue the sequences under this reservation; returns their rows in order."""
+        """Queue the sequences under this reservation (also while the batcher drains: the place was
+        granted before); returns their rows in order."""
         assert self.held, "an admission submits once"
         self.held = False
         return await self.batcher._enqueue(seqs, timing, reserved=True)
@@ -114,7 +123,7 @@ class Admission:
         """Give the place back (the request failed or ended before `submit`); idempotent."""
         if self.held:
             self.held = False
-            self.batcher.pending_requests -= 1
+            self.batcher._unreserve()
             self.batcher._gauge()
 
 
@@ -136,6 +145,7 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._queued_tokens = 0
         self.pending_requests = 0  # admitted + queued + running, counted until answered
+        self._reserved = 0  # admitted, not yet queued (being tokenized): a drain waits for them
         self.pending_tokens = 0
         self.batches_run = 0
         self._tokens_per_s = 0.0  # moving estimate, for Retry-After
@@ -208,8 +218,7 @@ class Batcher:
     def _expire(self) -> None:
         """The drain deadline: every request still queued or running gets ShuttingDown."""
         self._expired = True
-        error = ShuttingDown(f"the server is shutting down and the {self.name} drain time ran out before this "
-                             "request finished; retry on another replica.")
+        error = ran_out(self.name)
         for job in list(self._queue):
             self._fail(job, error)
         self._queue.clear()
@@ -224,12 +233,15 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.run, list(seqs))
 
     # -- admission ---------------------------------------------------------------------------------
-    def check_room(self, requests: int, tokens: int) -> None:
-        """Raise QueueFull when `requests` more requests of `tokens` tokens would not fit."""
+    def check_room(self, requests: int, tokens: int, reserved: bool = False) -> None:
+        """Raise QueueFull when `requests` more requests of `tokens` tokens would not fit, ShuttingDown while
+        draining (`reserved`: the place was granted before the drain, refused only once its deadline passed)."""
         if self._failed is not None:
             raise self._failed
-        if self._stopping:
+        if self._stopping and not reserved:
             raise ShuttingDown("the server is shutting down; retry on another replica.")
+        if self._expired:
+            raise ran_out(self.name)
         if self.pending_requests + requests > self.max_queue:
             raise QueueFull(f"the {self.name} queue is full ({self.pending_requests} requests queued or running, "
                             f"limit {self.max_queue}); retry after the Retry-After seconds.", self._retry_after())
@@ -242,8 +254,15 @@ class Batcher:
         """Reserve a place for one request before its tokenization (QueueFull / ShuttingDown when none)."""
         self.check_room(1, 0)
         self.pending_requests += 1
+        self._reserved += 1
         self._gauge()
         return Admission(self)
+
+    def _unreserve(self) -> None:
+        """A reservation ends (queued, refused or given back); a draining loop may end once none is left."""
+        self.pending_requests -= 1
+        self._reserved -= 1
+        self._wakeup.set()
 
     def _retry_after(self) -> int:
         if self._tokens_per_s <= 0:
@@ -257,9 +276,9 @@ class Batcher:
     async def _enqueue(self, seqs: Sequence[Sequence[int]], timing: Timing | None, reserved: bool) -> np.ndarray:
         tokens = sum(len(s) for s in seqs)
         if reserved:
-            self.pending_requests -= 1  # the reservation becomes the request (checked again as one)
+            self._unreserve()  # the reservation becomes the request (checked again as one)
         try:
-            self.check_room(1, tokens)
+            self.check_room(1, tokens, reserved=reserved)
         except QwenEmbedError:
             self._gauge()
             raise
@@ -308,7 +327,7 @@ class Batcher:
         while True:
             await self._slots.acquire()  # a free place in the worker before forming the batch
             while not self._queue or self._expired:
-                if self._stopping:
+                if self._stopping and not self._reserved:  # admitted requests still tokenizing will queue
                     self._slots.release()
                     if self._running:
                         await asyncio.gather(*self._running, return_exceptions=True)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError, ModelOutputError, QwenEmbedError, TokenizerError
 from . import wire
-from .batcher import BatcherFailed, QueueFull, ShuttingDown, Timing
+from .batcher import BatcherFailed, QueueFull, ShuttingDown, Timing, ran_out
 from .board import Board
 from .metrics import Metrics
 from .model_process import ModelError, ModelProcessDied
@@ -108,10 +108,10 @@ class RemoteAdmission:
         assert self.held, "an admission submits once"
         b = self.batcher
         tokens = sum(len(s) for s in seqs)
-        b.check_room(0, tokens, holding=1)
-        b.hold(0, tokens)
-        self.tokens = tokens
-        try:
+        try:  # refused or answered, the place is given back
+            b.check_room(0, tokens, holding=1, reserved=True)
+            b.hold(0, tokens)
+            self.tokens = tokens
             return await b.send(seqs, timing or Timing())
         finally:
             self.release()
@@ -141,6 +141,7 @@ class RemoteBatcher:
         self.metrics = metrics
         self._ids = itertools.count(1)
         self._stopping = False
+        self._expired = False  # the drain deadline passed: a reserved request is refused too
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._readers: set[asyncio.Task[None]] = set()
@@ -241,8 +242,8 @@ class RemoteBatcher:
             self._deadline = asyncio.get_running_loop().call_later(max(0.0, timeout), self._expire)
 
     def _expire(self) -> None:
-        error = ShuttingDown(f"the server is shutting down and the {self.name} drain time ran out before this "
-                             "request finished; retry on another replica.")
+        self._expired = True
+        error = ran_out(self.name)
         for link in self.links:
             for rid, p in list(link.pending.items()):
                 if not p.future.done():
@@ -284,12 +285,15 @@ class RemoteBatcher:
                 await asyncio.sleep(RECONNECT_S)
 
     # -- admission ---------------------------------------------------------------------------------
-    def check_room(self, requests: int, tokens: int, holding: int = 0) -> None:
+    def check_room(self, requests: int, tokens: int, holding: int = 0, reserved: bool = False) -> None:
         """Raise QueueFull when `requests` more requests and `tokens` more tokens would not fit the whole
         server's queue (all workers; `holding`: places the caller already holds), ShuttingDown while
-        draining. A request alone in the queue is always taken, however many tokens it holds."""
-        if self._stopping:
+        draining (`reserved`: a place granted before the drain, refused only once the drain time ran out).
+        A request alone in the queue is always taken, however many tokens it holds."""
+        if self._stopping and not reserved:
             raise ShuttingDown("the server is shutting down; retry on another replica.")
+        if self._expired:
+            raise ran_out(self.name)
         held, held_tokens = self.board.admitted(self.model)
         held -= holding
         if held + requests > self.max_queue:
