@@ -327,7 +327,9 @@ class Batcher:
         while True:
             await self._slots.acquire()  # a free place in the worker before forming the batch
             while not self._queue or self._expired:
-                if self._stopping and not self._reserved:  # admitted requests still tokenizing will queue
+                # requests admitted before the drain and still tokenizing will queue: wait for them, until the
+                # drain deadline (after it they are refused, so a place never given back cannot hold the stop)
+                if self._stopping and (not self._reserved or self._expired):
                     self._slots.release()
                     if self._running:
                         await asyncio.gather(*self._running, return_exceptions=True)
