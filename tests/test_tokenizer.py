@@ -138,3 +138,53 @@ def test_check_texts(texts: object, needle: str) -> None:
 def test_lone_surrogate_is_an_input_error() -> None:
     with pytest.raises(InputError, match="lone surrogate"):
         check_texts(["ok", "bad \ud800 text"])
+
+
+FRAGMENTS = ["word", "Word", "it's", "'S", " ", "  ", "\t", "\n", "\n\n", "\r\n", " \n", "\t\n ", "\u00a0", "\u3000",
+             "é", "e\u0301", "\u0301", "中文字", "🙂", "12345", "...", "=", "-->", "<|endoftext|>", "<|im_start|>",
+             "\u2028", "\x85", "\x1c", "\x0b", "\f"]
+
+
+def random_lines(seed: int, n: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    return "".join(rng.choice(FRAGMENTS) for _ in range(n))
+
+
+def test_long_texts_encode_in_line_pieces_with_the_ids_of_one_piece(real_tokenizer_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut at every line start (pieces of >= 8 characters): newline runs, spaces and tabs before and after a
+    newline, a combining mark or a special token right after one, Unicode whitespace; the ids equal those of
+    `tokenizers` on the whole text, which is the reference."""
+    import qwen_embed.tokenizer as T
+
+    tok = Tokenizer.from_file(str(real_tokenizer_path))
+    ours = QwenTokenizer(Tokenizer.from_file(str(real_tokenizer_path)))
+    assert ours.splits_long_texts
+    monkeypatch.setattr(T, "PIECE_CHARS", 8)
+    texts = [random_lines(seed, 3000) for seed in range(12)] + ["short", "x\ny", "\n" * 40 + "end"]
+    assert sum(len(T.line_pieces(t, 8)) for t in texts) > 2000  # cut everywhere it may be
+    want = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    assert ours.encode(texts) == want
+    text = (("=" * 63 + "\n") * 20_000)  # 1.3 MB, the default piece size: 20 pieces
+    monkeypatch.setattr(T, "PIECE_CHARS", 1 << 16)
+    assert len(T.line_pieces(text)) == 20 and "".join(T.line_pieces(text)) == text
+    assert ours.encode([text]) == [tok.encode(text, add_special_tokens=False).ids]
+
+
+def test_a_tokenizer_with_another_pre_tokenizer_is_never_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GPT-2's ByteLevel regex (qwen_embed.tiny's tokenizer) splits '  \\n' before 'x' differently from '  \\n' at
+    the end of a text, so cutting there could change the ids: such a tokenizer encodes every text whole."""
+    import qwen_embed.tokenizer as T
+
+    small = train_small_tokenizer()
+    assert not T.splits_at_line_starts(small) and small.pre_tokenizer is not None
+    text = "ab  \nxy  \nzz"
+
+    def pieces(s: str) -> list[str]:
+        return [p for p, _ in small.pre_tokenizer.pre_tokenize_str(s)]  # type: ignore[union-attr]
+
+    assert [p for c in T.line_pieces(text, 1) for p in pieces(c)] != pieces(text)  # why the check exists
+    monkeypatch.setattr(T, "PIECE_CHARS", 1)
+    assert QwenTokenizer(small).encode([text]) == [small.encode(text, add_special_tokens=False).ids]

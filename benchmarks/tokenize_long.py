@@ -1,0 +1,68 @@
+"""Encoding one long text (a book to be chunked for an index): `QwenTokenizer.encode`, which cuts a text of
+more than 64K characters at line starts and encodes the pieces in one parallel batch, beside the reference,
+`tokenizers` encoding the whole string, on the same text with the real Qwen tokenizer. Checks that the ids
+are equal and prints the ratio.
+
+    python benchmarks/tokenize_long.py                       # ../shared/data's tokenizer and SciFact corpus
+    python benchmarks/tokenize_long.py --tokenizer /path/to/tokenizer.json --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from tokenizers import Tokenizer  # noqa: E402
+
+from qwen_embed.tokenizer import QwenTokenizer  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def texts(corpus: Path) -> dict[str, str]:
+    """The inputs: 10 MB of short lines, and the SciFact corpus joined into one text (when present)."""
+    out = {"10 MB of 64-character lines": ("=" * 63 + "\n") * (10_000_000 // 64)}
+    if corpus.is_file():
+        with corpus.open() as f:
+            out[f"SciFact corpus as one text ({corpus.stat().st_size >> 20} MB file)"] = "\n".join(
+                json.loads(line)["text"] for line in f)
+    return out
+
+
+def best(fn: object, repeat: int) -> tuple[float, list[int]]:
+    times, ids = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ids = fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - t0)
+    return min(times), ids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "qwen" / "tokenizer.json"))
+    ap.add_argument("--corpus", default=str(SHARED / "beir" / "scifact" / "corpus.jsonl"))
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is kept (default 2)")
+    args = ap.parse_args()
+    ref = Tokenizer.from_file(args.tokenizer)
+    ours = QwenTokenizer(Tokenizer.from_file(args.tokenizer))
+    rows = []
+    for name, text in texts(Path(args.corpus)).items():
+        t_ref, want = best(lambda t=text: ref.encode(t, add_special_tokens=False).ids, args.repeat)
+        t_ours, got = best(lambda t=text: ours.encode([t])[0], args.repeat)
+        assert got == want, f"{name}: the ids differ"
+        rows.append({"text": name, "chars": len(text), "tokens": len(want), "tokenizers_whole_s": round(t_ref, 3),
+                     "qwen_embed_s": round(t_ours, 3), "speedup": round(t_ref / t_ours, 2)})
+        print(f"{name}: {len(text):,} characters, {len(want):,} tokens; tokenizers whole {t_ref:.2f} s, "
+              f"qwen-embed {t_ours:.2f} s: {t_ref / t_ours:.2f}x, ids equal")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
