@@ -1,7 +1,8 @@
 """Encoding one long text (a book to be chunked for an index): `QwenTokenizer.encode`, which cuts a text of
 more than 64K characters at line starts and encodes the pieces in one parallel batch, beside the reference,
-`tokenizers` encoding the whole string, on the same text with the real Qwen tokenizer. Checks that the ids
-are equal and prints the ratio.
+`tokenizers` encoding the whole string, on the same text with the real Qwen tokenizer; then the same text as
+one embedder input truncated to --max-length tokens (`encode_for_embedding` reads only the pieces the
+truncation keeps). Checks that the ids are equal and prints the ratios.
 
     python benchmarks/tokenize_long.py                       # ../shared/data's tokenizer and SciFact corpus
     python benchmarks/tokenize_long.py --tokenizer /path/to/tokenizer.json --repeat 3
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "qwen" / "tokenizer.json"))
     ap.add_argument("--corpus", default=str(SHARED / "beir" / "scifact" / "corpus.jsonl"))
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side; the best is kept (default 2)")
+    ap.add_argument("--max-length", type=int, default=8192, help="the embedder's truncation (default 8192)")
     args = ap.parse_args()
     ref = Tokenizer.from_file(args.tokenizer)
     ours = QwenTokenizer(Tokenizer.from_file(args.tokenizer))
@@ -61,6 +63,20 @@ def main() -> None:
                      "qwen_embed_s": round(t_ours, 3), "speedup": round(t_ref / t_ours, 2)})
         print(f"{name}: {len(text):,} characters, {len(want):,} tokens; tokenizers whole {t_ref:.2f} s, "
               f"qwen-embed {t_ours:.2f} s: {t_ref / t_ours:.2f}x, ids equal")
+        # as an embedder input cut to --max-length tokens: the reference encodes it all, then truncates
+        def truncated(t: str = text, n: int = args.max_length) -> list[int]:
+            ids = ref.encode(t, add_special_tokens=True).ids
+            ids = ids[:-1] if ours.appends_eos else ids
+            return [*ids[: n - 1], ours.eos_id]
+
+        t_ref, want = best(truncated, args.repeat)
+        n = args.max_length
+        t_ours, got = best(lambda t=text: ours.encode_for_embedding([t], args.max_length)[0], args.repeat)
+        assert got == want, f"{name}: the truncated ids differ"
+        rows.append({"text": name, "max_length": n, "tokenizers_whole_s": round(t_ref, 4),
+                     "qwen_embed_s": round(t_ours, 4), "speedup": round(t_ref / t_ours, 1)})
+        print(f"  as one embedder input of {n} tokens: tokenizers (whole, then truncated) {t_ref:.3f} s, "
+              f"qwen-embed {t_ours:.3f} s: {t_ref / t_ours:.0f}x, ids equal")
     print(json.dumps(rows))
 
 

@@ -188,3 +188,43 @@ def test_a_tokenizer_with_another_pre_tokenizer_is_never_cut(monkeypatch: pytest
     assert [p for c in T.line_pieces(text, 1) for p in pieces(c)] != pieces(text)  # why the check exists
     monkeypatch.setattr(T, "PIECE_CHARS", 1)
     assert QwenTokenizer(small).encode([text]) == [small.encode(text, add_special_tokens=False).ids]
+
+
+@pytest.mark.parametrize("post", [True, False], ids=["appends-end-token", "appends-nothing"])
+def test_long_embedder_inputs_in_pieces_equal_the_whole_text(real_tokenizer_path: Path,
+                                                              tiny_checkpoint: Callable[..., Path],
+                                                              monkeypatch: pytest.MonkeyPatch, post: bool) -> None:
+    """Embedder inputs cut at every line start (pieces of >= 8 characters) and encoded only as far as the
+    truncation keeps: the ids and untruncated lengths of `tokenizers` on the whole text with its own
+    post-processor, for the current official tokenizer (appends the end token) and the older one."""
+    import qwen_embed.tokenizer as T
+
+    path = tiny_checkpoint("embedding", tokenizer=str(real_tokenizer_path), eos_postprocessor=post)
+    ours = QwenTokenizer(Tokenizer.from_file(str(path / "tokenizer.json")))
+    ref = Tokenizer.from_file(str(path / "tokenizer.json"))
+    assert ours.splits_embedder_inputs and ours.appends_eos is post
+    eos = ours.eos_id
+    texts = ["short", *(random_lines(seed, 1500) for seed in range(6)), "x\ny", "\n" * 30 + "end"]
+
+    def reference(max_length: int) -> list[list[int]]:
+        out = []
+        for e in ref.encode_batch(texts, add_special_tokens=True):
+            ids = e.ids[:-1] if post else e.ids  # the tokenizer's own end token, when it adds one
+            room = max(max_length - 1, 0)
+            out.append([*ids[:room], eos])
+        return out
+
+    monkeypatch.setattr(T, "PIECE_CHARS", 8)
+    for max_length in (*range(1, 90), 700, 10**9):  # every stop of the piece rounds
+        assert ours.encode_for_embedding(texts, max_length) == reference(max_length), max_length
+    assert ours.embedding_lengths(texts) == [len(ids) for ids in reference(10**9)]
+
+    encoded: list[int] = []  # characters encoded: a long text truncated early is not read to its end
+    batch = ours.tok.encode_batch
+    monkeypatch.setattr(ours, "tok", type("Spy", (), {
+        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
+                                                               batch(xs, add_special_tokens=add_special_tokens))[1]})())
+    monkeypatch.setattr(T, "PIECE_CHARS", 1000)
+    book = "A line of a long book.\n" * 100_000  # 2.3M characters
+    assert ours.encode_for_embedding([book], 64) == [[*ref.encode(book[:5000], add_special_tokens=False).ids[:63], eos]]
+    assert sum(encoded) < 3000
