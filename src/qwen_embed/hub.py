@@ -77,7 +77,8 @@ def _from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, etag_timeout=10))
     except Exception as e:
-        raise ModelNotFoundError(f"could not download {repo_id} ({type(e).__name__}: {e}). {how}") from None
+        why = " ".join(str(e).split())  # one line: the hub's HTTP errors span several
+        raise ModelNotFoundError(f"could not download {repo_id} ({type(e).__name__}: {why}). {how}") from None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -62,9 +62,18 @@ def plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[Tens
 
 
 def split_shards(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
-    """`specs` in `shards` consecutive groups of (nearly) equal tensor counts."""
-    per = -(-len(specs) // max(1, shards))
-    return [specs[i : i + per] for i in range(0, len(specs), per)] or [[]]
+    """`specs` in `shards` consecutive groups whose tensor counts differ by at most one (the first ones hold
+    the extra), at most one group per tensor and at least one group ([[]] for no tensor)."""
+    if not specs:
+        return [[]]
+    k = min(max(1, shards), len(specs))
+    per, extra = divmod(len(specs), k)
+    groups, start = [], 0
+    for g in range(k):
+        end = start + per + (g < extra)
+        groups.append(specs[start:end])
+        start = end
+    return groups
 
 
 def shard_names(n: int) -> list[str]:
