@@ -21,14 +21,12 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from tokenizers import Tokenizer
 
 from .errors import InputError, TokenizerError
 
 EOS_TOKEN = "<|endoftext|>"
-T = TypeVar("T")
 
 # tokenizer.json's "pre_tokenizer" of Qwen2 / Qwen3 (as `tokenizers` serialises it): its pieces are runs of
 # letters (with one leading non-letter), single digits, punctuation runs with the newlines after them,
@@ -173,48 +171,25 @@ class QwenTokenizer:
         """Ids with the tokenizer's own processing, truncated to `max_length` with the end token kept last.
         A text longer than PIECE_CHARS characters is encoded in `line_pieces`, and only as far as the
         truncation keeps (a 10 MB text cut to 8,192 tokens reads its first ~64K characters)."""
-        texts = list(texts)
-        long = self._long(texts)
-        short = [t for t in texts if len(t) <= PIECE_CHARS] if long else texts
-        out = []
-        for enc in self.tok.encode_batch(short, add_special_tokens=True):
-            ids = enc.ids
-            if self.appends_eos and ids and ids[-1] == self.eos_id:
-                ids = ids[:-1]
-            out.append(truncate_keep_end(ids, max_length, self.eos_id))
-        if not long:
-            return out
-        cut = [truncate_keep_end(ids, max_length, self.eos_id)
-               for ids in self._encode_pieces([texts[i] for i in long], limit=max(max_length - 1, 0))]
-        return merge_in_order(out, cut, long, len(texts))
+        return [truncate_keep_end(ids, max_length, self.eos_id)
+                for ids in self._content(list(texts), limit=max(max_length - 1, 0))]
 
     def embedding_lengths(self, texts: Sequence[str]) -> list[int]:
         """Untruncated length of each embedder input, the end token counted once (long texts in pieces)."""
-        texts = list(texts)
-        long = self._long(texts)
-        extra = 0 if self.appends_eos else 1
-        short = [t for t in texts if len(t) <= PIECE_CHARS] if long else texts
-        out = [len(e.ids) + extra for e in self.tok.encode_batch(short, add_special_tokens=True)]
-        if not long:
-            return out
-        return merge_in_order(out, [len(ids) + 1 for ids in self._encode_pieces([texts[i] for i in long])], long,
-                              len(texts))
+        return [len(ids) + 1 for ids in self._content(list(texts))]
 
-    def _long(self, texts: list[str]) -> list[int]:
-        """Positions of the texts that the embedder's encoding cuts into pieces (none unless it may)."""
-        if not self.splits_embedder_inputs:
-            return []
-        return [i for i, t in enumerate(texts) if len(t) > PIECE_CHARS]
-
-
-def merge_in_order(short: list[T], long: list[T], long_at: list[int], n: int) -> list[T]:
-    """The `n` results in input order: `long` at the positions `long_at` (ascending), `short` elsewhere."""
-    out: list[T] = []
-    s = iter(short)
-    at = dict(zip(long_at, long, strict=True))
-    for i in range(n):
-        out.append(at[i] if i in at else next(s))
-    return out
+    def _content(self, texts: list[str], limit: int | None = None) -> list[list[int]]:
+        """Each embedder input's ids with the tokenizer's own processing, without its end token (`limit`: at
+        least that many, when a long text is read in pieces). With a post-processor that adds nothing but
+        the end token, those are the ids without special tokens: a batch holding a long text goes through
+        `_encode_pieces`."""
+        if self.splits_embedder_inputs and any(len(t) > PIECE_CHARS for t in texts):
+            return self._encode_pieces(texts, limit)
+        out = []
+        for enc in self.tok.encode_batch(texts, add_special_tokens=True):
+            ids = enc.ids
+            out.append(ids[:-1] if self.appends_eos and ids and ids[-1] == self.eos_id else ids)
+        return out
 
 
 def check_texts(texts: object, what: str = "texts") -> list[str]:

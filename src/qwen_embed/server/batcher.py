@@ -24,8 +24,7 @@ the error of its batch; a request whose client went away is skipped. `drain(time
 work (`ShuttingDown`), runs what was accepted without waiting for batch windows (a request admitted
 before the drain and still being tokenized is accepted: it is queued and run when it arrives, and the
 loop waits for it), and at the deadline fails what is left with `ShuttingDown`; `stop` drains and ends
-the worker thread. The batcher raises
-its own errors; the HTTP layer maps them to statuses (errors.py).
+the worker thread. The batcher raises its own errors; the HTTP layer maps them to statuses (errors.py).
 
 This is the scheme of text-embeddings-inference's queue and vLLM's scheduler reduced to one
 forward pass per batch (no KV cache: an embedding request is one forward pass).
