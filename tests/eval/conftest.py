@@ -65,3 +65,12 @@ def scifact_retrieval(short_embedder: Embedder, scifact: Path) -> object:
 
     ds = load_beir(scifact)
     return ds, evaluate_retrieval(short_embedder, ds, instruction="x", dims=[32, 64], ks=[1, 5, 10, 100], depth=100)
+
+
+@pytest.fixture(scope="session")
+def trec_dir(shared_data: Path) -> Path:
+    """../shared/data/trec_eval: trec_eval 10's test qrels, run and outputs (skips when they are absent)."""
+    d = shared_data / "trec_eval"
+    if not all((d / name).is_file() for name in ("qrels.test", "results.test", "out.test.a", "out.test.aq")):
+        pytest.skip(f"{d} lacks trec_eval's test files")
+    return d

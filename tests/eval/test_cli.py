@@ -18,8 +18,8 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out.out, out.err
 
 
-def test_metrics_prints_trec_eval_output_and_json(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = shared_data / "trec_eval"
+def test_metrics_prints_trec_eval_output_and_json(trec_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = trec_dir
     code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test")], capsys)
     assert code == 0 and out == (d / "out.test.a").read_text()
     code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-q"], capsys)
@@ -93,9 +93,9 @@ def test_resolve_instruction() -> None:
     assert "official default" in resolve_instruction(None, "Unknown", "x")[1]
 
 
-def test_metrics_measure_selection_as_trec_eval(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_metrics_measure_selection_as_trec_eval(trec_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 11.9: `-m ndcg_cut.10` prints trec_eval's line for that measure (trec_eval 10's own output)."""
-    d = shared_data / "trec_eval"
+    d = trec_dir
     reference = {ln.split()[0]: ln for ln in (d / "out.test.a").read_text().splitlines()}
     code, out, _ = _run(["eval", "metrics", str(d / "qrels.test"), str(d / "results.test"), "-m", "ndcg_cut.10"],
                         capsys)

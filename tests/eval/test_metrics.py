@@ -24,14 +24,6 @@ from qwen_embed.eval.trec import read_qrels, read_run_file
 pytrec_eval = pytest.importorskip("pytrec_eval")
 
 
-@pytest.fixture(scope="module")
-def trec_dir(shared_data: Path) -> Path:
-    d = shared_data / "trec_eval"
-    if not (d / "out.test.a").is_file():
-        pytest.skip(f"{d} lacks trec_eval's test outputs")
-    return d
-
-
 @pytest.mark.parametrize(("output", "per_query"), [("out.test.a", False), ("out.test.aq", True)])
 def test_reproduces_trec_eval_output_byte_for_byte(trec_dir: Path, output: str, per_query: bool) -> None:
     run = read_run_file(trec_dir / "results.test")

@@ -68,14 +68,6 @@ MEAS_PARAMS = (
 MEAS_PARAMS_SPECS = ["P.5,7,3", "recall.20,2000", "ndcg_cut.10,20,23", "success.2,5,20"]
 
 
-@pytest.fixture(scope="module")
-def trec_dir(shared_data: Path) -> Path:
-    d = shared_data / "trec_eval"
-    if not (d / "out.test.aq").is_file():
-        pytest.skip(f"{d} lacks trec_eval's test outputs")
-    return d
-
-
 def evaluated(trec_dir: Path, choice: MeasureChoice) -> Evaluation:
     """qrels.test + results.test evaluated as the command does for `choice` (its extra cutoffs included)."""
     run = read_run_file(trec_dir / "results.test")
