@@ -15,6 +15,7 @@ from qwen_embed.train.rerank_losses import LOSSES, bce_loss, listwise_loss, sft_
 
 V, H = 40, 16  # vocabulary, hidden size
 YES, NO = 29, 7
+BIG_V, BIG_YES, BIG_NO = 600, 523, 301  # ids that bf16 cannot hold exactly (it rounds 523 to 524)
 
 
 def randn(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -36,10 +37,10 @@ def ref_log_softmax(x: torch.Tensor) -> torch.Tensor:
     return x - m - torch.log(torch.exp(x - m).sum(-1, keepdim=True))
 
 
-def ref_sft(h: torch.Tensor, w: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
-    """Sum over rows of -log softmax(h W^T)[YES if label else NO], over all V tokens."""
+def ref_sft(h: torch.Tensor, w: torch.Tensor, labels: Sequence[int], yes: int = YES, no: int = NO) -> torch.Tensor:
+    """Sum over rows of -log softmax(h W^T)[yes if label else no], over all V tokens."""
     logp = ref_log_softmax(h.double() @ w.double().T)  # [n, V]
-    return -sum((logp[i, YES if int(y) else NO] for i, y in enumerate(labels)), torch.zeros((), dtype=torch.float64))
+    return -sum((logp[i, yes if int(y) else no] for i, y in enumerate(labels)), torch.zeros((), dtype=torch.float64))
 
 
 def ref_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +103,11 @@ def test_sft_is_not_the_two_way_loss() -> None:
     assert close(got, ref_sft(h, w, y.tolist())) and float(got) > float(ref_bce(s, y)) + 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="sft_loss builds the targets with full_like(labels, id): for bool labels "
-                                       "that is True (token 1), not the yes/no id")
-def test_sft_accepts_bool_labels() -> None:
-    h, w, y = randn(4, H, seed=9), randn(V, H, seed=10), labels_of(4, seed=11)
-    assert close(sft_loss(h, w, y.bool(), YES, NO), ref_sft(h, w, y.tolist()))
+@pytest.mark.parametrize("dtype", [torch.bool, torch.bfloat16, torch.float16, torch.float32, torch.int32])
+def test_sft_accepts_labels_of_any_dtype(dtype: torch.dtype) -> None:
+    """The targets are the yes/no ids whatever the labels' dtype: not True (token 1), nor an id rounded to bf16."""
+    h, w, y = randn(4, H, seed=9), randn(BIG_V, H, seed=10), labels_of(4, seed=11)
+    assert close(sft_loss(h, w, y.to(dtype), BIG_YES, BIG_NO), ref_sft(h, w, y.tolist(), BIG_YES, BIG_NO))
 
 
 def test_bce_is_the_logistic_loss_summed() -> None:

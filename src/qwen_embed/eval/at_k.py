@@ -20,8 +20,9 @@ DEFAULT_K = (1, 3, 5, 10, 100)
 
 def check_ks(ks: Sequence[int]) -> list[int]:
     """Validate cutoffs: positive integers, no duplicates; returned in ascending order."""
-    out = sorted(set(ks))
-    if not out or len(out) != len(ks) or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in out):
+    valid = all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
+    out = sorted(set(ks)) if valid else []
+    if not out or len(out) != len(ks):
         raise InputError(f"cutoffs must be distinct positive integers, got {list(ks)}; e.g. --k 1,3,5,10,100")
     return out
 

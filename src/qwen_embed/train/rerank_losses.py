@@ -36,8 +36,8 @@ def yes_no_margin(h: torch.Tensor, margin_vector: torch.Tensor) -> torch.Tensor:
 def sft_loss(h: torch.Tensor, lm_weight: torch.Tensor, labels: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
     """Sum over rows of -log p(label token | input) over the full vocabulary; labels [n] in {0, 1}."""
     logits = h.float() @ lm_weight.float().T  # [n, V], last positions only
-    target = torch.where(labels.bool(), torch.full_like(labels, yes_id), torch.full_like(labels, no_id))
-    return F.cross_entropy(logits, target.long(), reduction="sum")
+    target = torch.where(labels.bool(), yes_id, no_id)  # int64 whatever the labels' dtype (bool, bf16, ...)
+    return F.cross_entropy(logits, target, reduction="sum")
 
 
 def bce_loss(s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
