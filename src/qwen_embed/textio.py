@@ -19,13 +19,14 @@ is checked before any work starts and written atomically (`qwen_embed.files`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from .errors import InputError
+from .errors import InputError, QwenEmbedError
 from .files import atomic_file, check_output_file
 
 Format = Literal["auto", "lines", "jsonl"]
@@ -58,6 +59,51 @@ def read_text_file(path: str) -> str:
         raise InputError(f"input {path} is not UTF-8 text (byte {e.start}); convert it first.") from None
     except OSError as e:
         raise InputError(f"input {path} cannot be read ({e.strerror}).") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML; a syntax error or a key written twice in one mapping raises ValueError in one line that
+    gives the problem with its line and column (PyYAML's own message spans several lines, and it keeps
+    the last of two equal keys without a word)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:  # the keys as written: those a merge (`<<: *base`) brings may repeat
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    mark = key_node.start_mark
+                    raise ValueError(f"key {key!r} is written twice (line {mark.line + 1}, column "
+                                     f"{mark.column + 1}); keep one")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # a SafeLoader: builds plain data only
+    except yaml.MarkedYAMLError as e:
+        parts = [f"{text_} at line {mark.line + 1}, column {mark.column + 1}" if mark else text_
+                 for text_, mark in ((e.context, e.context_mark), (e.problem, e.problem_mark)) if text_]
+        raise ValueError("; ".join(parts)) from None
+    except yaml.YAMLError as e:
+        raise ValueError(" ".join(str(e).split())) from None
+
+
+def read_yaml(path: str | os.PathLike[str], what: str, error: type[QwenEmbedError] = InputError) -> Any:
+    """A UTF-8 YAML file parsed by `parse_yaml`, every failure one `error` naming `what` and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {p} does not exist or is not a file.")
+    try:
+        return parse_yaml(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {p} is not UTF-8 text (byte {e.start}); convert it first.") from None
+    except OSError as e:
+        raise error(f"{what} {p} cannot be read ({e.strerror}).") from None
+    except ValueError as e:
+        raise error(f"{what} {p} is not valid YAML: {e}.") from None
 
 
 def _is_jsonl(path: str, lines: Sequence[str], fmt: str) -> bool:

@@ -165,11 +165,20 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     assert refused(path).startswith(f"recipe {path} is not valid YAML: ")
 
 
-@pytest.mark.xfail(strict=True, reason="the YAML error keeps only PyYAML's first line ('while parsing a flow "
-                                       "sequence'); the line and column of the problem are dropped")
-def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "r.yaml", "name: x\nstages: [a, b\nseed: 1\n")
-    assert "line 3" in refused(path)
+@pytest.mark.parametrize(("text", "where"), [
+    ("name: x\nstages: [a, b\nseed: 1\n", "but got ':' at line 3, column 5"),
+    ("name: x\nname: y\n" + "stages: [{name: a, kind: init}]\n", "key 'name' is written twice (line 2, column 1)"),
+    ("stages: [{name: a, kind: init, kind: mine}]\n", "key 'kind' is written twice (line 1, column 32)"),
+])
+def test_invalid_yaml_names_the_line_and_column(tmp_path: Path, text: str, where: str) -> None:
+    path = write(tmp_path / "r.yaml", text)
+    assert where in refused(path)
+
+
+def test_a_recipe_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"name: caf\xe9\n" + ONE_STAGE.encode())
+    assert refused(path) == f"recipe {path} is not UTF-8 text (byte 9); convert it first."
 
 
 @pytest.mark.parametrize("text", ["", "- {name: a, kind: init}\n", "just text\n", "42\n"])
@@ -204,7 +213,7 @@ def test_each_stage_needs_a_string_name_and_kind(tmp_path: Path, stages: str, nu
     assert refused(path).startswith(f"recipe {path}: stage {number} needs a string `name` and `kind`, got ")
 
 
-@pytest.mark.parametrize("value", ["[dataset]", "text", "3"])
+@pytest.mark.parametrize("value", ["[dataset]", "text", "3", "[]", "0", "false", "''"])
 def test_evaluate_must_be_a_mapping(tmp_path: Path, value: str) -> None:
     path = write(tmp_path / "r.yaml", f"evaluate: {value}\n" + ONE_STAGE)
     assert refused(path) == (f"recipe {path}: `evaluate` must be a mapping such as "
@@ -218,15 +227,33 @@ def test_seed_must_be_an_integer(tmp_path: Path, value: str, shown: str) -> None
 
 
 @pytest.mark.parametrize(("text", "wanted"), [
-    ("workdir: 5\n", "workdir"),
-    ("name: [1, 2]\n", "name"),
+    ("workdir: 5\n", "`workdir` must be a non-empty string (e.g. workdir: runs/recipe), got 5; quote a number."),
+    ("workdir: ''\n", "`workdir` must be a non-empty string (e.g. workdir: runs/recipe), got ''; quote a number."),
+    ("workdir: [a]\n", "`workdir` must be a non-empty string (e.g. workdir: runs/recipe), got ['a']; quote a number."),
+    ("name: [1, 2]\n", "`name` must be a non-empty string (e.g. name: scifact-small), got [1, 2]; quote a number."),
+    ("name: 2024\n", "`name` must be a non-empty string (e.g. name: scifact-small), got 2024; quote a number."),
+    ("name: {a: 1}\n", "`name` must be a non-empty string (e.g. name: scifact-small), got {'a': 1}; quote a number."),
 ])
-@pytest.mark.xfail(strict=True, reason="load_recipe does not check the types of name and workdir: `workdir: 5` "
-                                       "raises TypeError from Path(), `name: [1, 2]` becomes the name '[1, 2]'")
 def test_name_and_workdir_must_be_strings(tmp_path: Path, text: str, wanted: str) -> None:
     path = write(tmp_path / "r.yaml", text + ONE_STAGE)
-    msg = refused(path)
-    assert str(path) in msg and wanted in msg
+    assert refused(path) == f"recipe {path}: {wanted}"
+
+
+def test_null_name_workdir_and_evaluate_take_their_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path / "plan.yaml", "name:\nworkdir: null\nevaluate: ~\n" + ONE_STAGE)
+    recipe = load_recipe(path)
+    assert (recipe.name, recipe.workdir, recipe.evaluate) == ("plan", (tmp_path / "runs" / "plan").resolve(), {})
+
+
+def test_unknown_stage_names_the_stages_there_are(tmp_path: Path) -> None:
+    recipe = load_recipe(write(tmp_path / "r.yaml", "stages: [{name: a, kind: init}, {name: b, kind: init}]\n"))
+    with pytest.raises(KeyError, match=r"has no stage 'c'; its stages are a, b\."):
+        recipe.stage("c")
+
+
+def test_a_non_string_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "1: x\nzeta: 2\n" + ONE_STAGE)
+    assert refused(path).startswith(f"recipe {path}: unknown key 1; the keys are ")
 
 
 @pytest.mark.parametrize(("stages", "place", "fix"), [

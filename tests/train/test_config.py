@@ -50,3 +50,43 @@ def test_example_configs_load() -> None:
     assert examples
     for p in examples:
         load_config(p)
+
+
+def config_refused(path: Path, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(path, overrides)
+    msg = str(e.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train:\n  max_steps: [7\n", "is not valid YAML: while parsing a flow sequence at line 2, column 14; "),
+    ("train:\n  max_steps: 7\n  max_steps: 9\n",
+     "is not valid YAML: key 'max_steps' is written twice (line 3, column 3)"),
+    ("train: {}\ntrain: {max_steps: 9}\n", "is not valid YAML: key 'train' is written twice (line 2, column 1)"),
+])
+def test_a_bad_yaml_file_is_one_line_with_its_place(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert config_refused(path).startswith(f"config file {path} {message}")
+
+
+def test_a_missing_or_binary_config_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "none.yaml"
+    assert config_refused(missing) == f"config file {missing} does not exist or is not a file."
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe train")
+    assert config_refused(path) == f"config file {path} is not UTF-8 text (byte 0); convert it first."
+
+
+def test_a_bad_override_value_is_one_line_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 7\n")
+    msg = config_refused(path, ["loss.matryoshka_dims=[64, 32"])
+    assert msg.startswith("override 'loss.matryoshka_dims=[64, 32': the value is not valid YAML: ")
+    assert "line 1, column" in msg
+    # an override on a file whose top level is not a mapping: the top level is named, not a Python error
+    path.write_text("- 1\n")
+    msg = config_refused(path, ["train.max_steps=3"])
+    assert msg.endswith("the top level must be a mapping of sections, got list.")

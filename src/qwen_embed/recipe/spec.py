@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..textio import read_yaml
 
 REF_KEY = "from"
 
@@ -60,7 +61,12 @@ class Recipe:
     seed: int = 0
 
     def stage(self, name: str) -> Stage:
-        return next(s for s in self.stages if s.name == name)
+        """The stage called `name`; KeyError naming the stages there are when none is."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"recipe {self.path} has no stage {name!r}; its stages are "
+                       f"{', '.join(s.name for s in self.stages)}.")
 
 
 def parse_ref(value: Any, where: str) -> Ref | None:
@@ -89,21 +95,14 @@ def refs_in(value: Any, where: str) -> Iterator[tuple[str, Ref]]:
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and check a recipe YAML file (see the module docstring)."""
-    import yaml
-
     from .stages import check_recipe
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"recipe {p} does not exist or is not a file.")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise InputError(f"recipe {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(p, "recipe")
     if not isinstance(raw, dict):
         raise InputError(f"recipe {p} must be a mapping with `stages:` (and optional name, workdir, evaluate).")
     known = {"name", "workdir", "stages", "evaluate", "seed"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - known, key=str)
     if unknown:
         raise InputError(f"recipe {p}: unknown key {unknown[0]!r}; the keys are {', '.join(sorted(known))}.")
     stages_raw = raw.get("stages")
@@ -114,10 +113,17 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
         if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not isinstance(s.get("kind"), str):
             raise InputError(f"recipe {p}: stage {i + 1} needs a string `name` and `kind`, got {s!r:.80}.")
         stages.append(Stage(s["name"], s["kind"], {k: v for k, v in s.items() if k not in ("name", "kind")}))
+    for key, example in (("name", "scifact-small"), ("workdir", "runs/recipe")):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InputError(f"recipe {p}: `{key}` must be a non-empty string (e.g. {key}: {example}), "
+                             f"got {value!r:.80}; quote a number.")
     workdir = Path(raw.get("workdir") or f"runs/{p.stem}")
     if not workdir.is_absolute():
         workdir = (p.parent / workdir).resolve()
-    evaluate = raw.get("evaluate") or {}
+    evaluate = raw.get("evaluate")
+    if evaluate is None:
+        evaluate = {}
     if not isinstance(evaluate, dict):
         raise InputError(f"recipe {p}: `evaluate` must be a mapping such as {{dataset: PATH, split: test}}.")
     seed = raw.get("seed", 0)

@@ -22,6 +22,7 @@ from ..embedder import DEFAULT_INSTRUCTION
 from ..errors import ConfigError
 from ..settings import DEFAULT_EMBEDDING_MODEL
 from ..settings import ModelSettings as LoadingSettings
+from ..textio import parse_yaml, read_yaml
 from .losses import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -173,7 +174,7 @@ class TrainConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}.")
         sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(sections))
+        unknown = sorted(set(raw) - set(sections), key=str)
         if unknown:
             raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: {sorted(sections)}.")
         built: dict[str, Any] = {}
@@ -278,7 +279,7 @@ def _build_section(sect_cls: Any, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {raw!r:.60}.")
     fields = {f.name: f for f in dataclasses.fields(sect_cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}.")
     hints = typing.get_type_hints(sect_cls)
@@ -289,23 +290,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None, kind: str 
     """Read a YAML config; `overrides` are `section.key=value` strings (YAML values) applied on top.
 
     kind "rerank" makes the default model.path the Qwen3 reranker and train.output_dir runs/rerank."""
-    import yaml
-
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist.")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML ({e}).") from None
+    raw = read_yaml(p, "config file", ConfigError) or {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=100.")
+        if not isinstance(raw, dict):
+            break  # TrainConfig.from_dict names the problem
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{p}: section {section!r} must be a mapping.")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            parsed = parse_yaml(value)
+        except ValueError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {e}; quote a string "
+                              f"(e.g. {key}='\"a: b\"').") from None
+        raw.setdefault(section, {})[name] = parsed
     if kind == "rerank" and isinstance(raw, dict):
         for section, key, default in (("model", "path", RERANK_MODEL), ("train", "output_dir", "runs/rerank")):
             if raw.get(section) is None:
