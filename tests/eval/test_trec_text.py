@@ -94,8 +94,6 @@ def test_all_trec_is_trec_eval_all_trec_output(trec_dir: Path, spec: str) -> Non
     assert format_measures(evaluated(trec_dir, choice), choice) == (trec_dir / "out.test.a").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="format_measures never prints relstring: `trec_eval -m all_trec -q` "
-                                       "(out.test.aq) prints a relstring line per query after P_1000")
 def test_all_trec_per_query_is_trec_eval_output(trec_dir: Path) -> None:
     choice = choose_measures(["all_trec"])
     got = format_measures(evaluated(trec_dir, choice), choice, per_query=True)
@@ -134,8 +132,6 @@ def test_cutoffs_outside_the_defaults_equal_trec_eval_meas_params(trec_dir: Path
     assert measure_lines(got) == MEAS_PARAMS.splitlines(keepends=True)
 
 
-@pytest.mark.xfail(strict=True, reason="format_measures always prints runid and num_q; trec_eval -m prints only "
-                                       "the measures asked for (out.test.meas_params has neither line)")
 def test_only_the_measures_asked_for_are_printed(trec_dir: Path) -> None:
     choice = choose_measures(MEAS_PARAMS_SPECS)
     assert format_measures(evaluated(trec_dir, choice), choice, per_query=True) == MEAS_PARAMS
@@ -159,7 +155,7 @@ def test_layout_worked_by_hand() -> None:
     per_query = {"q1": {"num_ret": 7.0, "map": 2 / 3, "gm_map": math.log(0.5), "P_5": 0.123449}}
     agg = {"num_q": 1.0, "num_ret": 7.0, "map": 2 / 3, "gm_map": 0.5, "P_5": 0.99996}
     ev = Evaluation(per_query, agg, run_name="mine")
-    choice = choose_measures(["P.5", "gm_map", "map", "num_ret"])
+    choice = choose_measures(["P.5", "gm_map", "map", "num_ret", "runid", "num_q"])
     assert format_measures(ev, choice, per_query=True) == (
         "num_ret               \tq1\t7\n"
         "map                   \tq1\t0.6667\n"
@@ -191,8 +187,14 @@ def test_families_and_nicknames() -> None:
     official = ["num_ret", "num_rel", "num_rel_ret", "map", "gm_map", "Rprec", "bpref", "recip_rank",
                 *[f"iprec_at_recall_{p / 10:.2f}" for p in range(11)],
                 *[f"P_{k}" for k in (5, 10, 15, 20, 30, 100, 200, 500, 1000)]]
-    assert [n for n, _ in choose_measures(["official"]).names] == official
+    # trec_eval's nicknames (measures.c: off_names, trec_names) hold runid and num_q, all_trec relstring too
+    assert [n for n, _ in choose_measures(["official"]).names] == ["runid", "num_q", *official]
+    assert [n for n, _ in choose_measures(["official"]).values] == official
     assert choose_measures(["official"]).extra_k == []
+    names = [n for n, _ in choose_measures(["all_trec"]).names]
+    assert names[:2] == ["runid", "num_q"] and names[names.index("P_1000") + 1:][:2] == ["relstring", "recall_5"]
+    assert [n for n, _ in choose_measures(["recall.5", "relstring", "P.5", "num_q"]).names] == [
+        "num_q", "P_5", "relstring", "recall_5"]
 
 
 def test_cutoffs_outside_the_defaults_read_the_at_k_measures() -> None:
@@ -203,7 +205,8 @@ def test_cutoffs_outside_the_defaults_read_the_at_k_measures() -> None:
     assert choice.extra_k == [7]
 
 
-@pytest.mark.parametrize("spec", ["ndcgg", "", "map.5", "relative_P.5", "Rprec_mult.0.5", "relstring", "P_7"])
+@pytest.mark.parametrize("spec", ["ndcgg", "", "map.5", "relative_P.5", "Rprec_mult.0.5", "relstring.5", "runid.1",
+                                  "P_7"])
 def test_unknown_measures_are_refused_in_one_line(spec: str) -> None:
     with pytest.raises(InputError) as e:
         choose_measures(["map", spec])

@@ -84,8 +84,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         obj: dict[str, Any] = dict(ev.aggregate)
         per_query: dict[str, Any] = ev.per_query
         if choice is not None:
-            obj = {"num_q": ev.aggregate["num_q"], **{name: ev.aggregate[key] for name, key in choice.names}}
-            per_query = {q: {name: v[key] for name, key in choice.names} for q, v in ev.per_query.items()}
+            obj = {"num_q": ev.aggregate["num_q"], **{name: ev.aggregate[key] for name, key in choice.values}}
+            per_query = {q: {name: v[key] for name, key in choice.values} for q, v in ev.per_query.items()}
         if args.per_query:
             obj = {"all": obj, "per_query": per_query}
         print(json.dumps(obj, indent=1))

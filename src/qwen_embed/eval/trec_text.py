@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,17 +58,26 @@ FAMILIES: dict[str, list[str]] = {
 }
 AT_K = {"P": "precision_at", "recall": "recall_at", "ndcg_cut": "ndcg_at", "map_cut": "map_at",
         "success": "hit_rate_at"}
-OFFICIAL = ["num_ret", "num_rel", "num_rel_ret", "map", "gm_map", "Rprec", "bpref", "recip_rank",
+# trec_eval's measures that are not numbers of the Evaluation: the run's name and the number of queries
+# (printed for `all` only) and each query's relstring (printed per query only)
+META = ("runid", "num_q", "relstring")
+OFFICIAL = ["runid", "num_q", "num_ret", "num_rel", "num_rel_ret", "map", "gm_map", "Rprec", "bpref", "recip_rank",
             *FAMILIES["iprec_at_recall"], *FAMILIES["P"]]
 
 
 @dataclass(frozen=True)
 class MeasureChoice:
     """The measures `-m` asked for: (printed name, key in an Evaluation's values) in trec_eval's order,
-    and the extra cutoffs to compute (a family asked at a cutoff outside trec_eval's defaults)."""
+    `runid`, `num_q` and `relstring` (META) among them when asked, and the extra cutoffs to compute (a
+    family asked at a cutoff outside trec_eval's defaults)."""
 
     names: list[tuple[str, str]]
     extra_k: list[int]
+
+    @property
+    def values(self) -> list[tuple[str, str]]:
+        """The chosen numeric measures: `names` without META."""
+        return [(name, key) for name, key in self.names if name not in META]
 
 
 def choose_measures(specs: Sequence[str]) -> MeasureChoice:
@@ -78,12 +88,12 @@ def choose_measures(specs: Sequence[str]) -> MeasureChoice:
     for spec in specs:
         base, _, params = spec.partition(".")
         if spec in ("all_trec", "all"):
-            chosen += [(m, m) for m in MEASURES]
+            chosen += [(m, m) for m in (*META, *MEASURES)]
         elif spec == "official":
             chosen += [(m, m) for m in OFFICIAL]
         elif not params and base in FAMILIES:
             chosen += [(m, m) for m in FAMILIES[base]]
-        elif not params and base in MEASURES:
+        elif not params and (base in MEASURES or base in META):
             chosen.append((base, base))
         elif params and base in AT_K:
             try:
@@ -108,8 +118,12 @@ def choose_measures(specs: Sequence[str]) -> MeasureChoice:
 
 
 def _trec_order(choice: tuple[str, str]) -> tuple[int, float]:
-    """trec_eval prints measures in MEASURES order; a family's cutoffs by value (custom ones included)."""
+    """trec_eval prints measures in MEASURES order; a family's cutoffs by value (custom ones included);
+    runid and num_q first, relstring after the P family."""
     name = choice[0]
+    if name in META:
+        return (-2, 0.0) if name == "runid" else (-1, 0.0) if name == "num_q" else (
+            MEASURES.index(FAMILIES["P"][0]), math.inf)
     if name in MEASURES:
         family = next((f for f, members in FAMILIES.items() if name in members), None)
         if family is None:
@@ -120,12 +134,19 @@ def _trec_order(choice: tuple[str, str]) -> tuple[int, float]:
 
 
 def format_measures(ev: Evaluation, choice: MeasureChoice, per_query: bool = False) -> str:
-    """trec_eval's text output of the chosen measures only (`trec_eval -m ...`)."""
+    """trec_eval's text output of the chosen measures only (`trec_eval -m ... [-q]`): per query, each
+    query's lines without runid, num_q and the gm_* measures; then the `all` lines without relstring."""
     out = []
     if per_query:
         for qid, values in ev.per_query.items():
-            out += [_line(name, qid, values[key]) for name, key in choice.names if name not in GEOMETRIC]
-    out.append(_line("runid", "all", ev.run_name))
-    out.append(_line("num_q", "all", ev.aggregate["num_q"]))
-    out += [_line(name, "all", ev.aggregate[key]) for name, key in choice.names]
+            for name, key in choice.names:
+                if name == "relstring":
+                    out.append(_line(name, qid, f"'{ev.relstrings[qid]}'"))
+                elif name not in GEOMETRIC and name not in META:
+                    out.append(_line(name, qid, values[key]))
+    for name, key in choice.names:
+        if name == "runid":
+            out.append(_line(name, "all", ev.run_name))
+        elif name != "relstring":
+            out.append(_line(name, "all", ev.aggregate[key]))
     return "".join(out)
