@@ -2,7 +2,8 @@
 more than 64K characters at line starts and encodes the pieces in one parallel batch, beside the reference,
 `tokenizers` encoding the whole string, on the same text with the real Qwen tokenizer; then the same text as
 one embedder input truncated to --max-length tokens (`encode_for_embedding` reads only the pieces the
-truncation keeps). Checks that the ids are equal and prints the ratios.
+truncation keeps), and as the document of one reranker input of --max-length tokens (`RerankInputs.build`,
+the same). Checks that the ids are equal and prints the ratios.
 
     python benchmarks/tokenize_long.py                       # ../shared/data's tokenizer and SciFact corpus
     python benchmarks/tokenize_long.py --tokenizer /path/to/tokenizer.json --repeat 3
@@ -21,6 +22,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tokenizers import Tokenizer  # noqa: E402
 
+from qwen_embed.reranker import DEFAULT_INSTRUCTION, TEMPLATES, RerankInputs  # noqa: E402
 from qwen_embed.tokenizer import QwenTokenizer  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -34,6 +36,18 @@ def texts(corpus: Path) -> dict[str, str]:
             out[f"SciFact corpus as one text ({corpus.stat().st_size >> 20} MB file)"] = "\n".join(
                 json.loads(line)["text"] for line in f)
     return out
+
+
+QUERY = "what does this text say?"
+
+
+def reranker_reference(ref: Tokenizer, document: str, max_length: int) -> list[int]:
+    """The reference reranker input ("card" template): prefix + the whole body (instruction, query, document)
+    encoded, then cut to fit max_length + tail."""
+    tmpl = TEMPLATES["card"]
+    prefix, tail = (ref.encode(s, add_special_tokens=False).ids for s in (tmpl.prefix, tmpl.tail))
+    body = ref.encode(tmpl.body(DEFAULT_INSTRUCTION, QUERY, document), add_special_tokens=False).ids
+    return prefix + body[: max_length - len(prefix) - len(tail)] + tail
 
 
 def best(fn: object, repeat: int) -> tuple[float, list[int]]:
@@ -76,6 +90,15 @@ def main() -> None:
         rows.append({"text": name, "max_length": n, "tokenizers_whole_s": round(t_ref, 4),
                      "qwen_embed_s": round(t_ours, 4), "speedup": round(t_ref / t_ours, 1)})
         print(f"  as one embedder input of {n} tokens: tokenizers (whole, then truncated) {t_ref:.3f} s, "
+              f"qwen-embed {t_ours:.3f} s: {t_ref / t_ours:.0f}x, ids equal")
+        # as the document of one reranker input of --max-length tokens
+        inputs = RerankInputs(ours, "card", n)
+        t_ref, want = best(lambda t=text: reranker_reference(ref, t, args.max_length), args.repeat)
+        t_ours, got = best(lambda t=text, r=inputs: r.build(QUERY, [t])[0], args.repeat)
+        assert got == want, f"{name}: the reranker ids differ"
+        rows.append({"text": name, "reranker_max_length": n, "tokenizers_whole_s": round(t_ref, 4),
+                     "qwen_embed_s": round(t_ours, 4), "speedup": round(t_ref / t_ours, 1)})
+        print(f"  as the document of one reranker input of {n} tokens: tokenizers (whole, then cut) {t_ref:.3f} s, "
               f"qwen-embed {t_ours:.3f} s: {t_ref / t_ours:.0f}x, ids equal")
     print(json.dumps(rows))
 

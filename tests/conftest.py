@@ -88,6 +88,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def real_tokenizer_path(shared_data: Path) -> Path:
+    """The real Qwen3 tokenizer.json (../shared/data/tokenizers/qwen)."""
+    return shared_data / "tokenizers" / "qwen" / "tokenizer.json"
+
+
 TinyCheckpoint = Callable[..., Path]
 
 

@@ -115,3 +115,43 @@ def test_score_many_equals_score_per_query(tiny_reranker_path: Path) -> None:
         rr.score_many(["a", "b"], [["d"]])
     with pytest.raises(InputError, match="empty string"):
         rr.score_many(["a"], [[""]])
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_long_documents_give_the_ids_of_the_whole_text_cut(real_tokenizer_path: Path, template: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long document is tokenized only as far as max_length keeps (a 2.3M-character book reads a few
+    thousand characters), and its input is the reference's: prefix + the whole body's ids cut to fit + tail."""
+    from tokenizers import Tokenizer
+
+    import qwen_embed.tokenizer as T
+    from qwen_embed.reranker import DEFAULT_INSTRUCTION, RerankInputs
+    from qwen_embed.tokenizer import QwenTokenizer
+
+    ref = Tokenizer.from_file(str(real_tokenizer_path))
+    tok = QwenTokenizer(Tokenizer.from_file(str(real_tokenizer_path)))
+    inputs = RerankInputs(tok, template, max_length=96)
+    tmpl = TEMPLATES[template]
+    book = "A line of a long book, with words.\n" * 70_000
+    docs = ["a short document", book, "two\nlines " * 40]
+
+    def reference(max_tokens_per_doc: int | None) -> list[list[int]]:
+        enc = lambda s: ref.encode(s, add_special_tokens=False).ids  # noqa: E731
+        head = len(enc(tmpl.head.format(instruction=DEFAULT_INSTRUCTION, query="q?")))
+        budget = 96 - len(enc(tmpl.prefix)) - len(enc(tmpl.tail))
+        if max_tokens_per_doc is not None:
+            budget = min(budget, head + max_tokens_per_doc)
+        return [enc(tmpl.prefix) + enc(tmpl.body(DEFAULT_INSTRUCTION, "q?", d))[:budget] + enc(tmpl.tail)
+                for d in docs]
+
+    encoded: list[int] = []
+    batch = tok.tok.encode_batch
+    monkeypatch.setattr(tok, "tok", type("Spy", (), {
+        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
+                                                               batch(xs, add_special_tokens=add_special_tokens))[1],
+        "encode": lambda self, s, add_special_tokens: ref.encode(s, add_special_tokens=add_special_tokens)})())
+    monkeypatch.setattr(T, "PIECE_CHARS", 1000)
+    for per_doc in (None, 5):
+        encoded.clear()
+        assert inputs.build("q?", docs, max_tokens_per_doc=per_doc) == reference(per_doc)
+        assert sum(encoded) < 5000, sum(encoded)

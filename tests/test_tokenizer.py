@@ -12,11 +12,6 @@ from qwen_embed.tiny import train_small_tokenizer
 from qwen_embed.tokenizer import QwenTokenizer, check_texts, truncate_keep_end
 
 
-@pytest.fixture(scope="module")
-def real_tokenizer_path(shared_data: Path) -> Path:
-    return shared_data / "tokenizers" / "qwen" / "tokenizer.json"
-
-
 def test_real_tokenizer_embedder_ids(real_tokenizer_path: Path, tiny_checkpoint: Callable[..., Path]) -> None:
     for post in (True, False):  # current official tokenizer (appends) and older one (does not)
         path = tiny_checkpoint("embedding", tokenizer=str(real_tokenizer_path), eos_postprocessor=post)
@@ -227,4 +222,31 @@ def test_long_embedder_inputs_in_pieces_equal_the_whole_text(real_tokenizer_path
     monkeypatch.setattr(T, "PIECE_CHARS", 1000)
     book = "A line of a long book.\n" * 100_000  # 2.3M characters
     assert ours.encode_for_embedding([book], 64) == [[*ref.encode(book[:5000], add_special_tokens=False).ids[:63], eos]]
+    assert sum(encoded) < 3000
+
+
+def test_encode_with_a_limit_reads_only_as_far_as_kept(real_tokenizer_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`encode(texts, limit)` gives at least the first `limit` ids of each text, equal to those of the whole
+    text (cut at every line start, pieces of >= 8 characters, every limit that stops a round), and a long
+    text truncated early is not read to its end."""
+    import qwen_embed.tokenizer as T
+
+    ref = Tokenizer.from_file(str(real_tokenizer_path))
+    ours = QwenTokenizer(Tokenizer.from_file(str(real_tokenizer_path)))
+    texts = ["short", *(random_lines(seed, 1500) for seed in range(6)), "\n" * 30 + "end"]
+    whole = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
+    monkeypatch.setattr(T, "PIECE_CHARS", 8)
+    for limit in (*range(1, 90), 700, 10**9):
+        got = ours.encode(texts, limit=limit)
+        assert [g[:limit] for g in got] == [w[:limit] for w in whole], limit
+        assert all(len(g) >= min(limit, len(w)) and g == w[:len(g)] for g, w in zip(got, whole, strict=True))
+    encoded: list[int] = []
+    batch = ours.tok.encode_batch
+    monkeypatch.setattr(ours, "tok", type("Spy", (), {
+        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
+                                                               batch(xs, add_special_tokens=add_special_tokens))[1]})())
+    monkeypatch.setattr(T, "PIECE_CHARS", 1000)
+    book = "A line of a long book.\n" * 100_000  # 2.3M characters
+    assert ours.encode([book], limit=64)[0][:64] == ref.encode(book[:5000], add_special_tokens=False).ids[:64]
     assert sum(encoded) < 3000

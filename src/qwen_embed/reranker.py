@@ -129,7 +129,7 @@ class RerankInputs:
                     or max_tokens_per_doc < 1:
                 raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
             budget = min(budget, head_len + max_tokens_per_doc)
-        bodies = tok.encode([tmpl.body(instr, query, d) for d in docs])
+        bodies = tok.encode([tmpl.body(instr, query, d) for d in docs], limit=budget)  # a long one read so far
         return [self.prefix_ids + b[:budget] + self.tail_ids for b in bodies]
 
 

@@ -124,13 +124,15 @@ class QwenTokenizer:
             )
         return int(ids[0])
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str], limit: int | None = None) -> list[list[int]]:
         """Plain ids, no special tokens added (batch, parallel in Rust; a text longer than PIECE_CHARS
-        characters is encoded in `line_pieces`, with the same ids: module docstring)."""
+        characters is encoded in `line_pieces`, with the same ids: module docstring). `limit`: the caller
+        keeps only each text's first `limit` ids, so a long text is read only that far (its ids are then at
+        least its first `limit`; cut them)."""
         texts = list(texts)
         if not self.splits_long_texts or all(len(t) <= PIECE_CHARS for t in texts):
             return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
-        return self._encode_pieces(texts)
+        return self._encode_pieces(texts, limit)
 
     def _encode_pieces(self, texts: list[str], limit: int | None = None) -> list[list[int]]:
         """The ids without special tokens of each text, those longer than PIECE_CHARS characters encoded in
