@@ -294,10 +294,29 @@ def test_produced_tensor_must_match_its_spec(tmp_path: Path) -> None:
         write_shards(tmp_path, [[s]], lambda _: torch.zeros(2, 3, dtype=torch.float32))
 
 
-def test_unsupported_dtype_is_refused_naming_the_tensor(tmp_path: Path) -> None:
-    s = TensorSpec("rot.w", (2,), torch.complex64)
+def test_unsupported_dtype_is_refused_naming_the_tensor_before_any_file(tmp_path: Path) -> None:
+    ok, s = TensorSpec("a", (2,), torch.float32), TensorSpec("rot.w", (2,), torch.complex64)
     with pytest.raises(ValueError, match=r"rot\.w.*complex64"):
-        write_shards(tmp_path, [[s]], lambda _: torch.zeros(2, dtype=torch.complex64))
+        write_shards(tmp_path, [[ok], [s]], lambda spec: torch.zeros(2, dtype=spec.dtype))
+    assert list(tmp_path.iterdir()) == []  # no shard written, not even the first, nor an empty file
+
+
+@pytest.mark.parametrize("plan", [[["a", "b", "a"]], [["a", "b"], ["c", "b"]], [["__metadata__"]]])
+def test_a_name_given_twice_or_reserved_is_refused_before_any_file(tmp_path: Path, plan: list[list[str]]) -> None:
+    """safetensors maps each name to one tensor (the reference writer refuses a repeat; a file written with
+    one could not be read), and `__metadata__` is the header's own key."""
+    shards = [[TensorSpec(n, (2,), torch.float32) for n in names] for names in plan]
+    with pytest.raises(ValueError, match=r"is given twice or reserved"):
+        write_shards(tmp_path, shards, lambda spec: torch.zeros(2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_is_added_to_format_pt(tmp_path: Path) -> None:
+    """transformers reads `format: pt` from the metadata; a caller's keys are added to it, not put in its place."""
+    t = torch.arange(4, dtype=torch.float32)
+    write_shards(tmp_path, [[TensorSpec("w", (4,), torch.float32)]], lambda _: t, metadata={"origin": "merge"})
+    with safe_open(str(tmp_path / SINGLE_NAME), "pt") as f:
+        assert f.metadata() == {"format": "pt", "origin": "merge"}
 
 
 def test_produce_is_asked_in_order_and_one_tensor_is_held_at_a_time(tmp_path: Path) -> None:

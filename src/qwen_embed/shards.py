@@ -85,8 +85,6 @@ def _header(specs: list[TensorSpec], metadata: dict[str, str]) -> bytes:
     entries: dict[str, object] = {"__metadata__": metadata}
     offset = 0
     for s in specs:
-        if s.dtype not in DTYPE_CODES:
-            raise ValueError(f"tensor {s.name}: dtype {s.dtype} cannot be stored in safetensors")
         entries[s.name] = {"dtype": DTYPE_CODES[s.dtype], "shape": list(s.shape),
                            "data_offsets": [offset, offset + s.nbytes]}
         offset += s.nbytes
@@ -99,10 +97,20 @@ def write_shards(folder: Path, shards: list[list[TensorSpec]], produce: Callable
                  metadata: dict[str, str] | None = None) -> list[Path]:
     """Write the planned shards into `folder`, asking `produce(spec)` for each tensor in order.
 
-    Each produced tensor must have the spec's shape and dtype (checked). Returns the files written
-    (the index, when there is one, last).
+    Each produced tensor must have the spec's shape and dtype (checked). `metadata` is added to every
+    file's `{"format": "pt"}`. The plan is checked before any file is opened: a tensor name given twice
+    or a dtype safetensors cannot store is a ValueError. Returns the files written (the index, when
+    there is one, last).
     """
-    meta = metadata or {"format": "pt"}
+    meta = {"format": "pt", **(metadata or {})}
+    seen: set[str] = set()
+    for s in (s for specs in shards for s in specs):
+        if s.name in seen or s.name == "__metadata__":
+            raise ValueError(f"tensor name {s.name!r} is given twice or reserved; a safetensors file maps each "
+                             "name to one tensor")
+        if s.dtype not in DTYPE_CODES:
+            raise ValueError(f"tensor {s.name}: dtype {s.dtype} cannot be stored in safetensors")
+        seen.add(s.name)
     names = shard_names(len(shards))
     written: list[Path] = []
     weight_map: dict[str, str] = {}
