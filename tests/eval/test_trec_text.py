@@ -215,7 +215,8 @@ def test_unknown_measures_are_refused_in_one_line(spec: str) -> None:
     assert "use all_trec, official" in msg and "ndcg_cut[.k,...]" in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("spec", ["P.0", "P.-5", "ndcg_cut.x", "recall.5,ten", "success.,", "map_cut.2.5"])
+@pytest.mark.parametrize("spec", ["P.0", "P.-5", "ndcg_cut.x", "recall.5,ten", "success.,", "map_cut.2.5", "P.1_0",
+                                  "P.\u0663", "P.+5", "recall.5,,x"])
 def test_bad_cutoffs_are_refused_in_one_line(spec: str) -> None:
     base = spec.split(".")[0]
     with pytest.raises(InputError) as e:

@@ -96,10 +96,8 @@ def choose_measures(specs: Sequence[str]) -> MeasureChoice:
         elif not params and (base in MEASURES or base in META):
             chosen.append((base, base))
         elif params and base in AT_K:
-            try:
-                ks = [int(p) for p in params.split(",") if p.strip()]
-            except ValueError:
-                ks = []
+            parts = [p.strip() for p in params.split(",") if p.strip()]
+            ks = [int(p) for p in parts] if all(p.isascii() and p.isdigit() for p in parts) else []
             if not ks or any(k < 1 for k in ks):
                 raise InputError(f"-m {spec}: {base} takes positive integer cutoffs, e.g. -m {base}.10 or {base}.5,10.")
             for k in ks:
