@@ -276,5 +276,10 @@ def test_graph_errors_are_one_line_naming_the_place(tmp_path: Path, stages: list
                                                     fix: str) -> None:
     path = write(tmp_path / "r.yaml", yaml.safe_dump({"stages": stages}, sort_keys=False))
     msg = refused(path)
-    assert place in msg and fix in msg
+    assert msg.startswith(f"recipe {path}: ") and place in msg and fix in msg
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_non_string_setting_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.yaml", "stages: [{name: a, kind: init, 1: x, zz: y}]\n")
+    assert refused(path).startswith(f"recipe {path}: stage 'a' (init) has unknown setting 1; it takes ")

@@ -450,14 +450,18 @@ def check_recipe(recipe: Recipe) -> None:
         if kind is None:
             raise InputError(f"recipe {where}: stage {s.name!r} has unknown kind {s.kind!r}; kinds: "
                              f"{', '.join(KINDS)}.")
-        unknown = sorted(set(s.settings) - kind.settings)
+        unknown = sorted(set(s.settings) - kind.settings, key=str)
         if unknown:
             raise InputError(f"recipe {where}: stage {s.name!r} ({s.kind}) has unknown setting {unknown[0]!r}; "
                              f"it takes {', '.join(sorted(kind.settings))}.")
         missing = sorted(kind.required - set(s.settings))
         if missing:
             raise InputError(f"recipe {where}: stage {s.name!r} ({s.kind}) needs the setting {missing[0]!r}.")
-        for key, ref in refs_in(s.settings, s.name):
+        try:
+            refs = list(refs_in(s.settings, s.name))
+        except InputError as e:  # a malformed reference: name the file too
+            raise InputError(f"recipe {where}: {e}") from None
+        for key, ref in refs:
             if ref.stage not in position:
                 raise InputError(f"recipe {where}: {key} refers to {ref}, but there is no stage {ref.stage!r}.")
             edges[s.name].add(ref.stage)
