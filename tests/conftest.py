@@ -94,6 +94,30 @@ def real_tokenizer_path(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "qwen" / "tokenizer.json"
 
 
+@pytest.fixture
+def encoded_chars(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], list[int]]:
+    """`encoded_chars(tokenizer)` -> a list that gets the length of every string the QwenTokenizer's
+    `tokenizers` object encodes from then on (to show that a long text is read only as far as needed)."""
+
+    def spy(tok: Any) -> list[int]:
+        seen: list[int] = []
+        inner = tok.tok
+
+        class Spy:
+            def encode_batch(self, texts: list[str], add_special_tokens: bool) -> Any:
+                seen.extend(map(len, texts))
+                return inner.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+            def encode(self, text: str, add_special_tokens: bool) -> Any:
+                seen.append(len(text))
+                return inner.encode(text, add_special_tokens=add_special_tokens)
+
+        monkeypatch.setattr(tok, "tok", Spy())
+        return seen
+
+    return spy
+
+
 TinyCheckpoint = Callable[..., Path]
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,7 +120,8 @@ def test_score_many_equals_score_per_query(tiny_reranker_path: Path) -> None:
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
 def test_long_documents_give_the_ids_of_the_whole_text_cut(real_tokenizer_path: Path, template: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          encoded_chars: Callable[[Any], list[int]]) -> None:
     """A long document is tokenized only as far as max_length keeps (a 2.3M-character book reads a few
     thousand characters), and its input is the reference's: prefix + the whole body's ids cut to fit + tail."""
     from tokenizers import Tokenizer
@@ -144,12 +146,7 @@ def test_long_documents_give_the_ids_of_the_whole_text_cut(real_tokenizer_path: 
         return [enc(tmpl.prefix) + enc(tmpl.body(DEFAULT_INSTRUCTION, "q?", d))[:budget] + enc(tmpl.tail)
                 for d in docs]
 
-    encoded: list[int] = []
-    batch = tok.tok.encode_batch
-    monkeypatch.setattr(tok, "tok", type("Spy", (), {
-        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
-                                                               batch(xs, add_special_tokens=add_special_tokens))[1],
-        "encode": lambda self, s, add_special_tokens: ref.encode(s, add_special_tokens=add_special_tokens)})())
+    encoded = encoded_chars(tok)
     monkeypatch.setattr(T, "PIECE_CHARS", 1000)
     for per_doc in (None, 5):
         encoded.clear()

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tokenizers import Tokenizer
@@ -188,7 +189,8 @@ def test_a_tokenizer_with_another_pre_tokenizer_is_never_cut(monkeypatch: pytest
 @pytest.mark.parametrize("post", [True, False], ids=["appends-end-token", "appends-nothing"])
 def test_long_embedder_inputs_in_pieces_equal_the_whole_text(real_tokenizer_path: Path,
                                                               tiny_checkpoint: Callable[..., Path],
-                                                              monkeypatch: pytest.MonkeyPatch, post: bool) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch, post: bool,
+                                                              encoded_chars: Callable[[Any], list[int]]) -> None:
     """Embedder inputs cut at every line start (pieces of >= 8 characters) and encoded only as far as the
     truncation keeps: the ids and untruncated lengths of `tokenizers` on the whole text with its own
     post-processor, for the current official tokenizer (appends the end token) and the older one."""
@@ -214,19 +216,15 @@ def test_long_embedder_inputs_in_pieces_equal_the_whole_text(real_tokenizer_path
         assert ours.encode_for_embedding(texts, max_length) == reference(max_length), max_length
     assert ours.embedding_lengths(texts) == [len(ids) for ids in reference(10**9)]
 
-    encoded: list[int] = []  # characters encoded: a long text truncated early is not read to its end
-    batch = ours.tok.encode_batch
-    monkeypatch.setattr(ours, "tok", type("Spy", (), {
-        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
-                                                               batch(xs, add_special_tokens=add_special_tokens))[1]})())
+    encoded = encoded_chars(ours)  # characters encoded: a long text truncated early is not read to its end
     monkeypatch.setattr(T, "PIECE_CHARS", 1000)
     book = "A line of a long book.\n" * 100_000  # 2.3M characters
     assert ours.encode_for_embedding([book], 64) == [[*ref.encode(book[:5000], add_special_tokens=False).ids[:63], eos]]
     assert sum(encoded) < 3000
 
 
-def test_encode_with_a_limit_reads_only_as_far_as_kept(real_tokenizer_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encode_with_a_limit_reads_only_as_far_as_kept(real_tokenizer_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       encoded_chars: Callable[[Any], list[int]]) -> None:
     """`encode(texts, limit)` gives at least the first `limit` ids of each text, equal to those of the whole
     text (cut at every line start, pieces of >= 8 characters, every limit that stops a round), and a long
     text truncated early is not read to its end."""
@@ -241,11 +239,7 @@ def test_encode_with_a_limit_reads_only_as_far_as_kept(real_tokenizer_path: Path
         got = ours.encode(texts, limit=limit)
         assert [g[:limit] for g in got] == [w[:limit] for w in whole], limit
         assert all(len(g) >= min(limit, len(w)) and g == w[:len(g)] for g, w in zip(got, whole, strict=True))
-    encoded: list[int] = []
-    batch = ours.tok.encode_batch
-    monkeypatch.setattr(ours, "tok", type("Spy", (), {
-        "encode_batch": lambda self, xs, add_special_tokens: (encoded.extend(map(len, xs)),
-                                                               batch(xs, add_special_tokens=add_special_tokens))[1]})())
+    encoded = encoded_chars(ours)
     monkeypatch.setattr(T, "PIECE_CHARS", 1000)
     book = "A line of a long book.\n" * 100_000  # 2.3M characters
     assert ours.encode([book], limit=64)[0][:64] == ref.encode(book[:5000], add_special_tokens=False).ids[:64]
