@@ -5,10 +5,12 @@ settings that define the run (everything but how long it runs and how it reports
 `train.progress`, `train.log_every`, `train.save_every`, `train.keep_checkpoints`, `eval.every`).
 
 - missing or empty: a new run;
-- the same run (same fingerprint): resumed from its newest checkpoint, or, when that checkpoint is at
-  `train.max_steps` already, reported finished with how to continue it (raise `train.max_steps`);
+- the same run (same fingerprint; without `run.json`, a folder holding a checkpoint or a log and only a
+  run's entries): resumed from its newest checkpoint, or, when that checkpoint is at `train.max_steps`
+  already, reported finished with how to continue it (raise `train.max_steps`);
 - anything else (another run's files, or files a run does not write): refused unless `overwrite`; then
-  the run's own entries of the earlier run are removed and nothing else in the folder is touched.
+  (and for the same run too: `overwrite` starts over) the run's own entries of the earlier run are
+  removed and nothing else in the folder is touched.
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ def check_run_dir(cfg: TrainConfig, *, overwrite: bool = False) -> RunState:
     names = sorted(e.name for e in out.iterdir()) if out.is_dir() else []
     if not names:
         return _start(cfg, out)
-    recorded = _record(out)
+    recorded, fp = _record(out), run_fingerprint(cfg)
     others = [n for n in names if not _own(n)]
-    same = not others and cfg.train.resume and (recorded == run_fingerprint(cfg) or recorded is None)
+    # without its run.json, a folder is taken for this run only when it holds what a run leaves (a checkpoint
+    # or its log), not merely entries of a run's names (a user's own model/ or run.json)
+    evidence = recorded is not None or last_checkpoint_step(out) > 0 or (out / "train_log.jsonl").is_file()
+    same = not overwrite and not others and cfg.train.resume and recorded in (fp, None) and evidence
     if same:
         step = last_checkpoint_step(out)
         note = "" if recorded else f" ({RUN_RECORD} missing: assuming the same settings)"
@@ -99,7 +104,9 @@ def check_run_dir(cfg: TrainConfig, *, overwrite: bool = False) -> RunState:
         return _start(cfg, out)
     if not overwrite:
         what = (f"files a training run does not write ({', '.join(others[:3])})" if others else
-                "a run with other settings" if recorded else "a run that cannot be resumed (train.resume is off)")
+                "a run with other settings" if recorded not in (fp, None) else
+                "a run that cannot be resumed (train.resume is off)" if not cfg.train.resume else
+                f"entries named like a run's ({', '.join(names[:3])}) but no {RUN_RECORD}, checkpoint or log of one")
         raise OutputExistsError(f"train.output_dir {out} holds {what}; choose a new train.output_dir (--set "
                                 f"train.output_dir=...), or pass --overwrite to start a new run there (replacing only "
                                 f"a run's own files: checkpoints/, train_log.jsonl, model/, adapter/, "
