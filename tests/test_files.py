@@ -106,6 +106,41 @@ def test_atomic_dir_new_and_overwrite_keeps_other_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_atomic_dir_replaces_a_set_of_entries_whole(tmp_path: Path) -> None:
+    """Entries written as a set (a checkpoint's weights: one file, or shards and their index) are replaced
+    whole: those of the old set that the new output does not write are removed; nothing else is."""
+    from qwen_embed.hub import is_weight_file
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "config.json", "notes.txt", "model-final.safetensors"):
+        (out / name).write_text("old")
+    with atomic_dir(out, overwrite=True, as_a_set=is_weight_file) as tmp:
+        (tmp / "model.safetensors").write_text("new")
+        (tmp / "config.json").write_text("new")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "model.safetensors": "new", "config.json": "new", "notes.txt": "old", "model-final.safetensors": "old"}
+    with atomic_dir(out, overwrite=True, as_a_set=is_weight_file) as tmp:  # and back to shards
+        for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                     "model.safetensors.index.json"):
+            (tmp / name).write_text("newer")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model-final.safetensors", "model.safetensors.index.json", "notes.txt"]
+
+
+@pytest.mark.parametrize(("name", "weights"), [
+    ("model.safetensors", True), ("model-00001-of-00003.safetensors", True), ("model.safetensors.index.json", True),
+    ("pytorch_model.bin", True), ("pytorch_model-00002-of-00002.bin", True), ("pytorch_model.bin.index.json", True),
+    ("model-1-of-2.safetensors", False), ("adapter_model.safetensors", False), ("model.safetensors.bak", False),
+    ("config.json", False), ("tokenizer.json", False), ("merge_report.json", False)])
+def test_is_weight_file_knows_transformers_names(name: str, weights: bool) -> None:
+    from qwen_embed.hub import is_weight_file
+
+    assert is_weight_file(name) is weights
+
+
 def test_stale_temps_of_dead_processes_are_removed(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           env=subprocess_env())

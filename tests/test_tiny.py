@@ -50,3 +50,19 @@ def test_refuses_non_empty_folder_and_bad_kind(tmp_path: Path) -> None:
     assert (tmp_path / "x" / "f").read_text() == "keep me"
     with pytest.raises(InputError, match="kind"):
         make_checkpoint(tmp_path / "y", "bert")  # type: ignore[arg-type]
+
+
+def test_overwriting_a_sharded_checkpoint_with_one_file_leaves_one_set_of_weights(tmp_path: Path) -> None:
+    """transformers reads model.safetensors before an index and qwen-embed the index first: a folder holding
+    both would load different weights in each, so an overwrite replaces the weight files as a set."""
+    from safetensors.torch import load_file
+
+    out = make_checkpoint(tmp_path / "m", "embedding", tokenizer="small", shards=3, seed=1)
+    (out / "notes.md").write_text("mine")
+    make_checkpoint(out, "embedding", tokenizer="small", seed=2, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "notes.md",
+                                                     "tokenizer.json", "tokenizer_config.json"]
+    make_checkpoint(out, "embedding", tokenizer="small", shards=2, seed=3, overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if "safetensors" in p.name) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert len(load_file(str(out / "model-00001-of-00002.safetensors"))) > 0

@@ -205,12 +205,16 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, overwrite: bool
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False,
+               as_a_set: Callable[[str], bool] | None = None) -> Iterator[Path]:
     """Build a folder output in a temporary sibling (yielded) and move it into place on success.
 
     A new target is renamed into place whole. An existing target is only touched with `overwrite`
     (checked here as well as by `check_output_dir`): then each top-level entry written replaces the
-    entry of the same name, and every other entry of the folder is left as it was.
+    entry of the same name, and every other entry of the folder is left as it was, except the entries
+    that `as_a_set(name)` says are written as a set (a checkpoint's weight files: one file or shards and
+    their index): those not written this time are removed once the new ones are in place, so the folder
+    never holds two sets.
     """
     target = check_output_dir(path, overwrite=overwrite)
     resolved = target.resolve()
@@ -219,7 +223,7 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
     tmp.mkdir()
     try:
         yield tmp
-        _place_dir(tmp, resolved, overwrite=overwrite)
+        _place_dir(tmp, resolved, overwrite=overwrite, as_a_set=as_a_set)
     except BaseException as e:
         remove_path(tmp)
         _raise_native(e, target)
@@ -233,7 +237,7 @@ def _raise_native(e: BaseException, target: Path) -> None:
         raise err from e
 
 
-def _place_dir(tmp: Path, target: Path, *, overwrite: bool) -> None:
+def _place_dir(tmp: Path, target: Path, *, overwrite: bool, as_a_set: Callable[[str], bool] | None) -> None:
     try:
         os.rename(tmp, target)  # fails when target exists (and is not an empty folder)
         _fsync_dir(target.parent)
@@ -244,7 +248,8 @@ def _place_dir(tmp: Path, target: Path, *, overwrite: bool) -> None:
     if any(target.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {target} appeared while it was being written; it was left as "
                                 f"it is and nothing was written.")
-    for entry in sorted(tmp.iterdir()):
+    written = sorted(tmp.iterdir())
+    for entry in written:
         dest = target / entry.name
         old = None
         if dest.exists() or dest.is_symlink():
@@ -253,6 +258,10 @@ def _place_dir(tmp: Path, target: Path, *, overwrite: bool) -> None:
         os.rename(entry, dest)
         if old is not None:
             remove_path(old)
+    if as_a_set is not None:
+        names = {e.name for e in written}
+        for stale in sorted(e for e in target.iterdir() if as_a_set(e.name) and e.name not in names):
+            remove_path(stale)
     _fsync_dir(target)
     tmp.rmdir()
 

@@ -23,6 +23,15 @@ from .errors import ModelNotFoundError, WeightsError
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "config_sentence_transformers.json"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_WEIGHT_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|"
+                          r"pytorch_model(-\d{5}-of-\d{5})?\.bin|pytorch_model\.bin\.index\.json)$")
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether `name` is one of a checkpoint's weight files as transformers names them (`model.safetensors`,
+    `model-00001-of-00003.safetensors`, `model.safetensors.index.json`, and the same for pytorch_model*.bin):
+    a checkpoint's weights are one set of these, so a writer replacing a checkpoint replaces them all."""
+    return _WEIGHT_FILE.match(name) is not None
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:

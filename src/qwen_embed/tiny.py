@@ -26,6 +26,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from .errors import InputError
 from .files import atomic_dir, check_output_dir
+from .hub import is_weight_file
 from .shards import TensorSpec, split_shards, write_shards
 
 TinyKind = Literal["embedding", "reranker", "seq-cls"]
@@ -148,7 +149,7 @@ def make_checkpoint(
     tdt = torch.float32 if dtype == "float32" else torch.bfloat16
     state = {k: v.to(tdt).contiguous() for k, v in state.items()}
 
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
         _save_weights(tmp, state, shards)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         tok.save(str(tmp / "tokenizer.json"))

@@ -8,13 +8,16 @@ the tokenizer files are copied from the base. `Embedder` / `Reranker.from_pretra
 load the folder. `write_checkpoint` is the pure writer (state dict, base dir, out dir, layout) -> folder;
 `save_trunk` and `save_reranker` take a module. Written through `files.atomic_dir`: built in a temporary
 sibling and renamed into place; an existing non-empty folder is refused unless `overwrite`, and even
-then only the files written here are replaced (never the rest of the folder).
+then only the files written here are replaced (never the rest of the folder), with the checkpoint's
+weight files replaced as a set (`hub.is_weight_file`: an old index and shards do not stay beside the new
+`model.safetensors`, where a loader would read them).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -23,8 +26,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..files import atomic_dir
+from ..hub import is_weight_file
 
 Layout = Literal["embedding", "causal-lm", "seq-cls"]
 ARCHITECTURE: dict[str, str] = {"embedding": "Qwen3Model", "causal-lm": "Qwen3ForCausalLM",
@@ -67,13 +71,16 @@ def write_checkpoint(state: Mapping[str, torch.Tensor], base_dir: str | Path, ou
                      overwrite: bool = False) -> Path:
     """Write a state dict (keys of `layout`) with the base's config and tokenizer into out_dir.
 
-    out_dir must be new or empty unless `overwrite`; then only the files written here are replaced.
+    out_dir must be new or empty unless `overwrite`; then only the files written here are replaced (and the
+    weight files of the checkpoint there, as a set: no old shard or index is left beside the new weights).
     """
     base, out = Path(base_dir), Path(out_dir)
+    if not state:
+        raise InputError(f"nothing to write to {out}: the state dict holds no tensor.")
     _check_keys(state, layout)
     tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in state.items()}
     saved_dtype = dtype or next(iter(tensors.values())).dtype
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = checkpoint_config(base, saved_dtype, layout)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -121,4 +128,6 @@ def export_run(model: nn.Module, base_dir: str | Path, run_dir: str | Path, layo
             plot_learning_curve(log, run / "learning_curve.png")
         except ImportError:  # matplotlib is optional
             pass
+        except InputError as e:  # the model is written: a log the curve cannot be drawn from does not undo it
+            print(f"the learning curve was not drawn: {e}", file=sys.stderr)
     return run

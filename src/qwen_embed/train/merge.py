@@ -58,6 +58,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import InputError, WeightsError
 from ..files import atomic_dir, check_output_dir
+from ..hub import is_weight_file
 from ..shards import CODE_DTYPES, TensorSpec, plan_shards, write_shards
 from ..weights import WeightReader, resolve_model_dir, safetensors_files, trunk_mapping
 
@@ -490,7 +491,7 @@ def merge_checkpoints(
              for fk in first.reader.where if fk in ids]
     bar = _progress_bar(sum(s.nbytes for s in specs), progress, f"{method} merge")
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
             write_shards(tmp, plan_shards(specs, max_bytes), produce)
             _copy_side_files(first.path, tmp)
             (tmp / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -588,7 +589,7 @@ def merge_adapter(base: str | os.PathLike[str], adapter_dir: str | os.PathLike[s
     specs = [TensorSpec(fk, src.reader.shapes[fk], saved_dtype(fk)) for fk in src.reader.where]
     bar = _progress_bar(sum(s.nbytes for s in specs), progress, "merge-lora")
     try:
-        with atomic_dir(out, overwrite=overwrite) as tmp:
+        with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
             write_shards(tmp, plan_shards(specs, parse_size(max_shard_size)), produce)
             _copy_side_files(src.path, tmp)
             if out_dtype is not None:

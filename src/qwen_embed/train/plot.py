@@ -8,21 +8,39 @@ from typing import Any
 
 from ..errors import InputError
 from ..files import atomic_file
+from ..jsonl import iter_jsonl
 
 
 def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(training records, evaluation records) of a train_log.jsonl."""
+    """(training records, evaluation records) of a train_log.jsonl. A last line cut by a killed run (or one
+    being written now) is left out, as the trainer drops it on resume; any other broken line is one
+    error naming it."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"log {p} does not exist; a run writes OUTPUT_DIR/train_log.jsonl.")
+        raise InputError(f"log {p} does not exist or is not a file; a run writes OUTPUT_DIR/train_log.jsonl.")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"log {p} cannot be read as UTF-8 text ({e}).") from None
+    if lines and not lines[-1].endswith("\n") and not _is_json(lines[-1]):
+        lines.pop()  # cut mid-line
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for n, rec in iter_jsonl(lines, str(p)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int) or \
+                not (("eval" in rec and isinstance(rec["eval"], dict)) or isinstance(rec.get("loss"), int | float)):
+            raise InputError(f"{p}:{n}: not a record of a training log (an object with an integer step and a "
+                             f"loss, or an eval object); got {json.dumps(rec)[:80]}.")
         (evals if "eval" in rec else train).append(rec)
     return train, evals
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def plot_learning_curve(log_path: str | Path, out_png: str | Path, title: str | None = None) -> Path:
