@@ -8,7 +8,7 @@ recorded k/v works the same with or without it; in eval mode or without gradient
 
 from __future__ import annotations
 
-import functools
+import types
 from typing import Any
 
 import torch
@@ -18,20 +18,20 @@ from torch.utils.checkpoint import checkpoint
 from ..model import Qwen3Model
 
 
-def _checkpointed(layer: nn.Module, forward: Any) -> Any:
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if layer.training and torch.is_grad_enabled():
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-    return run
+def _checkpointed_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """The layer's class forward, checkpointed when training with gradients. Bound to the layer as a method
+    (not a closure over it), so a copy of the model (`copy.deepcopy`) runs its own layers and weights."""
+    forward = type(layer).forward.__get__(layer)
+    if layer.training and torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
 
 
 def enable_gradient_checkpointing(trunk: Qwen3Model) -> Qwen3Model:
     """Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute)."""
     for layer in trunk.layers:
         if "forward" not in vars(layer):  # not wrapped yet
-            layer.forward = _checkpointed(layer, layer.forward)
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
     return trunk
 
 
