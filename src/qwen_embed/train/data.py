@@ -1,10 +1,11 @@
 """Training data: JSONL rows -> a deterministic stream of single-task global batches -> token ids per rank.
 
 A row is `{"query": str, "positive": str | "positives": [str, ...], "negatives"?: [str, ...],
-"instruction"?: str, "task"?: str}`. Files are read line by line (a file larger than memory trains):
-rows pass through a bounded shuffle buffer, then are grouped by task, and a global batch is emitted as
-soon as one task has `batch_size` rows, so that every batch is drawn from one task (the in-batch
-negatives of the report come from the same task). Rows left over at the end of an epoch are dropped.
+"instruction"?: str, "task"?: str}`, and `id` / `meta` (kept, not read; any other field is an error
+naming it, so that a typo such as `negative` does not lose data). Files are read line by line (a file
+larger than memory trains): rows pass through a bounded shuffle buffer, then are grouped by task, and a
+global batch is emitted as soon as one task has `batch_size` rows, so that every batch is drawn from one
+task (the in-batch negatives of the report come from the same task). Rows left over at the end of an epoch are dropped.
 
 Everything is a pure function of (files, seed, batch index): the shuffle of epoch e uses its own
 seeded generator, and the choice of the positive and of the K hard negatives of batch i uses a
@@ -53,10 +54,40 @@ def _strings(value: Any, what: str, where: str) -> list[str]:
     return [v for v in value if v.strip()]
 
 
+KEPT_FIELDS = ("id", "meta")  # carried by the tools that write rows (synth, pairs), not read for training
+ROW_FIELDS = ("query", "positive", "positives", "negatives", "instruction", "task", *KEPT_FIELDS)
+
+
+def check_fields(obj: dict[str, Any], known: Sequence[str], what: str, where: str) -> None:
+    """Refuse a field that a row of this form does not have (a typo such as 'negative' would silently lose
+    data), naming the closest known one; other data belongs under 'meta'."""
+    import difflib
+
+    for key in obj:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(f"{where}: unknown field {key!r}; {hint}{what} has {', '.join(known)} "
+                             f"({' and '.join(KEPT_FIELDS)} are kept, not read: put other data under 'meta').")
+
+
+def row_task(obj: dict[str, Any], where: str) -> str:
+    """A row's `task`: a non-empty string, "default" when absent or null."""
+    task = obj.get("task")
+    if task is None:
+        return "default"
+    if not isinstance(task, str) or not task.strip():
+        raise InputError(f"{where}: 'task' must be a non-empty string, got {task!r:.60}.")
+    return task
+
+
 def parse_row(obj: Any, where: str) -> Example:
     """Validate one JSONL object; errors name the file and line."""
     if not isinstance(obj, dict):
         raise InputError(f"{where}: a row must be a JSON object, got {type(obj).__name__}.")
+    check_fields(obj, ROW_FIELDS, "a training row", where)
+    if "positive" in obj and "positives" in obj:
+        raise InputError(f"{where}: has both 'positive' and 'positives'; keep one (a list goes in 'positives').")
     query = obj.get("query")
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"{where}: needs a non-empty string field 'query'.")
@@ -72,8 +103,7 @@ def parse_row(obj: Any, where: str) -> Example:
     instruction = obj.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError(f"{where}: 'instruction' must be a string, got {instruction!r:.60}.")
-    task = obj.get("task", "default")
-    return Example(query, positives, negatives, instruction or None, str(task))
+    return Example(query, positives, negatives, instruction or None, row_task(obj, where))
 
 
 RowParser = Callable[[Any, str], Example]  # (JSON object, "file:line") -> Example

@@ -5,6 +5,7 @@ Accepted rows (JSONL, one per line):
   example per positive, each followed by `negatives_per_positive` "no" examples sampled from the row's
   negatives (fewer when the row has fewer), so one mined file trains both models;
 - pointwise rows `{query, document, label, instruction?, task?}` with label 0 or 1.
+Both may carry `id` and `meta` (kept, not read); any other field is an error naming it.
 A group is a positive and its negatives (listwise needs such groups), or a single pointwise example.
 Inputs are built by the inference code (`reranker.RerankInputs`: the template by name, only the
 document truncated, the suffix always kept), so training and `Reranker` see the same ids. The sampling of
@@ -22,7 +23,9 @@ import torch
 
 from ..errors import InputError
 from ..reranker import RerankInputs
-from .data import Example, RawBatch, iter_examples, parse_row
+from .data import KEPT_FIELDS, Example, RawBatch, check_fields, iter_examples, parse_row, row_task
+
+POINTWISE_FIELDS = ("query", "document", "label", "instruction", "task", *KEPT_FIELDS)
 
 
 def parse_rerank_row(obj: Any, where: str) -> Example:
@@ -34,6 +37,7 @@ def parse_rerank_row(obj: Any, where: str) -> Example:
     if "document" not in obj and "label" not in obj:
         raise InputError(f"{where}: needs 'positive' / 'positives' (training rows) or 'document' and 'label' "
                          "(pointwise rows); this row has neither.")
+    check_fields(obj, POINTWISE_FIELDS, "a pointwise row", where)
     query, doc, label = obj.get("query"), obj.get("document"), obj.get("label")
     if not isinstance(query, str) or not query.strip():
         raise InputError(f"{where}: needs a non-empty string field 'query'.")
@@ -45,18 +49,21 @@ def parse_rerank_row(obj: Any, where: str) -> Example:
     if instruction is not None and not isinstance(instruction, str):
         raise InputError(f"{where}: 'instruction' must be a string, got {instruction!r:.60}.")
     pos, neg = ([doc], []) if label == 1 else ([], [doc])
-    return Example(query, pos, neg, instruction or None, str(obj.get("task", "default")))
+    return Example(query, pos, neg, instruction or None, row_task(obj, where))
 
 
 Group = list[tuple[str, int]]  # (document, label): a positive then its negatives, or one pointwise example
 
 
 def expand(ex: Example, negatives_per_positive: int, rng: random.Random) -> list[Group]:
-    """The groups of one row: each positive with its sampled negatives; a pointwise "no" alone."""
+    """The groups of one row: each positive with its sampled negatives (distinct texts, none equal to a
+    positive); a pointwise "no" alone."""
     if not ex.positives:
         return [[(d, 0) for d in ex.negatives]]
-    k = min(negatives_per_positive, len(ex.negatives))
-    return [[(p, 1)] + [(d, 0) for d in rng.sample(ex.negatives, k)] for p in ex.positives]
+    positives = set(ex.positives)  # a negative with a positive's text would train one input as yes and no
+    pool = [d for d in dict.fromkeys(ex.negatives) if d not in positives]  # each distinct text once
+    k = min(negatives_per_positive, len(pool))
+    return [[(p, 1)] + [(d, 0) for d in rng.sample(pool, k)] for p in ex.positives]
 
 
 @dataclass
@@ -124,8 +131,10 @@ class RerankEvalSet:
 
 def load_rerank_eval_set(path: str | Path, *, max_queries: int | None = None,
                          default_instruction: str | None = None) -> RerankEvalSet:
-    """Rows (training or pointwise) grouped by query; a query's candidates are its positives and negatives."""
+    """Rows (training or pointwise) grouped by query; a query's candidates are its distinct positives and
+    negatives, a text relevant when any of its rows has it as a positive."""
     index: dict[tuple[str, str | None], int] = {}
+    where: list[dict[str, int]] = []  # per query: candidate text -> its index (a document is listed once)
     out = RerankEvalSet([], [], [])
     for ex in iter_examples([path], parse_rerank_row):
         key = (ex.query, ex.instruction or default_instruction)
@@ -136,11 +145,14 @@ def load_rerank_eval_set(path: str | Path, *, max_queries: int | None = None,
             out.queries.append(key)
             out.candidates.append([])
             out.relevant.append(set())
+            where.append({})
         i = index[key]
         for d, label in [(p, 1) for p in ex.positives] + [(n, 0) for n in ex.negatives]:
-            if label:
-                out.relevant[i].add(len(out.candidates[i]))
-            out.candidates[i].append(d)
+            if d not in where[i]:
+                where[i][d] = len(out.candidates[i])
+                out.candidates[i].append(d)
+            if label:  # relevant when any row says so (as the embedding eval set reads a row's positives)
+                out.relevant[i].add(where[i][d])
     if not out.queries:
         raise InputError(f"evaluation file {path} holds no rows.")
     return out
