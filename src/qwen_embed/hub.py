@@ -27,6 +27,38 @@ _WEIGHT_FILE = re.compile(r"^(model(-\d{5}-of-\d{5})?\.safetensors|model\.safete
                           r"pytorch_model(-\d{5}-of-\d{5})?\.bin|pytorch_model\.bin\.index\.json)$")
 
 
+# a checkpoint's files other than its weights and config.json, which a writer of a new checkpoint from it copies
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "chat_template.jinja", "generation_config.json")
+# how sentence-transformers loads an embedding model (Qwen3-Embedding's: last-token pooling, then normalize):
+# without them it would load the folder with mean pooling, silently other embeddings
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json")
+
+
+def copy_side_files(src: Path, dst: Path, *, config: bool = False, sentence_transformers: bool = True) -> None:
+    """Copy a checkpoint's tokenizer files (and config.json when `config`) from `src` into `dst`, and its
+    sentence-transformers files with the module folders that modules.json names (`1_Pooling`, ...) when
+    `sentence_transformers` (an embedding model written from an embedding model, not a reranker)."""
+    import shutil
+
+    names = [*(["config.json"] if config else []), *TOKENIZER_FILES,
+             *(SENTENCE_TRANSFORMERS_FILES if sentence_transformers else ())]
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    if sentence_transformers and (src / "modules.json").is_file():
+        try:
+            modules = json.loads((src / "modules.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            modules = []
+        root = src.resolve()
+        for m in modules if isinstance(modules, list) else []:
+            folder = m.get("path") if isinstance(m, dict) else None
+            if isinstance(folder, str) and folder and (src / folder).is_dir() \
+                    and (src / folder).resolve().is_relative_to(root) and "/" not in folder.strip("/"):
+                shutil.copytree(src / folder, dst / folder, dirs_exist_ok=True)
+
+
 def is_weight_file(name: str) -> bool:
     """Whether `name` is one of a checkpoint's weight files as transformers names them (`model.safetensors`,
     `model-00001-of-00003.safetensors`, `model.safetensors.index.json`, and the same for pytorch_model*.bin):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from safetensors.torch import load_file
 
 from qwen_embed.errors import ConfigError, InputError
 from qwen_embed.files import OutputExistsError
-from qwen_embed.train import export
 from qwen_embed.train.export import checkpoint_config, export_run, save_reranker, save_trunk, write_checkpoint
 
 from ..conftest import TinyCheckpoint
@@ -228,7 +228,7 @@ def test_a_failure_mid_write_leaves_nothing(tiny_checkpoint: TinyCheckpoint, tmp
     def full_disk(*_: object, **__: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export.shutil, "copy2", full_disk)
+    monkeypatch.setattr(shutil, "copy2", full_disk)
     with pytest.raises(OSError, match="No space left"):
         write_checkpoint(trained(base, seed=2), base, out, overwrite=True)
     if existing:
@@ -319,3 +319,46 @@ def test_export_run_with_lora_writes_the_adapter_and_the_merged_model(tiny_check
         if a is not None:
             changed.add(key.split(".")[-2])
     assert changed == {"q_proj", "down_proj"}
+
+
+def with_sentence_transformers_files(base: Path, folder: Path) -> Path:
+    """A copy of `base` with Qwen3-Embedding's sentence-transformers files (last-token pooling, normalize)."""
+    import shutil
+
+    shutil.copytree(base, folder)
+    hidden = json.loads((base / "config.json").read_text())["hidden_size"]
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "Q: "}}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return folder
+
+
+def test_an_exported_embedding_model_loads_in_sentence_transformers_as_its_base(tiny_checkpoint: TinyCheckpoint,
+                                                                             tmp_path: Path) -> None:
+    """The base's sentence-transformers files go with an exported embedding model (without them
+    sentence-transformers loads the folder with mean pooling: other embeddings, silently); a reranker
+    written from such a base gets none."""
+    st = pytest.importorskip("sentence_transformers")
+    from qwen_embed import Embedder
+
+    base = with_sentence_transformers_files(tiny_checkpoint("embedding", tokenizer="small", eos_postprocessor=True),
+                                            tmp_path / "base")
+    out = write_checkpoint(trained(base), base, tmp_path / "out")
+    for name in ("modules.json", "config_sentence_transformers.json", "sentence_bert_config.json",
+                 "1_Pooling/config.json"):
+        assert (out / name).read_bytes() == (base / name).read_bytes(), name
+    texts = ["alpha beta", "gamma"]
+    got = st.SentenceTransformer(str(out), device="cpu").encode(texts, convert_to_numpy=True)
+    want = Embedder.from_pretrained(out, device="cpu").encode(texts)
+    assert abs(got - want).max() < 1e-5
+    reranker = write_checkpoint({f"model.{k}": v for k, v in trained(base).items()}, base, tmp_path / "rr",
+                                "causal-lm")
+    assert not (reranker / "modules.json").exists() and not (reranker / "1_Pooling").exists()

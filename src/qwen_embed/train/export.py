@@ -4,7 +4,9 @@ Layouts (DESIGN.md): "embedding" (`Qwen3Model`: trunk keys without a prefix, no 
 (`Qwen3ForCausalLM`: trunk keys under `model.`, plus `lm_head.weight` unless the embeddings are tied)
 and "seq-cls" (a converted `Qwen3ForSequenceClassification` reranker: `model.` keys plus
 `score.weight` [1, H]). config.json is the base's with `architectures` and the saved dtype set;
-the tokenizer files are copied from the base. `Embedder` / `Reranker.from_pretrained` and transformers
+the tokenizer files are copied from the base, and for an embedding model its sentence-transformers files
+(`modules.json`, `1_Pooling/`, ...: `hub.copy_side_files`), so sentence-transformers loads it with the
+base's last-token pooling instead of its default mean pooling. `Embedder` / `Reranker.from_pretrained` and transformers
 load the folder. `write_checkpoint` is the pure writer (state dict, base dir, out dir, layout) -> folder;
 `save_trunk` and `save_reranker` take a module. Written through `files.atomic_dir`: built in a temporary
 sibling and renamed into place; an existing non-empty folder is refused unless `overwrite`, and even
@@ -16,7 +18,6 @@ weight files replaced as a set (`hub.is_weight_file`: an old index and shards do
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,13 +29,11 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 from ..files import atomic_dir
-from ..hub import is_weight_file
+from ..hub import copy_side_files, is_weight_file
 
 Layout = Literal["embedding", "causal-lm", "seq-cls"]
 ARCHITECTURE: dict[str, str] = {"embedding": "Qwen3Model", "causal-lm": "Qwen3ForCausalLM",
                                 "seq-cls": "Qwen3ForSequenceClassification"}
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json", "generation_config.json"]
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -84,9 +83,7 @@ def write_checkpoint(state: Mapping[str, torch.Tensor], base_dir: str | Path, ou
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         config = checkpoint_config(base, saved_dtype, layout)
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        for name in TOKENIZER_FILES:
-            if (base / name).is_file():
-                shutil.copy2(base / name, tmp / name)
+        copy_side_files(base, tmp, sentence_transformers=layout == "embedding")
     return out
 
 

@@ -58,7 +58,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import InputError, WeightsError
 from ..files import atomic_dir, check_output_dir
-from ..hub import is_weight_file
+from ..hub import copy_side_files, is_weight_file
 from ..shards import CODE_DTYPES, TensorSpec, plan_shards, write_shards
 from ..weights import WeightReader, resolve_model_dir, safetensors_files, trunk_mapping
 
@@ -69,10 +69,6 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 HEAD_KEYS = ("lm_head.weight", "score.weight")
 GROUPS = ("embeddings", "attention", "mlp", "norms", "head", "other")
 REPORT_NAME = "merge_report.json"
-COPIED_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "vocab.json", "merges.txt", "added_tokens.json",
-                "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json"]
-COPIED_FOLDERS = ["1_Pooling"]
 
 
 # -- per-tensor arithmetic -----------------------------------------------------------------------
@@ -426,15 +422,6 @@ def _compute_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
-    for name in COPIED_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)
-    for name in COPIED_FOLDERS:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name)
-
-
 def _progress_bar(total: int, show: bool | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -493,7 +480,7 @@ def merge_checkpoints(
     try:
         with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
             write_shards(tmp, plan_shards(specs, max_bytes), produce)
-            _copy_side_files(first.path, tmp)
+            copy_side_files(first.path, tmp, config=True)
             (tmp / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     finally:
         bar.close()
@@ -591,7 +578,7 @@ def merge_adapter(base: str | os.PathLike[str], adapter_dir: str | os.PathLike[s
     try:
         with atomic_dir(out, overwrite=overwrite, as_a_set=is_weight_file) as tmp:
             write_shards(tmp, plan_shards(specs, parse_size(max_shard_size)), produce)
-            _copy_side_files(src.path, tmp)
+            copy_side_files(src.path, tmp, config=True)
             if out_dtype is not None:
                 _set_config_dtype(tmp / "config.json", out_dtype)
     finally:
