@@ -124,7 +124,8 @@ def test_save_trunk_and_save_reranker_take_modules(tiny_checkpoint: TinyCheckpoi
                                    hf_load(rr, "AutoModelForCausalLM")(ids).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("dtype", "name"), [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")])
+@pytest.mark.parametrize(("dtype", "name"), [(torch.bfloat16, "bfloat16"), (torch.float16, "float16"),
+                                             (torch.float64, "float64")])
 def test_a_saved_dtype_casts_the_tensors_and_names_it(tiny_checkpoint: TinyCheckpoint, tmp_path: Path,
                                                       dtype: torch.dtype, name: str) -> None:
     base = base_of(tiny_checkpoint, "embedding")
@@ -136,6 +137,14 @@ def test_a_saved_dtype_casts_the_tensors_and_names_it(tiny_checkpoint: TinyCheck
             t = f.get_tensor(key)
             assert t.dtype == dtype and torch.equal(t, state[key].to(dtype)), key
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == name
+
+
+def test_a_dtype_a_checkpoint_cannot_name_is_refused_writing_nothing(tiny_checkpoint: TinyCheckpoint,
+                                                                     tmp_path: Path) -> None:
+    base = base_of(tiny_checkpoint, "embedding")
+    with pytest.raises(ConfigError, match=r"dtype torch.int8 cannot be saved as a checkpoint; use one of float32"):
+        write_checkpoint(trained(base), base, tmp_path / "out", dtype=torch.int8)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_config_of_a_layout(tiny_checkpoint: TinyCheckpoint) -> None:

@@ -34,7 +34,8 @@ from ..hub import copy_side_files, is_weight_file
 Layout = Literal["embedding", "causal-lm", "seq-cls"]
 ARCHITECTURE: dict[str, str] = {"embedding": "Qwen3Model", "causal-lm": "Qwen3ForCausalLM",
                                 "seq-cls": "Qwen3ForSequenceClassification"}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+                torch.float64: "float64"}
 
 
 def checkpoint_config(base_dir: Path, dtype: torch.dtype, layout: Layout = "embedding") -> dict:
@@ -46,7 +47,10 @@ def checkpoint_config(base_dir: Path, dtype: torch.dtype, layout: Layout = "embe
     if layout != "seq-cls":
         for key in ("num_labels", "id2label", "label2id", "problem_type"):
             raw.pop(key, None)
-    raw["torch_dtype"] = _DTYPE_NAMES.get(dtype, "float32")
+    if dtype not in _DTYPE_NAMES:
+        raise ConfigError(f"weights of dtype {dtype} cannot be saved as a checkpoint; use one of "
+                          f"{', '.join(_DTYPE_NAMES.values())}.")
+    raw["torch_dtype"] = _DTYPE_NAMES[dtype]
     raw.pop("dtype", None)
     return raw
 
