@@ -67,10 +67,21 @@ def test_hits_are_read_by_attribute_only() -> None:
     assert format_hits([Row(id="z", score=0.25, title="", text="t")]).splitlines()[1] == "  1   0.2500  z   t"
 
 
-@pytest.mark.xfail(strict=True, reason="a title is printed as it is (format.py:22): a title holding a newline "
-                   "breaks the table into extra unindented lines, where the snippet's whitespace is collapsed")
 def test_a_title_with_line_breaks_stays_on_its_row() -> None:
     out = format_hits([hit("d", 0.5, "Part one\nPart two\r\n", "body")]).splitlines()
     assert out == ["  #    score  id  title / snippet",
                    "  1   0.5000  d   Part one Part two",
                    "                  body"]
+
+
+def test_ids_cut_to_the_column_are_marked() -> None:
+    """An id longer than the column is shown to be cut: two ids that differ after their 31st character do
+    not print as two equal, complete ids."""
+    a, b = "doc/" + "x" * 40 + "/part-1", "doc/" + "x" * 40 + "/part-2"
+    rows = format_hits([hit(a, 0.9, "", "one"), hit(b, 0.8, "", "two")]).splitlines()[1:]
+    assert [r[14:46] for r in rows] == [a[:31] + "…"] * 2
+
+
+def test_a_long_title_is_cut_like_a_snippet() -> None:
+    row = format_hits([hit("d", 0.5, "T" * 300, "body")]).splitlines()[1]
+    assert row.endswith("T" * 99 + "…") and len(row) == len("  1   0.5000  d   ") + 100

@@ -149,18 +149,12 @@ MANY_CHUNKS = ([("big", i, "Big", f"big chunk {i}", unit(1, 0.01 * (i + 1), 0, 0
                   ("tiny", 0, "Tiny", "tiny", unit(0.4, 0, 0, 0.917), "t")])
 
 
-@pytest.mark.xfail(strict=True, reason="search asks the store for 2*k chunks only (search.py:86); when one "
-                   "document's chunks fill those 2*k places, fewer than k documents come back although the "
-                   "corpus holds k (k=2 over 3 documents gives 1 hit)")
 def test_k_documents_come_back_even_when_one_document_fills_the_top_chunks(tmp_path: Path) -> None:
     store = make_store(tmp_path, MANY_CHUNKS)
     # by hand: big's best chunk ~1.0, small 0.5, tiny 0.4
     assert [h.id for h in run(store, FakeEmbedder(), k=2)] == ["big", "small"]
 
 
-@pytest.mark.xfail(strict=True, reason="with a reranker search fetches 2*max(k, candidates) chunks (search.py:"
-                   "86); one document's many chunks leave fewer than `candidates` documents to rerank, so a "
-                   "document the reranker prefers is never seen")
 def test_the_reranker_sees_candidates_documents_even_when_one_document_fills_the_top(tmp_path: Path) -> None:
     store = make_store(tmp_path, MANY_CHUNKS)
     rr = FakeReranker({passage("Tiny", "tiny"): 0.9, passage("Small", "small"): 0.5})

@@ -40,7 +40,10 @@ def read_record(folder: Path) -> dict[str, list[str]]:
         return {}
     if not isinstance(raw, dict):
         return {}
-    return {str(k): [str(x) for x in v] for k, v in raw.items() if isinstance(v, list)}
+    # only bare file names: an entry naming another place (`../x`, an absolute path: a copied or edited
+    # record) is not this folder's, and is never removed
+    return {str(k): [x for x in v if isinstance(x, str) and x not in ("", ".", "..") and Path(x).name == x]
+            for k, v in raw.items() if isinstance(v, list)}
 
 
 def prepare_output_dir(arg: str | None, default: Path, *, overwrite: bool = False) -> Path:

@@ -83,9 +83,14 @@ def search(store: VectorStore, embedder: Embedder, query: str, *, k: int = DEFAU
     instr = instruction or store.info.query_instruction
     qvec = embedder.encode([query], instruction=instr, dim=store.info.dim)[0]
     n = max(k, candidates) if reranker is not None else k
-    raw = store.search(qvec, 2 * n, where=where, exact=exact, nprobes=nprobes,  # 2n: chunks merge into docs
-                       rescore_multiplier=rescore_multiplier)
-    found = best_per_document(raw, n)
+    limit = 2 * n  # chunks merge into documents: 2n chunks hold n documents unless some have many top chunks
+    while True:
+        raw = store.search(qvec, limit, where=where, exact=exact, nprobes=nprobes,
+                           rescore_multiplier=rescore_multiplier)
+        found = best_per_document(raw, n)
+        if len(found) == n or len(raw) < limit:  # enough documents, or the table (or filter) has no more
+            break
+        limit *= 4
     if reranker is None or not found:
         return [Hit(h.doc_id, h.score, h.title, h.text, h.chunk, h.score, None, h.metadata) for h in found[:k]]
     scores = reranker.score(query, [passage(h.title, h.text) or h.doc_id for h in found], instruction=instr)
