@@ -48,3 +48,19 @@ def test_non_finite_vectors_are_an_error_not_output() -> None:
     with pytest.raises(ModelOutputError, match="1 of 3 inputs"):
         finish(x, 64)
     assert np.isfinite(finish(torch.randn(2, 64), 32)).all()
+
+
+@pytest.mark.parametrize("kind", ["list", "numpy", "torch"])
+def test_rank_by_score_best_first_ties_in_input_order_nan_last(kind: str) -> None:
+    import math
+
+    import numpy as np
+
+    from qwen_embed.pooling import rank_by_score
+
+    raw = [0.5, math.nan, 0.9, 0.5, -math.inf, math.nan, math.inf, 0.9]
+    # by hand: inf (6), the two 0.9 in input order (2, 7), the two 0.5 (0, 3), -inf (4), then the NaNs (1, 5)
+    want = [6, 2, 7, 0, 3, 4, 1, 5]
+    scores = {"list": raw, "numpy": np.array(raw), "torch": torch.tensor(raw, dtype=torch.float64)}[kind]
+    assert rank_by_score(scores) == want
+    assert rank_by_score([]) == [] and rank_by_score([math.nan, math.nan]) == [0, 1]

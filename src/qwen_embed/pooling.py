@@ -87,9 +87,11 @@ def finish(pooled: torch.Tensor | np.ndarray, dim: int, normalize: bool = True, 
 
 
 def rank_by_score(scores: Sequence[float] | np.ndarray | torch.Tensor) -> list[int]:
-    """The one ranking rule: indices sorted by score, best first, ties in input order."""
+    """The one ranking rule: indices sorted by score, best first, ties in input order, NaN scores last (in
+    input order: a NaN compares false with everything, which would leave the order to the sort's path)."""
     values = [float(s) for s in (scores.tolist() if hasattr(scores, "tolist") else scores)]
-    return sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(range(len(values)), key=lambda i: (values[i] != values[i], -values[i] if values[i] == values[i]
+                                                     else 0.0, i))
 
 
 def similarity(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
