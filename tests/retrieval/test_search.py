@@ -234,7 +234,8 @@ def test_best_per_document_keeps_the_first_chunk_of_each_document_in_order() -> 
 
 @pytest.mark.parametrize(("hit", "expected"), [
     (Hit("d1", 0.5, "T", "body", 2, 0.25),
-     {"id": "d1", "score": 0.5, "title": "T", "text": "body", "chunk": 2, "retrieval_score": 0.25}),
+     {"id": "d1", "score": 0.5, "title": "T", "text": "body", "chunk": 2, "retrieval_score": 0.25,
+      "metadata": {}}),  # docs/retrieval.md: every hit has metadata (empty without any)
     (Hit("d1", 0.9, "T", "body", 0, 0.25, 0.9, {"topic": "x"}),
      {"id": "d1", "score": 0.9, "title": "T", "text": "body", "chunk": 0, "retrieval_score": 0.25,
       "rerank_score": 0.9, "metadata": {"topic": "x"}}),

@@ -40,8 +40,7 @@ class Hit:
                              "chunk": self.chunk, "retrieval_score": self.retrieval_score}
         if self.rerank_score is not None:
             d["rerank_score"] = self.rerank_score
-        if self.metadata:
-            d["metadata"] = self.metadata
+        d["metadata"] = dict(self.metadata or {})  # always there (empty without metadata): one shape to read
         return d
 
 
