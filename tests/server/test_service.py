@@ -126,10 +126,19 @@ LONG_TEXTS = {
     "dna": "".join("ACGT"[(i * i + 7 * i) % 4] for i in range(12_000)),
     "spaces": "x" + " " * 12_000 + "y",
 }
-END_TEXTS = {k: v for k, v in LONG_TEXTS.items() if k != "spaces"}  # spaces: the xfail test below
+RUNS = {  # runs of one character, which the tokenizer splits from the start of their piece (run_cut)
+    "equals": "=" * 5000,
+    "newlines": "\n" * 5000,
+    "spaces": "x" + " " * 12_000 + "y",
+    "space-led equals": "ab " + "=" * 70_001 + "\n\nend",  # a leading space joins the run's piece
+    "letter-led run": "!" + "a" * 9000,
+    "spaces before newlines": "  " + "\n" * 5003,
+    "tabs": "\t" * 4099 + "z",
+    "cjk stops": "。" * 6001,
+}
 
 
-@pytest.mark.parametrize(("name", "left"), [*((n, False) for n in LONG_TEXTS), *((n, True) for n in END_TEXTS)])
+@pytest.mark.parametrize(("name", "left"), [*((n, lf) for n in LONG_TEXTS for lf in (False, True))])
 @pytest.mark.parametrize("keep", [0, 1, 16, 64])
 def test_a_cut_keeps_the_tokens_of_the_whole_text(tok: QwenTokenizer, name: str, keep: int, left: bool) -> None:
     text = LONG_TEXTS[name]
@@ -142,17 +151,31 @@ def test_a_cut_keeps_the_tokens_of_the_whole_text(tok: QwenTokenizer, name: str,
     assert (part[len(part) - keep:] == whole[len(whole) - keep:]) if left else (part[:keep] == whole[:keep])
 
 
-@pytest.mark.xfail(strict=True, reason="head_text(left=True) cuts inside a run that BPE splits from the run's start "
-                   "(64 '=', 32 newlines or 128 spaces a token): the cut's last tokens are aligned to the cut, not "
-                   "to the whole text, so its last `keep` ids differ from the whole text's (TEI Left / Cohere START "
-                   "truncation of such a text embeds other ids than the whole text truncated)")
-@pytest.mark.parametrize(("text", "keep"), [("=" * 5000, 5), ("\n" * 5000, 16), ("x" + " " * 12_000 + "y", 16)],
-                         ids=["equals", "newlines", "spaces"])
-def test_a_cut_from_the_end_keeps_the_last_tokens_of_a_long_run(tok: QwenTokenizer, text: str, keep: int) -> None:
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("keep", [1, 5, 16, 64, 300])
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_cut_keeps_the_tokens_of_a_long_run(tok: QwenTokenizer, name: str, keep: int, left: bool) -> None:
+    """TEI truncation_direction Left / Cohere truncate START: a cut inside a run of 64 '=' (32 newlines, 128
+    spaces) a token once gave the run's last tokens aligned to the cut, not to the whole text."""
+    text = RUNS[name]
     whole = tok.encode_one(text)
-    cut, was_cut = head_text(tok, text, keep, left=True)
-    assert was_cut
-    assert tok.encode_one(cut)[-keep:] == whole[-keep:]
+    cut, was_cut = head_text(tok, text, keep, left)
+    part = tok.encode_one(cut)
+    assert (text.endswith(cut) if left else text.startswith(cut)) and was_cut == (cut != text)
+    if was_cut:
+        assert len(part) > keep + CUT_MARGIN
+    assert (part[len(part) - keep:] == whole[len(whole) - keep:]) if left else (part[:keep] == whole[:keep])
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_a_huge_run_is_read_by_its_characters_per_token(tok: QwenTokenizer, left: bool,
+                                                        encoded_chars: Callable[[Any], list[int]]) -> None:
+    """8 MB of spaces (128 a token): the first cut (8 x 8192 characters) shows 128 characters per token, the
+    second holds enough; growing x4 read 5.5M characters in four cuts (~9 s)."""
+    seen = encoded_chars(tok)
+    cut, was_cut = head_text(tok, " " * 8_000_000, 8192, left)
+    assert was_cut and len(seen) == 2 and seen[0] == 8 * 8192 and sum(seen) < 1_500_000
+    assert seen[-1] == len(cut)
 
 
 @pytest.mark.parametrize("left", [False, True])
@@ -196,13 +219,16 @@ def test_a_config_without_usable_prompts_gives_the_built_in_ones(tmp_path: Path,
     assert named_prompts(write_config(tmp_path, content)) == {"query": CARD_QUERY_PROMPT, "document": ""}
 
 
-@pytest.mark.xfail(strict=True, reason="named_prompts ignores a config that is not JSON or not an object, but a "
-                   "`prompts` that is a list or a string reaches `found.items()` outside the try: AttributeError, "
-                   "so the server fails to start with a traceback instead of ignoring it (or saying so in one line)")
 @pytest.mark.parametrize("prompts", [["query"], "query"])
 def test_prompts_that_are_not_an_object_are_ignored_like_a_broken_file(tmp_path: Path, prompts: object) -> None:
     assert named_prompts(write_config(tmp_path, json.dumps({"prompts": prompts}))) == {
         "query": CARD_QUERY_PROMPT, "document": ""}
+
+
+def test_a_prompt_with_a_lone_surrogate_is_ignored_like_one_that_is_not_text(tmp_path: Path) -> None:
+    config = '{"prompts": {"broken": "\\ud800 Q: ", "passage": "P: "}}'  # JSON may carry a lone surrogate
+    assert named_prompts(write_config(tmp_path, config)) == {"query": CARD_QUERY_PROMPT, "document": "",
+                                                             "passage": "P: "}
 
 
 # -- prefix_for --------------------------------------------------------------------------------------------------
@@ -337,7 +363,8 @@ def test_input_counts(svc: EmbeddingService) -> None:
     svc.check_count(4, "input")  # --max-inputs 4
     err = refused(svc.check_count, 5, "documents")
     assert (err.status, err.code, err.param) == (413, "too_many_inputs", "documents")
-    assert "5 documents" in err.message and "limit of 4 per request" in err.message and "split" in err.message
+    assert err.message == "documents holds 5 entries, over the limit of 4 per request (--max-inputs); split the " \
+                          "request."
 
 
 def test_request_tokens(svc: EmbeddingService) -> None:
@@ -404,13 +431,12 @@ def test_the_request_token_limit_counts_after_truncation(svc: EmbeddingService) 
     assert err.message.startswith("the request holds 128 tokens, over the limit of 100 per request")
 
 
-@pytest.mark.xfail(strict=True, reason="texts_to_ids checks the formatted prefix 'Instruct: {instruction}\\nQuery:' "
-                   "for lone surrogates and reports the position in it: a surrogate at 0 of the instruction is "
-                   "reported 'at 10' (and the field as instruction[0], though instruction is one string)")
 def test_a_lone_surrogate_in_the_instruction_is_located_in_the_instruction(svc: EmbeddingService) -> None:
     err = refused(prepare, svc, ["hello"], instruction="\ud800 find")
-    assert err.status == 400 and err.param == "instruction"
-    assert "'\\ud800' at 0)" in err.message
+    assert (err.status, err.param) == (400, "instruction")
+    assert err.message == "instruction holds a lone surrogate ('\\ud800' at 0); send valid Unicode text."
+    err = refused(prepare, svc, ["hello"], instruction="find \udfff", input_type="query")
+    assert err.message.startswith("instruction holds a lone surrogate ('\\udfff' at 5)")
 
 
 # -- rerank ------------------------------------------------------------------------------------------------------
@@ -441,14 +467,18 @@ def test_a_document_that_does_not_fit_with_truncate_false_is_a_413(rsvc: RerankS
                           "send truncate=true."
 
 
-@pytest.mark.xfail(strict=True, reason="RerankService.build checks truncate=false only when max_tokens_per_doc is "
-                   "None: with max_tokens_per_doc over what max_length leaves, a document that does not fit the "
-                   "model's max length is cut silently (200, ids cut to 128) instead of the documented 413")
 def test_truncate_false_refuses_a_document_over_the_max_length_whatever_max_tokens_per_doc(
         rsvc: RerankService) -> None:
-    doc = "word " * 100
-    err = refused(rsvc.build, "capital?", [doc], None, 1000, False)
-    assert err.status == 413
+    doc = "word " * 100  # 500 characters: not cut by characters, over 128 tokens with the template
+    whole = refused(rsvc.build, "capital?", [doc], None, None, False)
+    for max_tokens_per_doc in (1000, 100_000, 101):  # more than max_length leaves: it is max_length that cuts
+        err = refused(rsvc.build, "capital?", ["Beijing", doc], None, max_tokens_per_doc, False)
+        assert (err.status, err.code, err.param) == (413, "input_too_long", "documents")
+        assert err.message == whole.message.replace("documents[0]", "documents[1]")
+    huge = refused(rsvc.build, "capital?", ["word " * 100_000], None, 1000, False)  # cut by characters first
+    assert huge.message.startswith("documents[0] has more than ") and "over the model's max length" in huge.message
+    # what max_tokens_per_doc keeps fits: the client's own cut, no 413
+    assert rsvc.build("capital?", [doc], None, 50, False) == rsvc.build("capital?", [doc], None, 50, True)
 
 
 def test_max_tokens_per_doc_cuts_documents_even_with_truncate_false(rsvc: RerankService,
@@ -488,8 +518,10 @@ def test_a_rerank_request_over_the_token_limit_is_a_413(rsvc: RerankService, ref
     assert rerank_prepare(rsvc, "q", docs[:1]) == ref_reranker.build_input_ids("q", docs[:1])
 
 
-@pytest.mark.xfail(strict=True, reason="check_unicode([query], 'query') names the single string field `query` as "
-                   "if it were a list: 'query[0] holds a lone surrogate' (also `instruction[0]`)")
 def test_a_lone_surrogate_in_the_query_names_the_query(rsvc: RerankService) -> None:
     err = refused(rerank_prepare, rsvc, "cap\ud800ital", ["d"])
-    assert err.param == "query" and err.message.startswith("query holds a lone surrogate ('\\ud800' at 3)")
+    assert (err.status, err.param) == (400, "query")
+    assert err.message == "query holds a lone surrogate ('\\ud800' at 3); send valid Unicode text."
+    err = refused(rerank_prepare, rsvc, "q", ["d"], instruction="\ud800")
+    assert (err.param, err.message) == ("instruction", "instruction holds a lone surrogate ('\\ud800' at 0); send "
+                                                       "valid Unicode text.")

@@ -180,32 +180,38 @@ def test_a_restarting_model_process_is_a_503_to_retry_naming_the_model(state: St
     assert svc is not None
     svc.batcher.run.ready = False  # type: ignore[union-attr]
     assert state.down() == f"the model process of {which} is restarting"
-    err = refused(state.embedding_service, None)
+    lookup = state.embedding_service if which == "emb" else state.rerank_service
+    err = refused(lookup, None)
     assert (err.status, err.code, err.headers) == (503, "model_unavailable", {"Retry-After": "1"})
     assert err.message == f"the model process of {which} is restarting; retry shortly."
     svc.batcher.run.ready = True  # type: ignore[union-attr]
-    assert state.down() is None and state.embedding_service(None) is state.embedding
+    assert state.down() is None and lookup(None) is svc
 
 
-@pytest.mark.xfail(strict=True, reason="check_ready asks whether a model is down before whether the server drains: "
-                   "a draining server whose model process restarts answers model_unavailable with Retry-After: 1 "
-                   "and no Connection: close, telling the client to retry this replica while it shuts down")
 def test_draining_wins_over_a_restarting_model_process(state: State) -> None:
     assert state.embedding is not None
     state.embedding.batcher.run.ready = False  # type: ignore[union-attr]
     state.draining = True
+    for lookup in (state.embedding_service, state.rerank_service):
+        err = refused(lookup, None)
+        assert (err.status, err.code, err.headers) == (503, "shutting_down", {"Connection": "close"})
+
+
+def test_draining_wins_over_a_dead_batch_loop(state: State, emb: EmbeddingService,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    kill_batch_loop(emb, monkeypatch)
+    state.draining = True
     err = refused(state.embedding_service, None)
-    assert (err.code, err.headers) == ("shutting_down", {"Connection": "close"})
+    assert (err.status, err.code, err.headers) == (503, "shutting_down", {"Connection": "close"})
 
 
-@pytest.mark.xfail(strict=True, reason="State.check_ready refuses every route when any one model is down (down() "
-                   "loops over all services): while the embedding model's process restarts, the reranker's routes "
-                   "answer 503 too, where docs/server.md says only that model's routes do")
 def test_a_restarting_model_process_leaves_the_other_models_routes_open(state: State) -> None:
     assert state.embedding is not None
     state.embedding.batcher.run.ready = False  # type: ignore[union-attr]
     assert refused(state.embedding_service, None).code == "model_unavailable"
-    assert state.rerank_service(None) is state.reranker
+    assert state.rerank_service(None) is state.reranker and state.rerank_service("rr") is state.reranker
+    assert state.down(state.reranker) is None  # the reranker's own readiness
+    assert state.down() == "the model process of emb is restarting"  # /health: every model
 
 
 def kill_batch_loop(svc: EmbeddingService, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,15 +244,14 @@ def test_a_dead_batch_loop_is_a_lasting_503(state: State, emb: EmbeddingService,
     assert err.status == 503 and "RuntimeError: a bug in forming the batch" in err.message
 
 
-@pytest.mark.xfail(strict=True, reason="check_ready answers a dead batch loop (BatcherFailed: lasting, restart) "
-                   "as a restarting model process: code model_unavailable, Retry-After: 1 and '...restart it (and "
-                   "report the error).; retry shortly.', where docs/server.md says code batcher_failed, lasting")
 def test_a_dead_batch_loop_is_answered_as_documented(state: State, emb: EmbeddingService,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     kill_batch_loop(emb, monkeypatch)
     err = refused(state.embedding_service, None)
-    assert (err.status, err.code) == (503, "batcher_failed")
-    assert "Retry-After" not in err.headers and "retry shortly" not in err.message
+    assert (err.status, err.code, err.headers) == (503, "batcher_failed", {})  # lasting: no Retry-After
+    assert err.message == str(emb.batcher.failed)  # the batcher's own message, as the errors table sends it
+    assert "restart it" in err.message and "retry shortly" not in err.message
+    assert state.rerank_service(None) is state.reranker  # the other model's loop is alive
 
 
 # -- drain and start ---------------------------------------------------------------------------------------------
@@ -269,6 +274,29 @@ def test_stop_starting_stops_the_warm_up_when_one_holds_up_the_start(state: Stat
     state.stop_warmup = lambda: calls.append("stop")
     state.stop_starting()
     assert calls == ["stop"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be reported "
+                                                 "asynchronously\r\n  at some point"), RuntimeError("")])
+def test_a_failed_warm_up_is_recorded_on_one_line(parts: Parts, emb: EmbeddingService, error: Exception,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """app.warm_up keeps the error for /health and every 503, which are one line."""
+    from qwen_embed.server.app import warm_up
+
+    async def broken() -> None:
+        raise error
+
+    monkeypatch.setattr(emb, "warmup", broken)
+    s = State(parts[0], emb, None, parts[1], Pools(1, []))
+    asyncio.run(warm_up(s))
+    assert s.warmup_error is not None and not s.ready
+    assert "\n" not in s.warmup_error and "\r" not in s.warmup_error and s.warmup_error.startswith("RuntimeError:")
+    if str(error):
+        assert s.warmup_error == ("RuntimeError: CUDA error: out of memory CUDA kernel errors might be reported "
+                                  "asynchronously at some point")
+    err = refused(s.embedding_service, None)
+    assert (err.code, err.headers) == ("not_ready", {})
+    s.pools.shutdown()
 
 
 def test_a_new_state_is_not_ready_and_knows_when_it_started(parts: Parts, emb: EmbeddingService) -> None:

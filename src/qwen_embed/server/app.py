@@ -187,7 +187,7 @@ async def warm_up(state: State) -> None:
         state.ready = True
         log.info("warm-up done; serving %s", ", ".join(s.name for s in state.services))
     except Exception as e:
-        state.warmup_error = f"{type(e).__name__}: {e}"
+        state.warmup_error = " ".join(f"{type(e).__name__}: {e}".split())  # one line (a CUDA error spans several)
         if isinstance(e, QwenEmbedError):  # a reason (NaN output of broken weights), not a bug: one line
             log.error("warm-up failed; /health stays 503: %s", e)
         else:

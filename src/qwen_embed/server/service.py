@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +48,10 @@ from .settings import ServerSettings
 
 T = TypeVar("T")
 WARMUP_TEXT = "warm-up"
-CHARS_PER_TOKEN = 8  # first cut: max tokens x 8 characters, grown x4 until the cut holds enough tokens
+CHARS_PER_TOKEN = 8  # first cut: kept tokens x 8 characters, then grown by the characters per token it showed
 CUT_MARGIN = 16  # tokens past the kept ones that the cut must hold, so that the kept ones are exact
+RUN_PERIOD = 256  # a left cut inside a run of one character keeps the run's length modulo this (run_cut)
+PIECE_LOOKBACK = 64  # characters before a run that the pre-tokenizer reads to find where the run's piece starts
 # Small work of a lone request runs on the event loop: each hand-off to the CPU pool and back costs ~0.1 ms on
 # an idle host (a one-query request made four: tokenize, model, finish, encode). Up to INLINE_CHARS characters
 # to tokenize (a query: ~20 us) and INLINE_VALUES numbers to finish or encode (orjson: ~25 ns a number). Under
@@ -60,43 +63,101 @@ INLINE_VALUES = 4096
 QUERY_TYPES = {"query": "query", "search_query": "query", "document": "document", "search_document": "document"}
 
 
+def is_text(text: str) -> bool:
+    """No lone surrogate (JSON may carry one; no tokenizer takes it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text(text: str, what: str, param: str | None = None) -> None:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer takes: a 400 naming the field `what` (a single
+    string: `query`, `instruction`) and the position in it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"{what} holds a lone surrogate ({text[e.start]!r} at {e.start}); send valid Unicode "
+                       "text.", param=param or what) from None
+
+
 def check_unicode(texts: Sequence[str], what: str) -> None:
-    """JSON may carry lone surrogates (\\ud800) that no tokenizer takes: a 400 naming the input."""
+    """`check_text` for each string of the list field `what`, named `what[i]`."""
     try:
         "".join(texts).encode("utf-8")
     except UnicodeEncodeError:
         for i, t in enumerate(texts):
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise APIError(400, f"{what}[{i}] holds a lone surrogate ({t[e.start]!r} at {e.start}); send valid "
-                               "Unicode text.", param=what) from None
+            check_text(t, f"{what}[{i}]", param=what)
+
+
+def piece_start(tok: QwenTokenizer, text: str, at: int) -> int:
+    """Where the pre-tokenizer's piece that holds `text[at]` starts (a leading space or letter joins a run's
+    piece), read over PIECE_LOOKBACK characters before it; `at` when that cannot be told (no pre-tokenizer,
+    or a piece longer than that)."""
+    pre = getattr(tok.tok, "pre_tokenizer", None)
+    window = max(0, at - PIECE_LOOKBACK)
+    if pre is None or at == 0:
+        return at
+    pieces = pre.pre_tokenize_str(text[window : at + 1])
+    start = window + pieces[-1][1][0] if pieces else at
+    return start if start > window or window == 0 else at
+
+
+def run_cut(tok: QwenTokenizer, text: str, start: int) -> int:
+    """Where a cut keeping `text[start:]` must start instead, so that its last tokens are those of the whole
+    text: the same place unless it falls inside a run of one repeated character. The tokenizer splits a run
+    from the start of its piece into equal tokens of a power-of-two length (64 '=', 32 newlines, 128 spaces;
+    none longer than 128 characters in Qwen's vocabulary) and ends it with what is left, so a cut inside a
+    run keeps the whole run's piece when it starts within RUN_PERIOD characters of it, and otherwise starts a
+    multiple of RUN_PERIOD characters after the piece's first token that ends inside the run (the run's
+    equal tokens are aligned from there): the run's length modulo RUN_PERIOD is kept, and so are its last
+    tokens, while the tokenizer reads at most RUN_PERIOD characters more than the cut asked for."""
+    if not 0 < start < len(text) or text[start - 1] != text[start]:
+        return start
+    run = len(text[:start].rstrip(text[start]))  # the run's first character
+    piece = piece_start(tok, text, run)
+    if start - run < RUN_PERIOD:
+        return piece
+    aligned = run
+    if piece < run:  # the equal tokens start after the piece's first token that ends in the run
+        probe = tok.tok.encode(text[piece : run + 2 * RUN_PERIOD], add_special_tokens=False).offsets
+        aligned = piece + min((end for _, end in probe if end >= run - piece), default=run - piece)
+    return aligned + (start - aligned) // RUN_PERIOD * RUN_PERIOD if aligned <= start else piece
 
 
 def head_text(tok: QwenTokenizer, text: str, keep: int, left: bool = False) -> tuple[str, bool]:
-    """`text`, or a cut of it (its start; its end when `left`) that tokenizes to more than `keep` tokens,
-    so that the first (last) `keep` tokens equal those of the whole text; True when cut. Bounds the
-    tokenizer's work by the tokens kept, not by the size a client sends."""
+    """`text`, or a cut of it (its start; its end when `left`, moved out of a run: `run_cut`) that tokenizes
+    to more than `keep` + CUT_MARGIN tokens, so that the first (last) `keep` tokens equal those of the whole
+    text; True when cut. The first cut takes CHARS_PER_TOKEN characters per kept token; each next one the
+    characters per token the last cut showed, with a quarter more (at least twice the last): the tokenizer
+    reads about what is kept, not the size a client sends (8 MB of spaces, 128 to a token: ~1.3M characters
+    in two reads, not 5.5M in four)."""
+    need = keep + CUT_MARGIN
     limit = max(keep, 1) * CHARS_PER_TOKEN
     while len(text) > limit:
-        part = text[-limit:] if left else text[:limit]
-        if len(tok.encode_one(part)) > keep + CUT_MARGIN:
+        part = text[run_cut(tok, text, len(text) - limit):] if left else text[:limit]
+        n = len(tok.encode_one(part))
+        if n > need:
             return part, True
-        limit *= 4
+        limit = max(2 * limit, math.ceil(1.25 * (need + 1) * len(part) / max(n, 1)))
     return text, False
 
 
 def named_prompts(model_dir: Path) -> dict[str, str]:
     """TEI `prompt_name`s: "query" (the query template with the default instruction) and "document"
-    (nothing), then the `prompts` of the model's config_sentence_transformers.json when it has one."""
+    (nothing), then the `prompts` of the model's config_sentence_transformers.json when it has one; a file
+    that is not JSON, `prompts` that are not an object, and entries that are not text are ignored."""
     prompts = {"query": format_query("", DEFAULT_INSTRUCTION), "document": ""}
     path = model_dir / "config_sentence_transformers.json"
     if path.is_file():
         try:
-            found = json.loads(path.read_text(encoding="utf-8")).get("prompts") or {}
-        except (OSError, ValueError, AttributeError):
-            found = {}
-        prompts.update({k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)})
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = None
+        found = config.get("prompts") if isinstance(config, dict) else None
+        if isinstance(found, dict):  # a file that is not JSON, or prompts that are not an object: ignored alike
+            prompts.update({k: v for k, v in found.items() if isinstance(v, str) and is_text(v)})
     return prompts
 
 
@@ -149,8 +210,8 @@ class Service:
         if n == 0:
             raise APIError(400, f"{what} is empty; pass at least one.", param=what)
         if n > self.settings.max_inputs:
-            raise APIError(413, f"{n} {what} is over the limit of {self.settings.max_inputs} per request; "
-                           "split the request.", param=what, code="too_many_inputs")
+            raise APIError(413, f"{what} holds {n} entries, over the limit of {self.settings.max_inputs} per request "
+                           "(--max-inputs); split the request.", param=what, code="too_many_inputs")
 
     def check_total(self, seqs: Sequence[Sequence[int]], what: str) -> None:
         total = sum(len(s) for s in seqs)
@@ -193,6 +254,8 @@ class EmbeddingService(Service):
     def prefix_for(self, instruction: str | None, input_type: str | None, prompt_name: str | None) -> str | None:
         """The text put before each input: the query template's head, a named prompt, or None."""
         kind = None if input_type is None else QUERY_TYPES[input_type]
+        if instruction is not None:
+            check_text(instruction, "instruction")
         if prompt_name is not None:
             if instruction is not None or kind is not None:
                 raise APIError(400, "prompt_name chooses the prompt itself; drop instruction / input_type.",
@@ -229,8 +292,7 @@ class EmbeddingService(Service):
                      left: bool = False, limit: int | None = None) -> list[list[int]]:
         """Exactly `Embedder.tokenize` (prefix = the query template's head), but able to tell that an
         input was cut, and cutting huge texts by characters before they are tokenized."""
-        check_unicode(texts, what)
-        check_unicode([prefix or ""], "instruction")
+        check_unicode(texts, what)  # the prefix: its instruction was checked by prefix_for
         heads = [head_text(self.tokenizer, t, self.max_length, left) for t in texts]
         prepared = [(prefix or "") + t for t, _ in heads]
         full = self.tokenizer.encode_for_embedding(prepared, 1 << 62)
@@ -316,22 +378,28 @@ class RerankService(Service):
 
     def build(self, query: str, docs: list[str], instruction: str | None, max_tokens_per_doc: int | None,
               truncate: bool, what: str = "documents") -> list[list[int]]:
-        """`Reranker.build_input_ids`, refusing (413) a document that would be cut when truncate is false;
-        huge texts are cut by characters first (a document keeps at most max_length tokens)."""
-        check_unicode([query], "query")
+        """`Reranker.build_input_ids`, refusing (413) a document that max_length would cut when truncate is
+        false (with max_tokens_per_doc: what is left of it after that cut, which the client asked for); huge
+        texts are cut by characters first (a document keeps at most max_length tokens)."""
+        check_text(query, "query")
         check_unicode(docs, what)
-        check_unicode([instruction or ""], "instruction")
+        if instruction is not None:
+            check_text(instruction, "instruction")
         keep = self.max_length if max_tokens_per_doc is None else min(self.max_length, max_tokens_per_doc)
         query, _ = head_text(self.tokenizer, query, self.max_length)  # still over: the core refuses it
         heads = [head_text(self.tokenizer, d, keep) for d in docs]
         docs = [d for d, _ in heads]
-        if not truncate and max_tokens_per_doc is None:
+        if not truncate:  # refused when max_length would cut a document (max_tokens_per_doc may: the client's own)
             tmpl = self.inputs.template
             instr = DEFAULT_INSTRUCTION if instruction is None else instruction
+            budget = self.max_length - self._frame  # what RerankInputs.build leaves the body (head + document)
+            head_len = len(self.tokenizer.encode_one(tmpl.head.format(instruction=instr, query=query)))
             bodies = self.tokenizer.encode([tmpl.body(instr, query, d) for d in docs])
             for i, b in enumerate(bodies):
-                if self._frame + len(b) > self.max_length or heads[i][1]:
-                    raise self.too_long(i, self._frame + len(b), what, heads[i][1])
+                wanted = len(b) if max_tokens_per_doc is None else min(len(b), head_len + max_tokens_per_doc)
+                more = heads[i][1] and wanted == len(b)  # cut by characters: it holds more than that
+                if wanted > budget or more:
+                    raise self.too_long(i, self._frame + wanted, what, more)
         return self.inputs.build(query, docs, instruction=instruction, max_tokens_per_doc=max_tokens_per_doc)
 
     async def prepare(self, query: str, docs: list[str], *, instruction: str | None, max_tokens_per_doc: int | None,

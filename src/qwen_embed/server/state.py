@@ -1,7 +1,8 @@
 """What the routes share: the services, readiness, drain, metrics, and the lookups every route makes.
 
 `State.embedding_service(model)` / `rerank_service(model)` find the served model a request names
-(404 otherwise), check readiness (503 while warming up) and are where each route starts.
+(404 otherwise), check that model's readiness (503 while draining, warming up, or while its own model process
+restarts or its batch loop has died) and are where each route starts; /health asks about every model (`down()`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .errors import APIError
+from .errors import APIError, as_api_error
 from .metrics import Metrics
 from .pools import Pools
 from .service import EmbeddingService, RerankService, Service
@@ -56,22 +57,31 @@ class State:
         for svc in self.services:
             svc.batcher.drain(timeout)
 
-    def down(self) -> str | None:
-        """Why a model cannot run now (its `run` reports not ready: a model process restarting), else None."""
-        for svc in self.services:
-            if (failed := svc.batcher.failed) is not None:  # the batch loop died (a bug): lasting
+    def down(self, svc: Service | None = None) -> str | None:
+        """Why `svc` (any served model when None: /health) cannot run now: its batch loop died (lasting), or
+        its `run` reports not ready (a model process restarting); else None."""
+        for s in self.services if svc is None else [svc]:
+            if (failed := s.batcher.failed) is not None:  # the batch loop died (a bug): lasting
                 return str(failed)
-            if not svc.batcher.ready:
-                return f"the model process of {svc.name} is restarting"
+            if not s.batcher.ready:
+                return f"the model process of {s.name} is restarting"
         return None
 
-    def check_ready(self) -> None:
-        down = self.down()
-        if down is not None:
-            raise APIError(503, f"{down}; retry shortly.", code="model_unavailable", headers={"Retry-After": "1"})
+    def check_ready(self, svc: Service) -> None:
+        """503 unless `svc` can take a request now. Draining wins (the client must go to another replica);
+        then `svc`'s own model only (another model's restart leaves this one's routes open): a dead batch
+        loop (`batcher_failed` by the errors table, lasting), a restarting model process (retry); then
+        the warm-up (failed: lasting; running: retry)."""
         if self.draining:
             raise APIError(503, "the server is shutting down; retry on another replica.", code="shutting_down",
                            headers={"Connection": "close"})
+        if (failed := svc.batcher.failed) is not None:
+            err = as_api_error(failed)
+            assert err is not None  # BatcherFailed is in the table
+            raise err
+        down = self.down(svc)
+        if down is not None:
+            raise APIError(503, f"{down}; retry shortly.", code="model_unavailable", headers={"Retry-After": "1"})
         if self.warmup_error is not None:  # never retried: the model is broken (NaN output) or did not fit
             raise APIError(503, f"not ready: the warm-up forward pass failed ({self.warmup_error}); fix the model "
                            "and restart the server.", code="not_ready")
@@ -85,7 +95,7 @@ class State:
             raise APIError(404, "this server serves no embedding model (start it with --embedding-model).",
                            param="model", code="model_not_found")
         self._check_name(svc, model, "the embedding model")
-        self.check_ready()
+        self.check_ready(svc)
         return svc
 
     def rerank_service(self, model: str | None) -> RerankService:
@@ -94,7 +104,7 @@ class State:
             raise APIError(404, "this server serves no reranker (start it with --reranker-model).",
                            param="model", code="model_not_found")
         self._check_name(svc, model, "the reranker")
-        self.check_ready()
+        self.check_ready(svc)
         return svc
 
     def _check_name(self, svc: Service, model: str | None, what: str) -> None:
