@@ -167,6 +167,7 @@ def test_a_cut_keeps_the_tokens_of_a_long_run(tok: QwenTokenizer, name: str, kee
     assert (part[len(part) - keep:] == whole[len(whole) - keep:]) if left else (part[:keep] == whole[:keep])
 
 
+@pytest.mark.slow  # ~2 s each: 8M characters
 @pytest.mark.parametrize("left", [False, True])
 def test_a_huge_run_is_read_by_its_characters_per_token(tok: QwenTokenizer, left: bool,
                                                         encoded_chars: Callable[[Any], list[int]]) -> None:
