@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from qwen_embed.errors import InputError
-from qwen_embed.synth.cache import ResponseCache
+from qwen_embed.synth.cache import CacheClosedError, ResponseCache
 from qwen_embed.synth.generators import Completion
 
 IDENTITY: dict[str, Any] = {"backend": "openai", "model": "Qwen/Qwen3-32B", "temperature": 0.7, "max_tokens": 512,
@@ -151,10 +151,6 @@ def test_a_bad_cache_path_is_one_line_with_the_fix(tmp_path: Path, where: str, s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]
 
 
-@pytest.mark.xfail(strict=True, reason="_load uses recover_jsonl (cache.py:45), which stops at the first "
-                   "unreadable line and truncates the file there: a broken line in the middle (a run killed "
-                   "mid-line while another run shares the cache and appends after it) deletes every later, "
-                   "paid-for reply from disk")
 def test_a_broken_line_in_the_middle_loses_no_later_reply(tmp_path: Path) -> None:
     path = tmp_path / "shared.jsonl"
     killed, other = ResponseCache(path, IDENTITY), ResponseCache(path, IDENTITY)
@@ -164,18 +160,71 @@ def test_a_broken_line_in_the_middle_loses_no_later_reply(tmp_path: Path) -> Non
     for p in ("b", "c", "d"):  # the other run appends on (its first line joins the torn fragment)
         other.put(p, Completion(p.upper()))
     other.close()
+    before = path.read_bytes()
     reopened = ResponseCache(path, IDENTITY)
-    assert [reopened.get(p) is not None for p in "acd"] == [True, True, True]
-    assert b'"C"' in path.read_bytes() and b'"D"' in path.read_bytes()
+    assert [reopened.get(p) is not None for p in "abcd"] == [True, False, True, True]  # b joined the torn line
+    assert reopened.skipped == 1 and len(reopened) == 3
+    assert path.read_bytes() == before  # nothing is cut: the broken line is skipped, not deleted
+    reopened.put("b", Completion("B again"))
+    reopened.close()
+    assert [ResponseCache(path, IDENTITY).get(p).text for p in "abcd"] == ["A", "B again", "C", "D"]  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(strict=True, reason="put writes json.dumps(..., ensure_ascii=False) to a UTF-8 file (cache.py:"
-                   "60-66): a reply holding a lone surrogate (what a server's JSON escape '\\ud800' decodes to) "
-                   "raises UnicodeEncodeError from the generator's on_done callback and ends the job")
-def test_a_reply_with_a_lone_surrogate_is_kept(tmp_path: Path) -> None:
-    text = json.loads('"bad \\ud800 escape"')
+@pytest.mark.parametrize("bad", [
+    b"not json at all",
+    b"\xff\xfe broken utf-8",
+    b"[1, 2]",
+    b'"a string"',
+    b'{"text": "no key"}',
+    b'{"key": 3, "text": "key not a string"}',
+    b'{"key": "k", "text": null}',
+    b'{"key": "k", "text": 42}',
+    b'{"key": "k", "text": ["a", "list"]}',
+    b'{"key": "k"}',
+])
+def test_an_unreadable_complete_line_is_skipped_and_counted(tmp_path: Path, bad: bytes) -> None:
+    path = tmp_path / "c.jsonl"
+    c = ResponseCache(path, IDENTITY)
+    c.put("one", Completion("1"))
+    c.close()
+    with path.open("ab") as f:
+        f.write(bad + b"\n\n")  # and a blank line, which is not counted
+    c2 = ResponseCache(path, IDENTITY)
+    c2.put("two", Completion("2", 5, 6))
+    c2.close()
+    again = ResponseCache(path, IDENTITY)
+    assert again.skipped == 1 and len(again) == 2
+    assert [(again.get(p).text, again.get(p).prompt_tokens) for p in ("one", "two")] == [  # type: ignore[union-attr]
+        ("1", 0), ("2", 5)]
+    assert all(isinstance(x.text, str) for x in again.entries.values())
+
+
+def test_token_counts_that_are_not_whole_numbers_read_as_zero(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    c = ResponseCache(path, IDENTITY)
+    key = c.key("p")
+    path.write_text(json.dumps({"key": key, "text": "t", "prompt_tokens": "9", "completion_tokens": True}) + "\n",
+                    encoding="utf-8")
+    got = ResponseCache(path, IDENTITY).get("p")
+    assert got is not None and (got.text, got.prompt_tokens, got.completion_tokens) == ("t", 0, 0)
+
+
+@pytest.mark.parametrize("text", [json.loads('"bad \\ud800 escape"'), json.loads('"\\udfff"'),
+                                  "réponse 日本 🙂\n\"x\""])
+def test_a_reply_with_a_lone_surrogate_is_kept(tmp_path: Path, text: str) -> None:
     c = ResponseCache(tmp_path / "c.jsonl", IDENTITY)
     c.put("p", Completion(text))
     c.close()
+    raw = (tmp_path / "c.jsonl").read_bytes()
+    assert raw.isascii() and raw.count(b"\n") == 1  # one line, escaped
     got = ResponseCache(tmp_path / "c.jsonl", IDENTITY).get("p")
     assert got is not None and got.text == text
+
+
+def test_put_after_close_is_an_error_and_writes_nothing(tmp_path: Path) -> None:
+    c = ResponseCache(tmp_path / "c.jsonl", IDENTITY)
+    c.put("p", Completion("1"))
+    c.close()
+    with pytest.raises(CacheClosedError, match="after close"):
+        c.put("q", Completion("2"))
+    assert len(lines(tmp_path / "c.jsonl")) == 1 and c.get("q") is None

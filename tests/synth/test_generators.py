@@ -192,27 +192,48 @@ def test_an_out_of_range_setting_is_one_line_with_its_value(kw: dict[str, Any], 
     assert "\n" not in str(err.value) and says in str(err.value)
 
 
-WRONG = pytest.mark.xfail(strict=True, reason="GeneratorSettings.check (generators.py:68-81) compares numbers "
-                          "only: NaN passes `timeout <= 0` and `backoff < 0` (time.sleep(nan) then raises "
-                          "ValueError at the first retry), a bool passes as 1, a float count passes, a string "
-                          "raises TypeError instead of the one-line InputError")
-
-
-@pytest.mark.parametrize("kw", [
-    pytest.param({"timeout": float("nan")}, marks=WRONG),
-    pytest.param({"backoff": float("nan")}, marks=WRONG),
-    pytest.param({"max_backoff": float("nan")}, marks=WRONG),
-    pytest.param({"concurrency": True}, marks=WRONG),
-    pytest.param({"max_requests": True}, marks=WRONG),
-    pytest.param({"max_retries": 1.5}, marks=WRONG),
-    pytest.param({"max_tokens": 1.5}, marks=WRONG),
-    pytest.param({"timeout": "5"}, marks=WRONG),
-    {"extra_body": "{}]"},
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"timeout": float("nan")}, "timeout=nan must be a finite number > 0 seconds (default 120.0)."),
+    ({"timeout": float("inf")}, "timeout=inf must be a finite number > 0 seconds (default 120.0)."),
+    ({"timeout": "5"}, "timeout='5' must be a finite number > 0 seconds (default 120.0)."),
+    ({"timeout": True}, "timeout=True must be a finite number > 0 seconds (default 120.0)."),
+    ({"backoff": float("nan")}, "backoff=nan must be a finite number >= 0 seconds (default 1.0)."),
+    ({"max_backoff": float("nan")}, "max_backoff=nan must be a finite number >= 0 seconds (default 60.0)."),
+    ({"concurrency": True}, "concurrency=True must be a whole number >= 1 (default 16)."),
+    ({"max_requests": True}, "max_requests=True must be a whole number >= 1 (leave it unset for no limit)."),
+    ({"max_requests": 2.0}, "max_requests=2.0 must be a whole number >= 1 (leave it unset for no limit)."),
+    ({"max_retries": 1.5}, "max_retries=1.5 must be a whole number >= 0 (default 5)."),
+    ({"max_tokens": 1.5}, "max_tokens=1.5 must be a whole number >= 1 (default 512)."),
+    ({"temperature": "0.7"}, "temperature='0.7' must be a finite number in 0..2 (default 0.7)."),
+    ({"api_key_env": ""}, "api_key_env='' must be a non-empty string (default 'OPENAI_API_KEY')."),
+    ({"extra_body": {"top_k": 20}}, "extra_body={'top_k': 20} must be a JSON object written as a string, e.g. "
+                                    "'{\"top_k\": 20}'."),
+    ({"extra_body": '{"top_k": NaN}'}, "extra_body '{\"top_k\": NaN}' holds NaN, which is not JSON; write a finite "
+                                       "number or null."),
+    ({"extra_body": '{"a": [Infinity]}'}, "extra_body '{\"a\": [Infinity]}' holds Infinity, which is not JSON; "
+                                          "write a finite number or null."),
+    ({"extra_body": '{"model": "other"}'}, "extra_body sets 'model', which the generator sends itself; pass it "
+                                           "with --model."),
+    ({"extra_body": '{"messages": []}'}, "extra_body sets 'messages', which the generator sends itself; the "
+                                         "prompt is the one user message; edit the prompts with --prompts."),
+    ({"extra_body": '{"temperature": 0}'}, "extra_body sets 'temperature', which the generator sends itself; "
+                                           "pass it with --temperature."),
+    ({"extra_body": '{"max_tokens": 9}'}, "extra_body sets 'max_tokens', which the generator sends itself; pass "
+                                          "it with --max-tokens."),
+    ({"extra_body": '{"stream": true}'}, "extra_body sets 'stream', which the generator sends itself; streamed "
+                                         "replies are not read; leave it out."),
+    ({"extra_body": "{}]"}, "extra_body '{}]' is not JSON (Extra data: line 1 column 3 (char 2)); pass a JSON "
+                            "object."),
 ])
-def test_a_setting_of_the_wrong_type_is_refused_in_one_line(kw: dict[str, Any]) -> None:
+def test_a_setting_of_the_wrong_type_is_refused_in_one_line(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError) as err:
         GeneratorSettings(**kw).check()
-    assert "\n" not in str(err.value)
+    assert str(err.value) == message
+    assert err.value.param == next(iter(kw))
+
+
+def test_whole_numbers_are_valid_for_the_seconds_settings() -> None:
+    assert GeneratorSettings(timeout=5, backoff=0, max_backoff=1, temperature=1).check().timeout == 5
 
 
 @pytest.mark.parametrize(("extra_body", "parsed"), [(None, {}), ("", {}), ("{}", {}),
@@ -240,6 +261,12 @@ def test_make_generator_picks_the_backend(endpoint: Endpoint, tmp_path: Path) ->
     gen = make_generator(URL + "/", MODEL, FAST)
     assert isinstance(gen, OpenAIGenerator) and gen.base_url == URL
     gen.close()
+    for spec in ("HTTP://llm.test/v1", "Https://llm.test/v1"):  # a URL scheme is case-insensitive (RFC 3986)
+        gen = make_generator(spec, MODEL, FAST)
+        assert isinstance(gen, OpenAIGenerator) and gen.complete(["p"])[0].text == "reply to p"
+        gen.close()
+    assert [str(r.url) for r in endpoint.requests] == [f"{scheme}://llm.test/v1/chat/completions"
+                                                       for scheme in ("http", "https")]
     with pytest.raises(InputError, match=r"no config\.json") as err:
         make_generator(f"local:{tmp_path}", None)
     assert "\n" not in str(err.value) and str(tmp_path) in str(err.value) and "--generator local:" in str(err.value)
@@ -413,20 +440,49 @@ UNREADABLE = {
     "no choices": httpx.Response(200, json={"error": {"message": "upstream overloaded"}}),
     "empty choices": httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": MODEL,
                                                "choices": []}),
+    "content not a string": httpx.Response(200, json={**chat_completion("x", "x"), "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": ["a", "list"]}}]}),
+    "no message": httpx.Response(200, json={**chat_completion("x", "x"), "choices": [
+        {"index": 0, "finish_reason": "stop"}]}),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a 200 reply that is not a chat completion is not retried: _send catches only "
-                   "openai.APIError (generators.py:263) and _answer reads resp.choices unchecked (generators.py:"
-                   "279): an HTML page makes the client return a str and resp.choices raises "
-                   "AttributeError, a broken JSON body raises JSONDecodeError, both out of complete(); a body "
-                   "with no or empty `choices` is counted as an answered empty reply (and cached by the job)")
 @pytest.mark.parametrize("kind", list(UNREADABLE))
 def test_an_unreadable_reply_is_retried(make: Any, endpoint: Endpoint, kind: str) -> None:
     endpoint.script["x"] = [UNREADABLE[kind], "ok:readable"]
     gen = make()
-    out = gen.complete(["ok", "x"])
-    assert out[1].text == "readable" and gen.stats.retries == 1
+    done: list[int] = []
+    out = gen.complete(["ok", "x"], on_done=lambda i, c: done.append(i))
+    assert out[1].text == "readable" and gen.stats.retries == 1 and sorted(done) == [0, 1]
+    assert (gen.stats.requests, gen.stats.calls, gen.stats.failed) == (3, 2, 0)
+
+
+@pytest.mark.parametrize(("kind", "says"), [
+    ("html page", "unreadable reply: not a chat completion but str '<html><body>502 Bad Gateway"),
+    ("broken json", "unreadable reply: JSONDecodeError"),
+    ("no choices", "unreadable reply: no choices in the reply: upstream overloaded"),
+    ("empty choices", "unreadable reply: no choices in the reply"),
+    ("content not a string", "unreadable reply: the first choice has no message text (list)"),
+    ("no message", "unreadable reply: the first choice has no message"),
+])
+def test_an_always_unreadable_reply_is_given_up_and_not_passed_on(make: Any, endpoint: Endpoint, kind: str,
+                                                                   says: str) -> None:
+    endpoint.script["x"] = [UNREADABLE[kind]]
+    gen = make()
+    done: list[int] = []
+    out = gen.complete(["ok", "x"], on_done=lambda i, c: done.append(i))
+    assert out[1].text is None and not out[1].refused and done == [0]  # never handed to the cache
+    assert str(out[1].error).startswith(says) and str(out[1].error).endswith("(gave up after 3 attempts)")
+    assert "\n" not in str(out[1].error)
+    assert endpoint.sent("x") == 3 and (gen.stats.calls, gen.stats.failed, gen.stats.retries) == (1, 1, 2)
+
+
+def test_an_unreadable_first_reply_ends_the_job_in_one_line(make: Any, endpoint: Endpoint) -> None:
+    endpoint.script["x"] = [UNREADABLE["html page"]]
+    with pytest.raises(GeneratorError) as err:
+        make().complete(["x", "a"])
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"no answer from {URL} (unreadable reply") and "--generator" in msg
 
 
 # -- OpenAIGenerator: preflight and close --------------------------------------------------------------------

@@ -56,36 +56,50 @@ def test_an_out_of_range_setting_is_one_line_with_its_value(kw: dict[str, Any], 
     assert "\n" not in str(err.value) and says in str(err.value)
 
 
-WRONG_TYPE = pytest.mark.xfail(strict=True, reason="SynthSettings.check (settings.py:41-45) compares numbers only: "
-                               "a bool passes as 1, a float or NaN passes the range test (2.5 later crashes "
-                               "requirement's randint with ValueError), a string raises TypeError, never the "
-                               "one-line InputError")
-
-
-@pytest.mark.parametrize("kw", [
-    pytest.param({"min_words": True}, marks=WRONG_TYPE),
-    pytest.param({"min_words": 2.5}, marks=WRONG_TYPE),
-    pytest.param({"max_words": 7.5}, marks=WRONG_TYPE),
-    pytest.param({"top_personas": True}, marks=WRONG_TYPE),
-    pytest.param({"chunk": 2.5}, marks=WRONG_TYPE),
-    pytest.param({"max_passage_chars": float("nan")}, marks=WRONG_TYPE),
-    pytest.param({"copy_min_words": "6"}, marks=WRONG_TYPE),
-    {"languages": ("English", 3)},
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"min_words": True}, "min_words=True must be a whole number >= 1 (default 5)."),
+    ({"min_words": 2.5}, "min_words=2.5 must be a whole number >= 1 (default 5)."),
+    ({"max_words": 7.5}, "max_words=7.5 must be a whole number >= 1 (default 25)."),
+    ({"top_personas": True}, "top_personas=True must be a whole number >= 1 (default 5)."),
+    ({"chunk": 2.5}, "chunk=2.5 must be a whole number >= 1 (default 64)."),
+    ({"max_passage_chars": float("nan")}, "max_passage_chars=nan must be a whole number >= 1 (default 4000)."),
+    ({"copy_min_words": "6"}, "copy_min_words='6' must be a whole number >= 1 (default 6)."),
+    ({"seed": 1.5}, "seed=1.5 must be a whole number (default 0)."),
+    ({"seed": False}, "seed=False must be a whole number (default 0)."),
+    ({"task": ""}, "task='' must be a non-empty string (default 'synthetic')."),
+    ({"task": 3}, "task=3 must be a non-empty string (default 'synthetic')."),
+    ({"passage_language": " "}, "passage_language=' ' must be a non-empty string (default 'English')."),
+    ({"prompts": ""}, "prompts='' must be a non-empty string, or unset (default None)."),
+    ({"languages": ("English", 3)}, "languages=('English', 3) must list at least one language name, each a "
+                                    "non-empty string, e.g. ('English', 'German')."),
+    ({"languages": 3}, "languages=3 must list at least one language name, each a non-empty string, e.g. "
+                       "('English', 'German')."),
 ])
-def test_a_setting_of_the_wrong_type_is_refused_in_one_line(kw: dict[str, Any]) -> None:
+def test_a_setting_of_the_wrong_type_is_refused_in_one_line(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(InputError) as err:
         SynthSettings(**kw).check()
-    assert "\n" not in str(err.value)
+    assert str(err.value) == message
+    assert err.value.param == next(iter(kw))
 
 
-@pytest.mark.xfail(strict=True, reason="languages='English' (a str, not a tuple) passes check (settings.py:39 "
-                   "iterates its characters), and requirement() then asks for queries in 'E', 'n', 'g', ...")
-def test_languages_given_as_one_string_is_refused_or_read_as_one_language() -> None:
-    try:
-        s = SynthSettings(languages="English").check()  # type: ignore[arg-type]
-    except InputError:
-        return
-    assert {s.requirement(f"p{i}")[1] for i in range(20)} == {"English"}
+def test_languages_given_as_one_string_is_refused() -> None:
+    with pytest.raises(InputError) as err:
+        SynthSettings(languages="English").check()  # type: ignore[arg-type]
+    assert str(err.value) == ("languages='English' is one string, not a list of languages; pass a tuple such as "
+                              "languages=('English',) (on the command line: --languages English,German).")
+
+
+@pytest.mark.parametrize("languages", [("English", "German", "English"), ("English", " english")])
+def test_a_language_listed_twice_is_refused(languages: tuple[str, ...]) -> None:
+    with pytest.raises(InputError, match="twice") as err:
+        SynthSettings(languages=languages).check()
+    assert "\n" not in str(err.value) and f"languages={languages!r}" in str(err.value)
+    assert "list each language once" in str(err.value)
+
+
+def test_negative_seeds_and_a_list_of_languages_are_valid() -> None:
+    s = SynthSettings(languages=["English", "German"], seed=-3).check()  # type: ignore[arg-type]
+    assert {s.requirement(f"p{i}")[1] for i in range(40)} == {"English", "German"}
 
 
 def test_the_requirement_is_a_pure_function_of_seed_and_passage_id() -> None:

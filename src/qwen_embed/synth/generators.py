@@ -8,13 +8,16 @@ writes it there, so a kill loses nothing that was paid for). Each prompt is sent
   the `openai` client, with its own retry loop (the client's is switched off so that retries are
   counted): at most `concurrency` requests in flight, a `timeout` per request, retries with
   exponential backoff and jitter on 429, 408, 409, 5xx, timeouts, dropped connections and unreadable
-  replies (a `Retry-After` header is honoured up to `max_backoff`), and a `max_requests` budget over
-  all requests sent. Other 4xx refuse that prompt only (e.g. one too long for the server). The first
-  prompt a generator sees is sent alone, so that a wrong URL, key or model name costs one request and
-  one clear error instead of a storm; 401, 403 and 404 end the job at once, as do ABORT_AFTER
+  replies (a 200 that is not a chat completion whose first choice holds a text or a null content, e.g. a
+  proxy's HTML page, a broken JSON body, an error body without `choices`; a `Retry-After` header is
+  honoured up to `max_backoff`), and a `max_requests` budget over all requests sent. Other 4xx
+  refuse that prompt only (e.g. one too long for the server). The first prompt a generator sees is
+  sent alone, so that a wrong URL, key or model name costs one request and one clear error instead
+  of a storm; 401, 403 and 404 end the job at once, as do ABORT_AFTER
   failures in a row. Before that, `preflight` asks `GET /models` once, so that an unreachable server
   or a wrong key is reported before the job embeds the personas. The API key comes from the
-  environment variable `api_key_env`.
+  environment variable `api_key_env`; `extra_body` may add fields to the request but not replace the
+  ones the generator sends (`RESERVED_BODY_KEYS`).
 - `LocalGenerator` runs a Qwen3 causal LM checkpoint with transformers' `generate` (chat template,
   thinking off, left-padded batches) for small offline runs.
 """
@@ -29,11 +32,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from ..errors import InputError, QwenEmbedError
+from .settings import check_number, check_text, check_whole
 
 GAVE_UP = "gave up after"
+UNREADABLE = "unreadable reply"
+# request fields the generator sends itself: extra_body must not override them silently (the client merges
+# extra_body last), with the way to set each one
+RESERVED_BODY_KEYS = {
+    "model": "pass it with --model",
+    "messages": "the prompt is the one user message; edit the prompts with --prompts",
+    "temperature": "pass it with --temperature",
+    "max_tokens": "pass it with --max-tokens",
+    "stream": "streamed replies are not read; leave it out",
+}
 ABORT_AFTER = 16  # failed prompts in a row (after retries) that end the job: the endpoint looks down
 
 
@@ -47,8 +62,8 @@ class GeneratorSettings:
 
     concurrency: int = field(default=16, metadata={"help": "requests in flight (local: prompts per batch)"})
     timeout: float = field(default=120.0, metadata={"help": "seconds to wait for one reply before retrying"})
-    max_retries: int = field(default=5, metadata={"help": "retries of one prompt on 429/408/5xx/timeouts/"
-                                                          "dropped connections"})
+    max_retries: int = field(default=5, metadata={"help": "retries of one prompt on 429/408/409/5xx/timeouts/"
+                                                          "dropped connections/unreadable replies"})
     backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds, doubled each retry "
                                                           "(with jitter)"})
     max_backoff: float = field(default=60.0, metadata={"help": "longest retry delay in seconds"})
@@ -61,24 +76,21 @@ class GeneratorSettings:
     extra_body: str | None = field(default=None, metadata={"help": "JSON object merged into each request body, "
                                                                    "e.g. '{\"chat_template_kwargs\": "
                                                                    "{\"enable_thinking\": false}}' for Qwen3 on "
-                                                                   "vLLM"})
+                                                                   "vLLM (not model, messages, temperature, "
+                                                                   "max_tokens or stream)"})
 
     def check(self) -> GeneratorSettings:
-        """Validate ranges; errors say the value, the limit and the fix."""
-        if self.concurrency < 1:
-            raise InputError(f"concurrency={self.concurrency} must be >= 1.")
-        if self.timeout <= 0:
-            raise InputError(f"timeout={self.timeout} must be > 0 seconds.")
-        if self.max_retries < 0:
-            raise InputError(f"max_retries={self.max_retries} must be >= 0.")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise InputError(f"backoff={self.backoff} and max_backoff={self.max_backoff} must be >= 0.")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise InputError(f"max_requests={self.max_requests} must be >= 1 (leave it unset for no limit).")
-        if self.max_tokens < 1:
-            raise InputError(f"max_tokens={self.max_tokens} must be >= 1.")
-        if not 0 <= self.temperature <= 2:
-            raise InputError(f"temperature={self.temperature} is out of range 0..2.")
+        """Validate types and ranges; errors say the value, the limit and the fix."""
+        check_whole(self, "concurrency", 1)
+        check_number(self, "timeout", 0, above=True, unit=" seconds")
+        check_whole(self, "max_retries", 0)
+        check_number(self, "backoff", 0, unit=" seconds")
+        check_number(self, "max_backoff", 0, unit=" seconds")
+        if self.max_requests is not None:
+            check_whole(self, "max_requests", 1, "leave it unset for no limit")
+        check_number(self, "temperature", 0, 2)
+        check_whole(self, "max_tokens", 1)
+        check_text(self, "api_key_env")
         self.extra()
         return self
 
@@ -86,14 +98,29 @@ class GeneratorSettings:
         """The parsed extra_body (an empty dict when unset)."""
         import json
 
-        if not self.extra_body:
+        if self.extra_body is None or self.extra_body == "":
             return {}
+        if not isinstance(self.extra_body, str):
+            raise InputError(f"extra_body={self.extra_body!r:.80} must be a JSON object written as a string, e.g. "
+                             f"'{{\"top_k\": 20}}'.", param="extra_body")
+
+        def no_constant(name: str) -> Any:
+            raise InputError(f"extra_body {self.extra_body!r:.80} holds {name}, which is not JSON; write a finite "
+                             f"number or null.", param="extra_body")
+
         try:
-            value = json.loads(self.extra_body)
+            value = json.loads(self.extra_body, parse_constant=no_constant)
         except ValueError as e:
-            raise InputError(f"extra_body {self.extra_body!r:.80} is not JSON ({e}); pass a JSON object.") from None
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"extra_body {self.extra_body!r:.80} is not JSON ({e}); pass a JSON object.",
+                             param="extra_body") from None
         if not isinstance(value, dict):
-            raise InputError(f"extra_body {self.extra_body!r:.80} must be a JSON object.")
+            raise InputError(f"extra_body {self.extra_body!r:.80} must be a JSON object.", param="extra_body")
+        for key, fix in RESERVED_BODY_KEYS.items():
+            if key in value:
+                raise InputError(f"extra_body sets {key!r}, which the generator sends itself; {fix}.",
+                                 param="extra_body")
         return value
 
 
@@ -260,10 +287,15 @@ class OpenAIGenerator:
                 if code not in (408, 409, 429) and code < 500:
                     return self._failed(error, refused=True)  # this prompt is refused (e.g. too long): final
                 retry_after = _retry_after(e)
-            except openai.APIError as e:  # a reply the client cannot read (e.g. a proxy's HTML page)
-                error = f"{type(e).__name__}: {e}"
+            except openai.APIError as e:  # a reply the client cannot read
+                error = f"{UNREADABLE}: {type(e).__name__}: {e}"
+            except ValueError as e:  # a 200 body that is not JSON (json.JSONDecodeError) or not the model's shape
+                error = f"{UNREADABLE}: {type(e).__name__}: {str(e)[:200]}"
             else:
-                return self._answer(resp)
+                text = _reply_text(resp)
+                if not isinstance(text, _Unreadable):
+                    return self._answer(resp, text)
+                error = f"{UNREADABLE}: {text.why}"
             if attempt < s.max_retries:
                 time.sleep(self._delay(attempt, retry_after))
         return self._failed(f"{error} ({GAVE_UP} {s.max_retries + 1} attempts)")
@@ -275,10 +307,10 @@ class OpenAIGenerator:
             delay = max(delay, retry_after)
         return min(delay, s.max_backoff)
 
-    def _answer(self, resp: Any) -> Completion:
-        text = (resp.choices[0].message.content or "") if resp.choices else ""
+    def _answer(self, resp: Any, text: str) -> Completion:
         usage = getattr(resp, "usage", None)
-        c = Completion(text, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
+        c = Completion(text, token_count(getattr(usage, "prompt_tokens", 0)),
+                       token_count(getattr(usage, "completion_tokens", 0)))
         with self._lock:
             self._answered = True
             self._in_a_row = 0
@@ -308,6 +340,40 @@ class OpenAIGenerator:
         self._fail_job(GeneratorError("the generator was closed"))
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    why: str
+
+
+def _reply_text(resp: Any) -> str | _Unreadable:
+    """The text of a chat completion's first choice (a null content is an empty answer), or why the reply
+    is not a readable chat completion (an HTML page the client returns as a str, an error body without
+    choices, no choice at all, a content that is not a string): such a reply is retried."""
+    from openai.types.chat import ChatCompletion
+
+    if not isinstance(resp, ChatCompletion):
+        return _Unreadable(f"not a chat completion but {type(resp).__name__} {str(resp)[:120]!r}")
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        extra = getattr(resp, "model_extra", None) or {}
+        said = f": {_message(SimpleNamespace(body=extra))}" if extra.get("error") else ""
+        return _Unreadable(f"no choices in the reply{said}")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        return _Unreadable("the first choice has no message")
+    content = getattr(message, "content", None)
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        return _Unreadable(f"the first choice has no message text ({type(content).__name__})")
+    return content
+
+
+def token_count(value: Any) -> int:
+    """A token count as reported (by an endpoint, or read from the cache): a whole number >= 0, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _message(e: Any) -> str:
@@ -419,10 +485,11 @@ class LocalGenerator:
 
 def make_generator(spec: str, model: str | None, settings: GeneratorSettings | None = None, *,
                    device: str | None = None, dtype: str | None = None, seed: int = 0) -> Generator:
-    """`http(s)://HOST/v1` -> OpenAIGenerator (needs `model`); `local:PATH` -> LocalGenerator."""
+    """`http(s)://HOST/v1` (the scheme in any case) -> OpenAIGenerator (needs `model`); `local:PATH` ->
+    LocalGenerator."""
     if spec.startswith("local:"):
         return LocalGenerator(spec.removeprefix("local:"), settings, device=device, dtype=dtype, seed=seed)
-    if spec.startswith(("http://", "https://")):
+    if spec.lower().startswith(("http://", "https://")):
         if not model:
             raise InputError(f"--generator {spec} is an endpoint: pass --model NAME (the model it serves).")
         return OpenAIGenerator(spec, model, settings)
