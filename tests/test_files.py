@@ -182,6 +182,30 @@ def test_resumable_jsonl_rows_reads_back_what_was_written(tmp_path: Path) -> Non
     again.close()
 
 
+def test_a_lone_surrogate_is_written_read_back_and_fingerprinted(tmp_path: Path) -> None:
+    """What a JSON escape such as \\ud800 decodes to cannot be UTF-8: rows holding one are written with ASCII
+    escapes (json reads them back exactly), other rows as text; fingerprints take it too."""
+    import json
+
+    from qwen_embed.files import json_text, write_json_atomic
+
+    odd = {"qid": "q1", "text": "caf\u00e9 \ud800 end"}
+    out = tmp_path / "rows.jsonl"
+    with ResumableJsonl(out, key="qid", job="j") as w:
+        w.write(odd)
+        w.write_many([{"qid": "q2", "text": "caf\u00e9"}])
+        w.finish()
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].isascii() and "café" in lines[1]  # escapes only where needed
+    assert [json.loads(ln) for ln in lines] == [odd, {"qid": "q2", "text": "café"}]
+    assert json.loads(json_text(odd)) == odd and json_text({"a": "é"}) == '{"a": "é"}'
+    write_json_atomic(tmp_path / "doc.json", odd)
+    assert json.loads((tmp_path / "doc.json").read_text(encoding="utf-8")) == odd
+    assert fingerprint(odd) != fingerprint({"qid": "q1", "text": "caf\u00e9 \ud801 end"})
+    assert fingerprint_rows([odd]) == fingerprint_rows([dict(odd)])
+    assert fingerprint({"a": "é"}) == fingerprint({"a": "é"})
+
+
 def test_resumable_jsonl_resume_after_torn_line(tmp_path: Path) -> None:
     out = tmp_path / "rows.jsonl"
     w = ResumableJsonl(out, job="j1")

@@ -198,10 +198,22 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: boo
     return Path(path)
 
 
+def json_text(obj: Any, **options: Any) -> str:
+    """`json.dumps` with the text as it is (ensure_ascii=False), unless it holds a lone surrogate (what a JSON
+    escape such as \\ud800 decodes to), which UTF-8 cannot hold: then with ASCII escapes, which read back
+    exactly."""
+    text = json.dumps(obj, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True, **options)
+    return text
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, overwrite: bool = True,
                       indent: int | None = 2) -> Path:
     """Write a JSON document atomically (UTF-8, a final newline)."""
-    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", overwrite=overwrite)
+    return write_text_atomic(path, json_text(obj, indent=indent) + "\n", overwrite=overwrite)
 
 
 @contextlib.contextmanager
@@ -284,7 +296,7 @@ def _jsonable(obj: Any) -> Any:
 def fingerprint(*parts: Any) -> str:
     """SHA-256 (hex) of the parts as canonical JSON: dataclasses, dicts, lists and paths allowed."""
     payload = json.dumps(_jsonable(list(parts)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()  # a lone surrogate hashes too
 
 
 def fingerprint_rows(rows: Iterable[Any]) -> str:
@@ -292,7 +304,8 @@ def fingerprint_rows(rows: Iterable[Any]) -> str:
     corpus too large to hold as one JSON document); pass the result to `fingerprint` with the settings."""
     h = hashlib.sha256()
     for row in rows:
-        h.update(json.dumps(_jsonable(row), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        h.update(json.dumps(_jsonable(row), sort_keys=True, separators=(",", ":"),
+                            ensure_ascii=False).encode("utf-8", "surrogatepass"))
         h.update(b"\n")
     return h.hexdigest()
 
@@ -397,7 +410,7 @@ class ResumableJsonl:
     def write(self, row: dict[str, Any]) -> None:
         """Append one row (a dict holding `key`) and flush it."""
         assert self._f is not None, "write after finish/close"
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.write(json_text(row) + "\n")
         self._f.flush()
         self.done.add(row.get(self.key))
 
@@ -405,7 +418,7 @@ class ResumableJsonl:
         """Append rows, flushing once."""
         assert self._f is not None, "write after finish/close"
         for row in rows:
-            self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self._f.write(json_text(row) + "\n")
             self.done.add(row.get(self.key))
         self._f.flush()
         os.fsync(self._f.fileno())
