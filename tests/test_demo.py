@@ -135,6 +135,7 @@ NATURAL = {"why is the sky blue": "doc-31", "how do plants make food from sunlig
 
 
 @needs_demo_models
+@pytest.mark.slow  # ~28 s: 62 searches reranking 20 candidates each
 def test_shipped_models_answer_natural_questions_and_titles(shipped: tuple[Embedder, Reranker, Index]) -> None:
     """The model card's figures: the reranker adds to the embedder on questions it was not trained on (first
     12 of 20 vs 11; the reranker shipped before put 3 first) and finds nearly every document by its title."""

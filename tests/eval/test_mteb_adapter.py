@@ -47,6 +47,7 @@ def _task() -> Any:
     return TinySciFact()
 
 
+@pytest.mark.slow  # ~13 s: mteb's own evaluation loop
 def test_mteb_evaluates_the_adapter_with_task_instructions(embedder: Embedder, tmp_path: Path) -> None:
     # imported here, not at collection: mteb pulls in sentence-transformers and transformers (seconds per worker)
     mteb = pytest.importorskip("mteb")
