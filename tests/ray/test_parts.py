@@ -422,10 +422,6 @@ def test_concurrent_writers_never_write_an_id_twice(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)), ids
 
 
-@pytest.mark.xfail(strict=True, reason="a run killed while writing its first manifest leaves "
-                   "`._qwen_embed_corpus.json.tmp-PID-...` in the folder it created; PartsWriter.check counts that "
-                   "stale temp as a file embed-corpus did not write (parts.py:101-105) and refuses the same "
-                   "command again, so the job cannot resume without --overwrite")
 def test_resume_after_a_kill_during_the_first_manifest_write(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -97,6 +97,8 @@ class PartsWriter:
         if out.exists() and not out.is_dir():
             raise InputError(f"output {out} is a file; give a folder (it is created when missing).")
         check_output_dir(out, overwrite=True)  # parent exists, writable; "not empty" is judged below
+        if out.is_dir():  # a temporary file of a writer killed mid-write (the first manifest's) is not a user's
+            clean_stale_temps(out)
         old = _read_manifest(out)
         entries = list(out.iterdir()) if out.is_dir() else []
         if old is None and entries and not overwrite:

@@ -144,13 +144,25 @@ def check_batch(table: pa.Table) -> pa.Table:
     return table
 
 
+def _blank(fs: Any, file: str, probe: int = 1 << 16) -> bool:
+    """Whether a small JSONL file holds nothing but whitespace (a larger one is read by pyarrow as it is)."""
+    info = fs.get_file_info(file)
+    if info.size > probe:
+        return False
+    with fs.open_input_stream(file) as f:
+        return not bytes(f.read()).strip()
+
+
 def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -> Corpus:
     """Find and check the input (see the module docstring) -> a `Corpus`."""
+    if id_column == text_column:
+        raise InputError(f"--id-column and --text-column are both {id_column!r}; the id and the text are two columns "
+                         "(name the text's with --text-column).")
     fs, path = resolve_input(uri)
     files = _input_files(fs, path, uri)
     fmt = input_format(files, uri)
-    if fmt == "json":  # an empty JSONL file holds no rows (pyarrow cannot read a schema from it)
-        files = [f for f, i in zip(files, fs.get_file_info(files), strict=True) if i.size]
+    if fmt == "json":  # an empty (or blank) JSONL file holds no rows (pyarrow cannot read a schema from it)
+        files = [f for f, i in zip(files, fs.get_file_info(files), strict=True) if i.size and not _blank(fs, f)]
         if not files:
             raise InputError(f"input {uri} holds no rows; nothing to embed.")
     try:
