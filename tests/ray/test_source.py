@@ -277,9 +277,6 @@ def test_cast_ids_refuses_other_types(typ: pa.DataType) -> None:
 BIG = 3_000_000  # characters: one row larger than two of pyarrow's default JSON blocks (1 MiB)
 
 
-@pytest.mark.xfail(strict=True, reason="a JSONL row over 1 MiB (pyarrow's default JSON block_size) is refused: "
-                   "'straddling object straddles two block boundaries', or read as a row of nulls ('row 0 has no "
-                   "id'); source.py:99-100 and :157 read JSON with no ReadOptions(block_size=...)")
 @pytest.mark.parametrize("rows", [
     [{"id": "big", "text": "x" * 1_100_000}],  # read as one row of nulls: "row 0 has no 'id'"
     [{"id": "big", "text": "x" * BIG}],
@@ -292,9 +289,6 @@ def test_jsonl_row_larger_than_a_block(tmp_path: Path, rows: Rows) -> None:
     assert ids == [r["id"] for r in rows] and list(map(len, texts)) == [len(r["text"]) for r in rows]
 
 
-@pytest.mark.xfail(strict=True, reason="open_corpus checks only the FIRST Parquet file's schema (source.py:157 "
-                   "`.schema` is the first file's; :164): a later file whose text column is int64 is silently cast "
-                   "to strings ('5'), one without the column passes the check and fails mid-run")
 @pytest.mark.parametrize("second", [
     pa.table({"id": ["c", "d"], "text": [5, 6]}),
     pa.table({"id": ["c", "d"], "body": ["y", "z"]}),

@@ -71,6 +71,16 @@ def input_format(files: list[str], uri: str) -> str:
     return kinds.pop()
 
 
+JSON_MAX_BLOCK = 1 << 26  # 64 MiB: the largest JSONL row read (pyarrow's default block, 1 MiB, refused longer rows)
+
+
+def json_read_options(fs: pfs.FileSystem, files: list[str]) -> pj.ReadOptions:
+    """JSON blocks as large as the largest file (at least pyarrow's 1 MiB, at most JSON_MAX_BLOCK): pyarrow
+    cannot read a row longer than its block (a 1.1 MB row alone in its file was read as a row of nulls)."""
+    largest = max((i.size or 0 for i in fs.get_file_info(files)), default=0)
+    return pj.ReadOptions(block_size=min(JSON_MAX_BLOCK, max(1 << 20, largest + 1)))
+
+
 def json_parse_options(text_column: str) -> pj.ParseOptions:
     """JSON parsing with the text column declared a string (other fields inferred)."""
     return pj.ParseOptions(explicit_schema=pa.schema([(text_column, pa.string())]),
@@ -97,7 +107,7 @@ class Corpus:
     @property
     def dataset(self) -> pds.Dataset:
         fmt: Any = "parquet" if self.format == "parquet" else pds.JsonFileFormat(
-            parse_options=json_parse_options(self.text_column))
+            parse_options=json_parse_options(self.text_column), read_options=json_read_options(self.fs, self.files))
         return pds.dataset(self.files, filesystem=self.fs, format=fmt)
 
     def __len__(self) -> int:
@@ -153,6 +163,24 @@ def _blank(fs: Any, file: str, probe: int = 1 << 16) -> bool:
         return not bytes(f.read()).strip()
 
 
+def _check_parquet_schema(fs: pfs.FileSystem, file: str, id_column: str, text_column: str) -> None:
+    """One Parquet file holds both columns, the text as strings (a later file's numbers were cast to text,
+    a later file without the column failed mid-run)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(file, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"input file {file} cannot be read as Parquet ({e}).") from None
+    for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
+        if col not in schema.names:
+            raise InputError(f"input file {file} has no column {col!r} (columns: {', '.join(schema.names)}); every "
+                             f"file needs it ({flag}).")
+    typ = schema.field(text_column).type
+    if typ not in _STRING_TYPES and not pa.types.is_null(typ):
+        raise InputError(f"text column {text_column!r} of {file} holds {typ} values, not strings; convert them.")
+
+
 def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -> Corpus:
     """Find and check the input (see the module docstring) -> a `Corpus`."""
     if id_column == text_column:
@@ -166,7 +194,8 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
         if not files:
             raise InputError(f"input {uri} holds no rows; nothing to embed.")
     try:
-        inferred = pds.dataset(files, filesystem=fs, format=fmt).schema  # schema of the first file
+        file_format: Any = fmt if fmt == "parquet" else pds.JsonFileFormat(read_options=json_read_options(fs, files))
+        inferred = pds.dataset(files, filesystem=fs, format=file_format).schema  # schema of the first file
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise _arrow_error(uri, e) from None
     for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
@@ -176,6 +205,9 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
     typ = inferred.field(text_column).type
     if typ not in _STRING_TYPES and not pa.types.is_null(typ):
         raise InputError(f"text column {text_column!r} of {uri} holds {typ} values, not strings; convert them.")
+    if fmt == "parquet":  # every file's own schema (its footer only), not just the first one's
+        for f in files[1:]:
+            _check_parquet_schema(fs, f, id_column, text_column)
     corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()))
     # JSONL: read the texts too, so that a non-string text anywhere is found now, not mid-run.
     columns = [id_column] if fmt == "parquet" else [id_column, text_column]
