@@ -163,22 +163,25 @@ def _blank(fs: Any, file: str, probe: int = 1 << 16) -> bool:
         return not bytes(f.read()).strip()
 
 
-def _check_parquet_schema(fs: pfs.FileSystem, file: str, id_column: str, text_column: str) -> None:
-    """One Parquet file holds both columns, the text as strings (a later file's numbers were cast to text,
-    a later file without the column failed mid-run)."""
+def check_schema(schema: pa.Schema, where: str, id_column: str, text_column: str) -> None:
+    """The input (or one of its files, `where`) has both columns, the text as strings."""
+    for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
+        if col not in schema.names:
+            raise InputError(f"input {where} has no column {col!r} (columns: {', '.join(schema.names) or 'none'}); "
+                             f"name the right one with {flag}.")
+    typ = schema.field(text_column).type
+    if typ not in _STRING_TYPES and not pa.types.is_null(typ):
+        raise InputError(f"text column {text_column!r} of {where} holds {typ} values, not strings; convert them.")
+
+
+def _parquet_schema(fs: pfs.FileSystem, file: str) -> pa.Schema:
+    """One Parquet file's own schema (its footer only)."""
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(file, filesystem=fs)
+        return pq.read_schema(file, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"input file {file} cannot be read as Parquet ({e}).") from None
-    for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
-        if col not in schema.names:
-            raise InputError(f"input file {file} has no column {col!r} (columns: {', '.join(schema.names)}); every "
-                             f"file needs it ({flag}).")
-    typ = schema.field(text_column).type
-    if typ not in _STRING_TYPES and not pa.types.is_null(typ):
-        raise InputError(f"text column {text_column!r} of {file} holds {typ} values, not strings; convert them.")
 
 
 def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -> Corpus:
@@ -198,16 +201,10 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
         inferred = pds.dataset(files, filesystem=fs, format=file_format).schema  # schema of the first file
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise _arrow_error(uri, e) from None
-    for col, flag in ((id_column, "--id-column"), (text_column, "--text-column")):
-        if col not in inferred.names:
-            raise InputError(f"input {uri} has no column {col!r} (columns: {', '.join(inferred.names) or 'none'}); "
-                             f"name the right one with {flag}.")
-    typ = inferred.field(text_column).type
-    if typ not in _STRING_TYPES and not pa.types.is_null(typ):
-        raise InputError(f"text column {text_column!r} of {uri} holds {typ} values, not strings; convert them.")
-    if fmt == "parquet":  # every file's own schema (its footer only), not just the first one's
+    check_schema(inferred, uri, id_column, text_column)
+    if fmt == "parquet":  # every file's own schema, not just the first one's (later ones were cast or failed mid-run)
         for f in files[1:]:
-            _check_parquet_schema(fs, f, id_column, text_column)
+            check_schema(_parquet_schema(fs, f), f"file {f}", id_column, text_column)
     corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()))
     # JSONL: read the texts too, so that a non-string text anywhere is found now, not mid-run.
     columns = [id_column] if fmt == "parquet" else [id_column, text_column]
