@@ -312,9 +312,6 @@ def test_id_column_same_as_text_column(tmp_path: Path, name: str) -> None:
         run()
 
 
-@pytest.mark.xfail(strict=True, reason="every unreadable input gets the fix 'the text column must hold strings' "
-                   "(source.py:82 _arrow_error), also when the id column is at fault (ints and strings mixed): the "
-                   "fix points at the wrong column")
 @pytest.mark.parametrize("files", [
     {"c.jsonl": [{"id": 1, "text": "x"}, {"id": "b", "text": "y"}]},
     {"a.jsonl": [{"id": 1, "text": "x"}], "b.jsonl": [{"id": "b", "text": "y"}]},

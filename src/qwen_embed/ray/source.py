@@ -87,9 +87,12 @@ def json_parse_options(text_column: str) -> pj.ParseOptions:
                            unexpected_field_behavior="infer")
 
 
-def _arrow_error(uri: str, e: Exception) -> InputError:
+def _arrow_error(uri: str, e: Exception, id_column: str, text_column: str) -> InputError:
+    """pyarrow's first line, with what the columns must hold (a mix of id types fails here as well as a text
+    that is not a string)."""
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return InputError(f"input {uri} cannot be read: {first}; fix the file (the text column must hold strings).")
+    return InputError(f"input {uri} cannot be read: {first}; fix the file (the ids in {id_column!r} must be all "
+                      f"strings or all integers, the texts in {text_column!r} strings).")
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Corpus:
                     yield check_batch(normalize_batch(pa.Table.from_batches([batch]), self.id_column,
                                                       self.text_column))
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-            raise _arrow_error(self.uri, e) from None
+            raise _arrow_error(self.uri, e, self.id_column, self.text_column) from None
 
 
 def normalize_batch(table: pa.Table, id_column: str, text_column: str) -> pa.Table:
@@ -200,7 +203,7 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
         file_format: Any = fmt if fmt == "parquet" else pds.JsonFileFormat(read_options=json_read_options(fs, files))
         inferred = pds.dataset(files, filesystem=fs, format=file_format).schema  # schema of the first file
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        raise _arrow_error(uri, e) from None
+        raise _arrow_error(uri, e, id_column, text_column) from None
     check_schema(inferred, uri, id_column, text_column)
     if fmt == "parquet":  # every file's own schema, not just the first one's (later ones were cast or failed mid-run)
         for f in files[1:]:
@@ -211,7 +214,7 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
     try:
         table = corpus.dataset.to_table(columns=columns)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise _arrow_error(uri, e) from None
+        raise _arrow_error(uri, e, id_column, text_column) from None
     if table.num_rows == 0:
         raise InputError(f"input {uri} holds no rows; nothing to embed.")
     ids = cast_ids(table.column(id_column), id_column).combine_chunks()
