@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from ..errors import InputError, QwenEmbedError
 from ..files import fingerprint
 from .parts import PartsWriter
-from .source import Corpus, check_batch, json_parse_options, json_read_options, normalize_batch, open_corpus
+from .source import Corpus, check_batch, json_parse_options, normalize_batch, open_corpus
 from .stages import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_TOKENIZE,
@@ -244,7 +244,7 @@ def read_ray(corpus: Corpus) -> Any:
                                      columns=[corpus.id_column, corpus.text_column])
     return ray.data.read_json(corpus.files, filesystem=corpus.fs, num_cpus=0,
                               parse_options=json_parse_options(corpus.text_column),
-                              read_options=json_read_options(corpus.fs, corpus.files))
+                              read_options=corpus.json_read_options)
 
 
 def check_cluster(job: CorpusJob) -> None:

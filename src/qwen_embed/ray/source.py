@@ -74,11 +74,10 @@ def input_format(files: list[str], uri: str) -> str:
 JSON_MAX_BLOCK = 1 << 26  # 64 MiB: the largest JSONL row read (pyarrow's default block, 1 MiB, refused longer rows)
 
 
-def json_read_options(fs: pfs.FileSystem, files: list[str]) -> pj.ReadOptions:
+def json_block_size(largest_file: int) -> int:
     """JSON blocks as large as the largest file (at least pyarrow's 1 MiB, at most JSON_MAX_BLOCK): pyarrow
     cannot read a row longer than its block (a 1.1 MB row alone in its file was read as a row of nulls)."""
-    largest = max((i.size or 0 for i in fs.get_file_info(files)), default=0)
-    return pj.ReadOptions(block_size=min(JSON_MAX_BLOCK, max(1 << 20, largest + 1)))
+    return min(JSON_MAX_BLOCK, max(1 << 20, largest_file + 1))
 
 
 def json_parse_options(text_column: str) -> pj.ParseOptions:
@@ -106,11 +105,16 @@ class Corpus:
     id_column: str
     text_column: str
     ids: pa.Array
+    json_block: int = 1 << 20  # `json_block_size` of the files, found once by `open_corpus`
+
+    @property
+    def json_read_options(self) -> pj.ReadOptions:
+        return pj.ReadOptions(block_size=self.json_block)
 
     @property
     def dataset(self) -> pds.Dataset:
         fmt: Any = "parquet" if self.format == "parquet" else pds.JsonFileFormat(
-            parse_options=json_parse_options(self.text_column), read_options=json_read_options(self.fs, self.files))
+            parse_options=json_parse_options(self.text_column), read_options=self.json_read_options)
         return pds.dataset(self.files, filesystem=self.fs, format=fmt)
 
     def __len__(self) -> int:
@@ -157,10 +161,10 @@ def check_batch(table: pa.Table) -> pa.Table:
     return table
 
 
-def _blank(fs: Any, file: str, probe: int = 1 << 16) -> bool:
-    """Whether a small JSONL file holds nothing but whitespace (a larger one is read by pyarrow as it is)."""
-    info = fs.get_file_info(file)
-    if info.size > probe:
+def _blank(fs: Any, file: str, size: int, probe: int = 1 << 16) -> bool:
+    """Whether a small JSONL file (of `size` bytes) holds nothing but whitespace (a larger one is read by
+    pyarrow as it is)."""
+    if size > probe:
         return False
     with fs.open_input_stream(file) as f:
         return not bytes(f.read()).strip()
@@ -195,12 +199,16 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
     fs, path = resolve_input(uri)
     files = _input_files(fs, path, uri)
     fmt = input_format(files, uri)
+    json_block = 1 << 20
     if fmt == "json":  # an empty (or blank) JSONL file holds no rows (pyarrow cannot read a schema from it)
-        files = [f for f, i in zip(files, fs.get_file_info(files), strict=True) if i.size and not _blank(fs, f)]
+        sizes = {f: i.size or 0 for f, i in zip(files, fs.get_file_info(files), strict=True)}
+        files = [f for f in files if sizes[f] and not _blank(fs, f, sizes[f])]
         if not files:
             raise InputError(f"input {uri} holds no rows; nothing to embed.")
+        json_block = json_block_size(max(sizes[f] for f in files))
     try:
-        file_format: Any = fmt if fmt == "parquet" else pds.JsonFileFormat(read_options=json_read_options(fs, files))
+        file_format: Any = fmt if fmt == "parquet" else pds.JsonFileFormat(
+            read_options=pj.ReadOptions(block_size=json_block))
         inferred = pds.dataset(files, filesystem=fs, format=file_format).schema  # schema of the first file
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise _arrow_error(uri, e, id_column, text_column) from None
@@ -208,7 +216,7 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
     if fmt == "parquet":  # every file's own schema, not just the first one's (later ones were cast or failed mid-run)
         for f in files[1:]:
             check_schema(_parquet_schema(fs, f), f"file {f}", id_column, text_column)
-    corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()))
+    corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()), json_block)
     # JSONL: read the texts too, so that a non-string text anywhere is found now, not mid-run.
     columns = [id_column] if fmt == "parquet" else [id_column, text_column]
     try:
