@@ -12,7 +12,9 @@ import pytest
 
 from qwen_embed.errors import InputError
 from qwen_embed.files import (
+    OutputBusyError,
     OutputExistsError,
+    OutputLock,
     ResumableJsonl,
     atomic_dir,
     atomic_file,
@@ -235,6 +237,52 @@ def test_resumable_jsonl_refuses_other_job(tmp_path: Path) -> None:
     w = ResumableJsonl(out, job="j2", overwrite=True)
     assert w.done == set()
     w.close()
+
+
+def test_resumable_jsonl_is_written_by_one_run_at_a_time(tmp_path: Path) -> None:
+    """A second run of the job while the first writes would skip only the ids written when it looked and
+    write the others twice: it is refused in one line, changing nothing, even with overwrite; after the first
+    closes, a run resumes; after it finishes, the finished file is refused as usual."""
+    out = tmp_path / "rows.jsonl"
+    first = ResumableJsonl(out, job="j")
+    first.write({"id": "a"})
+    for overwrite in (False, True):
+        with pytest.raises(OutputBusyError) as refused:
+            ResumableJsonl(out, job="j", overwrite=overwrite)
+        assert len(str(refused.value).splitlines()) == 1 and str(out) in str(refused.value)
+    first.write({"id": "b"})  # the first run goes on, its rows intact
+    first.close()
+    second = ResumableJsonl(out, job="j")
+    assert second.done == {"a", "b"}
+    second.write({"id": "c"})
+    second.finish()
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a", "b", "c"]
+    with pytest.raises(OutputExistsError):
+        ResumableJsonl(out, job="j")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.jsonl"]  # no lock file, no partial left
+
+
+def test_output_lock_is_a_plain_flock_that_ends_with_its_process(tmp_path: Path) -> None:
+    """Another process's flock (here a bare Python's) refuses a run; killed, it leaves nothing behind."""
+    target = tmp_path / "out"
+    target.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+                               str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusyError, match="being written by another run"):
+            OutputLock(target, what="output folder")
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(target) as lock:
+        assert lock.held
+        with pytest.raises(OutputBusyError):  # a second holder in this process too
+            OutputLock(target)
+    assert not lock.held
+    OutputLock(target).release()
+    assert os.listdir(target) == []
 
 
 def test_a_writability_probe_left_by_a_killed_process_is_cleaned_up(tmp_path: Path,

@@ -23,12 +23,17 @@ synthetic data, indexing):
 - **Resumable JSONL** (`ResumableJsonl`): append-only rows keyed by an id, flushed as they come; on
   reopen the ids already written are known (a torn last line from a kill is dropped), a job whose
   fingerprint differs is refused unless overwritten, and `finish` renames the partial file into place.
+- **One writer at a time.** A resumable output (`ResumableJsonl`'s partial file, an `embed-corpus`
+  folder) is held with `OutputLock` while a run writes it: a second run of the same job started
+  meanwhile would skip only the ids the first had written when it looked, and write the rest again;
+  it is refused in one line instead (`OutputBusyError`), and can resume once the first is done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -44,6 +49,52 @@ from .errors import InputError, native_os_error
 
 class OutputExistsError(InputError):
     """An output file or folder exists and the command was not told to overwrite it."""
+
+
+class OutputBusyError(InputError):
+    """Another run is writing the output this run would write (it holds its `OutputLock`)."""
+
+
+class OutputLock:
+    """An advisory lock (`flock`) on an output file or folder, held while one run writes it.
+
+    Taken without waiting: a second holder, in this process or another, gets an `OutputBusyError` naming
+    the output, and nothing is changed. The lock belongs to the open file, so it ends with `release()`,
+    the `with` block, or the process (a killed run leaves nothing to clean up, and no file is added)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, what: str = "output") -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusyError(f"{what} {self.path} is being written by another run right now; wait for it to "
+                                  "end (a later run resumes from what it wrote), or choose another output.") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Let another run write the output (closing the file ends the lock); safe to call twice."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> OutputLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 # -- checks, before any work ---------------------------------------------------------------------
@@ -365,19 +416,27 @@ class ResumableJsonl:
         self.meta = self.path.with_name(self.path.name + ".partial.meta.json")
         self.done: set[Any] = set()
         self.resumed = 0
-        if self.partial.exists():
-            old = self._read_meta()
-            if old != job and not overwrite:
-                raise OutputExistsError(f"{self.partial} belongs to a run with other settings (fingerprint "
-                                        f"{str(old)[:12]} != {job[:12]}); pass --overwrite to start again, or "
-                                        f"re-run with the same settings to resume.")
-            if old != job:
-                self.partial.unlink()
-        if self.partial.exists():
-            self._recover()
-        else:
-            write_json_atomic(self.meta, {"job": job})
+        existed = self.partial.exists()
+        if existed and (old := self._read_meta()) != job and not overwrite:
+            raise OutputExistsError(f"{self.partial} belongs to a run with other settings (fingerprint "
+                                    f"{str(old)[:12]} != {job[:12]}); pass --overwrite to start again, or "
+                                    f"re-run with the same settings to resume.")
+        self._lock: OutputLock | None = None
         self._f: IO[str] | None = open(self.partial, "a", encoding="utf-8")  # noqa: SIM115
+        try:
+            self._lock = OutputLock(self.partial, what=f"output {self.path} (its partial file)")
+            if not overwrite and self.path.exists():  # another run finished it since the check above
+                check_output_file(self.path)
+            if existed and self._read_meta() == job:
+                self._recover()
+            else:  # a new run, or another run's rows (only with overwrite): start the file again
+                self._f.truncate(0)
+                write_json_atomic(self.meta, {"job": job})
+        except BaseException:
+            self.close()
+            if not existed and self.partial.exists() and self.partial.stat().st_size == 0:
+                self.partial.unlink()  # the empty file this call made; another run's is never removed
+            raise
 
     def _read_meta(self) -> str | None:
         try:
@@ -424,18 +483,22 @@ class ResumableJsonl:
         os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        """Close the partial file (the job stays resumable)."""
+        """Close the partial file (the job stays resumable) and let another run write it."""
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._lock is not None:
+            self._lock.release()
 
     def finish(self) -> Path:
-        """Close and rename the partial file into place."""
+        """Close and rename the partial file into place (then another run may write PATH's partial file)."""
         if self._f is not None:
             self._f.flush()
             os.fsync(self._f.fileno())
-        self.close()
-        os.replace(self.partial, self.path)
-        self.meta.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        try:  # the lock is held until the finished file is in place
+            os.replace(self.partial, self.path)
+            self.meta.unlink(missing_ok=True)
+            _fsync_dir(self.path.parent)
+        finally:
+            self.close()
         return self.path

@@ -19,6 +19,7 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.cli import main
+from qwen_embed.files import OutputLock
 from qwen_embed.ray.parts import MANIFEST
 from qwen_embed.store import open_store
 
@@ -189,6 +190,13 @@ def test_output_rules(tmp_path: Path, tiny_embedding_path: Path, capsys: pytest.
     parts = list(out.glob("part-*.parquet"))
     assert len(parts) == 1 and pq.read_schema(parts[0]).field("vector").type.list_size == 32
     assert (out / "mine.txt").read_text() == "keep me too"
+    busy = tmp_path / "busy"  # another run is writing it: refused in one line, nothing written
+    busy.mkdir()
+    capsys.readouterr()
+    with OutputLock(busy):
+        assert run_cli(str(src), "-o", str(busy), *model) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "being written by another run" in err and os.listdir(busy) == []
 
 
 def test_index_ingests_vectors_without_embedding(tmp_path: Path, tiny_embedding_path: Path, embedder: Embedder,

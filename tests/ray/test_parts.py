@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,8 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from qwen_embed.errors import InputError, QwenEmbedError
-from qwen_embed.files import OutputExistsError
+from qwen_embed.errors import InputError
+from qwen_embed.files import OutputBusyError, OutputExistsError
 from qwen_embed.ray.parts import (
     MANIFEST,
     PartsWriter,
@@ -189,7 +191,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, ids: list[Any], vecs: np.
 def test_finish_records_complete_and_checks_the_count(tmp_path: Path) -> None:
     w = open_writer(tmp_path / "out")
     w.write(["a", "b"], vectors(2))
-    with pytest.raises(AssertionError):
+    with pytest.raises(RuntimeError, match="wrote 2 distinct ids for 3 input rows"):  # an error, not an assert
         w.finish(3)
     assert json.loads((tmp_path / "out" / MANIFEST).read_text())["complete"] is False
     w.finish(2)
@@ -215,6 +217,7 @@ def test_resume_reads_back_and_equals_an_uninterrupted_run(tmp_path: Path) -> No
     first = open_writer(tmp_path / "out")
     first.write(ids[:3], vecs[:3])
     first.write(ids[3:5], vecs[3:5])  # ... killed here
+    first.close()  # (a killed run's lock ends with its process)
     again = open_writer(tmp_path / "out")
     written = {i for p in (tmp_path / "out").glob("part-*.parquet") for i in pq.read_table(p).column("id").to_pylist()}
     assert again.done == written == set(ids[:5])
@@ -234,6 +237,7 @@ def test_part_numbers_continue_after_the_highest(tmp_path: Path) -> None:
         w.write([f"r{k}"], vectors(1, k))
     (p2,) = (tmp_path / "out").glob("part-000002-*.parquet")
     p2.unlink()  # a gap: numbering continues after the highest, the lost ids are written again
+    w.close()  # the run ends (a killed run's lock ends with its process)
     again = open_writer(tmp_path / "out")
     assert again.next_part == 4 and again.done == {"r0", "r2"}
     path = again.write(["r0", "r1", "r2"], vectors(3))
@@ -248,6 +252,7 @@ def test_stale_temp_of_a_killed_run_removed_live_one_kept(tmp_path: Path) -> Non
     live = tmp_path / "out" / f".part-000002-0123abcd.parquet.tmp-{os.getpid()}-89abcdef"
     dead.write_bytes(b"PAR1 torn")
     live.write_bytes(b"PAR1 being written")
+    w.close()
     again = open_writer(tmp_path / "out")
     assert not dead.exists() and live.exists() and again.done == {"a"}
 
@@ -260,6 +265,7 @@ def test_torn_part_is_neither_counted_nor_removed(tmp_path: Path) -> None:
     assert path is not None
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
+    w.close()
     again = open_writer(tmp_path / "out")
     assert again.done == set() and again.next_part == 1 and path.exists()
     new = again.write(["a", "b"], vectors(2))
@@ -273,6 +279,7 @@ def test_other_jobs_orphan_parts_left_beside(tmp_path: Path) -> None:
     orphan = k.write(["a"], vectors(1))
     (tmp_path / "out" / MANIFEST).unlink()
     assert orphan is not None
+    k.close()
     with pytest.raises(OutputExistsError):  # no manifest: not judged ours without --overwrite
         PartsWriter.check(tmp_path / "out", job="J")
     w = open_writer(tmp_path / "out", job="J", overwrite=True)
@@ -406,20 +413,44 @@ def test_whole_folder_reads_as_one_dataset(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, v.astype(np.float16).astype(np.float32)[[1, 3, 0, 4, 2]])
 
 
-# -- bugs found ------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="two runs of the same job on one folder both open it (no lock, parts.py:"
-                   "117-137) and each writes the ids it has not seen: id 'b' ends up in two parts, against 'no id "
-                   "is written twice'")
+# -- one run at a time ------------------------------------------------------------------------------------
 def test_concurrent_writers_never_write_an_id_twice(tmp_path: Path) -> None:
+    """A second run of the job while the first writes is refused in one line (it would skip only the ids
+    the first had written when it looked); once the first stops, a run resumes with what it wrote."""
     first = open_writer(tmp_path / "out")
-    try:
-        second = open_writer(tmp_path / "out")
-    except QwenEmbedError:
-        return  # the second run refused while the first holds the folder: correct
+    with pytest.raises(OutputBusyError) as refused:
+        open_writer(tmp_path / "out")
+    assert len(str(refused.value).splitlines()) == 1 and str(tmp_path / "out") in str(refused.value)
     first.write(["a", "b"], vectors(2))
+    first.close()  # stopped (as by an error): resumable by the next run
+    second = open_writer(tmp_path / "out")
+    assert second.done == {"a", "b"}
     second.write(["b", "c"], vectors(2))
+    second.finish(3)
     ids = folder_rows(tmp_path / "out")[0]
-    assert len(ids) == len(set(ids)), ids
+    assert ids == ["a", "b", "c"]
+    open_writer(tmp_path / "out", overwrite=True).close()  # finish unlocked the folder
+
+
+def test_a_folder_locked_by_another_process_is_refused_until_it_ends(tmp_path: Path) -> None:
+    """The lock is a plain flock on the folder: another process holding one (here a bare Python) refuses
+    the run; when that process is killed, the lock ends with it and nothing is left to clean up."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", str(out)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputBusyError):
+            open_writer(out)
+        assert os.listdir(out) == []  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+    w = open_writer(out)
+    assert sorted(os.listdir(out)) == [MANIFEST]
+    w.close()
 
 
 def test_resume_after_a_kill_during_the_first_manifest_write(tmp_path: Path) -> None:

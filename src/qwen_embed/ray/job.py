@@ -140,15 +140,18 @@ def embed_corpus(job: CorpusJob) -> CorpusReport:
     corpus = open_corpus(job.input, id_column=job.id_column, text_column=job.text_column)
     writer = PartsWriter.open(job.output, job=fingerprint(manifest), manifest=manifest, dim=facts["dim"],
                               dtype_out=job.dtype_out, keep_text=job.keep_text, overwrite=job.overwrite)
-    extra = writer.done.difference(corpus.ids.to_pylist()) if writer.done else set()
-    if extra:
-        raise InputError(f"output {job.output} holds id {sorted(extra)[0]!r}, which the input does not have: the "
-                         "input changed since that run; pass --overwrite to start again.")
-    report = CorpusReport(rows=len(corpus), resumed=len(writer.done), output=job.output)
-    if len(writer.done) < len(corpus):
-        run = run_local if job.engine == "local" else run_ray
-        run(job, corpus, writer, facts["dim"])
-    writer.finish(len(corpus))
+    try:
+        extra = writer.done.difference(corpus.ids.to_pylist()) if writer.done else set()
+        if extra:
+            raise InputError(f"output {job.output} holds id {sorted(extra)[0]!r}, which the input does not have: "
+                             "the input changed since that run; pass --overwrite to start again.")
+        report = CorpusReport(rows=len(corpus), resumed=len(writer.done), output=job.output)
+        if len(writer.done) < len(corpus):
+            run = run_local if job.engine == "local" else run_ray
+            run(job, corpus, writer, facts["dim"])
+        writer.finish(len(corpus))
+    finally:
+        writer.close()
     report.written, report.parts = writer.rows_written, writer.next_part - 1 - writer.resumed_parts
     report.seconds = time.perf_counter() - t0
     return report

@@ -8,7 +8,9 @@ only whole parts; each part's schema metadata records the job fingerprint. Reope
 the same job reads the ids of its parts (one column) and the run skips them: resuming writes only the
 rest, and no id is written twice. Parts of another job are refused unless `overwrite`, which removes
 our own parts and manifest only: a file that is not ours (no manifest, other names, parts without our
-record) is never touched.
+record) is never touched. One run writes a folder at a time (`files.OutputLock` on the folder, held from
+`open` to `finish` / `close`): a second run of the job started meanwhile is refused in one line, since it
+would write again every id the first one writes after it looked.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError
-from ..files import OutputExistsError, atomic_file, check_output_dir, clean_stale_temps, write_json_atomic
+from ..files import OutputExistsError, OutputLock, atomic_file, check_output_dir, clean_stale_temps, write_json_atomic
 
 MANIFEST = "_qwen_embed_corpus.json"
 META_KEY = b"qwen_embed_corpus"
@@ -78,7 +80,8 @@ def our_parts(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
 class PartsWriter:
     """Writes a job's parts into `folder`; `done` holds the ids already written (read back on resume).
 
-    Open with `PartsWriter.open`; call `write` per batch, `finish` at the end."""
+    Open with `PartsWriter.open`; call `write` per batch, `finish` at the end (or `close` to stop, resumable);
+    the folder is locked against other runs from `open` to then."""
 
     folder: Path
     job: str
@@ -88,6 +91,7 @@ class PartsWriter:
     next_part: int = 1
     rows_written: int = 0
     resumed_parts: int = 0
+    lock: OutputLock | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def check(folder: str | os.PathLike[str], *, job: str, overwrite: bool = False) -> dict[str, Any] | None:
@@ -120,10 +124,24 @@ class PartsWriter:
              dtype_out: str, keep_text: bool, overwrite: bool = False) -> PartsWriter:
         """Check the folder, read back what this job wrote, write the manifest."""
         out = Path(folder)
-        old = cls.check(out, job=job, overwrite=overwrite)
+        cls.check(out, job=job, overwrite=overwrite)  # refused before the folder is made
+        out.mkdir(exist_ok=True)
+        lock = OutputLock(out, what="output folder")
+        try:
+            w = cls._open_locked(out, job=job, manifest=manifest, dim=dim, dtype_out=dtype_out,
+                                 keep_text=keep_text, overwrite=overwrite)
+        except BaseException:
+            lock.release()
+            raise
+        w.lock = lock
+        return w
+
+    @classmethod
+    def _open_locked(cls, out: Path, *, job: str, manifest: dict[str, Any], dim: int, dtype_out: str,
+                     keep_text: bool, overwrite: bool) -> PartsWriter:
+        old = cls.check(out, job=job, overwrite=overwrite)  # again: another run may have changed it meanwhile
         if old is not None and (old.get("job") != job or old.get("complete")):  # only with overwrite
             _remove_ours(out)
-        out.mkdir(exist_ok=True)
         clean_stale_temps(out)
         meta = {"job": job, "format": FORMAT, "model": manifest.get("model"), "dim": dim}
         w = cls(out, job, part_schema(dim, dtype_out, keep_text, meta), manifest)
@@ -171,10 +189,18 @@ class PartsWriter:
         return path
 
     def finish(self, rows: int) -> None:
-        """Record the job complete (every one of `rows` input rows is in a part)."""
-        assert len(self.done) == rows, (len(self.done), rows)
+        """Record the job complete (every one of `rows` input rows is in a part) and unlock the folder."""
+        if len(self.done) != rows:
+            raise RuntimeError(f"embed-corpus wrote {len(self.done)} distinct ids for {rows} input rows; the "
+                               f"output {self.folder} is left incomplete (a rerun resumes it).")
         write_json_atomic(self.folder / MANIFEST, {**self.manifest, "job": self.job, "format": FORMAT,
                                                    "complete": True, "rows": rows})
+        self.close()
+
+    def close(self) -> None:
+        """Let another run write the folder (what was written stays, resumable); safe to call twice."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
