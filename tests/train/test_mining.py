@@ -75,3 +75,22 @@ def test_mine_resumes_after_an_interruption(small_embedder: Embedder, tmp_path: 
     mine(small_embedder, src, out, settings=s)
     assert len(done_before) == 2  # only the two chunks that were missing
     assert out.read_bytes() == (tmp_path / "ref.jsonl").read_bytes()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_one_runs(small_embedder: Embedder, tmp_path: Path) -> None:
+    """Two runs appending chunks to one partial file would interleave and repeat rows: while a run holds it,
+    another is refused in one line and changes nothing; afterwards the output is written whole."""
+    from qwen_embed.files import OutputBusyError, OutputLock
+
+    src = write_jsonl(tmp_path / "rows.jsonl", make_rows(6, negatives=1))
+    out = tmp_path / "mined.jsonl"
+    partial = tmp_path / "mined.jsonl.partial"
+    partial.write_bytes(b"")
+    s = MiningSettings(top_k=4, num_negatives=1, chunk=2)
+    with OutputLock(partial), pytest.raises(OutputBusyError) as refused:
+        mine(small_embedder, src, out, settings=s)
+    assert len(str(refused.value).splitlines()) == 1 and str(out) in str(refused.value)
+    assert partial.read_bytes() == b"" and not out.exists()
+    mine(small_embedder, src, out, settings=s)
+    assert len(out.read_text().splitlines()) == 6 and not partial.exists()
+

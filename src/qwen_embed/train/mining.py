@@ -9,7 +9,8 @@ positives are recognised and scored), or, without one, the distinct positives an
 Resumable: the corpus embeddings are cached beside the output (`OUT.corpus.npy`, keyed by a
 fingerprint of model, corpus and dim), rows are written chunk by chunk to `OUT.partial` and the count
 done to `OUT.progress.json`; a rerun continues after the last finished chunk and the final file appears
-by rename only when every row is done.
+by rename only when every row is done. One run appends to `OUT.partial` at a time (`files.OutputLock`): a
+second run on the same output is refused in one line while the first runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, Embedder
 from ..errors import InputError
-from ..files import atomic_file, fingerprint, fingerprint_rows, write_json_atomic
+from ..files import OutputLock, atomic_file, fingerprint, fingerprint_rows, write_json_atomic
 from ..tokenizer import document_text
 from .data import Example, iter_examples
 
@@ -128,45 +129,47 @@ def mine(embedder: Embedder, rows_path: str | Path, out_path: str | Path, *, cor
     corpus = corpus_embeddings(embedder, texts, out.with_name(out.name + ".corpus.npy"), key, s.dim, progress)
     partial, state_file = out.with_name(out.name + ".partial"), out.with_name(out.name + ".progress.json")
     job = fingerprint(key, s, os.fspath(rows_path))
-    done, size = 0, 0
-    if state_file.is_file() and partial.is_file():
-        state = json.loads(state_file.read_text())
-        if state.get("job") == job:
-            done, size = int(state["done"]), int(state["bytes"])
-    with partial.open("a+b") as f:
-        f.truncate(size)  # drop a chunk that was being written when the last run stopped
-    dropped = 0
-    bar = tqdm(total=len(examples), initial=done, disable=not progress, unit="query", desc="mining")
-    for start in range(done, len(examples), s.chunk):
-        chunk = examples[start : start + s.chunk]
-        q = _embed_queries(embedder, chunk, s)
-        scores = q @ corpus.T  # [n, C]
-        lines = []
-        for j, ex in enumerate(chunk):
-            pos = {ids[t] for t in ex.positives}
-            rng = random.Random(f"{s.seed}:{start + j}")
-            neg_ids = select_negatives(scores[j], pos, s, rng)
-            dropped += int(len(neg_ids) < s.num_negatives)
-            row: dict[str, Any] = {"query": ex.query, "positives" if len(ex.positives) > 1 else "positive":
-                                   ex.positives if len(ex.positives) > 1 else ex.positives[0],
-                                   "negatives": [texts[i] for i in neg_ids]}
-            if ex.instruction:
-                row["instruction"] = ex.instruction
-            if ex.task != "default":
-                row["task"] = ex.task
-            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-        with partial.open("ab") as f:
-            f.write("".join(lines).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        write_json_atomic(state_file, {"job": job, "done": start + len(chunk), "bytes": size})
-        bar.update(len(chunk))
-    bar.close()
-    os.replace(partial, out)
-    for p in (state_file, out.with_name(out.name + ".corpus.npy"), out.with_name(out.name + ".corpus.json")):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+    partial.open("ab").close()  # the file the lock holds (an earlier run's is kept: it is resumed below)
+    with OutputLock(partial, what=f"mining output {out} (its partial file)"):  # one run appends at a time
+        done, size = 0, 0
+        if state_file.is_file() and partial.is_file():
+            state = json.loads(state_file.read_text())
+            if state.get("job") == job:
+                done, size = int(state["done"]), int(state["bytes"])
+        with partial.open("a+b") as f:
+            f.truncate(size)  # drop a chunk that was being written when the last run stopped
+        dropped = 0
+        bar = tqdm(total=len(examples), initial=done, disable=not progress, unit="query", desc="mining")
+        for start in range(done, len(examples), s.chunk):
+            chunk = examples[start : start + s.chunk]
+            q = _embed_queries(embedder, chunk, s)
+            scores = q @ corpus.T  # [n, C]
+            lines = []
+            for j, ex in enumerate(chunk):
+                pos = {ids[t] for t in ex.positives}
+                rng = random.Random(f"{s.seed}:{start + j}")
+                neg_ids = select_negatives(scores[j], pos, s, rng)
+                dropped += int(len(neg_ids) < s.num_negatives)
+                row: dict[str, Any] = {"query": ex.query, "positives" if len(ex.positives) > 1 else "positive":
+                                       ex.positives if len(ex.positives) > 1 else ex.positives[0],
+                                       "negatives": [texts[i] for i in neg_ids]}
+                if ex.instruction:
+                    row["instruction"] = ex.instruction
+                if ex.task != "default":
+                    row["task"] = ex.task
+                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            with partial.open("ab") as f:
+                f.write("".join(lines).encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell()
+            write_json_atomic(state_file, {"job": job, "done": start + len(chunk), "bytes": size})
+            bar.update(len(chunk))
+        bar.close()
+        os.replace(partial, out)
+        for p in (state_file, out.with_name(out.name + ".corpus.npy"), out.with_name(out.name + ".corpus.json")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
     return {"rows": len(examples), "corpus": len(texts), "short_rows": dropped}
 
 
