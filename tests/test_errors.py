@@ -178,3 +178,14 @@ def test_every_fix_in_the_table_is_one_sentence() -> None:
     assert sorted(errors._OS_FIXES) == sorted(TABLE)
     for code, fix in errors._OS_FIXES.items():
         assert fix and "\n" not in fix and not fix.endswith("."), (errno.errorcode[code], fix)
+
+
+@pytest.mark.parametrize(("value", "low", "whole"), [
+    (0, None, True), (-3, None, True), (3, 1, True), (1, 1, True), (0, 1, False), (2**70, 1, True),
+    (True, None, False), (False, 0, False),  # a bool is not a count
+    (1.0, None, False), ("3", None, False), (None, None, False), (3.5, 1, False),
+])
+def test_is_whole_is_an_int_not_a_bool_at_least_low(value: object, low: int | None, whole: bool) -> None:
+    from qwen_embed.errors import is_whole
+
+    assert is_whole(value, low) is whole

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from typing import TypeGuard
 
 
 class QwenEmbedError(Exception):
@@ -46,6 +47,12 @@ class TokenizerError(QwenEmbedError):
 
 class ModelOutputError(QwenEmbedError):
     """The model produced non-finite values (NaN / inf): broken weights or config, never a vector to keep."""
+
+
+def is_whole(value: object, low: int | None = None) -> TypeGuard[int]:
+    """True when `value` is a whole number (a Python int, not a bool: True is not a count) and, with `low`,
+    at least `low`. The one check behind every "must be an integer >= N" message; the caller words it."""
+    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
 
 
 # -- file system refusals as one line --------------------------------------------------------------------

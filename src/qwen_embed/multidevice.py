@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, QwenEmbedError
+from .errors import InputError, QwenEmbedError, is_whole
 from .processes import child_context, exit_text, exit_with_parent, lifeline
 from .tokenizer import check_texts
 
@@ -243,8 +243,8 @@ class DevicePool:
         if self.closed:
             raise QwenEmbedError("this DevicePool is closed; make a new one.")
         items = check_texts(texts)
-        width = dim if isinstance(dim, int) and not isinstance(dim, bool) and 0 < dim <= self.hidden_size \
-            else self.hidden_size  # a bad dim is refused by the workers, before any work
+        # a bad dim is refused by the workers, before any work
+        width = dim if is_whole(dim, 1) and dim <= self.hidden_size else self.hidden_size
         kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize}
         self._jobs += 1
         path = str(Path(self._scratch) / f"vectors-{self._jobs}.npy")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, is_whole
 from .settings import MIN_DIM as MIN_DIM  # here too: pooling.MIN_DIM keeps working
 
 
@@ -26,7 +26,7 @@ def check_dim(dim: int | None, hidden_size: int, param: str = "dim") -> int:
     `param` is the caller's name for the argument (the server's `dimensions`); the error carries it."""
     if dim is None:
         return hidden_size
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if not is_whole(dim):
         raise InputError(f"{param} must be an integer, got {dim!r}", param=param)
     if not MIN_DIM <= dim <= hidden_size:
         raise InputError(

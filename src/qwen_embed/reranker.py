@@ -28,7 +28,7 @@ import torch
 from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
-from .errors import InputError, ModelOutputError
+from .errors import InputError, ModelOutputError, is_whole
 from .pooling import rank_by_score, row_sum
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
 from .templates import PREFIX as PREFIX
@@ -125,8 +125,7 @@ class RerankInputs:
                 f"document by max_length={self.max_length}; shorten the query or raise max_length."
             )
         if max_tokens_per_doc is not None:
-            if isinstance(max_tokens_per_doc, bool) or not isinstance(max_tokens_per_doc, int) \
-                    or max_tokens_per_doc < 1:
+            if not is_whole(max_tokens_per_doc, 1):
                 raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
             budget = min(budget, head_len + max_tokens_per_doc)
         bodies = tok.encode([tmpl.body(instr, query, d) for d in docs], limit=budget)  # a long one read so far
@@ -243,7 +242,7 @@ class Reranker(CheckpointFacts):
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
                instruction: str | None = None) -> list[RerankResult]:
         """Documents sorted by score, best first (ties keep input order); `top_n` keeps the first n."""
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        if top_n is not None and not is_whole(top_n, 1):
             raise InputError(f"top_n must be a positive integer, got {top_n!r}")
         docs = list(documents) if not isinstance(documents, str) else documents
         scores = self.score(query, docs, instruction=instruction)

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, WeightsError
+from .errors import InputError, WeightsError, is_whole
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -58,7 +58,7 @@ def check_max_length(max_length: int | None, config: ModelConfig, minimum: int =
     """`max_length` checked against the model's limit; None: DEFAULT_MAX_LENGTH, or the limit where lower."""
     if max_length is None:
         return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
-    if isinstance(max_length, bool) or not isinstance(max_length, int):
+    if not is_whole(max_length):
         raise InputError(f"max_length must be an integer, got {max_length!r}")
     limit = config.max_position_embeddings
     if not minimum <= max_length <= limit:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, is_whole
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _chosen: int | None = None  # the last explicit count in this process
@@ -66,7 +66,7 @@ def default_threads(processes: int = 1) -> int:
 
 def check_threads(threads: int) -> int:
     """A thread count given by the user: a positive integer."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if not is_whole(threads, 1):
         raise InputError(f"threads={threads!r} must be a positive integer (this process may use "
                          f"{available_cores()} cores); pass e.g. threads={available_cores()}.")
     return threads

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from .metrics import Prefix, Ranked, _ndcg_cut, rank_query
 
 MTEB_PREFIXES = ("ndcg_at", "map_at", "recall_at", "precision_at", "mrr_at", "hit_rate_at")
@@ -20,7 +20,7 @@ DEFAULT_K = (1, 3, 5, 10, 100)
 
 def check_ks(ks: Sequence[int]) -> list[int]:
     """Validate cutoffs: positive integers, no duplicates; returned in ascending order."""
-    valid = all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks)
+    valid = all(is_whole(k, 1) for k in ks)
     out = sorted(set(ks)) if valid else []
     if not out or len(out) != len(ks):
         raise InputError(f"cutoffs must be distinct positive integers, got {list(ks)}; e.g. --k 1,3,5,10,100")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..files import ResumableJsonl, fingerprint, fingerprint_rows
 from .at_k import DEFAULT_K, check_ks
 from .beir import BeirDataset
@@ -98,7 +98,7 @@ def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top
     """Score the top `top` candidates of every judged query -> the reranked run {qid: {docid: score}}.
 
     With `partial`, scores are kept there as they come (resumable JSONL, finished into `partial` at the end)."""
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+    if not is_whole(top, 1):
         raise InputError(f"top must be a positive number of candidates, got {top!r}")
     queries = [q for q in dataset.query_ids if q in candidates]
     done: Run = {}

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import InputError, QwenEmbedError
+from ..errors import InputError, QwenEmbedError, is_whole
 from ..files import fingerprint
 from .parts import PartsWriter
 from .source import Corpus, check_batch, json_parse_options, normalize_batch, open_corpus
@@ -103,7 +103,7 @@ def check_job(job: CorpusJob) -> None:
     check_tokenize(job.tokenize)
     actor_resources(job.num_gpus, job.actors, job.cpus_per_actor)
     for name, value in (("rows_per_file", job.rows_per_file), ("batch_rows", job.batch_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_whole(value, 1):
             raise InputError(f"{name} must be a positive integer, got {value!r}.")
     if job.address is not None and job.engine != "ray":
         raise InputError("--address is a Ray cluster address; it needs --engine ray.")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 
 TOKENIZE_MODES = ("stage", "actor")
 DEFAULT_TOKENIZE = "actor"  # measured faster on CPU (benchmarks/scale.py, BENCHMARKS.md)
@@ -183,7 +183,7 @@ def check_tokenize(mode: str) -> str:
 def actor_resources(num_gpus: int, actors: int, cpus_per_actor: int) -> tuple[int, dict[str, Any]]:
     """(actor count, Ray resources per actor): one actor per GPU, else `actors` CPU actors."""
     for name, value, low in (("num_gpus", num_gpus, 0), ("actors", actors, 1), ("cpus_per_actor", cpus_per_actor, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_whole(value, low):
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}.")
     if num_gpus:
         return num_gpus, {"num_gpus": 1, "num_cpus": cpus_per_actor}

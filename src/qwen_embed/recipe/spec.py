@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..textio import read_yaml
 
 REF_KEY = "from"
@@ -127,7 +127,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     if not isinstance(evaluate, dict):
         raise InputError(f"recipe {p}: `evaluate` must be a mapping such as {{dataset: PATH, split: test}}.")
     seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_whole(seed):
         raise InputError(f"recipe {p}: seed must be an integer, got {seed!r}.")
     recipe = Recipe(str(raw.get("name") or p.stem), p.resolve(), workdir, stages, evaluate, seed)
     check_recipe(recipe)

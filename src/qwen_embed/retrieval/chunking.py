@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 
 DEFAULT_CHUNK_TOKENS = 512
 DEFAULT_OVERLAP = 64
@@ -34,9 +34,9 @@ class ChunkSettings:
 
     def __post_init__(self) -> None:
         c, o = self.chunk_tokens, self.overlap
-        if isinstance(c, bool) or not isinstance(c, int) or c < MIN_CHUNK_TOKENS:
+        if not is_whole(c, MIN_CHUNK_TOKENS):
             raise InputError(f"--chunk-tokens must be an integer >= {MIN_CHUNK_TOKENS}, got {c!r}.")
-        if isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < c:
+        if not is_whole(o, 0) or o >= c:
             raise InputError(f"--overlap must be an integer in 0..{c - 1} (below --chunk-tokens), got {o!r}.")
 
 

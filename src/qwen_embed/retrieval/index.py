@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..pooling import check_dim
 from ..reranker import Reranker
 from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
@@ -248,7 +248,7 @@ class Index:
         The whole run holds the table's writer lock, so concurrent runs take turns and never duplicate
         a chunk; documents found duplicated (by runs of older versions) are rewritten; maintenance left
         undone by a run that died after its last commit is done now."""
-        if isinstance(batch_docs, bool) or not isinstance(batch_docs, int) or batch_docs < 1:
+        if not is_whole(batch_docs, 1):
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
         docs = [as_document(d, i) for i, d in enumerate(documents)]
         report = IndexReport(documents=len(docs))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..embedder import Embedder
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..pooling import rank_by_score
 from ..reranker import Reranker
 from ..store import StoreHit, VectorStore, bind_where
@@ -45,7 +45,7 @@ class Hit:
 
 
 def _check_count(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_whole(value, 1):
         raise InputError(f"{name} must be a positive integer, got {value!r}")
     return value
 

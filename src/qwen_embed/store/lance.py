@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import quantize
-from ..errors import InputError, native_os_error
+from ..errors import InputError, is_whole, native_os_error
 from .base import (
     ANN_MIN_ROWS,
     INFO_KEY,
@@ -467,7 +467,7 @@ class LanceStore:
     def search(self, vector: np.ndarray, k: int, *, where: str | None = None, exact: bool = False,
                nprobes: int | None = None, refine_factor: int | None = None,
                rescore_multiplier: int | None = None) -> list[StoreHit]:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_whole(k, 1):
             raise InputError(f"k must be a positive integer, got {k!r}")
         q = np.asarray(vector, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.info.dim:
@@ -476,7 +476,7 @@ class LanceStore:
             raise InputError("the query vector holds NaN or infinite values; check the model.")
         where = bind_where(where)
         m = DEFAULT_RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+        if not is_whole(m, 0):
             raise InputError(f"rescore_multiplier must be an integer >= 0 (0: no rescoring), got {m!r}")
         if self.table is None:
             return []

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from ..errors import InputError, QwenEmbedError
+from ..errors import InputError, QwenEmbedError, is_whole
 from .settings import check_number, check_text, check_whole
 
 GAVE_UP = "gave up after"
@@ -373,7 +373,7 @@ def _reply_text(resp: Any) -> str | _Unreadable:
 
 def token_count(value: Any) -> int:
     """A token count as reported (by an endpoint, or read from the cache): a whole number >= 0, else 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if is_whole(value, 0) else 0
 
 
 def _message(e: Any) -> str:

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 
 DEFAULT_MIN_COS = 0.7  # the report keeps synthetic pairs whose cosine is greater than 0.7
 
@@ -25,7 +25,7 @@ def check_whole(owner: Any, name: str, low: int | None, fix: str | None = None) 
     """The field `name` of a settings dataclass, refused in one line unless an int (not a bool) >= `low`
     (any int when `low` is None); the message ends with `fix`, or else the default."""
     value = getattr(owner, name)
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+    if not is_whole(value, low):
         limit = "" if low is None else f" >= {low}"
         fix = fix or f"default {_default(owner, name)!r}"
         raise InputError(f"{name}={value!r} must be a whole number{limit} ({fix}).", param=name)

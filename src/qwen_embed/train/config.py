@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..embedder import DEFAULT_INSTRUCTION
-from ..errors import ConfigError
+from ..errors import ConfigError, is_whole
 from ..settings import DEFAULT_EMBEDDING_MODEL
 from ..settings import ModelSettings as LoadingSettings
 from ..textio import parse_yaml, read_yaml
@@ -266,7 +266,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+    if hint is int and is_whole(value):
         return value
     if hint is bool and isinstance(value, bool):
         return value
