@@ -63,23 +63,21 @@ INLINE_VALUES = 4096
 QUERY_TYPES = {"query": "query", "search_query": "query", "document": "document", "search_document": "document"}
 
 
-def is_text(text: str) -> bool:
-    """No lone surrogate (JSON may carry one; no tokenizer takes it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def check_text(text: str, what: str, param: str | None = None) -> None:
-    """JSON may carry lone surrogates (\\ud800) that no tokenizer takes: a 400 naming the field `what` (a single
-    string: `query`, `instruction`) and the position in it."""
+def surrogate_at(text: str) -> int | None:
+    """Where `text` holds a lone surrogate (JSON may carry one, \\ud800; no tokenizer takes it), else None."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise APIError(400, f"{what} holds a lone surrogate ({text[e.start]!r} at {e.start}); send valid Unicode "
-                       "text.", param=param or what) from None
+        return e.start
+    return None
+
+
+def check_text(text: str, what: str, param: str | None = None) -> None:
+    """A 400 naming the field `what` (a single string: `query`, `instruction`) and the position in it when
+    `text` holds a lone surrogate (`surrogate_at`)."""
+    if (at := surrogate_at(text)) is not None:
+        raise APIError(400, f"{what} holds a lone surrogate ({text[at]!r} at {at}); send valid Unicode text.",
+                       param=param or what)
 
 
 def check_unicode(texts: Sequence[str], what: str) -> None:
@@ -157,7 +155,7 @@ def named_prompts(model_dir: Path) -> dict[str, str]:
             config = None
         found = config.get("prompts") if isinstance(config, dict) else None
         if isinstance(found, dict):  # a file that is not JSON, or prompts that are not an object: ignored alike
-            prompts.update({k: v for k, v in found.items() if isinstance(v, str) and is_text(v)})
+            prompts.update({k: v for k, v in found.items() if isinstance(v, str) and surrogate_at(v) is None})
     return prompts
 
 
