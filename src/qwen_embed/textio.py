@@ -18,6 +18,7 @@ is checked before any work starts and written atomically (`qwen_embed.files`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -61,10 +62,10 @@ def read_text_file(path: str) -> str:
         raise InputError(f"input {path} cannot be read ({e.strerror}).") from None
 
 
-def parse_yaml(text: str) -> Any:
-    """Safe YAML; a syntax error or a key written twice in one mapping raises ValueError in one line that
-    gives the problem with its line and column (PyYAML's own message spans several lines, and it keeps
-    the last of two equal keys without a word)."""
+@functools.cache
+def _strict_loader() -> type:
+    """yaml.SafeLoader that refuses a key written twice in one mapping (made once, on first use: `yaml` is
+    imported only by the commands that read YAML)."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -81,8 +82,17 @@ def parse_yaml(text: str) -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    return Loader
+
+
+def parse_yaml(text: str) -> Any:
+    """Safe YAML; a syntax error or a key written twice in one mapping raises ValueError in one line that
+    gives the problem with its line and column (PyYAML's own message spans several lines, and it keeps
+    the last of two equal keys without a word)."""
+    import yaml
+
     try:
-        return yaml.load(text, Loader=Loader)  # a SafeLoader: builds plain data only
+        return yaml.load(text, Loader=_strict_loader())  # a SafeLoader: builds plain data only
     except yaml.MarkedYAMLError as e:
         parts = [f"{text_} at line {mark.line + 1}, column {mark.column + 1}" if mark else text_
                  for text_, mark in ((e.context, e.context_mark), (e.problem, e.problem_mark)) if text_]
