@@ -70,7 +70,9 @@ def test_retrieval_then_rerank_commands(tiny_embedding_path: Path, tiny_reranker
 
 
 def test_retrieval_and_rerank_user_errors(tiny_embedding_path: Path, tiny_reranker_path: Path, five_docs: Path,
-                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                          tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative: eval-results/<dataset>/<model>
     base = ["eval", "retrieval", "--dataset", str(five_docs), "--embedding-model", str(tiny_embedding_path),
             "--device", "cpu", "--output-dir", str(tmp_path / "o")]
     code, _, err = _run([*base, "--dim", "4096"], capsys)
@@ -83,6 +85,12 @@ def test_retrieval_and_rerank_user_errors(tiny_embedding_path: Path, tiny_rerank
     code, _, err = _run(["eval", "rerank", "--dataset", str(five_docs), "--reranker-model", str(tiny_reranker_path),
                          "--candidates", str(tmp_path / "bad.trec")], capsys)
     assert code == 2 and "queries that five does not have (e.g. 'q42')" in err
+    assert not (tmp_path / "eval-results").exists()  # the default folder it made is gone with the failed run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, _, err = _run(["eval", "rerank", "--dataset", str(five_docs), "--reranker-model", str(tiny_reranker_path),
+                         "--candidates", str(tmp_path / "bad.trec"), "--output-dir", str(mine / "new")], capsys)
+    assert code == 2 and mine.is_dir() and list(mine.iterdir()) == []  # a folder it did not make stays
 
 
 def test_resolve_instruction() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from qwen_embed.errors import InputError
-from qwen_embed.eval.outputs import RECORD, prepare_output_dir, read_record, record_outputs
+from qwen_embed.eval.outputs import RECORD, prepare_output_dir, read_record, record_outputs, remove_if_empty
 from qwen_embed.files import OutputExistsError
 
 
@@ -193,3 +193,26 @@ def test_a_record_entry_naming_a_path_outside_the_folder_never_removes_it(tmp_pa
     (out / RECORD).write_text(json.dumps({"eval retrieval": [name]}))
     record_outputs(out, "eval retrieval", [])
     assert victim.read_text() == "user data"
+
+
+def test_the_folders_a_failed_run_made_are_removed_while_empty(tmp_path: Path) -> None:
+    made: list[Path] = []
+    out = prepare_output_dir(None, tmp_path / "a" / "b" / "c", made=made)
+    assert made == [tmp_path / "a", tmp_path / "a" / "b", out]
+    remove_if_empty(made)
+    assert listing(tmp_path) == []
+    made = []
+    out = prepare_output_dir(None, tmp_path / "a" / "b" / "c", made=made)
+    (tmp_path / "a" / "b" / "theirs.txt").write_text("x")  # written meanwhile: b and a stay, c goes
+    remove_if_empty(made)
+    assert not out.exists() and (tmp_path / "a" / "b" / "theirs.txt").read_text() == "x"
+    made = []
+    kept = prepare_output_dir(str(tmp_path / "given"), tmp_path / "unused", made=made)
+    (kept / "cache").mkdir()  # a run that stopped after writing: resumable, kept
+    remove_if_empty(made)
+    assert (kept / "cache").is_dir()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    made = []
+    prepare_output_dir(str(existing), tmp_path / "unused", made=made)
+    assert made == []  # a folder it did not make is never its to remove

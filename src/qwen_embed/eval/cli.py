@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,19 @@ def resolve_instruction(instruction: str | None, task: str | None, dataset_name:
     return DEFAULT_INSTRUCTION, "default web-search instruction"
 
 
-def _output_dir(args: argparse.Namespace, model: str) -> Path:
-    """The output folder, checked (and created) before the dataset is read or a model loaded."""
-    from .outputs import prepare_output_dir
+def _in_output_dir(args: argparse.Namespace, model: str, run: Callable[[Path], int]) -> int:
+    """`run(folder)` in the output folder, checked (and created) before the dataset is read or a model loaded;
+    when `run` fails, the folders made for it are removed again while still empty."""
+    from .outputs import prepare_output_dir, remove_if_empty
 
     default = Path(DEFAULT_OUTPUT) / Path(args.dataset).resolve().name / Path(model.rstrip("/")).name
-    return prepare_output_dir(args.output_dir, default, overwrite=args.overwrite)
+    made: list[Path] = []
+    out = prepare_output_dir(args.output_dir, default, overwrite=args.overwrite, made=made)
+    try:
+        return run(out)
+    except BaseException:
+        remove_if_empty(made)
+        raise
 
 
 def _finish(out: Path, command: str, paths: list[Path]) -> None:
@@ -98,14 +106,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 # -- retrieval -----------------------------------------------------------------------------------------
 def cmd_retrieval(args: argparse.Namespace) -> int:
+    dims = _int_list(args.dim, "--dim") if args.dim else None
+    ks = _int_list(args.k, "--k")
+    return _in_output_dir(args, args.embedding_model, lambda out: _retrieval(args, out, dims, ks))
+
+
+def _retrieval(args: argparse.Namespace, out: Path, dims: list[int] | None, ks: list[int]) -> int:
     from .beir import load_beir
-    from .report import write_retrieval_report
+    from .report import retrieval_markdown, write_retrieval_report
     from .retrieval import check_dims, evaluate_retrieval
     from .trec import write_run
 
-    dims = _int_list(args.dim, "--dim") if args.dim else None
-    ks = _int_list(args.k, "--k")
-    out = _output_dir(args, args.embedding_model)
     ds = load_beir(args.dataset, args.split)
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
     emb = ModelSettings.from_args(args, flag="--embedding-model").load_embedder(allow_causal_lm=args.allow_causal_lm)
@@ -122,8 +133,6 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
         write_run(path, d.run, args.run_name)
         paths.append(path)
     paths += write_retrieval_report(res, out)
-    from .report import retrieval_markdown
-
     _finish(out, "retrieval", paths)
     print(retrieval_markdown(res))
     _say("wrote " + ", ".join(str(p) for p in paths))
@@ -134,10 +143,6 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
 def cmd_rerank(args: argparse.Namespace) -> int:
     from ..reranker import get_template
     from .at_k import check_ks
-    from .beir import load_beir
-    from .report import rerank_markdown, write_rerank_report
-    from .rerank import check_candidates, evaluate_rerank
-    from .trec import read_run, write_run
 
     get_template(args.template)
     ks = check_ks(_int_list(args.k, "--k"))
@@ -150,7 +155,15 @@ def cmd_rerank(args: argparse.Namespace) -> int:
             ks.append(args.top)
         _say(f"--top {args.top}: reporting @{','.join(map(str, ks))} (cutoffs {','.join(map(str, dropped))} lie "
              f"beyond the reranked documents)")
-    out = _output_dir(args, args.reranker_model)
+    return _in_output_dir(args, args.reranker_model, lambda out: _rerank(args, out, ks))
+
+
+def _rerank(args: argparse.Namespace, out: Path, ks: list[int]) -> int:
+    from .beir import load_beir
+    from .report import rerank_markdown, write_rerank_report
+    from .rerank import check_candidates, evaluate_rerank
+    from .trec import read_run, write_run
+
     ds = load_beir(args.dataset, args.split)
     candidates = read_run(args.candidates)
     check_candidates(ds, candidates)  # before loading the model

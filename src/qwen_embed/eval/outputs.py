@@ -10,6 +10,9 @@ records them in `qwen-embed-outputs.json` there, per command. Rules:
   refused unless `overwrite`, and even then only the evaluation's own files are replaced.
 - After a run, the files the same command wrote last time and did not write this time (a re-run with
   other `--dim`s) are removed; only files listed in the record are ever removed.
+- A run that fails before writing anything (a bad candidates file, a model that does not load) leaves no
+  folder behind: the folders `prepare_output_dir` made are removed again while they are still empty
+  (`remove_if_empty`).
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ def read_record(folder: Path) -> dict[str, list[str]]:
             for k, v in raw.items() if isinstance(v, list)}
 
 
-def prepare_output_dir(arg: str | None, default: Path, *, overwrite: bool = False) -> Path:
-    """Check (and create) the output folder before any work; see the module docstring."""
+def prepare_output_dir(arg: str | None, default: Path, *, overwrite: bool = False,
+                       made: list[Path] | None = None) -> Path:
+    """Check (and create) the output folder before any work; see the module docstring. The folders it
+    creates are appended to `made`, outermost first (for `remove_if_empty` when the run fails)."""
+    made = [] if made is None else made
     if arg is None:
         if default.exists() and not default.is_dir():
             raise InputError(f"output folder {default} is a file; pass --output-dir.")
+        missing = [q for q in (default, *default.parents) if not q.exists()]
         default.mkdir(parents=True, exist_ok=True)
+        made.extend(reversed(missing))
         folder = default
     else:
         folder = Path(arg)
@@ -64,8 +72,20 @@ def prepare_output_dir(arg: str | None, default: Path, *, overwrite: bool = Fals
                 f"output folder {folder} holds files an evaluation did not write ({', '.join(others[:3])}"
                 f"{', ...' if len(others) > 3 else ''}); choose a new --output-dir, or pass --overwrite to write "
                 f"there anyway (only the evaluation's own files are replaced).")
-    folder.mkdir(exist_ok=True)
+    if not folder.exists():
+        folder.mkdir()
+        made.append(folder)
     return folder
+
+
+def remove_if_empty(made: list[Path]) -> None:
+    """Remove the folders a failed run made (`prepare_output_dir`'s `made`), innermost first, each only while
+    it is still empty: what the run or anyone else wrote there stays (a partial cache resumes)."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (or gone): neither it nor its parents are ours to remove
 
 
 def record_outputs(folder: Path, command: str, written: Iterable[Path]) -> list[Path]:
