@@ -81,6 +81,7 @@ def test_rerank_dataset_equals_score(ray_cluster: str, tiny_reranker_path: Path,
 def test_embed_corpus_on_ray_equals_encode(ray_cluster: str, tmp_path: Path, tiny_embedding_path: Path,
                                            embedder: Embedder, capsys: pytest.CaptureFixture[str]) -> None:
     rows = corpus_rows(40, seed=2)
+    rows[5]["text"] = "alpha beta " * 110_000  # a 1.2 MB line: over pyarrow's default JSON block of 1 MiB
     src = write_jsonl(tmp_path / "corpus.jsonl", rows)
     out = tmp_path / "out"
     assert run_cli(str(src), "-o", str(out), "--model", str(tiny_embedding_path), "--engine", "ray",
