@@ -59,6 +59,40 @@ def test_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], want: float | N
     assert threads.cgroup_cpu_limit(cgroup(tmp_path, files)) == want
 
 
+@pytest.mark.parametrize(("membership", "files", "want"), [
+    # v2: the quota written on this process's own cgroup (systemd-run -p CPUQuota=150%), none at the root
+    ("0::/system.slice/job.scope\n", {"system.slice/job.scope/cpu.max": "150000 100000\n"}, 1.5),
+    # ... or on a cgroup above it; the smallest quota on the way up wins
+    ("0::/a/b/c\n", {"a/cpu.max": "300000 100000", "a/b/cpu.max": "max 100000", "a/b/c/cpu.max": "max 100000"},
+     3.0),
+    ("0::/a/b\n", {"cpu.max": "400000 100000", "a/cpu.max": "100000 100000", "a/b/cpu.max": "250000 100000"}, 1.0),
+    ("0::/a/b\n", {"a/b/cpu.max": "max 100000", "a/cpu.max": "max 100000"}, None),
+    # a sibling's quota is not ours
+    ("0::/mine\n", {"theirs/cpu.max": "100000 100000", "mine/cpu.max": "max 100000"}, None),
+    # v1: the cpu controller's line gives the path (a container without its own cgroup namespace: its path
+    # does not exist under the mount, whose root is the container's cgroup)
+    ("12:memory:/x\n4:cpu,cpuacct:/docker/abc\n", {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000",
+                                                  "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}, 0.5),
+    ("4:cpu,cpuacct:/docker/abc\n", {"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+    ("4:cpuacct,cpu:/k/p\n", {"cpu/k/cpu.cfs_quota_us": "-1", "cpu/k/cpu.cfs_period_us": "100000",
+                               "cpu/k/p/cpu.cfs_quota_us": "75000", "cpu/k/p/cpu.cfs_period_us": "100000"}, 0.75),
+    ("0::/../../etc\n", {"cpu.max": "100000 100000"}, 1.0),  # no step outside the mount
+], ids=["v2-own", "v2-parent", "v2-smallest", "v2-unlimited", "v2-sibling", "v1-own", "v1-namespace-root",
+        "v1-nested", "dots"])
+def test_cgroup_cpu_limit_of_a_nested_cgroup(tmp_path: Path, membership: str, files: dict[str, str],
+                                            want: float | None) -> None:
+    assert threads.cgroup_cpu_limit(cgroup(tmp_path, files), membership) == want
+
+
+def test_cgroup_paths_of_this_process_are_read_from_proc() -> None:
+    """On this machine, /proc/self/cgroup's own lines give the paths the limit is read from."""
+    text = Path("/proc/self/cgroup").read_text()
+    v2, v1 = threads._cgroup_paths(text)
+    lines = text.splitlines()
+    assert (f"0::{v2}" in lines) or (v2 == "/" and not any(ln.startswith("0::") for ln in lines))
+    assert v1 == "/" or any(ln.endswith(f":{v1}") and "cpu" in ln.split(":")[1].split(",") for ln in lines)
+
+
 @pytest.mark.parametrize(("affinity", "limit", "want"), [
     (6, None, 6), (6, 2.5, 3), (6, 0.2, 1), (6, 100.0, 6), (1, None, 1), (2, 1.0, 1), (64, 2.0, 2),
 ])

@@ -7,7 +7,8 @@ slow everything down badly (measured here: a tiny model at 2.8k tokens/s with tw
 loaded cores against 75k with one). So:
 
 - `available_cores()`: the affinity mask (`os.sched_getaffinity`), capped by the cgroup quota
-  (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`), rounded up.
+  (v2 `cpu.max`, v1 `cpu.cfs_quota_us / cpu.cfs_period_us`) of this process's cgroup or any above it,
+  rounded up.
 - `default_threads(processes)`: those cores divided among `processes` sibling processes (the workers
   of a multi-device job) or models that run at once (a server with an embedder and a reranker).
 - `use_threads(threads)`: what `Embedder/Reranker.from_pretrained(threads=...)` calls. An explicit
@@ -36,17 +37,58 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs allowed by the cgroup quota (e.g. 1.5), or None when there is no quota."""
-    v2 = _read(root / "cpu.max")  # "max 100000" or "150000 100000"
-    if v2 is not None:
-        quota, _, period = v2.partition(" ")
-        return int(quota) / int(period) if quota != "max" and period else None
+def _membership() -> str:
+    return _read(Path("/proc/self/cgroup")) or ""
+
+
+def _cgroup_paths(membership: str) -> tuple[str, str]:
+    """This process's cgroup in the v2 hierarchy and in v1's cpu controller, from /proc/self/cgroup lines
+    ("0::/a/b" for v2, "4:cpu,cpuacct:/a/b" for v1); "/" where a hierarchy is not listed."""
+    v2 = v1 = "/"
+    for line in membership.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2 = path or "/"
+        elif "cpu" in controllers.split(","):
+            v1 = path or "/"
+    return v2, v1
+
+
+def _levels(base: Path, path: str) -> list[Path]:
+    """base/path and each folder above it up to base: every cgroup whose quota bounds this one."""
+    parts = [p for p in path.split("/") if p not in ("", ".", "..")]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def _smallest(quotas: list[float | None]) -> float | None:
+    limited = [q for q in quotas if q is not None]
+    return min(limited) if limited else None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> float | None:
+    """CPUs allowed by the cgroup quota (e.g. 1.5), or None when there is no quota.
+
+    The quota of this process's own cgroup and of every cgroup above it counts (the smallest wins): a
+    `systemd-run -p CPUQuota=150%` unit or a container without its own cgroup namespace sits below the
+    root, where no quota is written. `membership` is /proc/self/cgroup's text (read when None)."""
+    v2_path, v1_path = _cgroup_paths(_membership() if membership is None else membership)
+    v2 = [text for d in _levels(root, v2_path) if (text := _read(d / "cpu.max")) is not None]
+    if v2:  # "max 100000" or "150000 100000"
+        quotas: list[float | None] = []
+        for text in v2:
+            quota, _, period = text.partition(" ")
+            quotas.append(int(quota) / int(period) if quota != "max" and period else None)
+        return _smallest(quotas)
     for sub in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        quota_s, period_s = _read(root / sub / "cpu.cfs_quota_us"), _read(root / sub / "cpu.cfs_period_us")
-        if quota_s is not None and period_s is not None:
-            us, period_us = int(quota_s), int(period_s)
-            return us / period_us if us > 0 and period_us > 0 else None
+        found: list[float | None] = []
+        for d in _levels(root / sub, v1_path):
+            quota_s, period_s = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+            if quota_s is not None and period_s is not None:
+                us, period_us = int(quota_s), int(period_s)
+                found.append(us / period_us if us > 0 and period_us > 0 else None)
+        if found:
+            return _smallest(found)
     return None
 
 
