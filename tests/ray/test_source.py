@@ -168,6 +168,26 @@ def test_large_string_columns_accepted(tmp_path: Path) -> None:
     assert read_all(corpus) == (["a", "b"], ["x", "y"])
 
 
+def test_dictionary_encoded_columns_are_read_as_their_values(tmp_path: Path) -> None:
+    """pandas' `category` columns (and some Parquet writers) store dictionary-encoded strings or integers:
+    their values are the ids and texts, as pyarrow's `dictionary_decode` gives them."""
+    ids, texts = pa.array(["a", "b", "c"]).dictionary_encode(), pa.array(["x", "y", "x"]).dictionary_encode()
+    root = write_files(tmp_path / "s", {"1.parquet": pa.table({"id": ids, "text": texts}),
+                                        "2.parquet": pa.table({"id": ids, "text": texts})[:1]})
+    assert pq.read_schema(root / "1.parquet").field("text").type == pa.dictionary(pa.int32(), pa.string())
+    with pytest.raises(InputError, match="'a' appears 2 times"):  # the ids are compared as their values
+        open_corpus(str(root))
+    (root / "2.parquet").unlink()
+    corpus = open_corpus(str(root))
+    assert corpus.ids.to_pylist() == ids.dictionary_decode().to_pylist() and corpus.ids.type == pa.string()
+    assert read_all(corpus) == (["a", "b", "c"], texts.dictionary_decode().to_pylist())
+    numbers = write_files(tmp_path / "n", {"n.parquet": pa.table({"id": pa.array([7, 8]).dictionary_encode(),
+                                                                  "text": ["p", "q"]})})
+    assert read_all(open_corpus(str(numbers))) == (["7", "8"], ["p", "q"])
+    one_line_error(lambda: open_corpus(str(write_files(tmp_path / "bad", {"b.parquet": pa.table(
+        {"id": ["a"], "text": pa.array([1.5]).dictionary_encode()})}))), "holds double values")
+
+
 def test_other_fields_and_crlf_and_bom(tmp_path: Path) -> None:
     """Extra fields are data, not options: they are left out. CRLF line ends and a UTF-8 BOM are JSONL."""
     src = tmp_path / "c.jsonl"

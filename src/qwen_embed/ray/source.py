@@ -132,14 +132,22 @@ class Corpus:
             raise _arrow_error(self.uri, e, self.id_column, self.text_column) from None
 
 
+def decoded(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A dictionary-encoded column (pandas' `category`, some Parquet writers) as its plain values."""
+    typ = column.type
+    return pc.cast(column, typ.value_type) if pa.types.is_dictionary(typ) else column
+
+
 def normalize_batch(table: pa.Table, id_column: str, text_column: str) -> pa.Table:
-    """Columns renamed to `id` and `text`, the ids cast to strings."""
+    """Columns renamed to `id` and `text`, the ids cast to strings (dictionary-encoded columns decoded)."""
     ids = cast_ids(table.column(id_column), id_column)
-    return pa.table({"id": ids, "text": table.column(text_column)})
+    return pa.table({"id": ids, "text": decoded(table.column(text_column))})
 
 
 def cast_ids(column: pa.ChunkedArray | pa.Array, id_column: str) -> pa.ChunkedArray | pa.Array:
-    """Ids as strings: string or integer columns are accepted, anything else is an error."""
+    """Ids as strings: string or integer columns (plain or dictionary-encoded) are accepted, anything else is
+    an error."""
+    column = decoded(column)
     typ = column.type
     if typ in _STRING_TYPES:
         return column.cast(pa.string())
@@ -177,6 +185,7 @@ def check_schema(schema: pa.Schema, where: str, id_column: str, text_column: str
             raise InputError(f"input {where} has no column {col!r} (columns: {', '.join(schema.names) or 'none'}); "
                              f"name the right one with {flag}.")
     typ = schema.field(text_column).type
+    typ = typ.value_type if pa.types.is_dictionary(typ) else typ
     if typ not in _STRING_TYPES and not pa.types.is_null(typ):
         raise InputError(f"text column {text_column!r} of {where} holds {typ} values, not strings; convert them.")
 
