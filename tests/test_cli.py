@@ -79,7 +79,10 @@ def test_info(tiny_reranker_path: Path, capsys: pytest.CaptureFixture[str]) -> N
      (["embed", "{in}", "--model", "/no/such/model"], "model folder /no/such/model does not exist"),
      (["rerank", "--query", "q", "--model", "{rr}"], "no documents"),
      (["rerank", "--query", "q", "--document", "d", "--template", "x", "--model", "{rr}"],
-      "unknown reranker template")],
+      "unknown reranker template"),
+     # a value holding line breaks is quoted with them escaped: still one line
+     (["embed", "/no/such\ninput\u2028file.txt"], "/no/such\\ninput\\u2028file.txt does not exist"),
+     (["embed", "{in}", "--model", "/no/model\r\nhere"], "model folder /no/model\\r\\nhere does not exist")],
 )
 def test_user_mistakes_one_line_no_traceback(args: list[str], needle: str, tiny_embedding_path: Path,
                                              tiny_reranker_path: Path, tmp_path: Path,
@@ -143,3 +146,10 @@ def test_embed_on_two_devices(tiny_embedding_path: Path, tmp_path: Path) -> None
     assert main(["embed", str(src), "-o", str(tmp_path / "b.npy"), "--model", str(tiny_embedding_path),
                  "--devices", "cpu,cpu"]) == 0
     assert np.abs(np.load(tmp_path / "a.npy") - np.load(tmp_path / "b.npy")).max() <= 1e-5
+
+
+def test_an_option_value_with_a_line_break_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        main(["embed", "in.txt", "--bogus\nline"])  # argparse quotes an unknown argument as it is
+    err = capsys.readouterr().err
+    assert ended.value.code == 2 and len(err.strip().splitlines()) == 1 and "argument: --bogus\\nline" in err, err

@@ -189,3 +189,15 @@ def test_is_whole_is_an_int_not_a_bool_at_least_low(value: object, low: int | No
     from qwen_embed.errors import is_whole
 
     assert is_whole(value, low) is whole
+
+
+def test_one_line_escapes_every_line_break_that_splitlines_knows() -> None:
+    from qwen_embed.errors import one_line
+
+    breaks = [chr(c) for c in range(0x3000) if len(f"a{chr(c)}b".splitlines()) == 2]  # the reference: str.splitlines
+    for c in breaks:
+        text = f"file a{c}b.txt does not exist"
+        out = one_line(text)
+        assert len(out.splitlines()) == 1 and out.isprintable(), repr(out)
+        assert out.encode("ascii", "backslashreplace").decode("unicode_escape") == text  # nothing lost
+    assert one_line("caf\u00e9 \t tab") == "caf\u00e9 \t tab"  # other characters as they are

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .errors import InputError, QwenEmbedError, describe_os_error
+from .errors import InputError, QwenEmbedError, describe_os_error, one_line
 from .files import atomic_file, check_output_dir, check_output_file
 from .processes import skip_final_gc
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL, ModelSettings
@@ -70,12 +70,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """One line on standard error, status 2."""
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
 
 
 def fail(command: str, message: str) -> int:
     """Print a user mistake as one line; the status 2 to return."""
-    print(f"qwen-embed {command}: error: {message}", file=sys.stderr)
+    print(f"qwen-embed {command}: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 

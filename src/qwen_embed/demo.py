@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .embedder import Embedder
-from .errors import ModelNotFoundError, QwenEmbedError
+from .errors import ModelNotFoundError, QwenEmbedError, one_line
 from .reranker import Reranker
 from .settings import DEFAULT_EMBEDDING_MODEL, DEFAULT_RERANKER_MODEL
 
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if label:
                 print(f"\n*** {label} ***")
     except QwenEmbedError as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+        print(f"demo: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     print(f"\ndone in {time.perf_counter() - t0:.1f} s")
     return 0

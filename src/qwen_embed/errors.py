@@ -49,6 +49,17 @@ class ModelOutputError(QwenEmbedError):
     """The model produced non-finite values (NaN / inf): broken weights or config, never a vector to keep."""
 
 
+# What str.splitlines breaks at: a message printed as one line shows them as escapes (a path may hold one).
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode("ascii")
+                for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(message: str) -> str:
+    """`message` with each line break written as its escape (`\\n`), so that it prints as one line whatever
+    the values it quotes hold (a file name with a newline in it)."""
+    return message.translate(_LINE_BREAKS)
+
+
 def is_whole(value: object, low: int | None = None) -> TypeGuard[int]:
     """True when `value` is a whole number (a Python int, not a bool: True is not a count) and, with `low`,
     at least `low`. The one check behind every "must be an integer >= N" message; the caller words it."""
