@@ -23,13 +23,17 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import QwenEmbedError
 from .errors import APIError, api_error_response, as_api_error, error_response
+from .schemas import EmbeddingRequest, RerankRequest, TokenizeRequest
 
 log = logging.getLogger("qwen_embed.server")
-UNION_HELP = {
-    "input": "a string, a list of strings, a list of token ids, or a list of token-id lists",
-    "inputs": "a string, a list of strings, a list of token ids, or a list of token-id lists",
-    "documents": 'a list of strings or {"text": ...} objects',
-}
+# what a field of one of the input unions takes, told to a client who sent something else; found by the field's
+# type, not its name (TEI /similarity's `inputs` is an object, Cohere's a list of objects, /tokenize's no token ids)
+UNION_HELP: list[tuple[Any, str]] = [
+    (EmbeddingRequest.model_fields["input"].annotation,
+     "a string, a list of strings, a list of token ids, or a list of token-id lists"),
+    (RerankRequest.model_fields["documents"].annotation, 'a list of strings or {"text": ...} objects'),
+    (TokenizeRequest.model_fields["inputs"].annotation, "a string or a list of strings"),
+]
 RENAME = {"dim": "dimensions"}  # core parameter names -> request field names (for `param` only)
 
 
@@ -49,10 +53,12 @@ def _body_fields(request: Request) -> dict[str, Any]:
     return dict(getattr(model, "model_fields", {}))
 
 
-def is_object_field(request: Request, name: str) -> bool:
-    """Whether the route's field `name` is a JSON object (TEI /similarity's `inputs`), not an input union."""
+def union_help(request: Request, name: str) -> str | None:
+    """What the route's field `name` takes when it is one of the input unions (`UNION_HELP`), else None."""
     info = _body_fields(request).get(name)
-    return info is not None and hasattr(info.annotation, "model_fields")
+    if info is None:
+        return None
+    return next((text for annotation, text in UNION_HELP if info.annotation == annotation), None)
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
@@ -93,8 +99,8 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     if "json" not in ctype.lower():
         return error_response(400, f"send the body as JSON with `Content-Type: application/json` "
                               f"(got {ctype[:60]!r}).")
-    if any(e.get("type") == "model_attributes_type" or (e.get("type") == "dict_type" and not e["loc"][1:])
-           for e in errors):
+    # the body itself is not an object (an object field deeper in it that is not one is that field's error)
+    if any(e.get("type") in ("model_attributes_type", "dict_type") and not e["loc"][1:] for e in errors):
         return error_response(422, "the body must be a JSON object.")
     extra = [e for e in errors if e.get("type") == "extra_forbidden" and len(e["loc"]) == 2]
     errors = [e for e in errors if e not in extra]
@@ -107,11 +113,11 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     parts = []
     for name, errs in list(by_field.items())[:3]:
         loc = [p for p in errs[0]["loc"] if p != "body"]
-        if (name in UNION_HELP and not is_object_field(request, name)
-                and not any(e["type"] == "missing" and len(loc) == 1 for e in errs)):
+        takes = union_help(request, name)
+        if takes is not None and not any(e["type"] == "missing" and len(loc) == 1 for e in errs):
             idx = next((p for e in errs for p in e["loc"] if isinstance(p, int)), None)
             at = f" ({name}[{idx}] is not)" if idx is not None else ""
-            parts.append(f"`{name}` must be {UNION_HELP[name]}{at}")
+            parts.append(f"`{name}` must be {takes}{at}")
         elif all(e["type"] == "literal_error" for e in errs):  # a union of literals: one list of values
             expected = " or ".join(str((e.get("ctx") or {}).get("expected", "")) for e in errs)
             parts.append(f"`{name}`: Input should be {expected}")

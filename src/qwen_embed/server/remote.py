@@ -212,9 +212,13 @@ class RemoteBatcher:
             while True:
                 frame = await wire.read(reader)
                 p = link.pending.pop(frame.id, None)
-                if p is None or p.future.done():  # cancelled meanwhile: the answer is dropped
+                if p is None:  # cancelled before (its tokens were given back then): the answer is dropped
                     continue
+                # given back here also when its client left in this turn of the loop (the future is done): the
+                # sender, woken next, finds the request gone and gives nothing back; the answer is dropped
                 link.tokens -= p.tokens
+                if p.future.done():
+                    continue
                 if frame.kind == wire.ROWS:
                     p.timing.queue, p.timing.inference = frame.queue_s, frame.inference_s
                     p.future.set_result(wire.array(frame))
