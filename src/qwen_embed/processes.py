@@ -86,12 +86,13 @@ def killed_from_outside(exitcode: int | None) -> bool:
 
 
 def exit_text(exitcode: int | None) -> str:
-    """How a child ended, for a message: "exited with code 1", "was killed by SIGKILL"."""
+    """How a child ended, for a message: "exited with code 1", "was killed by SIGKILL" ("was killed by signal 40"
+    for a signal without a name, such as a real-time one)."""
     if exitcode is not None and exitcode < 0:
         try:
             return f"was killed by {signal.Signals(-exitcode).name}"
         except ValueError:
-            pass
+            return f"was killed by signal {-exitcode}"
     return f"exited with code {exitcode}"
 
 

@@ -33,7 +33,9 @@ def cmd_recipe_status(args: argparse.Namespace) -> int:
     for r in rows:
         extra = ""
         if r["state"] == "done":
-            extra = f"  {r['seconds']:.1f} s" + (f", held-out nDCG@10 {r['metric']:.4f}" if r.get("metric") else "")
+            extra = f"  {r['seconds']:.1f} s"
+            if r.get("metric") is not None:  # 0.0 too: an untrained model can score it
+                extra += f", held-out nDCG@10 {r['metric']:.4f}"
         print(f"  {r['stage']:<16} {r['kind']:<13} {r['state']}{extra}")
     return 0
 

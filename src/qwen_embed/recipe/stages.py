@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from .spec import Recipe, Stage, refs_in
 
 if TYPE_CHECKING:
@@ -100,6 +100,39 @@ def _log_tokens(log: Path) -> int:
 
 
 # -- pairs ---------------------------------------------------------------------------------------
+# each kind of source, known by the first of these keys that it holds, and the keys it takes
+SOURCE_KEYS = {"beir": frozenset({"beir", "pairs", "split", "instruction", "max_rows"}),
+               "stdlib": frozenset({"stdlib", "max_rows"}),
+               "wordnet": frozenset({"wordnet", "kinds", "seed", "max_rows"}),
+               "file": frozenset({"file", "max_rows"})}
+SOURCE_FORMS = ("a source is {beir: PATH, pairs: title-text|lead-rest|qrels}, {stdlib: {}}, {wordnet: FOLDER, "
+                "kinds: [...]} or {file: PATH}")
+STDLIB_OPTIONS = frozenset({"max_chars", "strip_docstring"})
+
+
+def _check_source(src: Any, where: str) -> None:
+    """A source is a mapping of one kind's keys (a misspelt key would be ignored); refused in one line."""
+    kind = next((k for k in SOURCE_KEYS if k in src), None) if isinstance(src, dict) else None
+    if kind is None:
+        raise InputError(f"{where}: {SOURCE_FORMS}, got {src!r:.80}.")
+    unknown = sorted(set(src) - SOURCE_KEYS[kind], key=str)
+    if unknown:
+        raise InputError(f"{where}: unknown key {unknown[0]!r} in a {kind} source; it takes "
+                         f"{', '.join(sorted(SOURCE_KEYS[kind]))}.")
+    if kind == "stdlib":
+        opts = src["stdlib"] if src["stdlib"] is not None else {}
+        if not isinstance(opts, dict):
+            raise InputError(f"{where}: stdlib must be a mapping of {', '.join(sorted(STDLIB_OPTIONS))} (or {{}}), "
+                             f"got {opts!r:.60}.")
+        bad = sorted(set(opts) - STDLIB_OPTIONS, key=str)
+        if bad:
+            raise InputError(f"{where}: unknown key {bad[0]!r} in stdlib; it takes "
+                             f"{', '.join(sorted(STDLIB_OPTIONS))}.")
+    limit = src.get("max_rows")
+    if limit is not None and not is_whole(limit, 1):
+        raise InputError(f"{where}: max_rows must be a whole number >= 1, got {limit!r:.60}.")
+
+
 def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if "beir" in src:
         from ..eval.beir import load_beir
@@ -144,16 +177,21 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if "file" in src:
         rows = _read_jsonl(src["file"])
         return [{**r, "id": r.get("id", f"file:{i}")} for i, r in enumerate(rows)]
-    raise InputError(f"{where}: a source is {{beir: PATH, pairs: title-text|lead-rest|qrels}}, {{stdlib: {{}}}}, "
-                     f"{{wordnet: FOLDER, kinds: [...]}} or {{file: PATH}}, got {src!r:.80}.")
+    raise InputError(f"{where}: {SOURCE_FORMS}, got {src!r:.80}.")
 
 
 def run_pairs(ctx: StageContext) -> StageResult:
     s = ctx.settings
     fraction = float(s.get("held_out", 0.05))
+    sources = s["sources"]
+    if not isinstance(sources, list) or not sources:
+        raise InputError(f"stage {ctx.stage.name}: sources must be a non-empty list of sources (e.g. [{{file: "
+                         f"pairs.jsonl}}]), got {sources!r:.60}.")
+    for i, src in enumerate(sources):  # every source checked before any is read
+        _check_source(src, f"stage {ctx.stage.name}: sources[{i}]")
     rows: list[dict[str, Any]] = []
     counts = {}
-    for i, src in enumerate(s["sources"]):
+    for i, src in enumerate(sources):
         got = _pairs_from_source(src, f"stage {ctx.stage.name}: sources[{i}]")
         limit = src.get("max_rows")
         if limit:
@@ -276,7 +314,10 @@ def run_merge(ctx: StageContext) -> StageResult:
     models = [m for group in models for m in (group if isinstance(group, list) else [group])]
     last = s.get("last")
     if last is not None:
-        models = models[-int(last):]
+        if not is_whole(last, 1):  # models[-0:] would be all of them, models[-(-1):] all but the first
+            raise InputError(f"stage {ctx.stage.name}: last must be a whole number >= 1 (merge the newest `last` "
+                             f"checkpoints), got {last!r:.60}.")
+        models = models[-last:]
     if len(models) < 2:
         raise InputError(f"stage {ctx.stage.name}: merging needs at least two checkpoints, got {len(models)}.")
     opts = {k: s[k] for k in ("method", "base", "weights", "t") if k in s}
