@@ -261,6 +261,28 @@ def test_model_stages_are_measured_before_the_rename(tmp_path: Path, fake: FakeS
     assert json.loads((tmp_path / "w" / "m" / "stage.json").read_text())["metric"]["ndcg_at_10"] == 0.25
 
 
+def test_a_model_whose_config_names_a_reranker_is_not_measured(tmp_path: Path, fake: FakeStages,
+                                                               tiny_reranker_path: Path,
+                                                               tiny_embedding_path: Path) -> None:
+    """A merge of reranker checkpoints has no `model_kind` setting: its config.json says what it made."""
+    def with_config(source: Path) -> Any:
+        def make(ctx: StageContext) -> StageResult:
+            (ctx.out / "model").mkdir()
+            (ctx.out / "model" / "config.json").write_bytes((source / "config.json").read_bytes())
+            return StageResult({"model": "model"}, {})
+        return make
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(KINDS, "makes-reranker", Kind(("model",), frozenset(), with_config(tiny_reranker_path),
+                                                  model_output="model"))
+        mp.setitem(KINDS, "makes-embedder", Kind(("model",), frozenset(), with_config(tiny_embedding_path),
+                                                  model_output="model"))
+        stages = [{"name": "r", "kind": "makes-reranker"}, {"name": "e", "kind": "makes-embedder"}]
+        records = run(write_recipe(tmp_path / "r.yaml", stages, evaluate={"dataset": "d"}), say=quiet([]))
+    assert fake.evaluated == [tmp_path / "w" / "e.partial" / "model"]
+    assert [r.metric is None for r in records] == [True, False]
+
+
 def test_no_evaluation_set_measures_nothing(tmp_path: Path, fake: FakeStages) -> None:
     run(write_recipe(tmp_path / "r.yaml", [{"name": "m", "kind": "fake-model"}]), say=quiet([]))
     assert fake.evaluated == []

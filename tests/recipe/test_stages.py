@@ -189,6 +189,15 @@ def test_run_pairs_with_no_rows_is_refused(tmp_path: Path) -> None:
         run_pairs(context(tmp_path, "pairs", {"sources": [{"file": str(empty)}]}))
 
 
+@pytest.mark.parametrize("held_out", [1, 2, 1.0, -0.1, "0.1", True, None, float("nan")])
+def test_a_held_out_that_is_not_a_fraction_below_1_is_refused(tmp_path: Path, held_out: Any) -> None:
+    """held_out: 2 held every row out (an empty training file); a string was read by float()."""
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"query": "q", "positive": "p"}])
+    with pytest.raises(InputError, match=r"^stage s: held_out must be the fraction of rows kept out of training"):
+        run_pairs(context(tmp_path, "pairs", {"sources": [{"file": str(rows)}], "held_out": held_out}))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 @pytest.mark.parametrize(("sources", "message"), [
     ("data.jsonl", "stage s: sources must be a non-empty list of sources"),
     ([], "stage s: sources must be a non-empty list of sources"),

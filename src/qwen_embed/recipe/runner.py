@@ -197,8 +197,8 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
     result = kind.run(StageContext(recipe, s, settings, partial, tell, held_out))
     seconds = time.perf_counter() - t
     metric = None
-    if kind.model_output and recipe.evaluate and settings.get("model_kind", "embedding") == "embedding":
-        model = partial / str(result.outputs[kind.model_output])
+    model = partial / str(result.outputs[kind.model_output]) if kind.model_output else None
+    if model is not None and recipe.evaluate and _makes_an_embedder(model, settings):
         metric = retrieval_metric(model, recipe.evaluate, held_out)
         metric.pop("run", None)
         tell(f"[{s.name}] held-out nDCG@10 {metric['ndcg_at_10']:.4f}")
@@ -208,6 +208,20 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
     partial.rename(recipe.workdir / s.name)
     tell(f"[{s.name}] finished in {seconds:.1f} s")
     return rec
+
+
+def _makes_an_embedder(model: Path, settings: dict[str, Any]) -> bool:
+    """Whether a stage's model is an embedding model (held-out retrieval measures it): not when its settings
+    say reranker, nor when its config.json names a reranker's architecture (a merge of reranker checkpoints
+    has no `model_kind` setting)."""
+    if settings.get("model_kind", "embedding") != "embedding":
+        return False
+    config = model / "config.json"
+    if not config.is_file():
+        return True
+    from ..config import ModelConfig
+
+    return not ModelConfig.from_file(config).is_reranker
 
 
 def _jsonable(obj: Any) -> Any:

@@ -182,7 +182,10 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def run_pairs(ctx: StageContext) -> StageResult:
     s = ctx.settings
-    fraction = float(s.get("held_out", 0.05))
+    fraction = s.get("held_out", 0.05)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise InputError(f"stage {ctx.stage.name}: held_out must be the fraction of rows kept out of training, a "
+                         f"number from 0 up to (not including) 1 (default 0.05), got {fraction!r:.60}.")
     sources = s["sources"]
     if not isinstance(sources, list) or not sources:
         raise InputError(f"stage {ctx.stage.name}: sources must be a non-empty list of sources (e.g. [{{file: "
