@@ -300,6 +300,33 @@ def test_check_workdir_accepts_new_empty_and_own_folders(tmp_path: Path, fake: F
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [MARKER, "x"]
 
 
+def test_a_workdir_of_another_recipe_is_refused_and_its_stages_kept(tmp_path: Path, fake: FakeStages) -> None:
+    """Another recipe (another `name:`) pointed at a workdir would replace that recipe's stages of the same
+    names, which it did not make: refused in one line, nothing touched; the same name continues the work."""
+    run(write_recipe(tmp_path / "first.yaml", [A]), say=quiet([]))
+    before = (tmp_path / "w" / "a" / "out.txt").read_text()
+    other = write_recipe(tmp_path / "second.yaml", [{**A, "value": 9}], name="other")
+    with pytest.raises(InputError) as e:
+        run(other, say=quiet([]))
+    assert str(e.value).startswith(f"recipe workdir {tmp_path / 'w'} holds the work of recipe 't' "
+                                   f"({tmp_path / 'first.yaml'}), not of 'other'") and "\n" not in str(e.value)
+    assert (tmp_path / "w" / "a" / "out.txt").read_text() == before and len(fake.calls) == 1
+    renamed = write_recipe(tmp_path / "moved.yaml", [{**A, "value": 9}])  # same name, another file: continues
+    assert [r.status for r in run(renamed, say=quiet([]))] == ["ran"]
+
+
+def test_a_second_run_in_a_busy_workdir_is_refused(tmp_path: Path, fake: FakeStages) -> None:
+    from qwen_embed.files import OutputBusyError, OutputLock
+
+    recipe = write_recipe(tmp_path / "r.yaml", [A])
+    (tmp_path / "w").mkdir()
+    with OutputLock(tmp_path / "w"), pytest.raises(OutputBusyError, match="being written by another run"):
+        run(recipe, say=quiet([]))
+    assert fake.calls == [] and list((tmp_path / "w").iterdir()) == []
+    run(recipe, say=quiet([]))
+    assert fake.ran() == ["a"]
+
+
 @pytest.mark.parametrize(("make", "wanted"), [
     (lambda w: w.write_text("mine"), "is a file; set `workdir:` to a folder."),
     (lambda w: (w.mkdir(), (w / "notes.txt").write_text("mine")),

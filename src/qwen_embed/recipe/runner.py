@@ -16,6 +16,10 @@ in the settings are fingerprinted by path only: after changing such a file in pl
 
 After each stage that makes an embedding model, the recipe's `evaluate` set (a BEIR split) measures
 it; `recipe_report.md` and `recipe_report.png` sum up the stages at the end.
+
+A workdir belongs to one recipe (its `name:`, recorded in `.recipe.json`): another recipe pointed at it is
+refused, since its stages of the same names would replace that recipe's. One run works in a workdir at a
+time (`files.OutputLock`): a second run started meanwhile is refused in one line.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..files import fingerprint, write_json_atomic
+from ..files import OutputLock, fingerprint, write_json_atomic
 from .spec import Recipe, Ref, parse_ref
 from .stages import KINDS, HeldOut, StageContext, retrieval_metric
 
@@ -111,8 +115,22 @@ def check_workdir(recipe: Recipe) -> None:
     if wd.is_dir() and any(wd.iterdir()) and not (wd / MARKER).is_file():
         raise InputError(f"recipe workdir {wd} exists and holds files that no recipe wrote; choose another "
                          f"`workdir:` (the runner never writes over what it did not create).")
+    owner = _read_marker(wd)
+    # another recipe's stages of the same names would be replaced
+    if owner is not None and owner.get("name") not in (None, recipe.name):
+        raise InputError(f"recipe workdir {wd} holds the work of recipe {owner.get('name')!r} "
+                         f"({owner.get('recipe')}), not of {recipe.name!r}; give this recipe its own `workdir:` "
+                         f"(or its `name:`, to continue that recipe's work).")
     if not wd.parent.is_dir():
         raise InputError(f"the folder of recipe workdir {wd} does not exist; create {wd.parent} first.")
+
+
+def _read_marker(workdir: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads((workdir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def status(recipe: Recipe) -> list[dict[str, Any]]:
@@ -146,7 +164,13 @@ def run(recipe: Recipe, *, rerun: Sequence[str] = (), say: Callable[[str], None]
         raise InputError(f"--rerun {unknown[0]}: the recipe has no such stage ({names}).")
     check_workdir(recipe)
     recipe.workdir.mkdir(exist_ok=True)
-    write_json_atomic(recipe.workdir / MARKER, {"recipe": str(recipe.path), "name": recipe.name})
+    with OutputLock(recipe.workdir, what="recipe workdir"):  # one run at a time: two would run a stage twice
+        check_workdir(recipe)  # again, now that no other run can change it
+        write_json_atomic(recipe.workdir / MARKER, {"recipe": str(recipe.path), "name": recipe.name})
+        return _run_stages(recipe, rerun, tell)
+
+
+def _run_stages(recipe: Recipe, rerun: Sequence[str], tell: Callable[[str], None]) -> list[StageRecord]:
     prints = stage_fingerprints(recipe)
     forced: set[str] = set()
     for name in rerun:  # a forced stage forces everything that uses it
