@@ -58,19 +58,44 @@ def rerank_work(scores: Sized, texts: Sequence[str], returned: bool) -> int:
     return len(scores) + (sum(map(len, texts)) if returned else 0)
 
 
+def count_sliced(body: bytes, byte: bytes, start: int, end: int) -> int:
+    """`body.count(byte, start, end)`, SLICE bytes at a time (the event loop may run between two)."""
+    return sum(body.count(byte, i, min(i + SLICE, end)) for i in range(start, end, SLICE))
+
+
+def commas_in_strings(body: bytes, max_quotes: int) -> int | None:
+    """The commas inside the JSON strings of `body` (a text's own characters, not separators of values);
+    None when its strings do not pair up (not JSON) or hold more than `max_quotes` quotes. Escaped
+    backslashes, then escaped quotes, are dropped first (JSON reads escapes left to right, so what is
+    left of a run of backslashes escapes the quote after it); every quote left opens or closes a string."""
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    quotes = count_sliced(plain, b'"', 0, len(plain))
+    if quotes % 2 or quotes > max_quotes:
+        return None
+    inside = 0
+    at = plain.find(b'"')
+    while at != -1:
+        end = plain.find(b'"', at + 1)
+        inside += count_sliced(plain, b",", at + 1, end)
+        at = plain.find(b'"', end + 1)
+    return inside
+
+
 def precheck(body: bytes, max_numbers: int, max_inputs: int) -> None:
     """Refuse, before parsing, a body whose separators show more values than a request may hold.
 
     json.loads holds the GIL for its whole run (0.5 s for 4M ids), so parsing in a thread still
     stalls the event loop; counting commas and quotes slice by slice does not. Commas bound the number
-    of values from above, unescaped quotes the number of strings (at most 4 a document: key and text)."""
+    of values from above, unescaped quotes the number of strings (at most 4 a document: key and text).
+    When the commas pass the bound, those inside strings (a CSV text's own) are taken off before refusing."""
     commas = quotes = 0
     for i in range(0, len(body), SLICE):
         part = body[i : i + SLICE + 1]  # one byte of overlap, so that a \" across slices is seen
         commas += part.count(b",", 0, SLICE)
         quotes += part.count(b'"', 0, SLICE) - part.count(b'\\"', 0, SLICE + 1)
     strings = 4 * max_inputs + 64
-    if quotes <= 2 * strings and commas > max_numbers + strings:
+    if quotes <= 2 * strings and commas > max_numbers + strings and (
+            (inside := commas_in_strings(body, 2 * strings)) is None or commas - inside > max_numbers + strings):
         raise APIError(413, f"the body holds more than {max_numbers} token ids, over the limit of {max_numbers} "
                        "tokens per request (--max-request-tokens); split it into smaller requests.",
                        code="too_many_tokens")
