@@ -118,6 +118,7 @@ class RerankRequest(Request):
     instruction: StrictStr | None = Field(None, description="Task instruction (default: web search).")
     max_tokens_per_doc: StrictInt | None = Field(None, description="Cut each document to this many tokens.")
     truncate: StrictBool = TRUNCATE
+    priority: StrictInt | None = Field(None, description="Accepted and ignored (Cohere compatibility).")
 
 
 class RerankResultItem(BaseModel):

@@ -102,8 +102,6 @@ def test_cohere_v1_client_with_documents_returned(api: TestClient, small_reranke
 
 
 @IGNORE_TIMEOUT
-@pytest.mark.xfail(strict=True, reason="schemas.RerankRequest does not declare Cohere's `priority` (ClientV2.rerank "
-                   "sends it when given), so extra='forbid' answers 400; /v2/embed declares it as accepted and ignored")
 def test_cohere_v2_client_priority_is_accepted_and_ignored(api: TestClient, small_reranker: Reranker) -> None:
     client = cohere.ClientV2(base_url="http://testserver", api_key="unused", httpx_client=api)  # type: ignore[arg-type]
     res = client.rerank(model=RR, query=QUERY, documents=DOCS, priority=1)
