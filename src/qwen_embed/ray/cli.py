@@ -1,6 +1,8 @@
 """`qwen-embed embed-corpus` (registered by qwen_embed.cli) and the `--vectors` form of `qwen-embed index`.
 
 Thin: options -> `CorpusJob` -> `embed_corpus`; heavy imports (pyarrow, torch, ray) happen in the handlers.
+An option the job or the ingest cannot honour (`embed-corpus --deterministic`, `index --vectors` with an option
+of SOURCE indexing such as --dry-run or --precision) is refused in one line, not dropped.
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ from typing import Any
 
 from ..cli import DEFAULT_EMBEDDING_MODEL, add_model_options
 
+# `index` options that only concern SOURCEs it embeds: --vectors would drop them silently (a dry run that writes,
+# a precision or chunking the new table does not get), so they are refused; (argparse dest, flag)
+SOURCE_ONLY_OPTIONS = (("dry_run", "--dry-run"), ("delete_missing", "--delete-missing"), ("precision", "--precision"),
+                       ("ranges", "--ranges"), ("instruction", "--instruction"), ("chunk_tokens", "--chunk-tokens"),
+                       ("overlap", "--overlap"), ("deterministic", "--deterministic"), ("extensions", "--extensions"),
+                       ("text_field", "--text-field"), ("title_field", "--title-field"),
+                       ("follow_links", "--follow-links"))
+
 
 def cmd_embed_corpus(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..files import check_output_dir
     from .job import CorpusJob, embed_corpus
 
+    if getattr(args, "deterministic", False):  # a shared model option the job has no setting for
+        raise InputError("--deterministic does not go with embed-corpus: its jobs have no batch-invariant mode (a "
+                         "text's vector may differ in the last bits from one batch to another); leave it out.")
     if "://" not in args.output:  # a local output folder is checked before anything is read or loaded
         check_output_dir(args.output, overwrite=True, what="output folder")  # (the job checks what it holds)
     job = CorpusJob(
@@ -37,6 +51,12 @@ def cmd_index_vectors(args: argparse.Namespace) -> int:
 
     if args.sources:
         raise InputError("give either SOURCE files to embed or --vectors FOLDER of embedded vectors, not both.")
+    given = [flag for dest, flag in SOURCE_ONLY_OPTIONS if getattr(args, dest, None) not in (None, False)]
+    if given:
+        one = len(given) == 1
+        raise InputError(f"{', '.join(given)} {'does' if one else 'do'} not go with --vectors: --vectors stores the "
+                         "vectors of an embed-corpus output as they are (nothing is read, embedded or deleted; one "
+                         f"chunk per row; a new table is float32); leave {'it' if one else 'them'} out.")
     report = ingest_vectors(args.vectors, args.db, table=args.table, model=args.model, dim=args.dim)
     print(f"{args.db} table {args.table!r}: {report.summary()}", file=sys.stderr)
     if report.maintenance:

@@ -8,7 +8,8 @@ overlap: embed-corpus embeds each row whole, truncated at max_length); an existi
 same model and dimension (`store.check_compatible`), else nothing is written. A `--model` given must
 name the vectors' model. Each row becomes one chunk (`{id}#0`) of the document `id`; its text is
 stored when the folder kept it. Rows are upserted by document id in batches, each one commit, so a
-killed ingest re-run writes the rest and rows already stored (same content hash) are skipped.
+killed ingest re-run writes the rest and rows already stored (same content hash) are skipped. A `db` that
+is a file, lies under a missing folder or holds other files is refused first, as `qwen-embed index` does.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from ..embedder import DEFAULT_INSTRUCTION
 from ..errors import InputError
 from ..files import fingerprint
-from ..retrieval.index import doc_hash, model_id
+from ..retrieval.index import check_db_folder, doc_hash, model_id
 from ..retrieval.sources import Document
 from ..store import ChunkRows, TableInfo, TableNotFoundError, VectorStore, check_compatible, open_store
 from ..store.base import model_name
@@ -118,6 +119,7 @@ def ingest_vectors(folder: str | os.PathLike[str], db: str | os.PathLike[str], *
                          "the corpus again with that --dim.")
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    check_db_folder(db)  # as `qwen-embed index` does: a file, a missing parent or a folder of other files refused
     job = str(manifest["job"])
     parts = [p for p, rec in our_parts(src) if rec.get("job") == job]
     store = open_for_vectors(db, table, table_info(manifest))

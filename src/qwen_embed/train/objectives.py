@@ -26,7 +26,7 @@ from torch import nn
 
 from ..batching import pack
 from ..checkpoint import Checkpoint
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..model import Qwen3Model
 from . import distributed as D
 from .config import TrainConfig
@@ -162,6 +162,11 @@ class RerankObjective:
         if cfg.eval.file:
             self.eval_set = load_rerank_eval_set(cfg.eval.file, max_queries=cfg.eval.max_queries,
                                                  default_instruction=d.default_instruction)
+            if not any(self.eval_set.relevant):  # else the first evaluation fails, after the model is built
+                raise InputError(f"evaluation file {cfg.eval.file} has no query with a relevant document (a "
+                                 "positive, or a row with label 1) among its first "
+                                 f"{len(self.eval_set.queries)} queries: nDCG and MRR are defined for none; add "
+                                 "such rows or leave eval.file out.")
 
     @property
     def has_eval(self) -> bool:

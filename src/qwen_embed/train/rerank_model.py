@@ -18,7 +18,7 @@ from torch import nn
 
 from ..batching import PackedBatch
 from ..checkpoint import Checkpoint
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 from ..model import Qwen3Model
 from ..weights import safetensors_files
 
@@ -60,15 +60,31 @@ class RerankModel(nn.Module):
 
 
 def read_head(base: Checkpoint) -> torch.Tensor | None:
-    """The head tensor of a reranker checkpoint (lm_head [V, H], score [1, H]; None when tied)."""
-    name = "score.weight" if base.config.kind == "seq-cls" else "lm_head.weight"
+    """The head tensor of a reranker checkpoint (lm_head [V, H], score [1, H]; None when tied), its shape checked."""
+    cfg = base.config
+    name = "score.weight" if cfg.kind == "seq-cls" else "lm_head.weight"
     for f in safetensors_files(base.path):
         with safe_open(str(f), framework="pt", device="cpu") as h:
             if name in h.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                return h.get_tensor(name)
-    if name == "lm_head.weight" and base.config.tie_word_embeddings:
+                return _check_head_shape(base, name, h.get_tensor(name))
+    if name == "lm_head.weight" and cfg.tie_word_embeddings:
         return None
-    raise ConfigError(f"{base.path}: {name} is missing from the weights of this {base.config.architecture}.")
+    raise ConfigError(f"{base.path}: {name} is missing from the weights of this {cfg.architecture}.")
+
+
+def _check_head_shape(base: Checkpoint, name: str, head: torch.Tensor) -> torch.Tensor:
+    """`head` when it has the shape the config implies: [1, H] for a converted seq-cls reranker (the yes - no
+    row), [vocab_size, H] for a causal LM's lm_head."""
+    cfg = base.config
+    want = [1, cfg.hidden_size] if name == "score.weight" else [cfg.vocab_size, cfg.hidden_size]
+    if list(head.shape) != want:
+        why = ("a converted Qwen3 reranker has one row, W[yes] - W[no]; a classifier of more labels is not one"
+               if name == "score.weight" else "the config's vocab_size and hidden_size imply it; the checkpoint "
+               "is broken or its config.json is another model's")
+        raise WeightsError(f"{base.path}: {name} has shape {list(head.shape)}, not {want}: {why}. Start from a "
+                           "Qwen3-Reranker, a base/instruct Qwen3ForCausalLM or a converted "
+                           "Qwen3ForSequenceClassification (score = W[yes] - W[no]).")
+    return head
 
 
 def load_rerank_model(path: str, device: torch.device, dtype: torch.dtype) -> tuple[RerankModel, Checkpoint]:
