@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.multiprocessing as mp
 
 from qwen_embed.processes import child_context
@@ -51,3 +52,17 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_ckpt(small_embedding_path: Path) -> Path:
     """The small embedding checkpoint (an alias of the shared factory's `small_embedding_path`)."""
     return small_embedding_path
+
+
+def assert_same_grads(ours: Mapping[str, torch.Tensor | None], ref: Mapping[str, torch.Tensor | None]) -> None:
+    """Same parameter names; each gradient within 1e-5 of the largest one plus 1e-4 of itself, elementwise,
+    and each parameter's own largest difference under 1e-3 of its largest gradient."""
+    assert sorted(ours) == sorted(ref)
+    scale = max(float(g.abs().max()) for g in ref.values() if g is not None)
+    assert scale > 0
+    for name, g in ref.items():
+        mine = ours[name]
+        assert g is not None and mine is not None, name
+        gap = (mine - g).abs()
+        assert bool((gap <= 1e-5 * scale + 1e-4 * g.abs()).all()), f"{name}: gradients differ by {float(gap.max())}"
+        assert float(gap.max()) <= 1e-3 * float(g.abs().max()), f"{name}: {float(gap.max())} of {float(g.abs().max())}"

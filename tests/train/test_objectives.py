@@ -16,7 +16,6 @@ import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from qwen_embed.train.objectives import OBJECTIVES, EmbeddingObjective, RerankOb
 from tests.conftest import TinyCheckpoint
 from tests.reference import official_rerank
 
-from .conftest import make_rows, write_jsonl
+from .conftest import assert_same_grads, make_rows, write_jsonl
 
 TEMPERATURE, MARGIN = 0.05, 0.1  # DESIGN.md and train/losses.py: the defaults a config leaves alone
 RERANK_MAX_LENGTH = 160
@@ -62,20 +61,6 @@ def named_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return grads
-
-
-def assert_same_grads(ours: Mapping[str, torch.Tensor | None], ref: Mapping[str, torch.Tensor | None]) -> None:
-    """Same parameter names; each gradient within 1e-5 of the largest one plus 1e-4 of itself, elementwise,
-    and each parameter's own largest difference under 1e-3 of its largest gradient."""
-    assert sorted(ours) == sorted(ref)
-    scale = max(float(g.abs().max()) for g in ref.values() if g is not None)
-    assert scale > 0
-    for name, g in ref.items():
-        mine = ours[name]
-        assert g is not None and mine is not None, name
-        gap = (mine - g).abs()
-        assert bool((gap <= 1e-5 * scale + 1e-4 * g.abs()).all()), f"{name}: gradients differ by {float(gap.max())}"
-        assert float(gap.max()) <= 1e-3 * float(g.abs().max()), f"{name}: {float(gap.max())} of {float(g.abs().max())}"
 
 
 # -- the embedding objective --------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from qwen_embed.batching import pack
 from qwen_embed.errors import ConfigError, QwenEmbedError
 from qwen_embed.train.rerank_model import RerankModel, load_rerank_model, read_head, reranker_from_embedding
 from tests.conftest import TinyCheckpoint
+
+from .conftest import assert_same_grads
 
 CPU = torch.device("cpu")
 # token-id inputs of mixed lengths (within the small tokenizer's vocabulary); no template needed here
@@ -77,20 +78,6 @@ def reranker_logit(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
     if logits.dim() == 2:
         return logits[0, 0]
     return logits[0, -1, yes] - logits[0, -1, no]
-
-
-def assert_same_grads(ours: Mapping[str, torch.Tensor | None], ref: Mapping[str, torch.Tensor | None]) -> None:
-    """Same parameter names; each gradient within 1e-5 of the largest one plus 1e-4 of itself, elementwise,
-    and each parameter's own largest difference under 1e-3 of its largest gradient."""
-    assert sorted(ours) == sorted(ref)
-    scale = max(float(g.abs().max()) for g in ref.values() if g is not None)
-    assert scale > 0
-    for name, g in ref.items():
-        mine = ours[name]
-        assert g is not None and mine is not None, name
-        gap = (mine - g).abs()
-        assert bool((gap <= 1e-5 * scale + 1e-4 * g.abs()).all()), f"{name}: gradients differ by {float(gap.max())}"
-        assert float(gap.max()) <= 1e-3 * float(g.abs().max()), f"{name}: {float(gap.max())} of {float(g.abs().max())}"
 
 
 def load(path: Path, dtype: torch.dtype = torch.float32) -> RerankModel:
