@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..embedder import DEFAULT_INSTRUCTION
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..files import fingerprint
 from ..retrieval.index import check_db_folder, doc_hash, model_id
 from ..retrieval.sources import Document
@@ -117,7 +117,7 @@ def ingest_vectors(folder: str | os.PathLike[str], db: str | os.PathLike[str], *
     if dim is not None and dim != manifest["dim"]:
         raise InputError(f"the vectors in {src} have dim {manifest['dim']}, not {dim}; leave --dim out or embed "
                          "the corpus again with that --dim.")
-    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+    if not is_whole(batch_rows, 1):
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     check_db_folder(db)  # as `qwen-embed index` does: a file, a missing parent or a folder of other files refused
     job = str(manifest["job"])
