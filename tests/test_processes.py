@@ -156,10 +156,16 @@ def test_a_child_stops_when_its_parent_is_killed(children: list[subprocess.Popen
 
 
 # -- how a child ended ----------------------------------------------------------------------------------------
+def _default_interrupts() -> None:
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def ended_by(sig: int) -> int:
     """The exit status of a real child ended by signal `sig` (Popen's returncode: -sig, as multiprocessing's
-    exitcode)."""
-    proc = subprocess.Popen(["sleep", "30"])
+    exitcode). The child takes the signal's default action: a shell that starts a job in the background (as CI
+    does) makes it ignore SIGINT and SIGQUIT, and an ignored disposition survives exec."""
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=_default_interrupts)
     proc.send_signal(sig)
     return proc.wait(timeout=10)
 
