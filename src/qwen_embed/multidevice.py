@@ -77,6 +77,7 @@ class WorkerOptions:
     compile: bool | None
     warmup: bool
     threads: int
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def _serve(rank: int, device: str, opts: WorkerOptions, inbox: Any, outbox: Any,
 
         t_cuda = time.time()
         emb = Embedder.from_pretrained(opts.model, device=device, dtype=opts.dtype, max_length=opts.max_length,
-                                       batch_tokens=opts.batch_tokens, compile=opts.compile)
+                                       batch_tokens=opts.batch_tokens, compile=opts.compile,
+                                       deterministic=opts.deterministic)
         t_load = time.time()
         if opts.warmup:
             _warm_up(emb)
@@ -168,12 +170,13 @@ class DevicePool:
 
     Use as a context manager (or call `close`). `encode` takes the same arguments as
     `Embedder.encode` and returns float32 [n, dim] in input order. `startup_s` is the time until every
-    worker was ready; `last_stats` holds each worker's timings of the latest call.
+    worker was ready; `last_stats` holds each worker's timings of the latest call. `deterministic`: every
+    worker uses batch-invariant kernels (a text's vector does not depend on its batch or its worker's share).
     """
 
     def __init__(self, model: str | os.PathLike[str], devices: Sequence[str], *, dtype: str | None = None,
                  max_length: int = 8192, batch_tokens: int | None = None, compile: bool | None = None,
-                 warmup: bool = True, threads: int | None = None) -> None:
+                 warmup: bool = True, threads: int | None = None, deterministic: bool = False) -> None:
         devices = list(devices)
         if not devices or not all(isinstance(d, str) and d for d in devices):
             raise InputError(f"devices must be a non-empty list of device names, got {devices!r}; "
@@ -182,7 +185,8 @@ class DevicePool:
         from .threads import check_threads, default_threads
 
         threads = check_threads(threads) if threads is not None else default_threads(len(devices))
-        opts = WorkerOptions(os.fspath(model), dtype, max_length, batch_tokens, compile, warmup, threads)
+        opts = WorkerOptions(os.fspath(model), dtype, max_length, batch_tokens, compile, warmup, threads,
+                             deterministic)
         ctx = child_context()
         self._outbox = ctx.Queue()
         self._inboxes = [ctx.Queue() for _ in devices]

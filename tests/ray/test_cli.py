@@ -149,14 +149,12 @@ def test_bad_values_give_value_limit_and_fix_before_any_work(corpus: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_deterministic_is_refused_not_ignored(corpus: Path, tmp_path: Path, jobs: list[CorpusJob],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    """`--deterministic` (batch-invariant kernels) is declared by the shared model options, but the job has no
-    such setting: embed-corpus says so instead of writing vectors that are not batch-invariant."""
-    assert main(["embed-corpus", str(corpus), "-o", str(tmp_path / "out"), "--deterministic"]) == 2
-    err = one_error_line(capsys, "embed-corpus")
-    assert "--deterministic" in err and "leave it out" in err, err
-    assert jobs == [] and not (tmp_path / "out").exists()
+def test_deterministic_reaches_the_job(corpus: Path, tmp_path: Path, jobs: list[CorpusJob]) -> None:
+    """`--deterministic` (batch-invariant kernels), one of the shared model options, is the job's setting."""
+    out = str(tmp_path / "out")
+    assert main(["embed-corpus", str(corpus), "-o", out, "--deterministic"]) == 0
+    assert jobs == [CorpusJob(input=str(corpus), output=out, model=DEFAULT_EMBEDDING_MODEL, deterministic=True,
+                              progress=False)]
 
 
 # -- qwen-embed index --vectors -------------------------------------------------------------------------------

@@ -111,6 +111,25 @@ def test_resume_writes_only_the_rest(tmp_path: Path, tiny_embedding_path: Path) 
     np.testing.assert_allclose(vecs, want, atol=1e-5)
 
 
+def test_deterministic_vectors_are_each_texts_own_bits(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    """--deterministic: batch-invariant kernels, so each row's vector is bitwise the vector of its text embedded
+    alone (the reference: Embedder(deterministic=True).encode of one text); it is another job than the default."""
+    rows = corpus_rows(12, seed=5)
+    src = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    out = tmp_path / "out"
+    model = ["--model", str(tiny_embedding_path)]
+    assert run_cli(str(src), "-o", str(out), *model, "--deterministic", "--rows-per-file", "5") == 0
+    ids, vecs, _ = read_output(out)
+    emb = Embedder.from_pretrained(tiny_embedding_path, deterministic=True)
+    by_id = {r["id"]: r["text"] for r in rows}
+    alone = np.concatenate([emb.encode([by_id[i]]) for i in ids])
+    assert np.array_equal(vecs, alone)
+    assert json.loads((out / MANIFEST).read_text())["deterministic"] is True
+    assert run_cli(str(src), "-o", str(out), *model) == 2  # the default kernels: another job's output
+    assert run_cli(str(src), "-o", str(tmp_path / "plain"), *model) == 0  # whose manifest (and so fingerprint)
+    assert "deterministic" not in json.loads((tmp_path / "plain" / MANIFEST).read_text())  # is as before the setting
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_clean_run(tmp_path: Path, tiny_embedding_path: Path) -> None:
     n = 1000  # the kill lands at 3 parts of 16 rows, with 59 parts (about a second of work) still to come

@@ -1,8 +1,8 @@
 """`qwen-embed embed-corpus` (registered by qwen_embed.cli) and the `--vectors` form of `qwen-embed index`.
 
 Thin: options -> `CorpusJob` -> `embed_corpus`; heavy imports (pyarrow, torch, ray) happen in the handlers.
-An option the job or the ingest cannot honour (`embed-corpus --deterministic`, `index --vectors` with an option
-of SOURCE indexing such as --dry-run or --precision) is refused in one line, not dropped.
+An option the ingest cannot honour (`index --vectors` with an option of SOURCE indexing such as --dry-run or
+--precision) is refused in one line, not dropped.
 """
 
 from __future__ import annotations
@@ -23,13 +23,9 @@ SOURCE_ONLY_OPTIONS = (("dry_run", "--dry-run"), ("delete_missing", "--delete-mi
 
 
 def cmd_embed_corpus(args: argparse.Namespace) -> int:
-    from ..errors import InputError
     from ..files import check_output_dir
     from .job import CorpusJob, embed_corpus
 
-    if getattr(args, "deterministic", False):  # a shared model option the job has no setting for
-        raise InputError("--deterministic does not go with embed-corpus: its jobs have no batch-invariant mode (a "
-                         "text's vector may differ in the last bits from one batch to another); leave it out.")
     if "://" not in args.output:  # a local output folder is checked before anything is read or loaded
         check_output_dir(args.output, overwrite=True, what="output folder")  # (the job checks what it holds)
     job = CorpusJob(
@@ -38,7 +34,8 @@ def cmd_embed_corpus(args: argparse.Namespace) -> int:
         dtype_out=args.dtype_out, instruction=args.instruction, id_column=args.id_column,
         text_column=args.text_column, keep_text=args.keep_text, rows_per_file=args.rows_per_file,
         batch_rows=args.batch_rows, tokenize=args.tokenize, overwrite=args.overwrite, device=args.device,
-        dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens, progress=sys.stderr.isatty())
+        dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+        deterministic=bool(getattr(args, "deterministic", False)), progress=sys.stderr.isatty())
     report = embed_corpus(job)
     print(f"qwen-embed embed-corpus: {report.summary()}", file=sys.stderr)
     return 0

@@ -74,6 +74,7 @@ class CorpusJob:
     dtype: str | None = None
     max_length: int = 8192
     batch_tokens: int | None = None
+    deterministic: bool = False  # batch-invariant kernels: a row's vector does not depend on its batch
     progress: bool = False
 
 
@@ -136,6 +137,8 @@ def embed_corpus(job: CorpusJob) -> CorpusReport:
     source = job.input if "://" in job.input else os.path.abspath(job.input)
     manifest = {**facts, "dtype_out": job.dtype_out, "instruction": job.instruction, "keep_text": job.keep_text,
                 "input": source, "id_column": job.id_column, "text_column": job.text_column}
+    if job.deterministic:  # another job (its vectors differ in the last bits); recorded only when on, so that the
+        manifest["deterministic"] = True  # outputs of runs before this setting existed keep their fingerprint
     PartsWriter.check(job.output, job=fingerprint(manifest), overwrite=job.overwrite)  # before reading the input
     corpus = open_corpus(job.input, id_column=job.id_column, text_column=job.text_column)
     writer = PartsWriter.open(job.output, job=fingerprint(manifest), manifest=manifest, dim=facts["dim"],
@@ -188,13 +191,13 @@ def _local_encoder(job: CorpusJob) -> tuple[Callable[[list[str]], np.ndarray], C
         from ..multidevice import DevicePool
 
         pool = DevicePool(job.model, [f"cuda:{i}" for i in range(job.num_gpus)], dtype=job.dtype,
-                          max_length=job.max_length, batch_tokens=job.batch_tokens)
+                          max_length=job.max_length, batch_tokens=job.batch_tokens, deterministic=job.deterministic)
         return (lambda texts: pool.encode(texts, instruction=job.instruction, dim=job.dim)), pool.close
     from ..embedder import Embedder
 
     device = job.device or ("cuda" if job.num_gpus == 1 else None)
     emb = Embedder.from_pretrained(job.model, device=device, dtype=job.dtype, max_length=job.max_length,
-                                   batch_tokens=job.batch_tokens)
+                                   batch_tokens=job.batch_tokens, deterministic=job.deterministic)
     return (lambda texts: emb.encode(texts, instruction=job.instruction, dim=job.dim, progress=False)), lambda: None
 
 
@@ -300,7 +303,8 @@ def run_ray(job: CorpusJob, corpus: Corpus, writer: PartsWriter, dim: int) -> No
         ds = embed_dataset(ds, job.model, dim=dim, dtype_out=job.dtype_out, instruction=job.instruction,
                            num_gpus=job.num_gpus, actors=job.actors, cpus_per_actor=job.cpus_per_actor,
                            batch_rows=job.batch_rows, tokenize=job.tokenize, drop_text=not job.keep_text,
-                           dtype=job.dtype, max_length=job.max_length, batch_tokens=job.batch_tokens)
+                           dtype=job.dtype, max_length=job.max_length, batch_tokens=job.batch_tokens,
+                           deterministic=job.deterministic)
         try:
             for batch in ds.iter_batches(batch_size=job.rows_per_file, batch_format="pyarrow"):
                 writer.write_table(batch)

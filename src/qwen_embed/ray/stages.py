@@ -54,6 +54,7 @@ class ModelLoad:
     batch_tokens: int | None = None
     compile: bool | None = None
     threads: int | None = None  # torch threads of a CPU actor
+    deterministic: bool = False  # batch-invariant kernels (docs/deterministic.md)
 
 
 def _pin_threads(load: ModelLoad) -> None:
@@ -119,7 +120,7 @@ class EmbedStage:
         _pin_threads(load)
         self.embedder = Embedder.from_pretrained(load.model, device=load.device, dtype=load.dtype,
                                                  max_length=load.max_length, batch_tokens=load.batch_tokens,
-                                                 compile=load.compile)
+                                                 compile=load.compile, deterministic=load.deterministic)
         self.dim = check_dim(dim, self.embedder.hidden_size)
         self.dtype_out = check_dtype_out(dtype_out)
         self.text_column = text_column
@@ -153,7 +154,8 @@ class RerankStage:
         _pin_threads(load)
         self.reranker = Reranker.from_pretrained(load.model, device=load.device, dtype=load.dtype,
                                                  template=template, max_length=load.max_length,
-                                                 batch_tokens=load.batch_tokens, compile=load.compile)
+                                                 batch_tokens=load.batch_tokens, compile=load.compile,
+                                                 deterministic=load.deterministic)
         self.query_column = query_column
         self.document_column = document_column
         self.score_column = score_column
@@ -201,17 +203,18 @@ def embed_dataset(ds: Any, model: str | os.PathLike[str], *, text_column: str = 
                   num_gpus: int = 0, actors: int = 1, cpus_per_actor: int = 1,
                   batch_rows: int = DEFAULT_BATCH_ROWS, tokenize: str = DEFAULT_TOKENIZE, drop_text: bool = False,
                   dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None,
-                  compile: bool | None = None) -> Any:
+                  compile: bool | None = None, deterministic: bool = False) -> Any:
     """A Ray Dataset with a text column -> the same rows plus `output_column` (lazy, streaming).
 
     num_gpus > 0: that many actors, one GPU each; else `actors` CPU actors of `cpus_per_actor` cores.
     tokenize: 'actor' (default, in the model actors) or 'stage' (CPU tasks before them). batch_rows: rows per model call
-    (larger batches pack better; the engine cuts them into forward passes of `batch_tokens`)."""
+    (larger batches pack better; the engine cuts them into forward passes of `batch_tokens`). deterministic:
+    batch-invariant kernels, so a row's vector does not depend on the rows batched with it."""
     n, resources = actor_resources(num_gpus, actors, cpus_per_actor)
     check_tokenize(tokenize)
     check_dtype_out(dtype_out)
     load = ModelLoad(os.fspath(model), "cuda" if num_gpus else "cpu", dtype, max_length, batch_tokens, compile,
-                     None if num_gpus else cpus_per_actor)
+                     None if num_gpus else cpus_per_actor, deterministic)
     if tokenize == "stage":
         ds = ds.map_batches(tokenize_batch, batch_size=batch_rows, batch_format="pyarrow", num_cpus=TOKENIZE_CPUS,
                             fn_kwargs={"model": load.model, "max_length": max_length, "text_column": text_column,
@@ -228,11 +231,12 @@ def rerank_dataset(ds: Any, model: str | os.PathLike[str], *, query_column: str 
                    document_column: str = "document", score_column: str = "score", instruction: str | None = None,
                    template: str = "card", num_gpus: int = 0, actors: int = 1, cpus_per_actor: int = 1,
                    batch_rows: int = DEFAULT_BATCH_ROWS, dtype: str | None = None, max_length: int = 8192,
-                   batch_tokens: int | None = None, compile: bool | None = None) -> Any:
-    """A Ray Dataset of (query, document) rows -> the same rows plus `score_column` (float32 P(yes))."""
+                   batch_tokens: int | None = None, compile: bool | None = None, deterministic: bool = False) -> Any:
+    """A Ray Dataset of (query, document) rows -> the same rows plus `score_column` (float32 P(yes));
+    deterministic: batch-invariant kernels (a pair's score does not depend on its batch)."""
     n, resources = actor_resources(num_gpus, actors, cpus_per_actor)
     load = ModelLoad(os.fspath(model), "cuda" if num_gpus else "cpu", dtype, max_length, batch_tokens, compile,
-                     None if num_gpus else cpus_per_actor)
+                     None if num_gpus else cpus_per_actor, deterministic)
     return ds.map_batches(RerankStage, batch_size=batch_rows, batch_format="pyarrow", compute=_pool(n),
                           fn_constructor_args=(load,),
                           fn_constructor_kwargs={"query_column": query_column, "document_column": document_column,
