@@ -32,6 +32,16 @@ def test_two_workers_equal_one_process(tiny_embedding_path: Path, embedder: Embe
     assert two.shape == one.shape and np.abs(two - one).max() <= 1e-5
 
 
+def test_deterministic_workers_give_each_texts_own_bits(tiny_embedding_path: Path) -> None:
+    """deterministic=True reaches every worker: each vector is bitwise the text's own, embedded alone by an
+    Embedder(deterministic=True) in this process, whatever shard and batch the text was in."""
+    texts = random_texts(7, seed=8, max_words=40)
+    with DevicePool(tiny_embedding_path, ["cpu", "cpu"], warmup=False, threads=1, deterministic=True) as pool:
+        got = pool.encode(texts, dim=32)
+    alone = Embedder.from_pretrained(tiny_embedding_path, deterministic=True)
+    assert np.array_equal(got, np.concatenate([alone.encode([t], dim=32) for t in texts]))
+
+
 def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: Path, embedder: Embedder) -> None:
     emb = embedder  # the session's Embedder.from_pretrained(tiny_embedding_path, device="cpu")
     docs, queries = random_texts(9, seed=3, max_words=40), random_texts(3, seed=4, max_words=10)
