@@ -26,6 +26,7 @@ from qwen_embed.ray.ingest import IngestReport, ingest_vectors
 from qwen_embed.ray.parts import PartsWriter
 from qwen_embed.store import open_store
 from qwen_embed.tokenizer import QwenTokenizer
+from tests.conftest import TinyCheckpoint
 
 IDS = ["doc-3", "doc-1", "b", "a7", "z", "doc-10", "m"]
 TEXTS = ["the rise and fall of the sea", "who wrote hamlet", "green tea", "wings push air down", "rocks sink",
@@ -40,13 +41,13 @@ def random_vectors(n: int, seed: int, dim: int = 64) -> np.ndarray:
 
 def vectors_folder(folder: Path, model: Path, ids: list[str], vectors: np.ndarray, texts: list[str] | None = None,
                    *, job: str = "job-a", dtype_out: str = "float32", per_part: int = 3,
-                   complete: bool = True) -> Path:
+                   complete: bool = True, **recorded: Any) -> Path:
     """An embed-corpus output folder (parts of `per_part` rows and the manifest) holding these rows."""
     dim = vectors.shape[1]
     manifest = {"model": str(model.resolve()), "dim": dim, "hidden_size": 64, "max_length": MAX_LENGTH,
                 "tokenizer_fingerprint": QwenTokenizer.from_dir(model).fingerprint, "dtype_out": dtype_out,
                 "instruction": None, "keep_text": texts is not None, "input": "/corpus.jsonl", "id_column": "id",
-                "text_column": "text"}
+                "text_column": "text", **recorded}
     writer = PartsWriter.open(folder, job=job, manifest=manifest, dim=dim, dtype_out=dtype_out,
                               keep_text=texts is not None)
     for a in range(0, len(ids), per_part):
@@ -228,3 +229,49 @@ def test_refusals_are_one_line_and_write_nothing(small_embedding_path: Path, tmp
 def test_report_summary() -> None:
     assert IngestReport(rows=5, written=3, unchanged=2, seconds=1.26).summary() == \
         "5 vectors: 3 written, 2 already stored, in 1.3 s"
+
+
+def test_vectors_of_other_weights_in_a_folder_of_the_same_name_are_refused(tiny_checkpoint: TinyCheckpoint,
+                                                                           tmp_path: Path) -> None:
+    """Two fine-tunes exported as `runs/a/model` and `runs/b/model` (one tokenizer, one shape) are two models:
+    embed-corpus records the weights' fingerprint (hub.weights_fingerprint) and a table refuses the other's
+    vectors, which it took for the same model by name before; the same weights moved elsewhere are accepted."""
+    from qwen_embed.ray.job import model_facts
+
+    a, b = tmp_path / "runs" / "a" / "model", tmp_path / "runs" / "b" / "model"
+    shutil.copytree(tiny_checkpoint(tokenizer="small", seed=1), a)
+    shutil.copytree(tiny_checkpoint(tokenizer="small", seed=2), b)
+    facts_a, facts_b = model_facts(str(a), None, MAX_LENGTH), model_facts(str(b), None, MAX_LENGTH)
+    assert facts_a["weights_fingerprint"] != facts_b["weights_fingerprint"]
+    assert facts_a["tokenizer_fingerprint"] == facts_b["tokenizer_fingerprint"]
+    ids = ["x", "y"]
+    db = tmp_path / "db"
+    ingest_vectors(vectors_folder(tmp_path / "va", a, ids, random_vectors(2, 1),
+                                  weights_fingerprint=facts_a["weights_fingerprint"]), db)
+    other = vectors_folder(tmp_path / "vb", b, ids, random_vectors(2, 2), job="job-b",
+                           weights_fingerprint=facts_b["weights_fingerprint"])
+    with pytest.raises(QwenEmbedError, match="holds other weights"):
+        ingest_vectors(other, db)
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(a, moved)  # the same weights in another folder: the same model
+    same = vectors_folder(tmp_path / "vc", moved, ["z"], random_vectors(1, 3), job="job-c",
+                          weights_fingerprint=model_facts(str(moved), None, MAX_LENGTH)["weights_fingerprint"])
+    ingest_vectors(same, db)
+    assert sorted(table_rows(db)) == ["x#0", "y#0", "z#0"]
+
+
+def test_vectors_embedded_with_another_instruction_are_refused(small_embedding_path: Path, tmp_path: Path) -> None:
+    """Texts embedded with an instruction (as queries) and without one are not comparable: the table records
+    the instruction, and vectors of another one are refused, not skipped as 'already stored' by their text."""
+    texts = ["alpha", "beta"]
+    db = tmp_path / "db"
+    ingest_vectors(vectors_folder(tmp_path / "plain", small_embedding_path, ["a", "b"], random_vectors(2, 1),
+                                  texts), db)
+    assert open_store(db, "documents").info.document_instruction is None
+    asked = vectors_folder(tmp_path / "asked", small_embedding_path, ["a", "b"], random_vectors(2, 2), texts,
+                           job="job-q", instruction="Find the passage")
+    with pytest.raises(QwenEmbedError, match="embedded with no instruction, these vectors were embedded with "
+                                             "instruction 'Find the passage'"):
+        ingest_vectors(asked, db)
+    ingest_vectors(asked, tmp_path / "db2")
+    assert open_store(tmp_path / "db2", "documents").info.document_instruction == "Find the passage"

@@ -4,8 +4,10 @@
 
 The folder's manifest says which model, dimension and tokenizer made the vectors. A new table records
 them (`TableInfo`, as `qwen-embed index` would, with chunks of the embedder's max_length and no
-overlap: embed-corpus embeds each row whole, truncated at max_length); an existing table must hold the
-same model and dimension (`store.check_compatible`), else nothing is written. A `--model` given must
+overlap: embed-corpus embeds each row whole, truncated at max_length; the weights' fingerprint and the
+instruction the texts were embedded with, too); an existing table must hold the same model (the same
+weights, when both record them: two fine-tunes in folders of one name are two models), dimension and
+instruction (`store.check_compatible`), else nothing is written. A `--model` given must
 name the vectors' model. Each row becomes one chunk (`{id}#0`) of the document `id`; its text is
 stored when the folder kept it. Rows are upserted by document id in batches, each one commit, so a
 killed ingest re-run writes the rest and rows already stored (same content hash) are skipped. A `db` that
@@ -54,11 +56,13 @@ class IngestReport:
 def table_info(manifest: dict[str, object]) -> TableInfo:
     """The record of a new table for these vectors."""
     max_length = int(manifest["max_length"])  # type: ignore[call-overload]
+    instruction = manifest.get("instruction")
     return TableInfo(model=str(manifest["model"]), dim=int(manifest["dim"]),  # type: ignore[call-overload]
                      hidden_size=int(manifest["hidden_size"]),  # type: ignore[call-overload]
                      tokenizer_fingerprint=str(manifest["tokenizer_fingerprint"]),
                      query_instruction=DEFAULT_INSTRUCTION, chunk_tokens=max_length, overlap=0,
-                     max_length=max_length)
+                     max_length=max_length, document_instruction=instruction if isinstance(instruction, str) else None,
+                     weights_fingerprint=str(manifest.get("weights_fingerprint") or ""))
 
 
 def _check_model(manifest: dict[str, object], model: str | os.PathLike[str] | None, folder: Path) -> None:
@@ -77,7 +81,15 @@ def open_for_vectors(db: str | os.PathLike[str], table: str, info: TableInfo) ->
     except TableNotFoundError:
         return open_store(db, table, info)
     check_compatible(store.info, table, model=info.model, dim=info.dim, hidden_size=info.hidden_size,
-                     tokenizer_fingerprint=info.tokenizer_fingerprint)
+                     tokenizer_fingerprint=info.tokenizer_fingerprint,
+                     weights_fingerprint=info.weights_fingerprint or None)
+    if store.info.document_instruction != info.document_instruction:  # their vectors are not comparable
+        def said(x: str | None) -> str:
+            return "no instruction" if x is None else f"instruction {x[:60]!r}"
+
+        raise InputError(f"table {table!r} holds texts embedded with {said(store.info.document_instruction)}, these "
+                         f"vectors were embedded with {said(info.document_instruction)}; ingest them into a new "
+                         "--table (or embed the corpus again as the table's were).")
     return store
 
 

@@ -117,7 +117,7 @@ def model_facts(model: str, dim: int | None, max_length: int) -> dict[str, Any]:
     """What the output records about the model (and a table needs), from its config and tokenizer only."""
     from ..config import ModelConfig
     from ..embedder import check_max_length
-    from ..hub import resolve_model_dir
+    from ..hub import resolve_model_dir, weights_fingerprint
     from ..pooling import check_dim
     from ..retrieval.index import model_id
     from ..tokenizer import QwenTokenizer
@@ -126,7 +126,10 @@ def model_facts(model: str, dim: int | None, max_length: int) -> dict[str, Any]:
     cfg = ModelConfig.from_file(path / "config.json")
     return {"model": model_id(model), "dim": check_dim(dim, cfg.hidden_size), "hidden_size": cfg.hidden_size,
             "tokenizer_fingerprint": QwenTokenizer.from_dir(path).fingerprint,
-            "max_length": check_max_length(max_length, cfg)}
+            "max_length": check_max_length(max_length, cfg),
+            # the weights themselves: two fine-tunes in folders of one name (runs/a/model, runs/b/model), or
+            # weights retrained in place, are other models (a table refuses mixing them; a resume starts anew)
+            "weights_fingerprint": weights_fingerprint(path)}
 
 
 def embed_corpus(job: CorpusJob) -> CorpusReport:
