@@ -62,6 +62,14 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
+MAX_DEPTH = 8  # the deepest accepted body is 4 levels (object > list > list > id)
+
+
+def nested_too_deeply() -> APIError:
+    """A body so deeply nested that the JSON parser gave up (RecursionError), whatever its size or parser."""
+    return APIError(400, f"the body is nested too deeply; the deepest accepted body has {MAX_DEPTH // 2} levels.")
+
+
 class PayloadTooLarge(HTTPException):
     """Raised while reading a body that grows past the limit (an HTTPException, so FastAPI re-raises it)."""
 

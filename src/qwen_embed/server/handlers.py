@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import QwenEmbedError
-from .errors import APIError, api_error_response, as_api_error, error_response
+from .errors import APIError, api_error_response, as_api_error, error_response, nested_too_deeply
 from .schemas import EmbeddingRequest, RerankRequest, TokenizeRequest
 
 log = logging.getLogger("qwen_embed.server")
@@ -136,6 +136,8 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     elif status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
     elif status == 400 and "parsing the body" in detail:
+        if isinstance(exc.__cause__, RecursionError):  # a small body parsed by FastAPI, as a large one by us
+            return api_error_response(nested_too_deeply())
         detail = "the body cannot be parsed: send UTF-8 JSON."
     return error_response(status, detail, dict(exc.headers or {}))
 

@@ -111,6 +111,18 @@ def test_nesting_up_to_the_limit_is_parsed_deeper_is_a_400() -> None:
     assert err.status == 400 and "nested too deeply" in err.message
 
 
+def test_a_small_and_a_large_body_nested_too_deeply_get_the_same_answer(api: TestClient) -> None:
+    """A small body is parsed by FastAPI, a large one (64 KiB and more) by parse_sized: past the parser's
+    recursion both are told the body is nested too deeply (the small one was told it 'cannot be parsed')."""
+    answers = []
+    for depth in (5_000, 100_000):  # 10 kB and 200 kB
+        body = b'{"input": ' + b"[" * depth + b"]" * depth + b"}"
+        r = api.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        answers.append((r.status_code, r.json()["error"]["message"]))
+    assert answers[0] == answers[1] == (400, "the body is nested too deeply; the deepest accepted body has "
+                                             f"{MAX_DEPTH // 2} levels.")
+
+
 def test_a_body_that_is_not_json_is_left_to_fastapi() -> None:
     assert parse_sized(b'{"input": "a"', 100) is None
     assert parse_sized(b"input=a", 100) is None

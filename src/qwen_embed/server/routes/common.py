@@ -21,13 +21,12 @@ from fastapi.routing import APIRoute
 
 from .. import schemas as S
 from ..batcher import Timing
-from ..errors import APIError
+from ..errors import MAX_DEPTH, APIError, nested_too_deeply
 from ..service import INLINE_VALUES, Service
 from ..state import State
 
 OFF_LOOP_BYTES = 64 * 1024
 SLICE = 256 * 1024  # bytes scanned between two chances for the event loop to run
-MAX_DEPTH = 8  # the deepest accepted body is 4 levels (object > list > list > id)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": S.ErrorResponse} for code in (400, 401, 404, 413, 422, 429, 503)
 }
@@ -108,8 +107,7 @@ def parse_sized(body: bytes, max_numbers: int, max_inputs: int = 2048) -> Any:
     try:
         value = json.loads(body)
     except RecursionError:
-        raise APIError(400, f"the body is nested too deeply; the deepest accepted body has {MAX_DEPTH // 2} "
-                       "levels.") from None
+        raise nested_too_deeply() from None
     except ValueError:
         return None
     numbers = 0
