@@ -52,6 +52,8 @@ def test_the_cpu_pool_has_the_threads_asked_for_named_tokenize() -> None:
     ([CUDA0], False),  # one model on the device: nothing to share
     ([CUDA0, CUDA0], True),  # both models on one device: one thread
     ([CUDA0, CUDA1], False),  # two devices: each model its own
+    ([torch.device("cuda"), CUDA0], True),  # two spellings of the current device (no GPU here: device 0)
+    ([torch.device("cuda"), CUDA1], False),
     ([CPU, CUDA0], False),
 ])
 def test_models_share_a_worker_only_on_one_cuda_device(devices: list[torch.device], shared: bool) -> None:

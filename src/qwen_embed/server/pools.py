@@ -12,6 +12,13 @@ import torch
 from .batcher import model_worker
 
 
+def device_key(device: torch.device) -> tuple[str, int | None]:
+    """A device as the hardware it names: `cuda` is the current CUDA device (`cuda:0` unless set otherwise)."""
+    if device.type == "cuda" and device.index is None:
+        return "cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0
+    return device.type, device.index
+
+
 class Pools:
     """The CPU pool and the model workers of one app; `shutdown` ends them all."""
 
@@ -20,7 +27,7 @@ class Pools:
         # models on one CUDA device share one worker; elsewhere each batcher makes its own (None here)
         cuda = [d for d in devices if d.type == "cuda"]
         self.shared: ThreadPoolExecutor | None = None
-        if len(cuda) >= 2 and all(d == cuda[0] for d in cuda):
+        if len(cuda) >= 2 and all(device_key(d) == device_key(cuda[0]) for d in cuda):  # `cuda` is `cuda:0` too
             self.shared = model_worker("cuda")
 
     def worker_for(self, device: torch.device) -> ThreadPoolExecutor | None:
