@@ -429,11 +429,16 @@ def handlers() -> Iterator[dict[int, Any]]:
         signal.signal(s, h)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(("signum", "code", "users_dir"), [(signal.SIGTERM, 0, None), (signal.SIGINT, 130, None),
+                                                          (signal.SIGTERM, 0, "/their/metrics")])
 def test_run_starts_models_then_workers_serves_and_puts_everything_back(
         small_embedding_path: Path, ctx: FakeContext, handlers: dict[int, Any], caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch, signum: int, code: int) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+        monkeypatch: pytest.MonkeyPatch, signum: int, code: int, users_dir: str | None) -> None:
+    """... the environment too: a PROMETHEUS_MULTIPROC_DIR the caller had set is given back, not removed."""
+    if users_dir is None:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    else:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", users_dir)
     sup = supervisor_of(ctx, small_embedding_path, graceful_timeout=5)
     signaller = signal_once_serving(ctx, 2, signum)
     with caplog.at_level(logging.INFO, logger="qwen_embed.server"):
@@ -444,7 +449,7 @@ def test_run_starts_models_then_workers_serves_and_puts_everything_back(
     assert {c.env for c in ctx.started} == {metrics_dir}  # set before the first child started
     assert ctx.started[0].config.address == os.path.join(sup.tmp, "model-0-1.sock")
     assert [c.args[5] for c in ctx.of(worker_main)] == [metrics_dir] * 2
-    assert not os.path.exists(sup.tmp) and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    assert not os.path.exists(sup.tmp) and os.environ.get("PROMETHEUS_MULTIPROC_DIR") == users_dir
     assert {s: signal.getsignal(s) for s in handlers} == handlers
     assert sup.sock is not None and sup.sock.fileno() == -1
     assert [c.exitcode for c in ctx.of(worker_main)] == [-signal.SIGTERM] * 2  # drained

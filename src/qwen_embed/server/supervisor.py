@@ -266,6 +266,7 @@ class Supervisor:
         self.metrics_dir = os.path.join(self.tmp, "metrics")
         os.mkdir(self.metrics_dir)
         self.addresses = os.path.join(self.tmp, "model-{}-{}.sock")
+        user_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")  # given back as it was at the end
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir  # read by prometheus_client in the children
         try:
             for slot in range(len(self.slots)):
@@ -296,7 +297,10 @@ class Supervisor:
             self.stop_all()
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            if user_metrics_dir is None:
+                os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            else:
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = user_metrics_dir
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def drain(self) -> None:
