@@ -283,3 +283,15 @@ def test_graph_errors_are_one_line_naming_the_place(tmp_path: Path, stages: list
 def test_a_non_string_setting_key_is_named_with_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path / "r.yaml", "stages: [{name: a, kind: init, 1: x, zz: y}]\n")
     assert refused(path).startswith(f"recipe {path}: stage 'a' (init) has unknown setting 1; it takes ")
+
+
+def test_a_pairs_stages_sources_are_checked_when_the_recipe_loads(tmp_path: Path) -> None:
+    """A misspelt source key or a held_out of 2 in a later stage is found at load, naming the file and the
+    stage, not after the stages before it ran for hours."""
+    text = ("name: t\nstages:\n  - {name: first, kind: pairs, sources: [{file: a.jsonl}]}\n"
+            "  - {name: later, kind: pairs, sources: [{file: b.jsonl, max_row: 5}]}\n")
+    msg = refused(write(tmp_path / "r.yaml", text))
+    assert msg.startswith(f"recipe {tmp_path / 'r.yaml'}: stage 'later': sources[0]: unknown key 'max_row'"), msg
+    msg = refused(write(tmp_path / "h.yaml", text.replace(", max_row: 5}]}", "}], held_out: 2}")))
+    assert "stage 'later': held_out must be the fraction of rows kept out of training" in msg, msg
+    load_recipe(write(tmp_path / "ok.yaml", text.replace("max_row", "max_rows")))

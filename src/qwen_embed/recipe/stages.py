@@ -180,18 +180,26 @@ def _pairs_from_source(src: dict[str, Any], where: str) -> list[dict[str, Any]]:
     raise InputError(f"{where}: {SOURCE_FORMS}, got {src!r:.80}.")
 
 
+def check_pairs(settings: dict[str, Any], name: str) -> float:
+    """A pairs stage's `held_out` and `sources` (each one's keys), checked when the recipe is loaded and again
+    when the stage runs, before any source is read -> the held-out fraction."""
+    fraction = settings.get("held_out", 0.05)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise InputError(f"stage {name}: held_out must be the fraction of rows kept out of training, a "
+                         f"number from 0 up to (not including) 1 (default 0.05), got {fraction!r:.60}.")
+    sources = settings["sources"]
+    if not isinstance(sources, list) or not sources:
+        raise InputError(f"stage {name}: sources must be a non-empty list of sources (e.g. [{{file: "
+                         f"pairs.jsonl}}]), got {sources!r:.60}.")
+    for i, src in enumerate(sources):
+        _check_source(src, f"stage {name}: sources[{i}]")
+    return float(fraction)
+
+
 def run_pairs(ctx: StageContext) -> StageResult:
     s = ctx.settings
-    fraction = s.get("held_out", 0.05)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
-        raise InputError(f"stage {ctx.stage.name}: held_out must be the fraction of rows kept out of training, a "
-                         f"number from 0 up to (not including) 1 (default 0.05), got {fraction!r:.60}.")
+    fraction = check_pairs(s, ctx.stage.name)
     sources = s["sources"]
-    if not isinstance(sources, list) or not sources:
-        raise InputError(f"stage {ctx.stage.name}: sources must be a non-empty list of sources (e.g. [{{file: "
-                         f"pairs.jsonl}}]), got {sources!r:.60}.")
-    for i, src in enumerate(sources):  # every source checked before any is read
-        _check_source(src, f"stage {ctx.stage.name}: sources[{i}]")
     rows: list[dict[str, Any]] = []
     counts = {}
     for i, src in enumerate(sources):
@@ -505,6 +513,11 @@ def check_recipe(recipe: Recipe) -> None:
             refs = list(refs_in(s.settings, s.name))
         except InputError as e:  # a malformed reference: name the file too
             raise InputError(f"recipe {where}: {e}") from None
+        if s.kind == "pairs" and not (isinstance(s.settings["sources"], dict) and "from" in s.settings["sources"]):
+            try:  # a typo in a later stage's sources is found now, not after the stages before it ran
+                check_pairs(s.settings, repr(s.name))
+            except InputError as e:
+                raise InputError(f"recipe {where}: {e}") from None
         for key, ref in refs:
             if ref.stage not in position:
                 raise InputError(f"recipe {where}: {key} refers to {ref}, but there is no stage {ref.stage!r}.")
