@@ -89,13 +89,16 @@ class State:
             raise APIError(503, "not ready: the model is warming up; retry shortly.", code="not_ready",
                            headers={"Retry-After": "1"})
 
-    def embedding_service(self, model: str | None) -> EmbeddingService:
+    def embedding_service(self, model: str | None, *, ready: bool = True) -> EmbeddingService:
+        """The embedding service (404 when none, or named otherwise); 503 unless it can take a request now,
+        when `ready` (not for what needs no model: its prompts, its tokenizer)."""
         svc = self.embedding
         if svc is None:
             raise APIError(404, "this server serves no embedding model (start it with --embedding-model).",
                            param="model", code="model_not_found")
         self._check_name(svc, model, "the embedding model")
-        self.check_ready(svc)
+        if ready:
+            self.check_ready(svc)
         return svc
 
     def rerank_service(self, model: str | None) -> RerankService:

@@ -105,3 +105,16 @@ def test_metrics_listed_in_public_paths_needs_no_key(small_embedder: Embedder) -
         assert client.get("/metrics").status_code == 200
         assert client.get("/health").status_code == 200
         assert client.get("/v1/models").status_code == 401  # the rest stays behind the key
+
+
+def test_tokenize_needs_no_ready_model_with_or_without_a_prompt_name(idle: tuple[TestClient, State]) -> None:
+    """/tokenize uses the tokenizer and the model folder's prompts, not the model: while the model process
+    restarts it answers as when ready, with a prompt_name too (that one answered 503)."""
+    client, state = idle
+    bodies = [{"inputs": "capital of China"}, {"inputs": "capital of China", "prompt_name": "query"}]
+    ready = [client.post("/tokenize", json=b).json() for b in bodies]
+    run_flag(state, False)
+    assert client.get("/health").status_code == 503  # the model is down ...
+    restarting = [client.post("/tokenize", json=b) for b in bodies]
+    assert [r.status_code for r in restarting] == [200, 200]  # ... and tokenizing goes on
+    assert [r.json() for r in restarting] == ready

@@ -108,7 +108,8 @@ def router(state: State) -> APIRouter:
                 raise APIError(400, f"inputs[{i}] is an empty string.", param="inputs")
         prefix = ""
         if req.prompt_name is not None:
-            prefix = state.embedding_service(None).prefix_for(None, None, req.prompt_name) or ""
+            # the prompts are the model folder's: no model call, so no readiness check (as without prompt_name)
+            prefix = state.embedding_service(None, ready=False).prefix_for(None, None, req.prompt_name) or ""
         timing = Timing()
         with svc.admission():
             start = time.perf_counter()
