@@ -116,6 +116,26 @@ def test_rows_stored_are_skipped_and_another_jobs_rows_replace_them(small_embedd
         np.testing.assert_array_equal(rows[f"{doc}#0"]["vector"], vec)
 
 
+@pytest.mark.parametrize("other", [{"max_length": MAX_LENGTH // 2}, {"dtype_out": "float16"}])
+def test_the_same_texts_embedded_with_other_settings_replace_the_stored_vectors(
+        small_embedding_path: Path, tmp_path: Path, other: dict[str, Any]) -> None:
+    """A row with text is skipped only when its vector was made as the stored one was: the same texts cut at
+    another max_length, or stored as float16, are other vectors and replace them (both ways)."""
+    db = tmp_path / "db"
+    first, second = random_vectors(7, seed=7), random_vectors(7, seed=8)
+    folder_a = vectors_folder(tmp_path / "a", small_embedding_path, IDS, first, TEXTS)
+    folder_b = vectors_folder(tmp_path / "b", small_embedding_path, IDS, second, TEXTS, job="job-b", **other)
+    for folder, want in ((folder_a, first), (folder_b, second), (folder_a, first)):
+        report = ingest_vectors(folder, db)
+        assert (report.rows, report.written, report.unchanged) == (7, 7, 0), folder
+        again = ingest_vectors(folder, db)  # the same vectors once more: all stored already
+        assert (again.written, again.unchanged) == (0, 7)
+        rows = table_rows(db)
+        stored = np.float16 if folder == folder_b and other.get("dtype_out") else np.float32
+        for doc, vec in zip(IDS, want, strict=True):
+            np.testing.assert_array_equal(rows[f"{doc}#0"]["vector"], vec.astype(stored).astype(np.float32))
+
+
 def test_index_add_of_the_same_documents_finds_them_stored(small_embedding_path: Path, tmp_path: Path) -> None:
     """With the texts kept, a row is stored as `qwen-embed index` stores the document {id, text}: indexing
     the same documents afterwards finds every one unchanged (and loads no model)."""

@@ -10,7 +10,12 @@ weights, when both record them: two fine-tunes in folders of one name are two mo
 instruction (`store.check_compatible`), else nothing is written. A `--model` given must
 name the vectors' model. Each row becomes one chunk (`{id}#0`) of the document `id`; its text is
 stored when the folder kept it. Rows are upserted by document id in batches, each one commit, so a
-killed ingest re-run writes the rest and rows already stored (same content hash) are skipped. A `db` that
+killed ingest re-run writes the rest and rows already stored (same content hash) are skipped. A row
+with text is hashed as `qwen-embed index` hashes the document {id, text} when its vector was made as the
+table's are (the table's max_length, float32 output), so that indexing the same documents later finds them
+stored; a vector cut at another max_length or stored as float16 is hashed with those settings, so that the
+same texts ingested with other settings replace the stored vectors (and are replaced in turn). Rows without
+text are hashed by job: another job's replace them. A `db` that
 is a file, lies under a missing folder or holds other files is refused first, as `qwen-embed index` does.
 """
 
@@ -93,14 +98,25 @@ def open_for_vectors(db: str | os.PathLike[str], table: str, info: TableInfo) ->
     return store
 
 
-def _rows(part: pa.Table, job: str) -> ChunkRows:
+def vector_settings(manifest: dict[str, object], table: TableInfo) -> list[object] | None:
+    """What made these vectors other than the table's own (its max_length, float32 output), beyond what a
+    table checks itself (model, weights, dimension, instruction); None when nothing."""
+    settings = [manifest.get("max_length"), manifest.get("dtype_out", "float32")]
+    return None if settings == [table.max_length, "float32"] else settings
+
+
+def _rows(part: pa.Table, job: str, settings: list[object] | None) -> ChunkRows:
     ids = part.column("id").to_pylist()
     texts = part.column("text").to_pylist() if "text" in part.column_names else None
     width = part.schema.field("vector").type.list_size
     flat = part.column("vector").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     vectors = np.asarray(flat, dtype=np.float32).reshape(len(ids), width)
-    hashes = ([doc_hash(Document(i, t)) for i, t in zip(ids, texts, strict=True)] if texts is not None
-              else [fingerprint(job, i)[:32] for i in ids])
+    if texts is None:
+        hashes = [fingerprint(job, i)[:32] for i in ids]
+    else:
+        hashes = [doc_hash(Document(i, t)) for i, t in zip(ids, texts, strict=True)]
+        if settings is not None:
+            hashes = [fingerprint(h, settings)[:32] for h in hashes]
     n = len(ids)
     return ChunkRows(ids=[f"{i}#0" for i in ids], doc_ids=ids, chunks=[0] * n, texts=texts or [""] * n,
                      titles=[""] * n, hashes=hashes, metadata=[{} for _ in range(n)], vectors=vectors)
@@ -135,12 +151,13 @@ def ingest_vectors(folder: str | os.PathLike[str], db: str | os.PathLike[str], *
     job = str(manifest["job"])
     parts = [p for p, rec in our_parts(src) if rec.get("job") == job]
     store = open_for_vectors(db, table, table_info(manifest))
+    settings = vector_settings(manifest, store.info)
     report = IngestReport()
     with store.writing():
         stored = store.doc_hashes()
         for path in parts:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                rows = _rows(pa.Table.from_batches([batch]), job)
+                rows = _rows(pa.Table.from_batches([batch]), job, settings)
                 report.rows += len(rows)
                 keep = [k for k, (d, h) in enumerate(zip(rows.doc_ids, rows.hashes, strict=True)) if stored.get(d) != h]
                 report.unchanged += len(rows) - len(keep)
