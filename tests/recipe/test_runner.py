@@ -189,6 +189,27 @@ def test_a_partial_folder_without_its_fingerprint_is_started_afresh(tmp_path: Pa
     assert not (tmp_path / "w" / "a" / "old.txt").exists()
 
 
+@pytest.mark.parametrize("mark", [True, False])
+def test_a_stage_killed_after_its_record_before_its_rename_is_not_run_again(tmp_path: Path, fake: FakeStages,
+                                                                           mark: bool) -> None:
+    """The last steps of a stage: its record written into STAGE.partial, `.fingerprint` removed, the rename.
+    A kill between them leaves a finished stage in the partial folder: the next run renames it."""
+    recipe = write_recipe(tmp_path / "r.yaml", [A, B])
+    first = run(recipe, say=quiet([]))
+    work = tmp_path / "w"
+    (work / "b").rename(work / "b.partial")
+    if mark:
+        (work / "b.partial" / ".fingerprint").write_text(first[1].fingerprint + "\n")
+    assert [r["state"] for r in status(recipe)] == ["done", "partial"]
+    said: list[str] = []
+    again = run(recipe, say=said.append)
+    assert fake.ran() == ["a", "b"]  # nothing ran again
+    assert "[b] finished by an interrupted run; kept" in said
+    assert [(r.name, r.fingerprint, r.outputs) for r in again] == [(r.name, r.fingerprint, r.outputs) for r in first]
+    assert not (work / "b.partial").exists() and not (work / "b" / ".fingerprint").exists()
+    assert (work / "b" / "value-2.txt").is_file() and [r["state"] for r in status(recipe)] == ["done", "done"]
+
+
 # -- what re-runs ---------------------------------------------------------------------------------------------
 C = {"name": "c", "kind": "fake", "value": 5}  # uses nothing
 D = {"name": "d", "kind": "fake", "input": {"from": "b.out"}}  # uses b, which uses a

@@ -5,7 +5,8 @@ Folders under the recipe's `workdir`:
   seconds, held-out metric). The folder appears by an atomic rename of `STAGE.partial/` once the
   stage finished: its existence is the proof that the stage ran.
 - `STAGE.partial/` is a stage in progress. Its command's own resume applies: a training stage picks
-  up from its last checkpoint, mining from its last written chunk.
+  up from its last checkpoint, mining from its last written chunk. One that already holds its
+  `stage.json` of the same fingerprint (killed just before the rename) is renamed, not run again.
 
 A stage's fingerprint covers its kind, its settings and, for every `{from: ...}` reference, the
 fingerprint of the referenced stage. A finished stage whose fingerprint still matches is skipped; a
@@ -208,6 +209,12 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
                tell: Callable[[str], None], held_out: HeldOut) -> StageRecord:
     partial = recipe.workdir / f"{s.name}.partial"
     mark = partial / ".fingerprint"
+    finished = _read_record(partial)
+    if finished is not None and finished.fingerprint == fp:  # killed after its record, before the rename
+        mark.unlink(missing_ok=True)
+        partial.rename(recipe.workdir / s.name)
+        tell(f"[{s.name}] finished by an interrupted run; kept")
+        return finished
     if partial.is_dir() and (not mark.is_file() or mark.read_text().strip() != fp):
         tell(f"[{s.name}] an interrupted run with other settings is discarded")
         shutil.rmtree(partial)
