@@ -205,3 +205,33 @@ def test_server_under_concurrent_load_serves_the_solo_vectors(ckpts: tuple[Path,
     differing = sum(int((got != solo[idx]).any(1).sum()) for idx, got in results)
     REPORT["server_concurrent_rows_differing"] = {"rows": sum(len(i) for i, _ in results), "differing": differing}
     assert differing == 0
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_embed_corpus_deterministic_rows_are_each_texts_own_bits(ckpts: tuple[Path, Path], texts: list[str],
+                                                                 tmp_path: Path, gpus: int) -> None:
+    """`embed-corpus --deterministic` on one GPU (one Embedder) and on two (a DevicePool, one model process per
+    GPU): every stored vector is bitwise its text's vector embedded alone, whichever batch and GPU it ran in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from qwen_embed.cli import main
+
+    if torch.cuda.device_count() < gpus:
+        pytest.skip(f"needs {gpus} GPUs, this machine has {torch.cuda.device_count()}")
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i:03d}", "text": t}) + "\n" for i, t in enumerate(texts)),
+                   encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["embed-corpus", str(src), "-o", str(out), "--model", str(ckpts[0]), "--num-gpus", str(gpus),
+                 "--deterministic", "--rows-per-file", "64"]) == 0
+    table = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
+    got = dict(zip(table.column("id").to_pylist(),
+                   table.column("vector").combine_chunks().flatten().to_numpy().reshape(len(table), -1),
+                   strict=True))
+    emb = Embedder.from_pretrained(ckpts[0], device="cuda", deterministic=True)
+    solo = np.concatenate([emb.encode([t]) for t in texts])
+    stored = np.stack([got[f"d{i:03d}"] for i in range(len(texts))])
+    differing = int((stored != solo).any(1).sum())
+    REPORT.setdefault("embed_corpus_rows_differing", {})[f"gpus={gpus}"] = differing  # type: ignore[index]
+    assert differing == 0
