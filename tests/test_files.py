@@ -285,6 +285,37 @@ def test_output_lock_is_a_plain_flock_that_ends_with_its_process(tmp_path: Path)
     assert os.listdir(target) == []
 
 
+def test_output_lock_with_wait_says_so_then_waits_for_the_holder(tmp_path: Path) -> None:
+    """`wait=True` (a table's writer lock): a second holder calls `waiting()` once, then gets the lock as
+    soon as the first lets go, not before."""
+    import threading
+    import time
+
+    target = tmp_path / "out"
+    target.mkdir()
+    first = OutputLock(target)
+    said: list[str] = []
+    got = threading.Event()
+
+    def second() -> None:
+        with OutputLock(target, wait=True, waiting=lambda: said.append("waiting")):
+            got.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert said == ["waiting"] and not got.is_set()  # told, and still waiting
+    first.release()
+    thread.join(30)
+    assert got.is_set() and said == ["waiting"]
+    with OutputLock(target, wait=True, waiting=lambda: said.append("again")):  # free: no waiting
+        pass
+    assert said == ["waiting"] and os.listdir(target) == []
+
+
 def test_a_writability_probe_left_by_a_killed_process_is_cleaned_up(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Output checks create and remove a probe file; a process killed in between leaves it, and the next

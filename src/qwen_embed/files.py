@@ -59,19 +59,26 @@ class OutputLock:
     """An advisory lock (`flock`) on an output file or folder, held while one run writes it.
 
     Taken without waiting: a second holder, in this process or another, gets an `OutputBusyError` naming
-    the output, and nothing is changed. The lock belongs to the open file, so it ends with `release()`,
-    the `with` block, or the process (a killed run leaves nothing to clean up, and no file is added)."""
+    the output, and nothing is changed. With `wait`, it waits for the holder instead, calling `waiting()`
+    first (to say so). The lock belongs to the open file, so it ends with `release()`, the `with` block,
+    or the process (a killed run leaves nothing to clean up, and no file is added)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, what: str = "output") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, what: str = "output", wait: bool = False,
+                 waiting: Callable[[], object] | None = None) -> None:
         self.path = Path(path)
         self._fd: int | None = None
         fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputBusyError(f"{what} {self.path} is being written by another run right now; wait for it to "
-                                  "end (a later run resumes from what it wrote), or choose another output.") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise OutputBusyError(f"{what} {self.path} is being written by another run right now; wait for "
+                                          "it to end (a later run resumes from what it wrote), or choose another "
+                                          "output.") from None
+                if waiting is not None:
+                    waiting()
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except BaseException:
             os.close(fd)
             raise

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -47,6 +46,7 @@ import pyarrow as pa
 
 from .. import quantize
 from ..errors import InputError, is_whole, native_os_error
+from ..files import OutputLock
 from .base import (
     ANN_MIN_ROWS,
     INFO_KEY,
@@ -241,22 +241,19 @@ class LanceStore:
         the table as the first one left it. Readers (search) never wait. Lance's I/O failures inside
         the block come out as OSErrors (`lance_io`)."""
         lock_path = self.path / f".{self.name}.write.lock"
-        with open(lock_path, "a+b") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"table {self.name!r} in {self.path} is being written by another process; waiting for it",
-                      file=sys.stderr)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                with lance_io(self.path):
-                    if self.table is not None:
-                        self.table.checkout_latest()
-                    elif self._conn is not None and self.name in self._conn.list_tables().tables:
-                        self._adopt_created_table()
-                    yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with open(lock_path, "ab"):  # made when missing; a read-only folder fails here, before any work
+            pass
+
+        def waiting() -> None:
+            print(f"table {self.name!r} in {self.path} is being written by another process; waiting for it",
+                  file=sys.stderr)
+
+        with OutputLock(lock_path, wait=True, waiting=waiting), lance_io(self.path):
+            if self.table is not None:
+                self.table.checkout_latest()
+            elif self._conn is not None and self.name in self._conn.list_tables().tables:
+                self._adopt_created_table()
+            yield
 
     def _adopt_created_table(self) -> None:
         """Another writer made this (calibrated) table while we waited: use it and its record."""
