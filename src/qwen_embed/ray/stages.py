@@ -56,6 +56,15 @@ class ModelLoad:
     threads: int | None = None  # torch threads of a CPU actor
     deterministic: bool = False  # batch-invariant kernels (docs/deterministic.md)
 
+    @classmethod
+    def for_actors(cls, model: str | os.PathLike[str], *, num_gpus: int, cpus_per_actor: int, dtype: str | None,
+                   max_length: int, batch_tokens: int | None, compile: bool | None,
+                   deterministic: bool) -> ModelLoad:
+        """The load of each model actor: one GPU each (`num_gpus` > 0), else a CPU actor of `cpus_per_actor`
+        torch threads."""
+        return cls(os.fspath(model), "cuda" if num_gpus else "cpu", dtype, max_length, batch_tokens, compile,
+                   None if num_gpus else cpus_per_actor, deterministic)
+
 
 def _pin_threads(load: ModelLoad) -> None:
     if load.threads:
@@ -213,8 +222,9 @@ def embed_dataset(ds: Any, model: str | os.PathLike[str], *, text_column: str = 
     n, resources = actor_resources(num_gpus, actors, cpus_per_actor)
     check_tokenize(tokenize)
     check_dtype_out(dtype_out)
-    load = ModelLoad(os.fspath(model), "cuda" if num_gpus else "cpu", dtype, max_length, batch_tokens, compile,
-                     None if num_gpus else cpus_per_actor, deterministic)
+    load = ModelLoad.for_actors(model, num_gpus=num_gpus, cpus_per_actor=cpus_per_actor, dtype=dtype,
+                                max_length=max_length, batch_tokens=batch_tokens, compile=compile,
+                                deterministic=deterministic)
     if tokenize == "stage":
         ds = ds.map_batches(tokenize_batch, batch_size=batch_rows, batch_format="pyarrow", num_cpus=TOKENIZE_CPUS,
                             fn_kwargs={"model": load.model, "max_length": max_length, "text_column": text_column,
@@ -235,8 +245,9 @@ def rerank_dataset(ds: Any, model: str | os.PathLike[str], *, query_column: str 
     """A Ray Dataset of (query, document) rows -> the same rows plus `score_column` (float32 P(yes));
     deterministic: batch-invariant kernels (a pair's score does not depend on its batch)."""
     n, resources = actor_resources(num_gpus, actors, cpus_per_actor)
-    load = ModelLoad(os.fspath(model), "cuda" if num_gpus else "cpu", dtype, max_length, batch_tokens, compile,
-                     None if num_gpus else cpus_per_actor, deterministic)
+    load = ModelLoad.for_actors(model, num_gpus=num_gpus, cpus_per_actor=cpus_per_actor, dtype=dtype,
+                                max_length=max_length, batch_tokens=batch_tokens, compile=compile,
+                                deterministic=deterministic)
     return ds.map_batches(RerankStage, batch_size=batch_rows, batch_format="pyarrow", compute=_pool(n),
                           fn_constructor_args=(load,),
                           fn_constructor_kwargs={"query_column": query_column, "document_column": document_column,
