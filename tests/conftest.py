@@ -71,12 +71,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     other; a test already started cannot move, so a 20-30 s test (training that must learn, the recipe run
     end to end) near the end of the list ran alone on one core while the other waited. With them first,
     the run ends on the many short tests, which the two workers share out evenly."""
-    slow: dict[str, int] = {}
-    for item in items:
-        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
-            item.get_closest_marker("slow") is not None)
-    first = {module: n for n, module in enumerate(dict.fromkeys(i.nodeid.split("::")[0] for i in items))}
-    items.sort(key=lambda i: (-slow[i.nodeid.split("::")[0]], first[i.nodeid.split("::")[0]]))
+    from collections import Counter
+
+    modules = {i.nodeid: i.nodeid.split("::")[0] for i in items}
+    slow = Counter(modules[i.nodeid] for i in items if i.get_closest_marker("slow") is not None)
+    rank = {m: n for n, m in enumerate(sorted(dict.fromkeys(modules.values()), key=lambda m: -slow[m]))}  # stable
+    items.sort(key=lambda i: rank[modules[i.nodeid]])
 
 
 @pytest.hookimpl(trylast=True)
