@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -150,3 +151,95 @@ def test_serve_refuses_a_reranker_as_its_embedding_model(tiny_reranker_path: Pat
     assert main(["serve", "--embedding-model", str(tiny_reranker_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "is a reranker checkpoint (Qwen3ForCausalLM)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rerank_and_search_drop_blank_query_lines_with_skip_empty(tiny_reranker_path: Path, tiny_embedding_path: Path,
+                                                                  tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    queries = tmp_path / "q.txt"
+    queries.write_text("capital\n\nforce\n")
+    out = tmp_path / "r.jsonl"
+    base = ["rerank", "--model", str(tiny_reranker_path), "--queries", str(queries), "--document", "Beijing"]
+    assert main([*base, "-o", str(out)]) == 2
+    assert "line 2 is blank" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "-o", str(out), "--skip-empty"]) == 0
+    assert [json.loads(ln)["query_id"] for ln in out.read_text().splitlines()] == ["0", "2"]  # their input lines
+    docs = tmp_path / "d.txt"
+    docs.write_text("Beijing\n")
+    assert main(["index", str(docs), "--db", str(tmp_path / "db"), "--model", str(tiny_embedding_path)]) == 0
+    found = tmp_path / "s.jsonl"
+    assert main(["search", "--db", str(tmp_path / "db"), "--queries", str(queries), "-o", str(found)]) == 2
+    assert "--skip-empty" in capsys.readouterr().err
+    assert main(["search", "--db", str(tmp_path / "db"), "--queries", str(queries), "-o", str(found),
+                 "--skip-empty"]) == 0
+    assert [json.loads(ln)["query_id"] for ln in found.read_text().splitlines()] == ["0", "2"]
+
+
+@pytest.mark.parametrize("bad", ["query", "document", "own-document", "run-name"])
+def test_a_trec_run_that_could_not_hold_its_ids_is_refused_before_any_model_loads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str) -> None:
+    """TREC runs split their columns at whitespace: ids with spaces (and a run name with one) are refused in one
+    line before loading anything (the model here does not even exist), and no file is written."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"_id": "d 2" if bad == "document" else "d2", "text": "gravity"}) + "\n")
+    own = [{"id": "o 1" if bad == "own-document" else "o1", "text": "own"}]
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"_id": "q 1" if bad == "query" else "q1", "text": "capital"}) + "\n"
+                       + json.dumps({"_id": "q2", "text": "x", "documents": own}) + "\n")
+    out = tmp_path / "r.trec"
+    run_name = "my run" if bad == "run-name" else "mine"
+    assert main(["rerank", "--model", str(tmp_path / "no-such-model"), "--queries", str(queries), "--documents",
+                 str(docs), "-o", str(out), "--run-name", run_name]) == 2
+    err = capsys.readouterr().err.strip()
+    want = {"query": "query id 'q 1'", "document": "document id 'd 2'", "own-document": "document id 'o 1'",
+            "run-name": "--run-name 'my run' must be one word"}[bad]
+    assert len(err.splitlines()) == 1 and want in err and not out.exists()
+    assert main(["rerank", "--model", str(tmp_path / "no-such-model"), "--queries", str(queries), "--documents",
+                 str(docs), "-o", str(tmp_path / "r.jsonl"), "--run-name", "mine"]) == 2
+    assert "no-such-model" in capsys.readouterr().err  # JSONL holds any id: it gets as far as loading
+
+
+def test_search_refuses_a_trec_run_for_a_table_with_ids_it_cannot_hold(tiny_embedding_path: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "my notes.txt").write_text("Beijing is the capital of China.")
+    assert main(["index", str(folder), "--db", str(tmp_path / "db"), "--model", str(tiny_embedding_path)]) == 0
+    queries = tmp_path / "q.txt"
+    queries.write_text("capital\n")
+    out = tmp_path / "s.trec"
+    assert main(["search", "--db", str(tmp_path / "db"), "--queries", str(queries), "-o", str(out)]) == 2
+    assert "document id 'my notes.txt'" in capsys.readouterr().err and not out.exists()
+    assert main(["search", "--db", str(tmp_path / "db"), "--queries", str(queries), "-o",
+                 str(tmp_path / "s.jsonl")]) == 0
+
+
+def test_a_model_with_a_shorter_limit_than_8192_works_without_max_length(tiny_embedding_path: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    short = tmp_path / "short"
+    shutil.copytree(tiny_embedding_path, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 512}))
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n" + "word " * 700 + "\n")
+    assert main(["embed", str(src), "--model", str(short), "-o", str(tmp_path / "v.npy")]) == 0
+    assert "longer than --max-length 512 tokens were truncated" in capsys.readouterr().err
+    want = Embedder.from_pretrained(short, device="cpu").encode(src.read_text().splitlines())
+    assert Embedder.from_pretrained(short, device="cpu").max_length == 512
+    assert np.allclose(np.load(tmp_path / "v.npy"), want, atol=1e-6)
+    assert main(["embed", str(src), "--model", str(short), "-o", str(tmp_path / "w.npy"), "--devices", "cpu"]) == 0
+    assert np.allclose(np.load(tmp_path / "w.npy"), want, atol=1e-5)
+    assert main(["embed", str(src), "--model", str(short), "-o", str(tmp_path / "x.npy"), "--max-length", "513"]) == 2
+    assert "max_length=513 is out of range: use 2..512" in capsys.readouterr().err
+    assert main(["index", str(src), "--db", str(tmp_path / "db"), "--model", str(short)]) == 0  # chunks fit 511
+    assert main(["search", "hello", "--db", str(tmp_path / "db")]) == 0
+
+
+def test_binary_outputs_report_their_dimensions_and_bytes(tiny_embedding_path: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("hello\nworld\n")
+    assert _embed(tiny_embedding_path, str(src), "-o", str(tmp_path / "v.npy"), "--precision", "ubinary",
+                  "--dim", "40") == 0
+    assert "embedded 2 texts -> 40 dims, 5 bytes each" in capsys.readouterr().err
+    assert np.load(tmp_path / "v.npy").shape == (2, 5)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,13 @@ def test_rank_by_score_best_first_ties_in_input_order_nan_last(kind: str) -> Non
     scores = {"list": raw, "numpy": np.array(raw), "torch": torch.tensor(raw, dtype=torch.float64)}[kind]
     assert rank_by_score(scores) == want
     assert rank_by_score([]) == [] and rank_by_score([math.nan, math.nan]) == [0, 1]
+
+
+def test_check_dim_takes_numpy_integers_as_the_int_they_are() -> None:
+    assert check_dim(np.int64(32), 64) == 32 and type(check_dim(np.int32(48), 64)) is int
+    with pytest.raises(InputError, match="dim must be an integer"):
+        check_dim(np.float32(32), 64)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="dim must be an integer"):
+        check_dim(np.bool_(True), 64)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"this model supports 32\.\.64"):
+        check_dim(np.int64(65), 64)

@@ -25,7 +25,8 @@ def _parser(default: str | None, **kw: object) -> argparse.ArgumentParser:
 def test_flags_defaults_and_round_trip() -> None:
     args = _parser(DEFAULT_EMBEDDING_MODEL).parse_args([])
     assert ModelSettings.from_args(args) == ModelSettings(model=DEFAULT_EMBEDDING_MODEL)
-    assert ModelSettings().max_length == DEFAULT_MAX_LENGTH == 8192
+    assert ModelSettings().max_length is None  # not given: the loaders take 8192, or the model's limit where lower
+    assert DEFAULT_MAX_LENGTH == 8192
     args = _parser("m", flag="--embedding-model").parse_args(
         ["--embedding-model", "x", "--device", "cpu", "--dtype", "float32", "--max-length", "64",
          "--batch-tokens", "512"])

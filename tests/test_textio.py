@@ -10,7 +10,14 @@ import pytest
 import yaml
 
 from qwen_embed.errors import ConfigError, InputError
-from qwen_embed.textio import parse_yaml, read_yaml
+from qwen_embed.textio import (
+    check_run_output,
+    check_trec_ids,
+    parse_yaml,
+    read_records,
+    read_yaml,
+    write_answers,
+)
 
 VALID = [
     "",
@@ -69,3 +76,48 @@ def test_read_yaml_names_what_and_the_path_with_the_callers_error(tmp_path: Path
         read_yaml(path, "recipe")
     path.write_text("a: [1, 2]\n")
     assert read_yaml(path, "recipe") == {"a": [1, 2]}
+
+
+def test_rows_are_physical_lines_whatever_unicode_line_breaks_the_texts_hold(tmp_path: Path) -> None:
+    lines = tmp_path / "in.txt"
+    lines.write_bytes("one\x0ctwo\r\nthree\u2028four\nfive\u0085\n".encode())
+    assert [(r.index, r.text) for r in read_records(str(lines))] == [
+        (0, "one\x0ctwo"), (1, "three\u2028four"), (2, "five\u0085")]
+    jsonl = tmp_path / "in.jsonl"  # a raw U+2028 inside a JSON string is valid JSON
+    jsonl.write_bytes('{"id": "a", "text": "x\u2028y"}\n{"id": "b", "text": "z"}\n'.encode())
+    assert [(r.key, r.text) for r in read_records(str(jsonl))] == [("a", "x\u2028y"), ("b", "z")]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path: Path) -> None:
+    for name, body, first in (("in.txt", "hello\nhello\n", "hello"), ("in.jsonl", '{"id": 1, "text": "hi"}\n', "hi"),
+                              ("in.dat", '{"text": "hi"}\n', "hi")):
+        p = tmp_path / name
+        p.write_bytes(b"\xef\xbb\xbf" + body.encode())
+        assert read_records(str(p))[0].text == first
+    (tmp_path / "c.yaml").write_bytes(b"\xef\xbb\xbfa: 1\n")
+    assert read_yaml(tmp_path / "c.yaml", "config") == {"a": 1}
+
+
+@pytest.mark.parametrize("value", ["1.5", "true", "[7]", '{"x": 1}', "false"])
+def test_an_id_that_is_not_a_string_or_an_integer_is_refused_not_dropped(tmp_path: Path, value: str) -> None:
+    p = tmp_path / "in.jsonl"
+    p.write_text(f'{{"text": "ok", "id": "a"}}\n{{"text": "b", "id": {value}}}\n')
+    with pytest.raises(InputError, match=r"in.jsonl: line 2: `id` must be a string or an integer, got "):
+        read_records(str(p))
+    p.write_text('{"text": "ok", "_id": 7}\n{"text": "b", "id": null}\n')  # null: no id (the input line then)
+    assert [r.key for r in read_records(str(p))] == ["7", "1"]
+
+
+def test_trec_outputs_refuse_ids_and_run_names_that_would_break_their_columns(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--run-name 'my run' must be one word"):
+        check_run_output(str(tmp_path / "r.jsonl"), "my run")
+    assert check_run_output(str(tmp_path / "r.trec"), "mine") == "trec"
+    for bad in ("q 1", "q\t1", "", "a\u3000b"):
+        with pytest.raises(InputError, match="holds whitespace, which a TREC run cannot hold"):
+            check_trec_ids(["ok", bad], "query id")
+    answers = [{"query_id": "q1", "hits": [{"id": "d 2", "score": 0.5}]}]
+    with pytest.raises(InputError, match="document id 'd 2'"):
+        write_answers(str(tmp_path / "r.trec"), answers, "trec", "hits", "mine")
+    assert not (tmp_path / "r.trec").exists()  # nothing half-written
+    write_answers(str(tmp_path / "r.jsonl"), answers, "jsonl", "hits", "mine")  # JSONL holds any id
+    assert (tmp_path / "r.jsonl").read_text().count("d 2") == 1

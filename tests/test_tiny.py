@@ -66,3 +66,29 @@ def test_overwriting_a_sharded_checkpoint_with_one_file_leaves_one_set_of_weight
     assert sorted(p.name for p in out.iterdir() if "safetensors" in p.name) == [
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
     assert len(load_file(str(out / "model-00001-of-00002.safetensors"))) > 0
+
+
+@pytest.mark.parametrize(("shape", "message"), [
+    ({"num_hidden_layers": 0}, "num_hidden_layers=0 is out of range"),
+    ({"num_attention_heads": 3, "num_key_value_heads": 2}, "num_attention_heads=3 is not a multiple of"),
+    ({"hidden_size": 0}, "hidden_size=0 is out of range"),
+    ({"head_dim": 0}, "head_dim=0 is out of range"),
+])
+def test_a_shape_the_loader_would_refuse_is_never_written(tmp_path: Path, shape: dict[str, int], message: str) -> None:
+    with pytest.raises(InputError, match=f"cannot make this shape: {message}"):
+        make_checkpoint(tmp_path / "new" / "deeper" / "ckpt", "embedding", tokenizer="small", **shape)
+    assert not (tmp_path / "new").exists()  # not even the parent folders
+    with pytest.raises(InputError):
+        make_checkpoint(tmp_path / "x", "embedding", tokenizer=str(tmp_path / "missing.json"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_narrower_than_32_offers_its_full_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen_embed.cli import main
+
+    path = make_checkpoint(tmp_path / "narrow", "embedding", tokenizer="small", hidden_size=24, head_dim=8)
+    assert main(["info", str(path)]) == 0
+    assert "24 (the full width only)" in capsys.readouterr().out
+    with pytest.raises(InputError, match="dim=20 is out of range: this model supports 24; "):
+        Embedder.from_pretrained(path, device="cpu").encode(["a"], dim=20)
+    assert Embedder.from_pretrained(path, device="cpu").encode(["a"], dim=24).shape == (1, 24)

@@ -113,12 +113,15 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.devices:  # one worker process per device
         from .config import ModelConfig, check_not_adapter
         from .multidevice import encode_on_devices
+        from .settings import check_max_length
         from .tokenizer import QwenTokenizer
         from .weights import resolve_model_dir
 
         path = resolve_model_dir(args.model)
         check_not_adapter(path)
-        if ModelConfig.from_file(path / "config.json").is_reranker:  # refused before any worker starts
+        config = ModelConfig.from_file(path / "config.json")
+        max_length = check_max_length(args.max_length, config)
+        if config.is_reranker:  # refused before any worker starts
             raise InputError(f"{args.model} is a reranker checkpoint, not an embedding one; --devices embeds with "
                              f"embedding checkpoints only (without --devices, --allow-causal-lm uses its trunk).")
         from .embedder import format_query
@@ -126,18 +129,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
         prepared = texts if instruction is None else [format_query(t, instruction) for t in texts]
         lengths = QwenTokenizer.from_dir(path).embedding_lengths(prepared)
         vecs = encode_on_devices(args.model, texts, args.devices.split(","), instruction=instruction, dim=args.dim,
-                                 dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
+                                 dtype=args.dtype, max_length=max_length, batch_tokens=args.batch_tokens,
                                  threads=args.threads)
     else:
         emb = load_embedder(args)
+        max_length = emb.max_length
         lengths = emb.token_lengths(texts, instruction)
         vecs = emb.encode(texts, instruction=instruction, dim=args.dim,
                           progress=None if sys.stderr.isatty() else False)
-    cut = truncation(lengths, args.max_length)
+    cut = truncation(lengths, max_length)
+    dims = vecs.shape[1]  # binary precisions pack 8 of them into each byte
     vecs = _quantized(args, vecs, ranges)
     written = write_vectors(args.output, records, vecs, with_text=args.with_text, overwrite=args.overwrite)
     say("embed", cut.message("inputs"))
-    print(f"embedded {len(records)} texts -> {vecs.shape[1]} dims ({', '.join(written)})", file=sys.stderr)
+    packed = f", {vecs.shape[1]} bytes each" if vecs.shape[1] != dims else ""
+    print(f"embedded {len(records)} texts -> {dims} dims{packed} ({', '.join(written)})", file=sys.stderr)
     return 0
 
 
@@ -204,24 +210,33 @@ def _doc_truncation(rr: Any, queries: list[str], docs: list[Any]) -> Any:
 
 def cmd_rerank(args: argparse.Namespace) -> int:
     from .reranker import get_template
-    from .textio import check_run_output, read_records, write_answers
+    from .textio import check_run_output, check_trec_ids, read_records, write_answers
 
     get_template(args.template)
     if (args.query is None) == (args.queries is None):
         raise InputError("give one query with --query TEXT, or a file of queries with --queries FILE.")
     if args.queries is not None:
-        kind = check_run_output(args.output, overwrite=args.overwrite)
+        kind = check_run_output(args.output, args.run_name, overwrite=args.overwrite)
     elif args.output != "-":
         if not args.output.lower().endswith(".json"):
             raise InputError(f"output {args.output} must end in .json (or be '-' for standard output); with "
                              f"--queries, .jsonl or .trec.")
         check_output_file(args.output, overwrite=args.overwrite)
-    queries = (read_records(args.queries, field="query", fields=("text",), fmt=args.format) if args.queries
-               else None)
+    queries = (read_records(args.queries, field="query", fields=("text",), fmt=args.format,
+                            skip_empty=args.skip_empty) if args.queries else None)
     docs = _documents(args)
     if not docs and not (queries and all(isinstance((q.raw or {}).get("documents"), list) for q in queries)):
         raise InputError("no documents: pass --document TEXT (repeatable) or --documents FILE (or, with "
                          "--queries, a `documents` list in each query line).")
+    # each query with its documents (its own `documents` list, else the shared ones), checked before loading
+    plan = []
+    for q in queries or []:
+        own = (q.raw or {}).get("documents")
+        plan.append((q, _query_documents(own, args.queries, q.index) if isinstance(own, list) else docs))
+    if queries is not None and kind == "trec":
+        check_trec_ids((q.key for q in queries), "query id")
+        check_trec_ids((d.key for _, qdocs in plan for d in qdocs),
+                       "document id")
     rr = ModelSettings.from_args(args).load_reranker(args.template)
     if queries is None:
         rows = _rerank_rows(rr, args.query, docs, args)
@@ -234,12 +249,9 @@ def cmd_rerank(args: argparse.Namespace) -> int:
                 f.write(text + "\n")
         return 0
     answers = []
-    for n, q in enumerate(queries):
-        own = (q.raw or {}).get("documents")
-        qdocs = _query_documents(own, args.queries, q.index) if isinstance(own, list) else docs
-        qid = q.id if q.id is not None else str(q.index)
-        answers.append({"query_id": qid, "query": q.text, "results": _rerank_rows(rr, q.text, qdocs, args)})
-        if n == 0 and not isinstance(own, list):
+    for n, (q, qdocs) in enumerate(plan):
+        answers.append({"query_id": q.key, "query": q.text, "results": _rerank_rows(rr, q.text, qdocs, args)})
+        if n == 0 and qdocs is docs:
             say("rerank", _doc_truncation(rr, [x.text for x in queries], docs).message("documents"))
     write_answers(args.output, answers, kind, "results", args.run_name, overwrite=args.overwrite)
     say("rerank", f"answered {len(answers)} queries -> {args.output}")
@@ -254,7 +266,7 @@ def _query_documents(own: list[Any], path: str, index: int) -> list[Any]:
         if isinstance(d, str) and d.strip():
             docs.append(Record(i, None, d))
         elif isinstance(d, dict) and isinstance(d.get("text"), str) and d["text"].strip():
-            docs.append(Record(i, record_id(d), d["text"], d))
+            docs.append(Record(i, record_id(d, f"{path}: line {index + 1}: documents[{i}]"), d["text"], d))
         else:
             raise InputError(f"{path}: line {index + 1}: documents[{i}] must be a non-empty string or an object "
                              f"with a `text` (and optionally `id`).")
@@ -268,7 +280,7 @@ def model_info(name_or_path: str) -> dict[str, Any]:
     """Kind, shape, dims, max length, dtype of a checkpoint, without loading its weights (nor importing torch)."""
     from .config import ModelConfig
     from .hub import resolve_model_dir, safetensors_files
-    from .settings import MIN_DIM
+    from .settings import min_dim
     from .tokenizer import QwenTokenizer
 
     path = resolve_model_dir(name_or_path)
@@ -289,7 +301,7 @@ def model_info(name_or_path: str) -> dict[str, Any]:
         "tokenizer_appends_eos": tok.appends_eos,
     }
     if cfg.kind == "embedding":
-        info["dims"] = {"min": MIN_DIM, "max": cfg.hidden_size}
+        info["dims"] = {"min": min_dim(cfg.hidden_size), "max": cfg.hidden_size}
     return info
 
 
@@ -301,7 +313,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     width = max(map(len, info))
     for k, v in info.items():
         if k == "dims":
-            v = f"{v['min']}..{v['max']} (Matryoshka)"
+            v = f"{v['min']}..{v['max']} (Matryoshka)" if v["min"] < v["max"] else f"{v['max']} (the full width only)"
         elif k == "parameters":
             v = f"{v / 1e6:.1f}M"
         print(f"{k:<{width}}  {v}")

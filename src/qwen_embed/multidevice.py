@@ -72,7 +72,7 @@ class WorkerOptions:
 
     model: str
     dtype: str | None
-    max_length: int
+    max_length: int | None
     batch_tokens: int | None
     compile: bool | None
     warmup: bool
@@ -175,7 +175,7 @@ class DevicePool:
     """
 
     def __init__(self, model: str | os.PathLike[str], devices: Sequence[str], *, dtype: str | None = None,
-                 max_length: int = 8192, batch_tokens: int | None = None, compile: bool | None = None,
+                 max_length: int | None = None, batch_tokens: int | None = None, compile: bool | None = None,
                  warmup: bool = True, threads: int | None = None, deterministic: bool = False) -> None:
         devices = list(devices)
         if not devices or not all(isinstance(d, str) and d for d in devices):
@@ -299,7 +299,7 @@ class DevicePool:
 
 def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devices: Sequence[str], *,
                       instruction: str | None = None, dim: int | None = None, normalize: bool = True,
-                      dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None,
+                      dtype: str | None = None, max_length: int | None = None, batch_tokens: int | None = None,
                       compile: bool | None = None, threads: int | None = None) -> np.ndarray:
     """Embed `texts` with one worker process per device -> float32 [n, dim] in input order.
 

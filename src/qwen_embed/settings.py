@@ -31,6 +31,19 @@ DEFAULT_EMBEDDING_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_RERANKER_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_MAX_LENGTH = 8192
 MIN_DIM = 32  # the smallest Matryoshka dimension (the models were trained down to it)
+
+
+def min_dim(hidden_size: int) -> int:
+    """The smallest Matryoshka dimension of a model: MIN_DIM, or its full width when that is smaller."""
+    return min(MIN_DIM, hidden_size)
+
+
+def dim_range(hidden_size: int) -> str:
+    """The dimensions a model supports, for messages: '32..1024', or '16' for a model narrower than MIN_DIM."""
+    low = min_dim(hidden_size)
+    return f"{low}..{hidden_size}" if low < hidden_size else str(hidden_size)
+
+
 DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}  # token budget of one forward pass by device type
 OTHER_BATCH_TOKENS = 16384  # that of any other device type
 # dtype names a user may give -> torch's name of the float type; INT8_NAMES ask for float32 weights with int8
@@ -44,7 +57,8 @@ HELP = {
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "dtype": "float32, bfloat16, float16, or int8 (cpu only: int8 linear layers, faster, approximate) "
              "(default: bf16 on cuda, fp32 on cpu)",
-    "max_length": f"tokens per input, end token included (default {DEFAULT_MAX_LENGTH})",
+    "max_length": f"tokens per input, end token included (default {DEFAULT_MAX_LENGTH}, or the model's limit "
+                  f"where lower)",
     "batch_tokens": "token budget of one forward pass",
     "compile": "torch.compile the layers on CUDA (default: on with CUDA)",
     "deterministic": "batch-invariant kernels: bitwise the same vector (and score) for a text whatever else is in "
@@ -116,7 +130,7 @@ class ModelSettings:
     model: str | None = None
     device: str | None = None
     dtype: str | None = None
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH, or the model's limit where lower
     batch_tokens: int | None = None
     compile: bool | None = None
     threads: int | None = None
@@ -135,7 +149,7 @@ class ModelSettings:
                             else required, help=model_help or f"{HELP['model']} (default: {default_model})")
         parser.add_argument("--device", default=None, help=HELP["device"])
         parser.add_argument("--dtype", default=None, help=HELP["dtype"])
-        parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=HELP["max_length"])
+        parser.add_argument("--max-length", type=int, default=None, help=HELP["max_length"])
         parser.add_argument("--batch-tokens", type=int, default=None, help=HELP["batch_tokens"])
         parser.add_argument("--threads", type=int, default=None, help=HELP["threads"])
         parser.add_argument("--deterministic", action="store_true", help=HELP["deterministic"])
@@ -145,7 +159,7 @@ class ModelSettings:
         """The settings parsed by `add_arguments` (with the same `flag`); flags a command lacks stay None."""
         values = vars(args)
         return cls(model=values[flag.lstrip("-").replace("-", "_")], device=values.get("device"),
-                   dtype=values.get("dtype"), max_length=values.get("max_length", DEFAULT_MAX_LENGTH),
+                   dtype=values.get("dtype"), max_length=values.get("max_length"),
                    batch_tokens=values.get("batch_tokens"), compile=values.get("compile"),
                    threads=values.get("threads"), deterministic=bool(values.get("deterministic")))
 

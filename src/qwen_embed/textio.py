@@ -22,13 +22,14 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from .errors import InputError, QwenEmbedError
 from .files import atomic_file, check_output_file
+from .jsonl import text_lines
 
 Format = Literal["auto", "lines", "jsonl"]
 FORMATS = ("auto", "lines", "jsonl")
@@ -46,6 +47,11 @@ class Record:
     text: str
     raw: dict[str, Any] | None = None
 
+    @property
+    def key(self) -> str:
+        """Its id in the outputs: its own, else its input line."""
+        return self.id if self.id is not None else str(self.index)
+
 
 def read_text_file(path: str) -> str:
     """A UTF-8 text file or '-' for standard input, with user-facing errors."""
@@ -55,7 +61,7 @@ def read_text_file(path: str) -> str:
     if not p.is_file():
         raise InputError(f"input {path} does not exist or is not a file.")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
     except UnicodeDecodeError as e:
         raise InputError(f"input {path} is not UTF-8 text (byte {e.start}); convert it first.") from None
     except OSError as e:
@@ -107,7 +113,7 @@ def read_yaml(path: str | os.PathLike[str], what: str, error: type[QwenEmbedErro
     if not p.is_file():
         raise error(f"{what} {p} does not exist or is not a file.")
     try:
-        return parse_yaml(p.read_text(encoding="utf-8"))
+        return parse_yaml(p.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e:
         raise error(f"{what} {p} is not UTF-8 text (byte {e.start}); convert it first.") from None
     except OSError as e:
@@ -130,12 +136,16 @@ def _is_jsonl(path: str, lines: Sequence[str], fmt: str) -> bool:
     return first.lstrip().startswith("{")
 
 
-def record_id(obj: dict[str, Any]) -> str | None:
-    """The id of a JSONL object: `id`, else BEIR's `_id` (strings or integers), else None."""
+def record_id(obj: dict[str, Any], where: str) -> str | None:
+    """The id of a JSONL object: `id`, else BEIR's `_id`, else None; an id that is not a string or an integer
+    (a float, a boolean, a list, ...) is an InputError naming `where`, never dropped."""
     for key in ID_FIELDS:
         value = obj.get(key)
-        if value is not None and not isinstance(value, bool) and isinstance(value, str | int):
-            return str(value)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise InputError(f"{where}: `{key}` must be a string or an integer, got {value!r}.")
+        return str(value)
     return None
 
 
@@ -145,7 +155,7 @@ def read_records(path: str, *, field: str = "text", fmt: str = "auto", skip_empt
 
     `fields`: other accepted names of the text field, tried after `field` (e.g. `query` for queries).
     """
-    lines = read_text_file(path).splitlines()
+    lines = text_lines(read_text_file(path))
     jsonl = _is_jsonl(path, lines, fmt)
     names = [field, *[f for f in fields if f != field]]
     out: list[Record] = []
@@ -172,7 +182,7 @@ def read_records(path: str, *, field: str = "text", fmt: str = "auto", skip_empt
             if skip_empty:
                 continue
             raise InputError(f"{path}: line {i + 1} has an empty {field!r}; fill it, or pass --skip-empty.")
-        out.append(Record(i, record_id(obj), text, obj))
+        out.append(Record(i, record_id(obj, f"{path}: line {i + 1}"), text, obj))
     if not out:
         raise InputError(f"input {path} holds no text.")
     ids = [r.id for r in out if r.id is not None]
@@ -267,7 +277,7 @@ def _write_parquet(path: str, records: Sequence[Record], vecs: Any, with_text: b
     flat = pa.array(vecs.reshape(-1))
     columns: dict[str, Any] = {
         "index": pa.array([r.index for r in records], type=pa.int64()),
-        "id": pa.array([r.id if r.id is not None else str(r.index) for r in records], type=pa.string()),
+        "id": pa.array([r.key for r in records], type=pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
     }
     if with_text:
@@ -303,8 +313,10 @@ def truncation(lengths: Sequence[int], limit: int) -> Truncation:
 
 
 # -- many-query outputs (search / rerank --queries) ------------------------------------------------------
-def check_run_output(path: str, *, overwrite: bool = False) -> str:
-    """Check a many-query output before work; returns its format: 'jsonl' or 'trec'."""
+def check_run_output(path: str, run_name: str, *, overwrite: bool = False) -> str:
+    """Check a many-query output and its run name before work; returns its format: 'jsonl' or 'trec'."""
+    if not run_name or any(c.isspace() for c in run_name):
+        raise InputError(f"--run-name {run_name!r} must be one word without spaces.")
     if path == "-":
         return "jsonl"
     low = path.lower()
@@ -313,6 +325,18 @@ def check_run_output(path: str, *, overwrite: bool = False) -> str:
                          f"be '-' for JSONL on standard output.")
     check_output_file(path, overwrite=overwrite)
     return "jsonl" if low.endswith(".jsonl") else "trec"
+
+
+def check_trec_ids(ids: Iterable[str], what: str) -> None:
+    """Refuse ids a TREC run cannot hold (its fields are split at whitespace): call before work."""
+    for value in ids:
+        if not value or any(c.isspace() for c in value):
+            raise InputError(f"{what} {value!r} is empty or holds whitespace, which a TREC run cannot hold (its "
+                             f"fields are split at whitespace); write .jsonl instead, or change the id.")
+
+
+def _doc_id(hit: dict[str, Any]) -> str:
+    return str(hit.get("id", hit.get("index")))
 
 
 def write_answers(path: str, answers: list[dict[str, Any]], kind: str, key: str, run_name: str, *,
@@ -324,11 +348,11 @@ def write_answers(path: str, answers: list[dict[str, Any]], kind: str, key: str,
                 f.write(json.dumps(a, ensure_ascii=False) + "\n")
                 continue
             for rank, hit in enumerate(a[key], 1):
-                doc = hit.get("id", hit.get("index"))
-                f.write(f"{a['query_id']} Q0 {doc} {rank} {hit['score']!r} {run_name}\n")
+                f.write(f"{a['query_id']} Q0 {_doc_id(hit)} {rank} {hit['score']!r} {run_name}\n")
 
-    if not run_name or any(c.isspace() for c in run_name):
-        raise InputError(f"--run-name {run_name!r} must be one word without spaces.")
+    if kind == "trec":  # the callers check the ids before work; this keeps a bad line out of the file
+        check_trec_ids((a["query_id"] for a in answers), "query id")
+        check_trec_ids((_doc_id(hit) for a in answers for hit in a[key]), "document id")
     if path == "-":
         lines(sys.stdout)
     else:

@@ -24,7 +24,8 @@ from typing import Any, Literal
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from .errors import InputError
+from .config import ModelConfig
+from .errors import ConfigError, InputError, is_whole
 from .files import atomic_dir, check_output_dir
 from .hub import is_weight_file
 from .shards import TensorSpec, split_shards, write_shards
@@ -122,8 +123,8 @@ def make_checkpoint(
     if kind not in ("embedding", "reranker", "seq-cls"):
         raise InputError(f"kind must be 'embedding', 'reranker' or 'seq-cls', got {kind!r}")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    check_output_dir(out, overwrite=overwrite)
+    if out.parent.is_dir():  # checked before any work; a missing parent is made once the shape is known good
+        check_output_dir(out, overwrite=overwrite)
     tok = _load_tokenizer(tokenizer)
     if eos_postprocessor and kind == "embedding":
         tok = _with_eos_postprocessor(tok)
@@ -145,6 +146,16 @@ def make_checkpoint(
     if kind == "seq-cls":
         config["num_labels"] = 1
         config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+    try:  # the loader's own checks: never write a checkpoint the package would refuse
+        if not is_whole(head_dim, 1):  # the loader reads a head_dim of 0 as "not given" (hidden / heads)
+            raise ConfigError(f"head_dim={head_dim} is out of range (1..1024)")
+        ModelConfig.from_dict(config, source="the shape asked")
+    except ConfigError as e:
+        why = str(e).removeprefix("config.json: ").split("; this is not")[0].rstrip(".")
+        raise InputError(f"cannot make this shape: {why} (set by --hidden-size, --layers, --heads, --kv-heads, "
+                         f"--head-dim, --intermediate-size).") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, overwrite=overwrite)
     state = _random_state(config, kind, std, seed, tok)
     tdt = torch.float32 if dtype == "float32" else torch.bfloat16
     state = {k: v.to(tdt).contiguous() for k, v in state.items()}

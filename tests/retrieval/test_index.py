@@ -161,3 +161,40 @@ def test_table_knows_its_model_by_weights_not_by_folder(tmp_path: Path, tiny_emb
     other = make_checkpoint(tmp_path / "elsewhere" / "model-a", "embedding", seed=1)
     with pytest.raises(InputError, match="holds other weights"):
         Index.open(tmp_path / "db", model=other, device="cpu")
+
+
+def test_one_add_refuses_an_id_given_twice_before_any_work(tmp_path: Path, embedder: Embedder) -> None:
+    index = Index.open(tmp_path / "db", model=embedder)
+    with pytest.raises(InputError, match="document id 'a' occurs twice in one add"):
+        index.add([{"id": "a", "text": "first version"}, {"id": "b", "text": "x"}, {"id": "a", "text": "second"}])
+    assert len(index) == 0
+    index.add([{"id": "a", "text": "first version"}])
+    with pytest.raises(InputError, match="occurs twice"):
+        index.add([Document("a", "new"), Document("a", "newer")])
+    assert [h.text for h in index.search("version", k=5)] == ["first version"]  # unchanged, one row
+
+
+def test_a_run_refused_for_its_input_leaves_no_table_to_bind_the_next(tmp_path: Path, embedder: Embedder) -> None:
+    """A bad metadata name is found before any embedding, and the table is made by the first write only: the
+    next run, with other chunk settings, makes the table its own way."""
+    index = Index.open(tmp_path / "db", model=embedder, chunk_tokens=128)
+    with pytest.raises(InputError, match="metadata field 'chunk' of document 'a' cannot be a column"):
+        index.add([{"id": "a", "text": "hello", "chunk": 7}])
+    assert index.embedder is embedder and not any((tmp_path / "db").glob("*.lance"))
+    again = Index.open(tmp_path / "db", model=embedder, chunk_tokens=256)
+    assert again.add([{"id": "a", "text": "hello", "part": 7}]).added == 1
+    assert Index.open(tmp_path / "db").info.chunk_tokens == 256
+
+
+def test_chunks_fit_max_length_and_a_table_keeps_its_own(tmp_path: Path, tiny_embedding_path: Path) -> None:
+    with pytest.raises(InputError, match=r"chunk_tokens=4096 does not fit max_length=256 .*--chunk-tokens 255 or less"):
+        Index.open(tmp_path / "db", model=tiny_embedding_path, chunk_tokens=4096, max_length=256, device="cpu")
+    index = Index.open(tmp_path / "db", model=tiny_embedding_path, max_length=64, device="cpu")
+    assert (index.info.max_length, index.info.chunk_tokens, index.info.overlap) == (64, 63, 7)  # what fits
+    long = " ".join(f"sentence {i} about topic {i % 7}." for i in range(200))
+    rep = index.add([{"id": "a", "text": long}])
+    assert rep.chunks > 10 and rep.tokens <= rep.chunks * 64  # every chunk embedded whole
+    with pytest.raises(InputError, match="was made with max_length=64, not 32"):
+        Index.open(tmp_path / "db", max_length=32, device="cpu").add([{"id": "b", "text": "x"}])
+    reopened = Index.open(tmp_path / "db", device="cpu")  # the table's own length, for chunks and queries
+    assert reopened.add([{"id": "b", "text": "x"}]).added == 1 and reopened.embedder.max_length == 64

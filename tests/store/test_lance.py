@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from qwen_embed.errors import InputError
@@ -43,9 +44,10 @@ def store(tmp_path: Path) -> LanceStore:
 
 
 def test_create_reopen_and_record(store: LanceStore, tmp_path: Path) -> None:
+    store.replace_documents(["a"], rows({"a": 1}, unit(np.random.default_rng(0), 1, 16)))
     again = open_store(tmp_path / "db", "t")
     assert again.info == store.info
-    assert again.count() == 0
+    assert again.count() == 1
     with pytest.raises(TableNotFoundError, match="has no table 'other' \\(tables: t\\)"):
         open_store(tmp_path / "db", "other")
     with pytest.raises(TableNotFoundError, match="does not exist"):
@@ -143,22 +145,41 @@ def test_ann_recall_on_50k_random_unit_vectors(tmp_path: Path) -> None:
     assert float(np.mean(recall)) >= 0.95, recall
 
 
-def test_table_created_by_another_process_in_between_is_opened(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two writers start together: both fail to open the missing table, one creates it, the other's create
-    finds it there ("already exists") and must open it instead of failing."""
-    import lancedb
+def test_the_table_is_made_by_its_first_write_so_a_failed_one_leaves_none(tmp_path: Path) -> None:
+    """Opening with a record makes nothing: a first write refused for its rows (a bad metadata name, NaN
+    vectors) leaves no empty table whose record would bind the next run to its settings."""
+    store = open_store(tmp_path / "db", "t", make_info(16))
+    assert store.count() == 0 and store.search(unit(np.random.default_rng(0), 1, 16)[0], 3) == []
+    with pytest.raises(InputError, match="metadata field 'chunk' of document 'a' cannot be a column"):
+        store.replace_documents(["a"], rows({"a": 1}, unit(np.random.default_rng(0), 1, 16), {"a": {"chunk": 7}}))
+    bad = unit(np.random.default_rng(0), 1, 16)
+    bad[0, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        store.replace_documents(["a"], rows({"a": 1}, bad))
+    with pytest.raises(TableNotFoundError, match="has no table 't' \\(tables: none\\)"):
+        open_store(tmp_path / "db", "t")
+    # the next run, with other settings, makes the table with its own record and first rows (metadata included)
+    other = TableInfo(**{**make_info(16).__dict__, "chunk_tokens": 128})
+    store = open_store(tmp_path / "db", "t", other)
+    store.replace_documents(["a"], rows({"a": 2}, unit(np.random.default_rng(1), 2, 16), {"a": {"year": 2024}}))
+    again = open_store(tmp_path / "db", "t")
+    assert again.info.chunk_tokens == 128 and again.count() == 2
+    assert again.metadata_columns() == {"year": pa.int64()}
+    hits = again.search(unit(np.random.default_rng(1), 1, 16)[0], 3, where="year = 2024")
+    assert sorted(h.id for h in hits) == ["a#0", "a#1"]
 
-    first = open_store(tmp_path / "db", "t", make_info(16))  # the other process's table, already made
-    real_open = lancedb.db.LanceDBConnection.open_table
-    calls = {"n": 0}
 
-    def open_table(self: object, name: str, *args: object, **kwargs: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 1:  # as it was when this process looked, before the other one created it
-            raise ValueError(f"Table '{name}' was not found")
-        return real_open(self, name, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(lancedb.db.LanceDBConnection, "open_table", open_table)
-    second = LanceStore.open(tmp_path / "db", "t", make_info(16))
-    assert calls["n"] == 2 and second.info == first.info
+def test_a_table_made_by_another_writer_in_between_is_used_when_its_record_agrees(tmp_path: Path) -> None:
+    """Two runs open a new table at once; the second writes after the first made it: it adds to that table
+    (one table, both documents), and refuses one made with other settings instead of mixing them."""
+    first = open_store(tmp_path / "db", "t", make_info(16))
+    second = open_store(tmp_path / "db", "t", make_info(16))
+    third = open_store(tmp_path / "db", "t", TableInfo(**{**make_info(16).__dict__, "overlap": 32}))
+    with first.writing():
+        first.replace_documents(["a"], rows({"a": 1}, unit(np.random.default_rng(0), 1, 16)))
+    with second.writing():
+        second.replace_documents(["b"], rows({"b": 1}, unit(np.random.default_rng(1), 1, 16)))
+    assert open_store(tmp_path / "db", "t").count() == 2
+    with pytest.raises(InputError, match="made by another run while this one waited, with other settings "
+                                         "\\(overlap=64, not 32\\)"), third.writing():
+        pass

@@ -72,7 +72,7 @@ class CorpusJob:
     overwrite: bool = False
     device: str | None = None
     dtype: str | None = None
-    max_length: int = 8192
+    max_length: int | None = None  # None: 8192, or the model's limit where lower
     batch_tokens: int | None = None
     deterministic: bool = False  # batch-invariant kernels: a row's vector does not depend on its batch
     progress: bool = False
@@ -113,7 +113,7 @@ def check_job(job: CorpusJob) -> None:
                          "of N GPUs (0: CPU actors).")
 
 
-def model_facts(model: str, dim: int | None, max_length: int) -> dict[str, Any]:
+def model_facts(model: str, dim: int | None, max_length: int | None) -> dict[str, Any]:
     """What the output records about the model (and a table needs), from its config and tokenizer only."""
     from ..config import ModelConfig
     from ..embedder import check_max_length

@@ -50,7 +50,7 @@ class ModelLoad:
     model: str
     device: str | None = None
     dtype: str | None = None
-    max_length: int = 8192
+    max_length: int | None = None
     batch_tokens: int | None = None
     compile: bool | None = None
     threads: int | None = None  # torch threads of a CPU actor
@@ -58,7 +58,7 @@ class ModelLoad:
 
     @classmethod
     def for_actors(cls, model: str | os.PathLike[str], *, num_gpus: int, cpus_per_actor: int, dtype: str | None,
-                   max_length: int, batch_tokens: int | None, compile: bool | None,
+                   max_length: int | None, batch_tokens: int | None, compile: bool | None,
                    deterministic: bool) -> ModelLoad:
         """The load of each model actor: one GPU each (`num_gpus` > 0), else a CPU actor of `cpus_per_actor`
         torch threads."""
@@ -78,13 +78,16 @@ class TokenizeStage:
 
     It needs the tokenizer only: its worker processes never import torch."""
 
-    def __init__(self, model: str, *, max_length: int = 8192, text_column: str = "text",
+    def __init__(self, model: str, *, max_length: int | None = None, text_column: str = "text",
                  instruction: str | None = None, drop_text: bool = False) -> None:
+        from ..config import ModelConfig
         from ..hub import resolve_model_dir
+        from ..settings import check_max_length
         from ..tokenizer import QwenTokenizer
 
-        self.tokenizer = QwenTokenizer.from_dir(resolve_model_dir(model))
-        self.max_length = max_length
+        path = resolve_model_dir(model)
+        self.tokenizer = QwenTokenizer.from_dir(path)
+        self.max_length = check_max_length(max_length, ModelConfig.from_file(path / "config.json"))
         self.text_column = text_column
         self.instruction = instruction
         self.drop_text = drop_text
@@ -101,13 +104,13 @@ class TokenizeStage:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenize_stage(model: str, max_length: int, text_column: str, instruction: str | None,
+def _tokenize_stage(model: str, max_length: int | None, text_column: str, instruction: str | None,
                     drop_text: bool) -> TokenizeStage:
     return TokenizeStage(model, max_length=max_length, text_column=text_column, instruction=instruction,
                          drop_text=drop_text)
 
 
-def tokenize_batch(batch: pa.Table, *, model: str, max_length: int = 8192, text_column: str = "text",
+def tokenize_batch(batch: pa.Table, *, model: str, max_length: int | None = None, text_column: str = "text",
                    instruction: str | None = None, drop_text: bool = False) -> pa.Table:
     """`TokenizeStage` as a function for Ray tasks: the tokenizer is loaded once per worker process."""
     return _tokenize_stage(model, max_length, text_column, instruction, drop_text)(batch)
@@ -211,7 +214,7 @@ def embed_dataset(ds: Any, model: str | os.PathLike[str], *, text_column: str = 
                   dim: int | None = None, dtype_out: str = "float32", instruction: str | None = None,
                   num_gpus: int = 0, actors: int = 1, cpus_per_actor: int = 1,
                   batch_rows: int = DEFAULT_BATCH_ROWS, tokenize: str = DEFAULT_TOKENIZE, drop_text: bool = False,
-                  dtype: str | None = None, max_length: int = 8192, batch_tokens: int | None = None,
+                  dtype: str | None = None, max_length: int | None = None, batch_tokens: int | None = None,
                   compile: bool | None = None, deterministic: bool = False) -> Any:
     """A Ray Dataset with a text column -> the same rows plus `output_column` (lazy, streaming).
 
@@ -240,7 +243,7 @@ def embed_dataset(ds: Any, model: str | os.PathLike[str], *, text_column: str = 
 def rerank_dataset(ds: Any, model: str | os.PathLike[str], *, query_column: str = "query",
                    document_column: str = "document", score_column: str = "score", instruction: str | None = None,
                    template: str = "card", num_gpus: int = 0, actors: int = 1, cpus_per_actor: int = 1,
-                   batch_rows: int = DEFAULT_BATCH_ROWS, dtype: str | None = None, max_length: int = 8192,
+                   batch_rows: int = DEFAULT_BATCH_ROWS, dtype: str | None = None, max_length: int | None = None,
                    batch_tokens: int | None = None, compile: bool | None = None, deterministic: bool = False) -> Any:
     """A Ray Dataset of (query, document) rows -> the same rows plus `score_column` (float32 P(yes));
     deterministic: batch-invariant kernels (a pair's score does not depend on its batch)."""

@@ -107,18 +107,23 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from ..reranker import get_template
-    from ..textio import check_run_output, read_records, write_answers
+    from ..textio import check_run_output, check_trec_ids, read_records, write_answers
     from .index import Index, check_db_folder
 
     if (args.query is None) == (args.queries is None):
         raise InputError("give one QUERY, or a file of queries with --queries FILE.")
-    kind = check_run_output(args.output, overwrite=args.overwrite) if args.queries else None
+    kind = check_run_output(args.output, args.run_name, overwrite=args.overwrite) if args.queries else None
     get_template(args.template)
     check_db_folder(args.db, create=False)
-    queries = read_records(args.queries, field="query", fields=("text",), fmt=args.format) if args.queries else None
+    queries = (read_records(args.queries, field="query", fields=("text",), fmt=args.format,
+                            skip_empty=args.skip_empty) if args.queries else None)
+    if queries is not None and kind == "trec":
+        check_trec_ids((q.key for q in queries), "query id")
     index = Index.open(args.db, table=args.table, model=args.model, create=False, device=args.device,
                        dtype=args.dtype, max_length=args.max_length, batch_tokens=args.batch_tokens,
                        deterministic=args.deterministic)
+    if kind == "trec":  # every stored document may be a hit: check their ids before any model loads
+        check_trec_ids(index.store.doc_hashes(), "document id")
     reranker = None
     if args.rerank_model:
         reranker = ModelSettings.from_args(args).with_model(args.rerank_model).load_reranker(args.template)
@@ -130,7 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if queries is not None:
         assert kind is not None
-        answers = [{"query_id": q.id if q.id is not None else str(q.index), "query": q.text,
+        answers = [{"query_id": q.key, "query": q.text,
                     "hits": [h.as_dict() for h in ask(q.text)]} for q in queries]
         write_answers(args.output, answers, kind, "hits", args.run_name, overwrite=args.overwrite)
         print(f"qwen-embed search: answered {len(answers)} queries -> {args.output}", file=sys.stderr)
@@ -193,6 +198,8 @@ def register(sub: Any) -> None:
                    "optional `id` / `_id`")
     p.add_argument("--format", choices=["auto", "lines", "jsonl"], default="auto",
                    help="how to read --queries (default: by suffix / first line)")
+    p.add_argument("--skip-empty", action="store_true", help="drop blank lines of --queries instead of refusing "
+                   "them (each answer keeps its query's id, by default its input line)")
     p.add_argument("-o", "--output", default="-", help="with --queries: .jsonl (one line per query), .trec / .run "
                    "(a TREC run), or '-' for JSONL on stdout (default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")

@@ -21,6 +21,7 @@ or a folder holding anything other than LanceDB tables, is refused so that no us
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,12 +34,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, Embedder
+from ..embedder import DEFAULT_INSTRUCTION, Embedder
 from ..errors import InputError, is_whole
 from ..pooling import check_dim
 from ..reranker import Reranker
 from ..settings import DEFAULT_EMBEDDING_MODEL, ModelSettings
-from ..store import ChunkRows, TableInfo, TableNotFoundError, VectorStore, check_compatible, open_store
+from ..store import (
+    ChunkRows,
+    TableInfo,
+    TableNotFoundError,
+    VectorStore,
+    check_compatible,
+    check_metadata_name,
+    open_store,
+)
 from .chunking import DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP, ChunkSettings, split_texts
 from .search import DEFAULT_CANDIDATES, DEFAULT_K, Hit, passage, search
 from .sources import Document
@@ -94,6 +103,18 @@ def check_db_folder(db: str | os.PathLike[str], *, create: bool = True) -> Path:
                          f"{', ...' if len(others) > 3 else ''}), not a LanceDB database; choose a new folder "
                          f"or one made by `qwen-embed index`.")
     return path
+
+
+def new_table_chunking(chunk_tokens: int | None, overlap: int | None, max_length: int) -> ChunkSettings:
+    """The chunking of a new table: the given values, else 512 / 64 or what fits `max_length`; a chunk and
+    its end token must fit in max_length, or most of each chunk would never reach its vector."""
+    fit = max_length - 1
+    c = min(DEFAULT_CHUNK_TOKENS, fit) if chunk_tokens is None else chunk_tokens
+    o = min(DEFAULT_OVERLAP, c // 8) if overlap is None else overlap
+    if is_whole(c) and c > fit:
+        raise InputError(f"chunk_tokens={c} does not fit max_length={max_length} (a chunk and its end token are "
+                         f"embedded together): use --chunk-tokens {fit} or less, or raise --max-length.")
+    return ChunkSettings(c, o)
 
 
 def as_document(doc: Document | Mapping[str, Any], position: int = 0) -> Document:
@@ -158,7 +179,7 @@ class Index:
         cls, db: str | os.PathLike[str], *, table: str = DEFAULT_TABLE, model: str | os.PathLike[str] | Embedder |
         None = None, dim: int | None = None, instruction: str | None = None, chunk_tokens: int | None = None,
         overlap: int | None = None, create: bool = True, device: str | None = None, dtype: str | None = None,
-        max_length: int = DEFAULT_MAX_LENGTH, batch_tokens: int | None = None, precision: str | None = None,
+        max_length: int | None = None, batch_tokens: int | None = None, precision: str | None = None,
         ranges: Any = None, deterministic: bool = False,
     ) -> Index:
         """Open (or, with `create`, make) the table `table` in the LanceDB folder `db`.
@@ -166,8 +187,11 @@ class Index:
         model: hub id, local folder or loaded Embedder; default: the table's model, or
         Qwen/Qwen3-Embedding-0.6B for a new table. dim: Matryoshka dimension (default: the table's, or the
         model's hidden size). instruction: default query instruction recorded in a new table (default:
-        the web-search one). chunk_tokens / overlap: chunking of a new table (default 512 / 64); an
-        existing table keeps its own and refuses other values. precision: how a new table stores its
+        the web-search one). chunk_tokens / overlap: chunking of a new table (default 512 / 64, or what
+        fits max_length: a chunk and its end token); an existing table keeps its own and refuses other
+        values. max_length: tokens per embedded chunk (default 8192 or the model's limit where lower; an
+        existing table's own, and adding to it at another is refused). The table itself is made by the
+        first write of `add`. precision: how a new table stores its
         vectors (float32 default, float16, int8, uint8, binary, ubinary; see `quantize.py`), with int8
         calibration `ranges` ([2, dim]; default: calibrated on the first batch); an existing table keeps
         its own and refuses another. deterministic: batch-invariant embedding (see `Embedder`).
@@ -178,6 +202,8 @@ class Index:
         wanted: str | None = None
         fingerprint: str | None = None
         check_db_folder(db, create=create)
+        if chunk_tokens is not None or overlap is not None:  # the values alone, checked before any loading
+            ChunkSettings(chunk_tokens or DEFAULT_CHUNK_TOKENS, DEFAULT_OVERLAP if overlap is None else overlap)
         if isinstance(model, Embedder):
             embedder, wanted = model, model_id(model.name)
             fingerprint = model_fingerprint(model.checkpoint.path)
@@ -206,14 +232,15 @@ class Index:
                 raise InputError(f"table {table!r} was indexed with the model folder {info.model}, which is no longer "
                                  f"there; pass the model with --model (the same weights are recognised wherever "
                                  f"they are).")
+            if max_length is None:  # queries and new chunks are embedded as the stored chunks were
+                load = dataclasses.replace(load, max_length=info.max_length)
             index = cls(store, embedder, load.with_model(wanted or info.model))
             if embedder is not None:
                 index._check_embedder(embedder)
             return index
-        settings = ChunkSettings(chunk_tokens or DEFAULT_CHUNK_TOKENS,
-                                 DEFAULT_OVERLAP if overlap is None else overlap)
         if embedder is None:
             embedder = load.with_model(wanted or DEFAULT_MODEL).load_embedder()
+        settings = new_table_chunking(chunk_tokens, overlap, embedder.max_length)
         info = TableInfo(
             weights_fingerprint=fingerprint or model_fingerprint(embedder.checkpoint.path),
             model=wanted or DEFAULT_MODEL, dim=check_dim(dim, embedder.hidden_size), hidden_size=embedder.hidden_size,
@@ -251,6 +278,18 @@ class Index:
         if not is_whole(batch_docs, 1):
             raise InputError(f"batch_docs must be a positive integer, got {batch_docs!r}")
         docs = [as_document(d, i) for i, d in enumerate(documents)]
+        seen: set[str] = set()
+        for d in docs:  # the whole input checked before any work
+            if d.id in seen:
+                raise InputError(f"document id {d.id!r} occurs twice in one add; ids must be unique (keep one).")
+            seen.add(d.id)
+            for key in d.metadata:
+                check_metadata_name(key, d.id)
+        have = self._load.max_length if self._embedder is None else self._embedder.max_length
+        if have is not None and have != self.info.max_length:
+            raise InputError(f"table {self.store.name!r} was made with max_length={self.info.max_length}, not "
+                             f"{have}; its chunks are embedded at one length: leave --max-length out, or index "
+                             f"into a new --table.")
         report = IndexReport(documents=len(docs))
         with self.store.writing():
             stored = self.store.doc_hashes()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..jsonl import iter_jsonl
+from ..jsonl import iter_jsonl, text_lines
 from ..tokenizer import document_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown")
@@ -94,14 +94,14 @@ def _read_text(path: Path) -> str:
         except (OSError, EOFError) as e:
             raise _Skip(f"is not a readable gzip file ({e})") from None
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a byte-order mark is not part of the text
     except UnicodeDecodeError as e:
         raise _Skip(f"is not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
 
 
 def markdown_title(text: str) -> str:
     """The first `# ` heading of a Markdown text, or ''."""
-    for line in text.splitlines():
+    for line in text_lines(text):
         if line.startswith("# "):
             return line[2:].strip()
     return ""
@@ -157,7 +157,7 @@ def read_jsonl(path: Path, settings: SourceSettings = DEFAULT_SOURCES) -> list[D
     """Documents of a JSONL file (see the module docstring); raises _Skip or InputError."""
     tf, hf = settings.text_field, settings.title_field
     docs = []
-    for n, obj in iter_jsonl(_read_text(path).splitlines(), str(path)):
+    for n, obj in iter_jsonl(text_lines(_read_text(path)), str(path)):
         if not isinstance(obj, dict):
             raise InputError(f"{path}: line {n} is not a JSON object.")
         doc_id = obj.get("id", obj.get("_id"))

@@ -44,7 +44,7 @@ class ModelFacts:
                    str(ck.device), str(ck.dtype).removeprefix("torch."))
 
     @classmethod
-    def from_folder(cls, name_or_path: str, devices: list[str], dtype: str | None, max_length: int,
+    def from_folder(cls, name_or_path: str, devices: list[str], dtype: str | None, max_length: int | None,
                     batch_tokens: int | None) -> ModelFacts:
         """The facts of a checkpoint folder (config and tokenizer read, no weights) served on `devices`."""
         path = resolve_model_dir(name_or_path)

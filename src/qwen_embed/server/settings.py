@@ -31,7 +31,7 @@ class ServerSettings:
     devices: str | None = None
     workers: int = 1
     dtype: str | None = None
-    max_length: int = DEFAULT_MAX_LENGTH
+    max_length: int | None = None  # None: DEFAULT_MAX_LENGTH, or the model's limit where lower
     reranker_template: str = "card"
     ranges: str | None = None
     host: str = "127.0.0.1"
@@ -79,7 +79,7 @@ class ServerSettings:
                     "tokenization_workers", "max_length", "max_request_tokens", "max_connections"]
         for name in positive:
             v = getattr(self, name)
-            if v < 1:
+            if v is not None and v < 1:
                 raise InputError(f"{name.replace('_', '-')}={v} must be at least 1.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads={self.threads} must be at least 1.")
@@ -155,7 +155,8 @@ SETTINGS: list[Setting] = [
             "above 1, the model(s) run in model processes (one per device of --devices, or of --device; default "
             "auto) that batch the requests of all workers; 1: one process, as without this flag"),
     Setting("dtype", str, HELP["dtype"]),
-    Setting("max_length", int, "tokens per input, end token included; longer inputs are truncated"),
+    Setting("max_length", int, f"tokens per input, end token included; longer inputs are truncated (default "
+            f"{DEFAULT_MAX_LENGTH}, or the model's limit where lower)"),
     Setting("reranker_template", str, "reranker prompt form: card or official-eval"),
     Setting("ranges", str, "int8 / uint8 calibration ranges for /v2/embed's embedding_types (the JSON of `qwen-embed "
             "embed --save-ranges`, or a .npy of shape [2, dim]); without it int8 / uint8 requests are refused (400)"),

@@ -13,6 +13,7 @@ from .base import (
     VectorStore,
     bind_where,
     check_compatible,
+    check_metadata_name,
     sql_literal,
 )
 from .lance import LanceStore, open_store
@@ -27,6 +28,7 @@ __all__ = [
     "VectorStore",
     "bind_where",
     "check_compatible",
+    "check_metadata_name",
     "open_store",
     "sql_literal",
 ]

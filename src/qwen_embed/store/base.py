@@ -35,6 +35,14 @@ ANN_MIN_ROWS = 20_000
 INFO_KEY = b"qwen_embed"
 RESERVED_COLUMNS = ("id", "doc_id", "chunk", "text", "title", "hash", "vector", "rescore")
 _HUB_CACHE = re.compile(r"models--([^/]+)--([^/]+)/snapshots/")
+_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_metadata_name(key: str, doc_id: str) -> None:
+    """A metadata field becomes a column that `--where` names in SQL: letters, digits and '_', not reserved."""
+    if key in RESERVED_COLUMNS or not _COLUMN_NAME.match(key):
+        raise InputError(f"metadata field {key!r} of document {doc_id!r} cannot be a column: use a name of "
+                         f"letters, digits and '_' other than {', '.join(RESERVED_COLUMNS)}.")
 
 
 def model_name(model: str) -> str:

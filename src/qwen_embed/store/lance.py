@@ -6,6 +6,8 @@
   documents' chunks the batch no longer has (`when_not_matched_by_source_delete` restricted to those
   documents): one Lance commit, so an interrupted run leaves each document either old or new, never
   both or half.
+- The table is made by its first write, with those rows in the same commit: a run that fails before
+  (bad input, broken weights) leaves no empty table behind.
 - Metadata fields become columns (int64, float64, bool or string; lists and objects as JSON strings),
   added on first sight, so that `--where` filters use LanceDB's SQL syntax over them.
 - Search: cosine distance; exact (flat) below ANN_MIN_ROWS rows, above it an IVF_SQ index (sqrt(n)/4
@@ -38,6 +40,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,7 @@ from .base import (
     TableInfo,
     TableNotFoundError,
     bind_where,
+    check_metadata_name,
 )
 
 DEFAULT_REFINE_FACTOR = 5
@@ -64,7 +68,6 @@ _VECTOR_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.in
 INDEX_NAME = "vector_idx"
 DELETE_BATCH = 512
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SQL_TYPES = {pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN", pa.string(): "STRING"}
 _OS_ERROR = re.compile(r"\(os error (\d+)\)")
 _RUST_SOURCE = re.compile(r", /\S+\.rs:\d+:\d+$")  # where in Lance's source: no use to a user
@@ -181,7 +184,7 @@ class LanceStore:
     def __init__(self, path: Path, name: str, table: Any, info: TableInfo, conn: Any = None) -> None:
         self.path = path
         self.name = name
-        self.table = table  # None until the first write for a quantized table still to be calibrated
+        self.table = table  # None until the first write creates it (with those rows: a failed run leaves none)
         self.info = info
         self._conn = conn
         self._codes: tuple[int, list[str], np.ndarray] | None = None  # (version, ids, int8 codes) cache
@@ -211,16 +214,10 @@ class LanceStore:
                 names = ", ".join(conn.list_tables().tables) or "none"
                 raise TableNotFoundError(f"{path} has no table {table!r} (tables: {names}); index documents into it "
                                  f"first, or pass --table.") from None
-            if info.needs_ranges and info.ranges is None:
-                return cls(path, table, None, info, conn)  # made at the first write, calibrated on its rows
-            try:
-                with lance_io(path):
-                    tbl = conn.create_table(table, schema=base_schema(info))
-            except ValueError as e:  # another process created it since open_table failed: open theirs
-                if "already exists" not in str(e):
-                    raise
-                return cls.open(db, table, info)
-            return cls(path, table, tbl, info, conn)
+            # made by the first write, with its rows (and a quantized table's ranges calibrated on them), so
+            # a run that fails before it (bad input, broken weights) leaves no empty table whose record
+            # would bind the next run to its settings
+            return cls(path, table, None, info, conn)
         raw = (tbl.schema.metadata or {}).get(INFO_KEY)
         if raw is None:
             raise InputError(f"table {table!r} in {path} was not made by qwen-embed (no {INFO_KEY.decode()} "
@@ -256,10 +253,18 @@ class LanceStore:
             yield
 
     def _adopt_created_table(self) -> None:
-        """Another writer made this (calibrated) table while we waited: use it and its record."""
+        """Another writer made this table while we waited: use it, if its record agrees with ours (all but the
+        calibration ranges, which it took from its own first rows)."""
         tbl = self._conn.open_table(self.name)
+        theirs = TableInfo.from_json((tbl.schema.metadata or {})[INFO_KEY])
+        ours, made = asdict(self.info), asdict(theirs)
+        differ = [f"{k}={made[k]!r}, not {ours[k]!r}" for k in ours if k != "ranges" and ours[k] != made[k]]
+        if differ:
+            raise InputError(f"table {self.name!r} in {self.path} was made by another run while this one waited, "
+                             f"with other settings ({'; '.join(differ)}); index into another --table, or "
+                             f"rerun with its settings.")
         self.table = tbl
-        self.info = TableInfo.from_json((tbl.schema.metadata or {})[INFO_KEY])
+        self.info = theirs
 
     def duplicate_doc_ids(self) -> set[str]:
         """Documents with a chunk id stored more than once (left by concurrent writers before the lock)."""
@@ -327,26 +332,30 @@ class LanceStore:
         return {f.name: f.type for f in self.table.schema if f.name not in RESERVED_COLUMNS}
 
     # -- writing ------------------------------------------------------------------------------------
-    def _ensure_columns(self, rows: ChunkRows) -> dict[str, pa.DataType]:
-        have = self.metadata_columns()
+    @staticmethod
+    def _new_columns(rows: ChunkRows, have: dict[str, pa.DataType]) -> dict[str, pa.DataType]:
+        """The metadata columns these rows bring that `have` lacks, by name and type."""
         new: dict[str, pa.DataType] = {}
         for doc_id, meta in zip(rows.doc_ids, rows.metadata, strict=True):
             for key, value in meta.items():
                 if key in have or key in new:
                     continue
-                if key in RESERVED_COLUMNS or not _COLUMN_NAME.match(key):
-                    raise InputError(f"metadata field {key!r} of document {doc_id!r} cannot be a column: use a "
-                                     f"name of letters, digits and '_' other than {', '.join(RESERVED_COLUMNS)}.")
+                check_metadata_name(key, doc_id)
                 typ = metadata_type(value)
                 if typ is not None:
                     new[key] = typ
+        return new
+
+    def _ensure_columns(self, rows: ChunkRows) -> dict[str, pa.DataType]:
+        """The table's metadata columns, with those these rows bring added (as nulls in the stored rows)."""
+        have = self.metadata_columns()
+        new = self._new_columns(rows, have)
         if new:
             self.table.add_columns({k: f"CAST(NULL AS {_SQL_TYPES[t]})" for k, t in new.items()})
             have.update(new)
         return have
 
-    def _arrow(self, rows: ChunkRows) -> pa.Table:
-        meta_cols = self._ensure_columns(rows)
+    def _arrow(self, rows: ChunkRows, schema: pa.Schema, meta_cols: dict[str, pa.DataType]) -> pa.Table:
         n, dim = len(rows), self.info.dim
         vectors = np.ascontiguousarray(rows.vectors, dtype=np.float32)
         if vectors.shape != (n, dim):
@@ -366,7 +375,6 @@ class LanceStore:
         for key, typ in meta_cols.items():
             values = [coerce(m.get(key), typ, key, d) for m, d in zip(rows.metadata, rows.doc_ids, strict=True)]
             cols[key] = pa.array(values, typ)
-        schema = self.table.schema
         return pa.table([cols[f.name] for f in schema], schema=schema)
 
     def _vector_columns(self, vectors: np.ndarray) -> dict[str, pa.Array]:
@@ -378,13 +386,22 @@ class LanceStore:
         return {"vector": _fixed_list(quantize.quantize(vectors, "ubinary")),
                 "rescore": _fixed_list(quantize.quantize(vectors, "int8", ranges=self.ranges))}
 
-    def _create_calibrated(self, vectors: np.ndarray) -> None:
-        """Make a quantized table whose ranges were not given, calibrated on its first rows."""
-        from dataclasses import replace
-
-        ranges = quantize.calibration_ranges(np.asarray(vectors, dtype=np.float32))
-        self.info = replace(self.info, ranges=ranges.tolist())
-        self.table = self._conn.create_table(self.name, schema=base_schema(self.info))
+    def _create(self, rows: ChunkRows) -> None:
+        """Make the table with its first rows in one commit; a quantized table whose ranges were not given is
+        calibrated on them."""
+        if self.info.needs_ranges and self.info.ranges is None:
+            if len(rows) < quantize.MIN_CALIBRATION:
+                raise InputError(f"a {self.info.precision} table calibrates its int8 ranges on its first batch, "
+                                 f"which holds {len(rows)} chunk; index more documents at once or pass ranges.")
+            ranges = quantize.calibration_ranges(np.asarray(rows.vectors, dtype=np.float32))
+            self.info = replace(self.info, ranges=ranges.tolist())
+        schema = base_schema(self.info)
+        meta = self._new_columns(rows, {})
+        for key, typ in meta.items():
+            schema = schema.append(pa.field(key, typ))
+        data = self._arrow(rows, schema, meta)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.table = self._conn.create_table(self.name, data=data, schema=schema)
 
     def replace_documents(self, doc_ids: Sequence[str], rows: ChunkRows) -> None:
         if not doc_ids:
@@ -394,11 +411,9 @@ class LanceStore:
                 self.delete_documents(doc_ids)
             return
         if self.table is None:
-            if len(rows) < quantize.MIN_CALIBRATION:
-                raise InputError(f"a {self.info.precision} table calibrates its int8 ranges on its first batch, "
-                                 f"which holds {len(rows)} chunk; index more documents at once or pass ranges.")
-            self._create_calibrated(rows.vectors)
-        data = self._arrow(rows)
+            self._create(rows)
+            return
+        data = self._arrow(rows, self.table.schema, self._ensure_columns(rows))
         (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
          .when_not_matched_by_source_delete(in_list("doc_id", list(doc_ids))).execute(data))
 

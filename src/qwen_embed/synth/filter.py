@@ -83,7 +83,7 @@ def filter_pairs(input: str | Path, output: str | Path, *, embedder: Embedder, m
                 counts["below_min_cos"] += 1
         bar.update(len(rows))
 
-    with src.open(encoding="utf-8") as f, atomic_file(output, overwrite=overwrite) as out:
+    with src.open(encoding="utf-8-sig") as f, atomic_file(output, overwrite=overwrite) as out:
         rows: list[dict[str, Any]] = []
         for n, obj in iter_jsonl(f, str(src)):
             ex = parse_row(obj, f"{src}:{n}")

@@ -81,8 +81,8 @@ def load_prompts(folder: str | Path | None = None) -> Prompts:
         if missing:
             raise InputError(f"prompt folder {folder} lacks {', '.join(missing)}; copy the packaged ones "
                              f"(qwen_embed/synth/prompts) and edit them.")
-    config = (base / "config.txt").read_text(encoding="utf-8")
-    query = (base / "query.txt").read_text(encoding="utf-8")
+    config = (base / "config.txt").read_text(encoding="utf-8-sig")
+    query = (base / "query.txt").read_text(encoding="utf-8-sig")
     for name, text, fields in (("config.txt", config, CONFIG_FIELDS), ("query.txt", query, QUERY_FIELDS)):
         found = _placeholders(text)
         if found - fields or not {"passage"} <= found:

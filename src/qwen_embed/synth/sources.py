@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InputError
-from ..jsonl import iter_jsonl
+from ..jsonl import iter_jsonl, text_lines
 from ..pooling import rank_by_score
 from ..tokenizer import document_text
 
@@ -39,7 +39,7 @@ def _lines(path: str | Path, what: str) -> list[str]:
     if not p.is_file():
         raise InputError(f"{what} file {p} does not exist or is not a file.")
     try:
-        return p.read_text(encoding="utf-8").splitlines()
+        return text_lines(p.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError as e:
         raise InputError(f"{what} file {p} is not UTF-8 text (byte {e.start}); convert it first.") from None
 
