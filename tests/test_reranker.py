@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qwen_embed import Reranker, RerankResult
+from qwen_embed.embedder import DEFAULT_INSTRUCTION
 from qwen_embed.errors import InputError
 from qwen_embed.reranker import TEMPLATES, yes_probability
 
@@ -152,3 +153,23 @@ def test_long_documents_give_the_ids_of_the_whole_text_cut(real_tokenizer_path: 
         encoded.clear()
         assert inputs.build("q?", docs, max_tokens_per_doc=per_doc) == reference(per_doc)
         assert sum(encoded) < 5000, sum(encoded)
+
+
+@pytest.mark.parametrize("template", ["card", "official-eval"])
+def test_a_max_length_that_cannot_hold_the_template_is_refused_at_load(tiny_reranker_path: Path,
+                                                                      template: str) -> None:
+    """Before, a reranker loaded with max_length=64 failed on every call (and `serve` never became ready)."""
+    rr = Reranker.from_pretrained(tiny_reranker_path, device="cpu", template=template)
+    tok = rr.tokenizer
+    tmpl = rr.template
+    fixed = (len(tok.encode_one(tmpl.prefix)) + len(tok.encode_one(tmpl.tail))
+             + len(tok.encode_one(tmpl.head.format(instruction=DEFAULT_INSTRUCTION, query=""))))
+    with pytest.raises(InputError, match=f"max_length={fixed + 1} cannot hold a reranker input: the {template!r} "
+                                         f"template with the default instruction takes {fixed} tokens before any "
+                                         f"query or document; use max_length {fixed + 2} at the very least"):
+        Reranker.from_pretrained(tiny_reranker_path, device="cpu", template=template, max_length=fixed + 1)
+    Reranker.from_pretrained(tiny_reranker_path, device="cpu", template=template, max_length=fixed + 2)
+    short = Reranker.from_pretrained(tiny_reranker_path, device="cpu", template=template, max_length=fixed + 8)
+    assert short.score("q", ["a long document " * 20]).shape == (1,)  # the document is cut to fit
+    with pytest.raises(InputError, match="shorten the query or raise max_length"):
+        short.score("a much longer query than eight tokens can hold", ["x"])

@@ -111,6 +111,14 @@ class RerankInputs:
         self.max_length = max_length
         self.prefix_ids = tokenizer.encode_one(self.template.prefix)
         self.tail_ids = tokenizer.encode_one(self.template.tail)
+        # the fixed tokens: the template around the default instruction, and one token each of query and document
+        fixed = len(self.prefix_ids) + len(self.tail_ids) + 2 + len(tokenizer.encode_one(
+            self.template.head.format(instruction=DEFAULT_INSTRUCTION, query="")))
+        if max_length < fixed:
+            raise InputError(f"max_length={max_length} cannot hold a reranker input: the {self.template.name!r} "
+                             f"template with the default instruction takes {fixed - 2} tokens before any query or "
+                             f"document; use max_length {fixed} at the very least (default {DEFAULT_MAX_LENGTH}).",
+                             param="max_length")
 
     def build(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
               max_tokens_per_doc: int | None = None) -> list[list[int]]:

@@ -48,6 +48,24 @@ def test_unknown_fields_are_400_naming_them_and_the_accepted_ones(live: LiveServ
     assert "this route accepts:" in err["message"] and err["param"] == field and err["code"] == "unknown_field"
 
 
+@pytest.mark.parametrize(("path", "body", "where"), [
+    ("/v1/rerank", {"query": "q", "documents": ["a", {"text": "b", "title": "t"}]}, "`documents[1].title`"),
+    ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"], "extra": 1}}, "`inputs.extra`"),
+    ("/v2/embed", {"inputs": [{"content": [{"type": "text", "text": "hi"}], "bar": 1}], "input_type": "search_query",
+                   "embedding_types": ["float"]}, "`inputs[0].bar`"),
+])
+def test_unknown_fields_inside_objects_are_400_naming_their_path(live: LiveServer, path: str,
+                                                                 body: dict[str, object], where: str) -> None:
+    r = post(live, path, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert f"unrecognized request field {where}" in err["message"] and err["code"] == "unknown_field"
+    # an unknown field beside a value of the wrong type: the type error is not hidden (422 names it)
+    if path == "/similarity":
+        bad = post(live, path, {"inputs": {"source_sentence": 5, "sentences": ["b"], "extra": 1}})
+        assert bad.status_code == 422 and "source_sentence" in bad.json()["error"]["message"]
+
+
 def test_documented_ignored_field_is_accepted(live: LiveServer) -> None:
     assert post(live, "/v1/embeddings", {"input": "a", "user": "someone"}).status_code == 200
 

@@ -307,8 +307,8 @@ def test_an_input_over_the_max_length_with_truncate_false_is_a_413(svc: Embeddin
     assert n > EMB_MAX
     err = refused(svc.texts_to_ids, ["fits", over], None, False, "input")
     assert (err.status, err.code, err.param) == (413, "input_too_long", "input")
-    assert err.message == f"input[1] has {n} tokens, over the model's max length {EMB_MAX}; shorten it or send " \
-                          "truncate=true."
+    assert err.message == f"input[1] has {n} tokens, over the model's max length {EMB_MAX}; shorten it or ask " \
+                          'for truncation (truncate=true; on /v2/embed, truncate="END" or "START").'
     huge = refused(svc.texts_to_ids, ["word " * 100_000], None, False, "texts")
     assert huge.message.startswith("texts[0] has more than ") and "over the model's max length 32" in huge.message
     assert svc.texts_to_ids(["fits"], None, False, "input") == ref_embedder.tokenize(["fits"])
@@ -336,7 +336,8 @@ def test_too_many_ids_are_cut_keeping_the_end_token_or_refused(svc: EmbeddingSer
     assert svc.check_ids([long], True, "input", left=True) == [[*long[-(EMB_MAX - 1):], svc.eos_id]]
     err = refused(svc.check_ids, [[1], long], False, "input")
     assert (err.status, err.message) == (413, "input[1] has 41 tokens, over the model's max length 32; shorten it "
-                                              "or send truncate=true.")
+                                              "or ask for truncation (truncate=true; on /v2/embed, "
+                                              'truncate="END" or "START").')
 
 
 @pytest.mark.parametrize(("ids", "message"), [
@@ -462,7 +463,7 @@ def test_a_document_that_does_not_fit_with_truncate_false_is_a_413(rsvc: RerankS
     err = refused(rsvc.build, "capital?", ["Beijing", doc], None, None, False)
     assert (err.status, err.code, err.param) == (413, "input_too_long", "documents")
     assert err.message == f"documents[1] has {whole} tokens, over the model's max length {RR_MAX}; shorten it or " \
-                          "send truncate=true."
+                          'ask for truncation (truncate=true; on /v2/embed, truncate="END" or "START").'
 
 
 def test_truncate_false_refuses_a_document_over_the_max_length_whatever_max_tokens_per_doc(

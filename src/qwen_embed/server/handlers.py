@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -88,6 +89,42 @@ def unknown_fields(request: Request, extra: list[dict[str, Any]]) -> str:
             f"{', '.join(accepted)}")
 
 
+_FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")  # pydantic also puts union branch tags (`RerankDocument`) in locs
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """`documents[0].title` for the loc ('body', 'documents', 0, 'RerankDocument', 'title')."""
+    out = ""
+    for p in loc[1:]:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif _FIELD_NAME.match(str(p)):
+            out += f".{p}" if out else str(p)
+    return out
+
+
+def unknown_nested_fields(errors: list[dict[str, Any]]) -> list[str]:
+    """The paths of unknown fields inside the body's objects, when they are all that is wrong. The one other
+    error allowed is a union's other alternative failing as a whole at an item whose object alternative
+    holds the unknown field (a document object with an extra field is not a string either). [] otherwise."""
+    extra = [e for e in errors if e.get("type") == "extra_forbidden"]
+    if not extra:
+        return []
+    unions = {_item(tuple(e["loc"])) for e in extra
+              if any(isinstance(p, str) and not _FIELD_NAME.match(p) for p in e["loc"][1:])}
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e not in extra and not (_item(loc) in unions and len(loc) == len(_item(loc)) + 1):
+            return []
+    return list(dict.fromkeys(_path(tuple(e["loc"])) for e in extra))
+
+
+def _item(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The loc up to its last list index (the item a union alternative was tried on), else its field."""
+    last = max((i for i, p in enumerate(loc) if isinstance(p, int)), default=1)
+    return loc[: last + 1]
+
+
 async def on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [dict(e) for e in exc.errors()]
@@ -107,6 +144,12 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
     if extra and not errors:  # only unknown fields: 400, as OpenAI's API answers them
         return error_response(400, unknown_fields(request, extra) + ".", param=str(extra[0]["loc"][1]),
                               code="unknown_field")
+    nested = unknown_nested_fields(errors)
+    if nested and not extra:  # an unknown field inside an object of the body: the same 400, naming its path
+        listed = ", ".join(f"`{p}`" for p in nested[:5])
+        return error_response(400, f"unrecognized request field{'s' if len(nested) > 1 else ''} {listed}; those "
+                              f"objects take only the fields GET /docs lists.", param=nested[0].split("[")[0]
+                              .split(".")[0], code="unknown_field")
     by_field: dict[str, list[dict[str, Any]]] = {}
     for e in errors:
         by_field.setdefault(_loc(tuple(e["loc"][:2])).split(".")[0], []).append(e)

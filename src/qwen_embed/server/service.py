@@ -221,8 +221,9 @@ class Service:
     def too_long(self, index: int, length: int, what: str, cut: bool = False, limit: int | None = None) -> APIError:
         has = f"more than {length}" if cut else f"{length}"
         over = f"the model's max length {self.max_length}" if limit is None else f"max_tokens={limit}"
-        return APIError(413, f"{what}[{index}] has {has} tokens, over {over}; shorten it or send truncate=true.",
-                        param=what, code="input_too_long")
+        return APIError(413, f"{what}[{index}] has {has} tokens, over {over}; shorten it or ask for truncation "
+                        f"(truncate=true; on /v2/embed, truncate=\"END\" or \"START\").", param=what,
+                        code="input_too_long")
 
     async def tokenized(self, fn: Callable[[], list[list[int]]], timing: Timing, work: int) -> list[list[int]]:
         """`fn`'s token ids (in the pool unless `work`, the characters or ids to go through, is small), timed."""
