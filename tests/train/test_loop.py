@@ -112,3 +112,28 @@ def test_the_optimizer_is_torchs_adamw_with_decay_on_matrices_only(small_embeddi
     gap = max(float((p.detach() - r.detach()).abs().max()) for p, r in zip(t.params, ref_params, strict=True))
     assert gap <= 1e-6, gap
     assert min(float((p.detach() - s).abs().max()) for p, s in zip(t.params, start, strict=True)) > 1e-4
+
+
+def lrs(out: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+def test_a_run_continued_with_more_steps_follows_the_new_schedule(small_embedding_path: Path, train_file: Path,
+                                                                  tmp_path: Path) -> None:
+    """Raising train.max_steps of a finished run (the documented way to continue it) trains on with the new
+    schedule's lr from the next step, as a straight run of the new length does; not with the lr its old
+    schedule ended at (0.0 for a cosine to min_lr_ratio 0)."""
+    def run(out: Path, max_steps: int) -> dict[str, object]:
+        raw = config(small_embedding_path, train_file, out, max_steps=max_steps, log_every=1, save_every=3).to_dict()
+        raw["optim"]["warmup_steps"] = 1
+        return Trainer(TrainConfig.from_dict(raw)).run()
+
+    run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    assert lrs(tmp_path / "b")[3] > 0 and lr_lambda(1, 3, 0.0)(3) == 0.0  # the old schedule ends at 0 after it
+    assert run(tmp_path / "b", 6)["resumed"]
+    straight, steps = lrs(tmp_path / "a"), lrs(tmp_path / "b")
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert [steps[s] for s in (4, 5, 6)] == [straight[s] for s in (4, 5, 6)]
+    assert min(straight[s] for s in (4, 5)) > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from qwen_embed import Embedder
 from qwen_embed.embedder import DEFAULT_INSTRUCTION
+from qwen_embed.errors import InputError
 from qwen_embed.train import mining
 from qwen_embed.train.mining import MiningSettings, mine, select_negatives
 
@@ -94,3 +96,20 @@ def test_a_second_run_on_the_same_output_is_refused_while_one_runs(small_embedde
     mine(small_embedder, src, out, settings=s)
     assert len(out.read_text().splitlines()) == 6 and not partial.exists()
 
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"margin": float("nan")}, "margin=nan (--margin) must be a finite number in [-2, 2)"),
+    ({"margin": float("inf")}, "margin=inf"), ({"margin": -float("inf")}, "margin=-inf"),
+    ({"margin": 2.0}, "margin=2.0"), ({"margin": -2.5}, "margin=-2.5"), ({"margin": True}, "margin=True"),
+    ({"top_k": 0}, "top_k=0 (--top-k) must be a whole number >= 1 (default 50)"),
+    ({"num_negatives": 0}, "num_negatives=0"), ({"chunk": 0}, "chunk=0"),
+])
+def test_settings_that_cannot_mine_are_refused_before_anything_is_read(tmp_path: Path, changes: dict[str, object],
+                                                                       says: str) -> None:
+    s = MiningSettings(**changes)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=re.escape(says)):
+        mine(None, tmp_path / "absent.jsonl", tmp_path / "out.jsonl", settings=s)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    MiningSettings(margin=-2.0).check()
+    MiningSettings(margin=1.99, top_k=1, num_negatives=1, chunk=1).check()

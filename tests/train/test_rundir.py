@@ -16,14 +16,17 @@ from typing import Any
 
 import pytest
 
-from qwen_embed.errors import InputError
+from qwen_embed.errors import ConfigError, InputError
 from qwen_embed.files import OutputExistsError
 from qwen_embed.train.config import TrainConfig
 from qwen_embed.train.rundir import (
+    MERGE_RECORD,
     RunState,
     check_run_dir,
     discard_empty_run,
+    kept_at_end,
     last_checkpoint_step,
+    merge_fingerprint,
     run_fingerprint,
 )
 
@@ -70,6 +73,7 @@ def one_line(e: pytest.ExceptionInfo[BaseException]) -> str:
 @pytest.mark.parametrize("change", [
     {"train__max_steps": 400}, {"train__progress": True}, {"train__log_every": 3}, {"train__save_every": 7},
     {"train__keep_checkpoints": 9}, {"eval__every": 11}, {"train__resume": False},
+    {"merge__method": "linear", "merge__checkpoints": "last-2"}, {"merge__evaluate": False},
 ])
 def test_how_long_and_how_reported_are_not_the_run(tmp_path: Path, change: dict[str, Any]) -> None:
     assert run_fingerprint(config(tmp_path / "a", **change)) == run_fingerprint(config(tmp_path / "a"))
@@ -240,6 +244,87 @@ def test_a_folder_with_no_sign_of_a_run_is_not_taken_for_one(tmp_path: Path, ent
         check_run_dir(config(out))
     assert "entries named like a run's" in one_line(e) and "--overwrite" in str(e.value)
     assert snapshot(out) == before
+
+
+# -- the end-of-run merge (merge section) -----------------------------------------------------------------------
+LINEAR = {"merge__method": "linear", "merge__checkpoints": [10, 20]}
+
+
+def test_a_finished_run_without_its_merge_resumes_to_write_it(tmp_path: Path) -> None:
+    """A merge that failed (or was added, or changed, after the run) is written by rerunning, not refused as
+    another run or reported finished without it; a merge of these settings makes the run finished."""
+    out = tmp_path / "run"
+    started(out, config(out), steps=(10, 20), model=True)  # a run without a merge
+    state = check_run_dir(config(out, **LINEAR))
+    assert (state.kind, state.step) == ("resume", 20)
+    (out / "merged").mkdir()
+    (out / "merged" / MERGE_RECORD).write_text(json.dumps({"settings": merge_fingerprint(config(out, **LINEAR))}))
+    assert check_run_dir(config(out, **LINEAR)).kind == "finished"
+    other = config(out, merge__method="linear", merge__checkpoints="last-2")
+    assert check_run_dir(other).kind == "resume"  # merged/ holds the merge of other settings
+    assert check_run_dir(config(out)).kind == "finished"  # no merge asked for
+
+
+def test_a_run_recorded_with_its_merge_section_by_an_earlier_version_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    started(out, config(out), steps=(10,))
+    (out / "run.json").write_text(json.dumps({"settings": run_fingerprint(config(out), with_merge=True)}))
+    assert check_run_dir(config(out)).kind == "resume"
+
+
+@pytest.mark.parametrize(("existing", "step", "max_steps", "save_every", "keep", "kept"), [
+    ((), 0, 6, 2, 2, [4, 6]), ((), 0, 7, 2, 2, [6, 7]), ((), 0, 6, 0, 3, [6]), ((), 0, 5, 1, 3, [3, 4, 5]),
+    ((4, 5), 5, 6, 2, 2, [5, 6]),  # continued from a run of 5 steps
+    ((2, 4, 5), 5, 5, 2, 2, [2, 4, 5]),  # finished: nothing is saved, so nothing is deleted
+])
+def test_kept_at_end_is_what_the_checkpoint_store_leaves(tmp_path: Path, existing: tuple[int, ...], step: int,
+                                                         max_steps: int, save_every: int, keep: int,
+                                                         kept: list[int]) -> None:
+    cfg = config(tmp_path, train__max_steps=max_steps, train__save_every=save_every, train__keep_checkpoints=keep)
+    assert kept_at_end(cfg, list(existing), step) == kept
+
+
+@pytest.mark.parametrize(("checkpoints", "says"), [
+    ([2, 6], "names step 2, which train.keep_checkpoints=2 deletes before the merge (the run holds steps 4, 6 at "
+             "its end); name those, or set train.keep_checkpoints=3."),
+    ([3, 6], "names step 3, which the run never saves (it saves every train.save_every=2 steps and at "
+             "train.max_steps=6); the run holds steps 4, 6 at its end: name those, or choose a train.save_every "
+             "that divides 3."),
+    (["step-00000004", 8], "names step 8, which the run never saves"),
+])
+def test_a_merge_of_checkpoints_the_run_will_not_hold_is_refused_before_anything_is_written(
+        tmp_path: Path, checkpoints: list[int | str], says: str) -> None:
+    out = tmp_path / "run"
+    cfg = config(out, train__max_steps=6, train__save_every=2, merge__method="linear", merge__checkpoints=checkpoints)
+    with pytest.raises(ConfigError) as e:
+        check_run_dir(cfg)
+    assert f"merge.checkpoints {says}" in one_line(e)
+    assert not out.exists()
+    fine = config(out, train__max_steps=6, train__save_every=2, merge__method="linear",
+                  merge__checkpoints=["step-00000004", 6, str(tmp_path / "elsewhere")])
+    assert check_run_dir(fine).kind == "new"
+
+
+def test_a_merge_of_more_newest_checkpoints_than_the_run_saves_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = config(out, train__max_steps=6, train__save_every=0, train__keep_checkpoints=3, merge__method="linear",
+                 merge__checkpoints="last-3")
+    with pytest.raises(ConfigError) as e:
+        check_run_dir(cfg)
+    assert "merge.checkpoints=last-3 needs 3 checkpoints, but the run holds steps 6 at its end" in one_line(e)
+    assert not out.exists()
+
+
+def test_a_continued_run_may_merge_the_checkpoints_it_holds(tmp_path: Path) -> None:
+    """Which checkpoints a continued run holds depends on its folder: the step-5 end of the first run stays."""
+    out = tmp_path / "run"
+    started(out, config(out), steps=(4, 5))
+    cfg = config(out, train__max_steps=6, train__save_every=2, merge__method="linear", merge__checkpoints=[5, 6])
+    assert check_run_dir(cfg).kind == "resume"
+    with pytest.raises(ConfigError) as e:
+        check_run_dir(config(out, train__max_steps=6, train__save_every=2, merge__method="linear",
+                             merge__checkpoints=[4, 6]))
+    assert "names step 4, which train.keep_checkpoints=2 deletes" in one_line(e)
 
 
 # -- folders that cannot be used -------------------------------------------------------------------------------

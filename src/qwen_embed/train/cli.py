@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def cmd_stdlib_pairs(args: argparse.Namespace) -> int:
     from ..files import check_output_dir
     from .stdlib_pairs import train_tokenizer, write_pairs
 
+    if not (math.isfinite(args.held_out) and 0 <= args.held_out < 1):
+        raise InputError(f"--held-out {args.held_out} must be a finite fraction in [0, 1) (default 0.1).")
     check_output_dir(args.output, overwrite=args.overwrite)
 
     train, held, n_train, n_held = write_pairs(args.output, held_out=args.held_out,
@@ -96,8 +99,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
     settings = MiningSettings(top_k=args.top_k, num_negatives=args.negatives, margin=args.margin, seed=args.seed,
                               chunk=args.chunk, dim=args.dim, default_instruction=args.instruction)
-    if args.chunk < 1:
-        raise InputError(f"--chunk {args.chunk} must be >= 1.")
+    settings.check()
     check_output_file(args.output, overwrite=args.overwrite)  # before the model loads
     for path, what in ((args.input, "--input"), (args.corpus, "--corpus")):
         if path is not None and not Path(path).is_file():
@@ -207,7 +209,7 @@ def register(sub: Any) -> None:
     m.add_argument("--top-k", type=int, default=50, help="candidates per query (default 50)")
     m.add_argument("--negatives", type=int, default=7, help="negatives sampled per row (default 7)")
     m.add_argument("--margin", type=float, default=0.05,
-                   help="drop candidates with similarity > s(q, positive) - margin (default 0.05)")
+                   help="drop candidates with similarity > s(q, positive) - margin; in [-2, 2) (default 0.05)")
     m.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     m.add_argument("--chunk", type=int, default=1024, help="queries per resumable chunk (default 1024)")
     m.add_argument("--dim", type=int, default=None, help="Matryoshka dim of the search (default: full)")
@@ -251,5 +253,5 @@ def register(sub: Any) -> None:
                    "refused unless --overwrite)")
     g.add_argument("--overwrite", action="store_true", help="write into an existing folder, replacing only the "
                    "files of the merged checkpoint (config.json, model.safetensors, tokenizer files)")
-    g.add_argument("--dtype", default=None, help="saved dtype: float32 / bfloat16 (default: the base's)")
+    g.add_argument("--dtype", default=None, help="saved dtype: float32, bfloat16 or float16 (default: the base's)")
     g.set_defaults(func=cmd_merge_lora)

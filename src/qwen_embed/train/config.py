@@ -3,7 +3,8 @@
 The YAML file has one mapping per section (model, data, loss, optim, train, lora, eval, rerank, merge); a missing
 key takes the default shown here, an unknown key or a value of the wrong type is an error that names
 it and lists the valid keys. Each field's `help` is the documentation (`describe()` renders the table
-in docs/train.md).
+in docs/train.md); each numeric field also declares its allowed `Range`, which `TrainConfig.validate`
+checks (finite, within bounds) when the config is read, before any model loads or anything is written.
 """
 
 # ruff: noqa: RUF009  (setting() builds dataclass fields, as field() does)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,11 +30,52 @@ from .losses import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def setting(default: Any, help: str) -> Any:
-    """A dataclass field with its documentation."""
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric setting: finite, within `low` .. `high` (None: unbounded), each bound
+    included unless open; `why` says what the bound protects. A list setting applies it to each item."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    why: str = ""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            text = f"in {'(' if self.open_low else '['}{_num(self.low)}, {_num(self.high)}" \
+                   f"{')' if self.open_high else ']'}"
+        elif self.low is not None:
+            text = f"{'>' if self.open_low else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{'<' if self.open_high else '<='} {_num(self.high)}"
+        else:
+            return "a finite number"
+        return text
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+COUNT, SIZE = Range(0), Range(1)  # how many (0 allowed), a size or a period (at least 1)
+POSITIVE, NON_NEGATIVE, FINITE = Range(0, open_low=True), Range(0), Range()
+PROBABILITY = Range(0, 1, open_high=True)  # dropout, AdamW betas
+
+
+def setting(default: Any, help: str, valid: Range | None = None) -> Any:
+    """A dataclass field with its documentation and, for a number, its allowed range."""
+    metadata: dict[str, Any] = {"help": help} if valid is None else {"help": help, "range": valid}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -61,46 +104,56 @@ class DataSettings:
                                      "instruction?, task?} per line")
     default_instruction: str | None = setting(DEFAULT_INSTRUCTION, "instruction for rows without one (None: "
                                               "such queries get no template)")
-    query_max_length: int = setting(512, "tokens per query, template and end token included")
-    doc_max_length: int = setting(512, "tokens per document, end token included")
+    query_max_length: int = setting(512, "tokens per query, template and end token included",
+                                   Range(2, why="a token and the end token"))
+    doc_max_length: int = setting(512, "tokens per document, end token included",
+                                 Range(2, why="a token and the end token"))
     num_negatives: int = setting(4, "hard negatives per query (K); a batch uses min(K, fewest negatives of "
-                                 "its rows), so rows without negatives give K = 0")
-    shuffle_buffer: int = setting(10000, "rows held by the streaming shuffle (1: file order)")
+                                 "its rows), so rows without negatives give K = 0", COUNT)
+    shuffle_buffer: int = setting(10000, "rows held by the streaming shuffle (1: file order)", SIZE)
 
 
 @dataclass
 class LossSettings:
     temperature: float = setting(DEFAULT_TEMPERATURE, "softmax temperature of the improved InfoNCE (cosine "
-                                 "similarities); 0.05 = sentence-transformers' scale 20")
-    margin: float = setting(DEFAULT_MARGIN, "mask a negative term whose similarity exceeds s(q, p+) + margin")
+                                 "similarities); 0.05 = sentence-transformers' scale 20", POSITIVE)
+    margin: float = setting(DEFAULT_MARGIN, "mask a negative term whose similarity exceeds s(q, p+) + margin",
+                           FINITE)
     matryoshka_dims: list[int] = setting([], "Matryoshka dims to train (empty: the full size only), e.g. "
-                                         "[1024, 512, 256, 128, 64, 32]")
-    matryoshka_weights: list[float] = setting([], "one weight per Matryoshka dim (empty: 1 each)")
+                                         "[1024, 512, 256, 128, 64, 32]", SIZE)
+    matryoshka_weights: list[float] = setting([], "one weight per Matryoshka dim (empty: 1 each)",
+                                               NON_NEGATIVE)
 
 
 @dataclass
 class OptimSettings:
-    lr: float = setting(2e-5, "peak learning rate of AdamW (LoRA usually wants ~1e-4 .. 5e-4)")
-    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to norms)")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.999, "AdamW beta2")
-    eps: float = setting(1e-8, "AdamW epsilon")
-    warmup_steps: int = setting(100, "linear warm-up steps from 0 to lr")
-    min_lr_ratio: float = setting(0.0, "cosine decay ends at lr * min_lr_ratio at train.max_steps")
-    max_grad_norm: float = setting(1.0, "clip the global gradient norm (0: no clipping)")
+    lr: float = setting(2e-5, "peak learning rate of AdamW (LoRA usually wants ~1e-4 .. 5e-4)",
+                        POSITIVE)
+    weight_decay: float = setting(0.01, "AdamW weight decay (not applied to norms)", NON_NEGATIVE)
+    beta1: float = setting(0.9, "AdamW beta1", PROBABILITY)
+    beta2: float = setting(0.999, "AdamW beta2", PROBABILITY)
+    eps: float = setting(1e-8, "AdamW epsilon", POSITIVE)
+    warmup_steps: int = setting(100, "linear warm-up steps from 0 to lr", COUNT)
+    min_lr_ratio: float = setting(0.0, "cosine decay ends at lr * min_lr_ratio at train.max_steps",
+                                 Range(0, 1))
+    max_grad_norm: float = setting(1.0, "clip the global gradient norm (0: no clipping)", NON_NEGATIVE)
 
 
 @dataclass
 class TrainSettings:
     output_dir: str = setting("runs/embed", "folder for checkpoints, the JSONL log, the final model and the plot")
-    max_steps: int = setting(1000, "optimiser steps")
-    batch_size: int = setting(64, "global batch: query-positive rows per step over all processes")
+    max_steps: int = setting(1000, "optimiser steps", SIZE)
+    batch_size: int = setting(64, "global batch: query-positive rows per step over all processes",
+                              Range(2, why="in-batch negatives"))
     grad_cache: bool = setting(True, "GradCache: chunked forward/backward so the batch fits in memory")
-    chunk_tokens: int = setting(16384, "token budget of one GradCache chunk (or of one forward without it)")
-    seed: int = setting(0, "seed of the data order, the sampling of positives / negatives and torch")
-    log_every: int = setting(10, "write a JSONL log line every N steps")
-    save_every: int = setting(500, "write a resumable checkpoint every N steps (0: only at the end)")
-    keep_checkpoints: int = setting(2, "checkpoints kept (older ones are deleted)")
+    chunk_tokens: int = setting(16384, "token budget of one GradCache chunk (or of one forward without it)",
+                                SIZE)
+    seed: int = setting(0, "seed of the data order, the sampling of positives / negatives and torch",
+                        Range(0, 2**64 - 1, why="torch's seed range"))
+    log_every: int = setting(10, "write a JSONL log line every N steps", SIZE)
+    save_every: int = setting(500, "write a resumable checkpoint every N steps (0: only at the end)",
+                            COUNT)
+    keep_checkpoints: int = setting(2, "checkpoints kept (older ones are deleted)", SIZE)
     resume: bool = setting(True, "continue from the newest checkpoint in output_dir when there is one")
     progress: bool | None = setting(None, "progress bar (None: when stderr is a terminal)")
 
@@ -108,9 +161,9 @@ class TrainSettings:
 @dataclass
 class LoraSettings:
     enabled: bool = setting(False, "train a LoRA adapter (peft) instead of all weights")
-    r: int = setting(16, "LoRA rank")
-    alpha: int = setting(32, "LoRA alpha (scale = alpha / r)")
-    dropout: float = setting(0.0, "dropout on the LoRA input")
+    r: int = setting(16, "LoRA rank", SIZE)
+    alpha: int = setting(32, "LoRA alpha (scale = alpha / r)", SIZE)
+    dropout: float = setting(0.0, "dropout on the LoRA input", PROBABILITY)
     target_modules: list[str] = setting(LORA_TARGETS, "projections that get adapters")
     merge_at_end: bool = setting(True, "also write the merged model (output_dir/model) at the end")
 
@@ -119,9 +172,9 @@ class LoraSettings:
 class EvalSettings:
     file: str | None = setting(None, "held-out JSONL rows (training format); the corpus is their positives and "
                                "negatives. None: no evaluation")
-    every: int = setting(500, "evaluate every N steps (and at the end)")
-    max_queries: int = setting(1000, "use at most this many held-out rows")
-    k: int = setting(10, "cut-off of Recall@k / MRR@k / nDCG@k")
+    every: int = setting(500, "evaluate every N steps (and at the end)", SIZE)
+    max_queries: int = setting(1000, "use at most this many held-out rows", SIZE)
+    k: int = setting(10, "cut-off of Recall@k / MRR@k / nDCG@k", SIZE)
 
 
 @dataclass
@@ -132,8 +185,9 @@ class RerankSettings:
                         "bce (binary cross entropy on logit(yes) - logit(no)) or listwise (softmax over a positive "
                         "and its negatives); seq-cls checkpoints need bce or listwise")
     negatives_per_positive: int = setting(3, "\"no\" examples sampled from a training row's negatives per positive "
-                                          "(fewer when the row has fewer)")
-    max_length: int = setting(1024, "tokens per input (template, query and document); only the document is cut")
+                                          "(fewer when the row has fewer)", COUNT)
+    max_length: int = setting(1024, "tokens per input (template, query and document); only the document is cut",
+                              Range(16, why="the reranker's minimum"))
 
 
 RERANK_MODEL = "Qwen/Qwen3-Reranker-0.6B"
@@ -145,10 +199,11 @@ class MergeSettings:
                                  "linear, slerp, multislerp or task-slerp (None: no merge); see `qwen-embed merge`")
     checkpoints: str | list[int | str] = setting("last-3", "which checkpoints: 'last-K' (the K newest saved ones; "
                                                   "train.keep_checkpoints must keep K) or a list of steps, "
-                                                  "step-N names or checkpoint folders")
-    t: float | None = setting(None, "slerp / task-slerp position in [0, 1] (0: the first checkpoint); None: 0.5")
+                                                  "step-N names or checkpoint folders", SIZE)
+    t: float | None = setting(None, "slerp / task-slerp position in [0, 1] (0: the first checkpoint); None: 0.5",
+                               Range(0, 1))
     weights: list[float] = setting([], "one weight per checkpoint (linear, multislerp; task-slerp: t = w2 / "
-                                   "(w1 + w2)); empty: equal")
+                                   "(w1 + w2)); empty: equal", FINITE)
     base: str | None = setting(None, "the base of task-slerp / multislerp (folder or hub id); None: model.path "
                                "for task-slerp, no base for multislerp")
     evaluate: bool = setting(True, "evaluate every merged checkpoint and the merge on eval.file (held out)")
@@ -187,34 +242,49 @@ class TrainConfig:
         return cfg
 
     def validate(self, source: str = "config") -> None:
-        """Range checks that need more than one field."""
-        t, lo = self.train, self.loss
+        """Each numeric setting within its `Range`, then the checks that need more than one field."""
+        self._validate_ranges(source)
+        lo = self.loss
         checks = [
-            (t.max_steps >= 1, f"train.max_steps={t.max_steps} must be >= 1"),
-            (t.batch_size >= 2, f"train.batch_size={t.batch_size} must be >= 2 (in-batch negatives)"),
-            (t.chunk_tokens >= 1, f"train.chunk_tokens={t.chunk_tokens} must be >= 1"),
-            (lo.temperature > 0, f"loss.temperature={lo.temperature} must be > 0"),
             (not lo.matryoshka_weights or len(lo.matryoshka_weights) == len(lo.matryoshka_dims),
              f"loss.matryoshka_weights has {len(lo.matryoshka_weights)} values for "
              f"{len(lo.matryoshka_dims)} dims; give one per dim or none"),
-            (all(d >= 1 for d in lo.matryoshka_dims), f"loss.matryoshka_dims={lo.matryoshka_dims} must be positive"),
+            (not lo.matryoshka_weights or sum(lo.matryoshka_weights) > 0,
+             f"loss.matryoshka_weights={lo.matryoshka_weights} sum to 0, so nothing would be trained; give "
+             "a positive weight to at least one dim"),
             (self.model.precision in ("auto", "fp32", "bf16-autocast", "bf16"),
              f"model.precision={self.model.precision!r} must be auto, fp32, bf16-autocast or bf16"),
-            (self.data.num_negatives >= 0, f"data.num_negatives={self.data.num_negatives} must be >= 0"),
-            (self.lora.r >= 1, f"lora.r={self.lora.r} must be >= 1"),
             (self.rerank.loss in ("sft", "bce", "listwise"),
              f"rerank.loss={self.rerank.loss!r} must be sft, bce or listwise"),
             (self.rerank.template in ("card", "official-eval"),
              f"rerank.template={self.rerank.template!r} must be card or official-eval"),
-            (self.rerank.negatives_per_positive >= 0,
-             f"rerank.negatives_per_positive={self.rerank.negatives_per_positive} must be >= 0"),
-            (self.rerank.max_length >= 16, f"rerank.max_length={self.rerank.max_length} must be >= 16"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"{source}: {msg}.")
         if self.merge.method is not None:
             self._validate_merge(source)
+
+    def _validate_ranges(self, source: str) -> None:
+        """Every setting declared with a `Range` (each item of a list one; None and names pass) within it."""
+        for sect in dataclasses.fields(self):
+            section = getattr(self, sect.name)
+            for f in dataclasses.fields(section):
+                valid = f.metadata.get("range")
+                value = getattr(section, f.name)
+                if valid is None or value is None:
+                    continue
+                items = enumerate(value) if isinstance(value, list) else [(None, value)]
+                for i, v in items:
+                    if isinstance(v, str) or v in valid:
+                        continue
+                    key = f"{sect.name}.{f.name}" + ("" if i is None else f"[{i}]")
+                    bounded = valid.low is not None or valid.high is not None
+                    finite = "a finite number " if bounded and not math.isfinite(v) else ""
+                    notes = [valid.why] if valid.why else []
+                    notes += [f"default {f.default}"] if i is None and f.default is not None else []
+                    why = f" ({'; '.join(notes)})" if notes else ""
+                    raise ConfigError(f"{source}: {key}={v} must be {finite}{valid}{why}.")
 
     def _validate_merge(self, source: str) -> None:
         from ..errors import InputError

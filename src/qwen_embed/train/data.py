@@ -115,7 +115,7 @@ def iter_examples(paths: Sequence[str | Path], parse: RowParser = parse_row) -> 
         path = Path(p)
         if not path.is_file():
             raise InputError(f"training file {path} does not exist.")
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             for n, obj in iter_jsonl(f, str(path)):
                 yield parse(obj, f"{path}:{n}")
 

@@ -33,6 +33,7 @@ from . import distributed as D
 from .checkpoints import CheckpointStore, load_into, read_weights
 from .config import TrainConfig
 from .objectives import Objective, make_objective
+from .rundir import check_merge_plan, merge_pending, record_merge
 
 LOG_NAME = "train_log.jsonl"
 
@@ -157,7 +158,7 @@ class Trainer:
                 "check the data of this batch, or use model.precision fp32.")
         clip = self.cfg.optim.max_grad_norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else float("inf"))
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this step applies
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -220,10 +221,19 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self._schedule_lr()
         self.elapsed = float(state.get("elapsed_s", 0.0))
         if self.info.is_main:
             self._truncate_log(self.step)
         return True
+
+    def _schedule_lr(self) -> None:
+        """Set each parameter group's lr to this config's schedule at the current step: the loaded state holds
+        the lr of the schedule it was saved with, which a raised train.max_steps changes (a cosine that ended
+        at 0 would otherwise train the first new step with lr 0)."""
+        sched = self.scheduler
+        for group, base, f in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+            group["lr"] = base * f(sched.last_epoch)
 
     # -- logging and evaluation --------------------------------------------------------------------
     @property
@@ -273,12 +283,17 @@ class Trainer:
         """Train to train.max_steps (or stop after step `until`, as an interruption would); returns a summary."""
         t = self.cfg.train
         resumed = self.resume()
+        check_merge_plan(self.cfg, [int(p.name.removeprefix("step-")) for p in self.checkpoints()], self.step)
         if resumed and self.step >= t.max_steps:
             say(self.info, f"{self.out} already finished its {t.max_steps} steps; to continue it, raise "
                 f"train.max_steps (e.g. --set train.max_steps={2 * t.max_steps}); to start over, choose another "
                 "train.output_dir.")
-            if not (self.out / "model").is_dir() and not (self.out / "adapter").is_dir():
-                self.finish()
+            export = not (self.out / "model").is_dir() and not (self.out / "adapter").is_dir()
+            merge = merge_pending(self.cfg, self.out)
+            if export or merge:
+                say(self.info, "writing its missing " + " and ".join(
+                    name for name, todo in (("final model", export), ("merge (merged/)", merge)) if todo) + ".")
+                self.finish(export=export, merge=merge)
             return {"step": self.step, "resumed": resumed, "last": None}
         if resumed:
             say(self.info, f"resuming {self.out} from checkpoint step-{self.step:08d} (step {self.step} of "
@@ -320,19 +335,22 @@ class Trainer:
             self.finish()
         return {"step": self.step, "resumed": resumed, "last": last}
 
-    def finish(self) -> None:
-        """The end-of-run outputs: output_dir/model (the base's layout), output_dir/adapter for LoRA, the plot."""
+    def finish(self, export: bool = True, merge: bool = True) -> None:
+        """The end-of-run outputs: output_dir/model (the base's layout), output_dir/adapter for LoRA, the plot
+        (`export`), and output_dir/merged with merge.method (`merge`; recorded once written, rundir.py)."""
         if self.info.is_main:
-            from .export import export_run
+            if export:
+                from .export import export_run
 
-            export_run(self.model, self.base.path, self.out, self.objective.layout, self.lora_config,  # type: ignore[arg-type]
-                       merge_at_end=self.cfg.lora.merge_at_end)
-            if self.cfg.merge.method is not None:  # stage 3: merge the last checkpoints -> output_dir/merged
+                export_run(self.model, self.base.path, self.out, self.objective.layout, self.lora_config,  # type: ignore[arg-type]
+                           merge_at_end=self.cfg.lora.merge_at_end)
+            if merge and self.cfg.merge.method is not None:  # stage 3: merge the last checkpoints -> output_dir/merged
                 from .merge import held_out_evaluator, merge_run
 
                 evaluate = (held_out_evaluator(self.cfg, self.eval_set, self.tokenizer, self.info.device,
                                                self.autocast) if self.kind == "embed" else None)
                 merge_run(self.out, self.cfg.merge, base_model=self.base.path, evaluate_fn=evaluate)
+                record_merge(self.cfg, self.out)
         D.barrier(self.info)
 
 

@@ -552,12 +552,10 @@ def merge_adapter(base: str | os.PathLike[str], adapter_dir: str | os.PathLike[s
     The output keeps the base's layout (embedding or causal-LM keys, lm_head), config and tokenizer;
     `dtype` (float32 / bfloat16 / float16) changes the saved dtype of the floating-point weights.
     """
-    from ..weights import pick_dtype
-
+    out_dtype = saved_float_dtype(dtype) if dtype is not None else None
     check_output_dir(out, overwrite=overwrite)
     src = Source.open(base)
     pairs, scale = _read_adapter(Path(adapter_dir), src)
-    out_dtype = pick_dtype(dtype, torch.device("cpu")) if dtype is not None else None
     ids = {fk: tid for tid, fk in src.keys.items()}
 
     def saved_dtype(fk: str) -> torch.dtype:
@@ -586,9 +584,27 @@ def merge_adapter(base: str | os.PathLike[str], adapter_dir: str | os.PathLike[s
     return Path(out)
 
 
+SAVED_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def saved_float_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """merge-lora's --dtype: one of SAVED_DTYPES (by any of the loader's names for it), else one line listing
+    only those (the loader's own message also offers int8, a compute mode that is not a saved dtype)."""
+    from ..weights import pick_dtype
+
+    try:
+        dt = pick_dtype(dtype, torch.device("cpu"))
+        if dt in SAVED_DTYPES:
+            return dt
+    except WeightsError:
+        pass
+    raise InputError(f"--dtype {str(dtype)!r} is not a dtype merge-lora saves; use "
+                     f"{', '.join(SAVED_DTYPES.values())}, or leave it out to keep the base's.")
+
+
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
     raw = json.loads(path.read_text(encoding="utf-8"))
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    name = SAVED_DTYPES[dtype]
     raw["torch_dtype"] = name
     if "dtype" in raw:
         raw["dtype"] = name

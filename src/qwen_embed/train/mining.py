@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..embedder import DEFAULT_INSTRUCTION, Embedder
-from ..errors import InputError
+from ..errors import InputError, is_whole
 from ..files import OutputLock, atomic_file, fingerprint, fingerprint_rows, write_json_atomic
 from ..tokenizer import document_text
 from .data import Example, iter_examples
@@ -43,6 +44,20 @@ class MiningSettings:
     dim: int | None = None  # Matryoshka dim of the search (None: full)
     default_instruction: str | None = DEFAULT_INSTRUCTION
 
+    def check(self) -> None:
+        """Refuse settings that cannot mine, in one line naming the setting (and its `qwen-embed mine` flag),
+        its value and its range; before any model loads."""
+        for name, flag in (("top_k", "--top-k"), ("num_negatives", "--negatives"), ("chunk", "--chunk")):
+            value = getattr(self, name)
+            if not is_whole(value, 1):
+                raise InputError(f"{name}={value!r} ({flag}) must be a whole number >= 1 (default "
+                                 f"{getattr(MiningSettings, name)}).")
+        m = self.margin
+        if isinstance(m, bool) or not isinstance(m, int | float) or not (math.isfinite(m) and -2 <= m < 2):
+            raise InputError(f"margin={m!r} (--margin) must be a finite number in [-2, 2): similarities are cosines "
+                             f"in [-1, 1], so 2 or more drops every candidate and -2 keeps all (default "
+                             f"{MiningSettings.margin}).")
+
 
 def read_corpus(path: str | Path) -> list[str]:
     """Text lines, or JSONL with a `text` field (and optional `title`, prepended)."""
@@ -50,7 +65,7 @@ def read_corpus(path: str | Path) -> list[str]:
     if not p.is_file():
         raise InputError(f"corpus {p} does not exist.")
     out = []
-    with p.open(encoding="utf-8") as f:
+    with p.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -115,8 +130,7 @@ def mine(embedder: Embedder, rows_path: str | Path, out_path: str | Path, *, cor
          settings: MiningSettings | None = None, progress: bool = False) -> dict[str, Any]:
     """Write the rows of `rows_path` with mined `negatives` to `out_path` (resumable); returns counts."""
     s = settings or MiningSettings()
-    if s.top_k < 1 or s.num_negatives < 1:
-        raise InputError(f"top_k={s.top_k} and num_negatives={s.num_negatives} must both be >= 1.")
+    s.check()
     out = Path(out_path)
     if not out.parent.is_dir():
         raise InputError(f"the folder of output {out} does not exist; create {out.parent} first.")

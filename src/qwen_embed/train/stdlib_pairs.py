@@ -143,7 +143,7 @@ def train_tokenizer(texts_file: str | Path, out_file: str | Path, vocab_size: in
     from ..tiny import SPECIAL_TOKENS
 
     texts = []
-    with Path(texts_file).open(encoding="utf-8") as f:
+    with Path(texts_file).open(encoding="utf-8-sig") as f:
         for line in f:
             row = json.loads(line)
             texts += [row["query"], row["positive"]]
