@@ -2,8 +2,10 @@
 stale files.
 
 Reference: the module docstring and docs/eval.md ("Files"): the folder is checked before anything
-loads; one that holds only an evaluation's files (the fixed names, `run.dim<D>.trec`, the cache, temporary
-siblings, or names the record lists) is reused; anything else is refused in one line unless `overwrite`;
+loads; one with the record that holds only an evaluation's files (the fixed names, `run.dim<D>.trec`, the
+cache, the rerank's resumable files, temporary siblings, or names the record lists) is reused; anything else
+is refused in one line unless `overwrite`; a folder without the record is used only while empty, whatever
+the names of its files (never adopted); a run claims the folder (writes the record) before its first file;
 after a run only the files the same command recorded last time and did not write now are removed, never a
 file another command still records, never the record, never anything outside the folder; the record
 `qwen-embed-outputs.json` is `{command: [names]}`, written atomically (no temporary file left).
@@ -17,8 +19,18 @@ from pathlib import Path
 import pytest
 
 from qwen_embed.errors import InputError
-from qwen_embed.eval.outputs import RECORD, prepare_output_dir, read_record, record_outputs, remove_if_empty
-from qwen_embed.files import OutputExistsError
+from qwen_embed.eval.outputs import (
+    OWN_PATTERNS,
+    RECORD,
+    RERANK_SCORES,
+    claim_output_dir,
+    prepare_output_dir,
+    read_record,
+    record_outputs,
+    remove_if_empty,
+    resumable_files,
+)
+from qwen_embed.files import OutputExistsError, ResumableJsonl, temp_sibling
 
 
 def touch(folder: Path, *names: str) -> list[Path]:
@@ -72,18 +84,50 @@ def test_a_bad_output_dir_is_refused_in_one_line_before_any_work(tmp_path: Path,
     assert listing(tmp_path) == before
 
 
-@pytest.mark.parametrize("names", [
+EVALUATION_NAMES = [
     ["run.trec", "scores.json", "summary.md"],
-    ["run.dim64.trec", "run.dim1024.trec", "ndcg_vs_dim.png", "cache/shard-0.npy"],
+    ["run.dim64.trec", "run.dim1024.trec", "ndcg_vs_dim.png", "cache/corpus-0123/00000.npy"],
     ["rerank.trec", "rerank_scores.json", "rerank_summary.md", "rerank_delta.png", "rerank.partial.jsonl"],
-    [".scores.json.tmp-123-0123abcd", RECORD],
-])
+    ["rerank.partial.jsonl.partial", "rerank.partial.jsonl.partial.meta.json"],  # an interrupted rerank
+    [".scores.json.tmp-123-0123abcd"],
+]
+
+
+@pytest.mark.parametrize("names", EVALUATION_NAMES)
 def test_a_folder_of_evaluation_files_is_reused_as_it_is(tmp_path: Path, names: list[str]) -> None:
+    """Changed (issue: resume and data loss): only with the record; before, the record was not needed, and the
+    rerank's resumable files (`.partial`, `.partial.meta.json`) were refused."""
     out = tmp_path / "out"
-    touch(out, *names)
+    touch(out, *names, RECORD)
     before = listing(out)
     assert prepare_output_dir(str(out), tmp_path / "unused") == out
     assert listing(out) == before
+
+
+@pytest.mark.parametrize("names", EVALUATION_NAMES[:4])
+@pytest.mark.parametrize("arg", [True, False])
+def test_a_folder_without_the_record_is_never_adopted(tmp_path: Path, names: list[str], arg: bool) -> None:
+    """Data loss before: a user's scores.json / summary.md (run.trec, cache/...) in a folder no evaluation
+    recorded were taken for an earlier run's and overwritten without --overwrite."""
+    out = tmp_path / "eval-results" / "x"
+    touch(out, *names)
+    before = {p: p.read_text() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(OutputExistsError) as err:
+        prepare_output_dir(str(out) if arg else None, out)
+    msg = str(err.value)
+    top = sorted({n.split("/")[0] for n in names})
+    assert "\n" not in msg and str(out) in msg and RECORD in msg and "--output-dir" in msg and "--overwrite" in msg
+    assert f"({', '.join(top[:3])}" in msg and "would be replaced" in msg
+    assert prepare_output_dir(str(out) if arg else None, out, overwrite=True) == out  # the user asked
+    assert {p: p.read_text() for p in out.rglob("*") if p.is_file()} == before  # nothing touched either way
+
+
+def test_a_folder_holding_only_temporary_siblings_is_used_without_the_record(tmp_path: Path) -> None:
+    """What a run killed while writing its record (or probing the folder) leaves: not the user's, no refusal."""
+    out = tmp_path / "out"
+    out.mkdir()
+    temp_sibling(out / RECORD).write_text("{")
+    assert prepare_output_dir(str(out), tmp_path / "unused") == out
 
 
 def test_names_the_record_lists_count_as_the_evaluations(tmp_path: Path) -> None:
@@ -93,18 +137,23 @@ def test_names_the_record_lists_count_as_the_evaluations(tmp_path: Path) -> None
     assert prepare_output_dir(str(out), tmp_path / "unused") == out
 
 
-@pytest.mark.parametrize(("names", "shown"), [
-    (["notes.txt"], "(notes.txt)"),
-    (["run.trec", "b.txt", "a.txt", "c.txt"], "(a.txt, b.txt, c.txt)"),
-    (["d", "c", "b", "a", "run.trec"], "(a, b, c, ...)"),
-    ([".DS_Store"], "(.DS_Store)"),
-    (["run.trec.bak"], "(run.trec.bak)"),
+@pytest.mark.parametrize(("names", "shown", "shown_with_record"), [
+    (["notes.txt"], "(notes.txt)", "(notes.txt)"),
+    (["run.trec", "b.txt", "a.txt", "c.txt"], "(a.txt, b.txt, c.txt and 1 more)", "(a.txt, b.txt, c.txt)"),
+    (["d", "c", "b", "a", "run.trec"], "(a, b, c and 2 more)", "(a, b, c and 1 more)"),
+    ([".DS_Store"], "(.DS_Store)", "(.DS_Store)"),
+    (["run.trec.bak"], "(run.trec.bak)", "(run.trec.bak)"),
 ])
 @pytest.mark.parametrize("arg", [True, False])
+@pytest.mark.parametrize("record", [True, False])
 def test_a_folder_holding_other_files_is_refused_unless_overwrite(tmp_path: Path, names: list[str], shown: str,
-                                                                  arg: bool) -> None:
+                                                                  shown_with_record: str, arg: bool,
+                                                                  record: bool) -> None:
+    """Changed (issue: data loss): without the record every file counts as the user's (run.trec too), and the
+    list says how many it leaves out (was `, ...`)."""
     out = tmp_path / "eval-results" / "x"
-    touch(out, *names)
+    touch(out, *names, *([RECORD] if record else []))
+    shown = shown_with_record if record else shown
     before = listing(out)
     with pytest.raises(OutputExistsError) as err:
         prepare_output_dir(str(out) if arg else None, out)
@@ -216,3 +265,64 @@ def test_the_folders_a_failed_run_made_are_removed_while_empty(tmp_path: Path) -
     made = []
     prepare_output_dir(str(existing), tmp_path / "unused", made=made)
     assert made == []  # a folder it did not make is never its to remove
+
+
+# -- resuming in the same folder (issue: an interrupted `eval rerank` was refused there) ------------------
+def test_the_names_of_the_resumable_files_are_the_ones_the_writer_uses(tmp_path: Path) -> None:
+    """Every file `ResumableJsonl` leaves, at every stage (open, rows written, closed by an interruption,
+    finished), is one `resumable_files` names and `OWN_PATTERNS` covers."""
+    target = tmp_path / RERANK_SCORES
+    seen: set[str] = set()
+    w = ResumableJsonl(target, key="qid", job="j", overwrite=True)
+    seen |= {p.name for p in tmp_path.iterdir()}
+    w.write_many([{"qid": "q1", "scores": {"d1": 1.0}}])
+    seen |= {p.name for p in tmp_path.iterdir()}
+    w.close()  # an interrupted run
+    seen |= {p.name for p in tmp_path.iterdir()}
+    w = ResumableJsonl(target, key="qid", job="j", overwrite=True)
+    assert w.done == {"q1"}  # resumed
+    w.finish()
+    seen |= {p.name for p in tmp_path.iterdir()}
+    assert seen == set(resumable_files(RERANK_SCORES))
+    assert set(resumable_files(RERANK_SCORES)) <= set(OWN_PATTERNS)
+
+
+def test_the_files_an_interrupted_rerank_leaves_are_resumed_without_overwrite(tmp_path: Path) -> None:
+    out = prepare_output_dir(str(tmp_path / "out"), tmp_path / "unused")
+    claim_output_dir(out, "rerank")  # the run claims the folder before its first file
+    w = ResumableJsonl(out / RERANK_SCORES, key="qid", job="j", overwrite=True)
+    w.write_many([{"qid": "q1", "scores": {"d1": 1.0}}])
+    w.close()
+    temp_sibling(out / (RERANK_SCORES + ".partial.meta.json")).write_text("{")  # killed mid-write
+    assert len(listing(out)) == 4
+    assert prepare_output_dir(str(out), tmp_path / "unused") == out  # no --overwrite needed
+    assert read_record(out) == {"rerank": []}
+
+
+def test_the_claim_is_written_once_and_keeps_what_the_record_holds(tmp_path: Path) -> None:
+    claim_output_dir(tmp_path, "retrieval")
+    assert json.loads((tmp_path / RECORD).read_text()) == {"retrieval": []}
+    record_outputs(tmp_path, "retrieval", touch(tmp_path, "run.trec"))
+    claim_output_dir(tmp_path, "rerank")
+    claim_output_dir(tmp_path, "retrieval")
+    assert read_record(tmp_path) == {"retrieval": ["run.trec"]}  # an earlier run's list stays for its stale check
+
+
+def test_a_failed_run_removes_its_claim_with_the_folder_but_keeps_a_resumable_one(tmp_path: Path) -> None:
+    made: list[Path] = []
+    out = prepare_output_dir(None, tmp_path / "a" / "out", made=made)
+    claim_output_dir(out, "retrieval")  # then the model failed: nothing written but the claim
+    remove_if_empty(made)
+    assert listing(tmp_path) == []
+    made = []
+    out = prepare_output_dir(None, tmp_path / "a" / "out", made=made)
+    claim_output_dir(out, "retrieval")
+    touch(out, "cache/corpus-0123/00000.npy")  # interrupted after a shard: kept, and resumed later
+    remove_if_empty(made)
+    assert listing(out) == ["cache", "cache/corpus-0123", "cache/corpus-0123/00000.npy", RECORD]
+    assert prepare_output_dir(None, out) == out
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / RECORD).write_text('{"retrieval": []}')
+    remove_if_empty([])  # a folder it did not make keeps even an empty record
+    assert listing(given) == [RECORD]

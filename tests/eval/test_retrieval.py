@@ -85,6 +85,17 @@ def test_corpus_cache_resumes(short_embedder: Embedder, tmp_path: Path) -> None:
     assert (again[:2] == 0).all() and np.array_equal(again[2], first[2])
 
 
+def test_a_cache_of_another_shard_size_is_not_read(short_embedder: Embedder, tmp_path: Path) -> None:
+    """Before, the key left out the shard size: shards of 2 read with a size of 3 gave 2 vectors for 3 texts."""
+    ids, texts = ["a", "b", "c"], ["one", "two", "three"]
+    first = embed_corpus(short_embedder, ids, texts, tmp_path, shard=2)
+    for shard in sorted(tmp_path.glob("corpus-*/*.npy")):
+        np.save(shard, np.zeros_like(np.load(shard)))
+    other = embed_corpus(short_embedder, ids, texts, tmp_path, shard=3)
+    assert other.shape == first.shape
+    np.testing.assert_allclose(other, first, rtol=1e-5, atol=1e-6)
+
+
 def test_end_to_end_five_documents(short_embedder: Embedder, five_docs: Path) -> None:
     ds = load_beir(five_docs)
     res = evaluate_retrieval(short_embedder, ds, instruction="Find it", dims=[32, 64], ks=[1, 3], depth=5)

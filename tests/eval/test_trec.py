@@ -8,6 +8,7 @@ import pytest
 
 from qwen_embed.errors import InputError
 from qwen_embed.eval.trec import (
+    check_run_name,
     parse_grade,
     parse_score,
     read_qrels,
@@ -68,6 +69,16 @@ def test_missing_file_and_bad_name(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="one word"):
         write_run(tmp_path / "r", {"q": {"d": 1.0}}, "two words")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("name", "fix"), [("my run", "'my_run'"), ("", "'qwen-embed'"), ("a\tb", "'a_b'"),
+                                         ("x\u00a0y", "'x_y'")])
+def test_a_run_name_is_one_word(name: str, fix: str) -> None:
+    assert check_run_name("my-run.v2") == "my-run.v2"
+    with pytest.raises(InputError) as err:
+        check_run_name(name, "--run-name")
+    msg = str(err.value)
+    assert msg.startswith(f"--run-name {name!r} must be one word") and fix in msg and "\n" not in msg
 
 
 # -- issue 23.12: one strict parser for the numbers of run and qrels files -------------------------------

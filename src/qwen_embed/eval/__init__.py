@@ -8,10 +8,10 @@ Heavy parts (models, torch, matplotlib, mteb) are imported by the modules that n
 """
 
 from .at_k import mteb_scores
-from .beir import BeirDataset, load_beir
+from .beir import BeirDataset, load_beir, read_qrels_file
 from .metrics import Evaluation, evaluate
 from .trec import Qrels, Run, read_qrels, read_run, write_run
 from .trec_text import format_trec_eval
 
 __all__ = ["BeirDataset", "Evaluation", "Qrels", "Run", "evaluate", "format_trec_eval", "load_beir",
-           "mteb_scores", "read_qrels", "read_run", "write_run"]
+           "mteb_scores", "read_qrels", "read_qrels_file", "read_run", "write_run"]

@@ -5,6 +5,13 @@ Follows BEIR's GenericDataLoader and MTEB's retrieval loader:
   when it has a title, else `text.strip()` (MTEB's `_corpus_to_dict`). A document whose text is empty
   stays in the corpus (MTEB embeds the empty string); the evaluation embeds it as the end token alone.
 - queries lines `{"_id", "text"}`; qrels TSV `query-id  corpus-id  score` with a header line.
+- Qrels files are read by their content, never their name (`read_qrels_file`): the first line that is not
+  blank has 3 fields (BEIR; a header `query-id corpus-id score` is skipped) or 4 (TREC `qid iter docno rel`,
+  the format of MS MARCO's `qrels.dev.tsv`), and every line must then have that many; anything else is an
+  error naming `file:line`, never a field silently dropped.
+- Ids are one word: a corpus or query id that is empty or holds whitespace is refused when the dataset is
+  loaded (before anything is embedded), as is a tab-separated qrels field holding whitespace, because TREC
+  runs split their fields at whitespace and a run naming such an id could not be read back.
 - Only queries judged in the split are evaluated. Queries without judgments are counted and reported (MTEB
   drops them too); judgments that name a query or document missing from the files are counted, reported
   and dropped.
@@ -23,7 +30,7 @@ from typing import Any
 from ..errors import InputError
 from ..jsonl import iter_jsonl
 from ..tokenizer import document_text
-from .trec import Qrels, parse_grade
+from .trec import Qrels, numbered_lines, parse_grade
 
 
 @dataclass
@@ -54,7 +61,7 @@ class BeirDataset:
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise InputError(f"{path} is missing; a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv.")
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for n, obj in iter_jsonl(f, str(path)):
             if not isinstance(obj, dict) or "_id" not in obj:
                 raise InputError(f"{path}:{n}: each line needs an '_id' field.")
@@ -67,6 +74,10 @@ def _read_ids_texts(path: Path, what: str, with_title: bool) -> tuple[list[str],
     seen: dict[str, int] = {}
     for n, obj in _jsonl(path):
         doc_id = str(obj["_id"])
+        if not doc_id or any(c.isspace() for c in doc_id):
+            raise InputError(f"{path}:{n}: {what} id {doc_id!r} {'is empty' if not doc_id else 'holds whitespace'}; "
+                             f"TREC runs split their fields at whitespace, so a run naming it could not be read "
+                             f"back; give it an id of one word (e.g. '_' for each space).")
         if doc_id in seen:
             raise InputError(f"{path}:{n}: duplicate {what} id {doc_id!r} (first on line {seen[doc_id]}); "
                              f"ids must be unique.")
@@ -84,27 +95,61 @@ def splits(folder: str | os.PathLike[str]) -> list[str]:
     return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
 
 
-def read_beir_qrels(path: Path) -> Qrels:
-    """A BEIR qrels TSV (`query-id corpus-id score`, header optional) -> {qid: {docid: score}}."""
+_FORMATS = {3: ("BEIR", "'query-id corpus-id score'"), 4: ("TREC", "'qid iter docno rel'")}
+
+
+def _qrels_fields(path: Path, n: int, line: str) -> list[str]:
+    """The whitespace-separated fields of a qrels line; a tab-separated field holding whitespace (an id with
+    a space, which would otherwise read as two fields) is an error."""
+    spaced = next((f.strip() for f in line.split("\t") if len(f.split()) > 1), None) if "\t" in line else None
+    if spaced is not None:
+        raise InputError(f"{path}:{n}: qrels field {spaced[:60]!r} holds whitespace; ids are one word (TREC runs "
+                         f"split their fields at whitespace); replace the spaces in that id.")
+    return line.split()
+
+
+def _is_header(fields: list[str]) -> bool:
+    score = fields[2]
+    return score.isascii() and score.isalpha() and score.lower() not in ("nan", "inf", "infinity")
+
+
+def _read_qrels(path: Path, width: int | None) -> Qrels:
+    """Qrels of `width` fields per line (3 BEIR, 4 TREC), or of the first line's width when None."""
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.rstrip("\n\r").split("\t")
-            if not line.strip():
-                continue
-            if len(fields) < 3:
-                fields = line.split()
-            if len(fields) < 3:
-                raise InputError(f"{path}:{n}: a qrels line has 3 tab-separated fields: query-id corpus-id score.")
-            qid, doc, score = fields[0].strip(), fields[1].strip(), fields[2].strip()
-            if n == 1 and score.isascii() and score.isalpha() and score.lower() not in ("nan", "inf", "infinity"):
-                continue  # the header: query-id corpus-id score
-            value = parse_grade(score, f"{path}:{n}")
-            judged = qrels.setdefault(qid, {})
-            if doc in judged:
-                raise InputError(f"{path}:{n}: duplicate judgment of document {doc!r} for query {qid!r}.")
-            judged[doc] = value
+    first = True
+    for n, line in numbered_lines(path, "qrels"):
+        fields = _qrels_fields(path, n, line)
+        if first:
+            first = False
+            if width is None and len(fields) in _FORMATS:
+                width = len(fields)
+            if len(fields) == 3 == width and _is_header(fields):
+                continue  # BEIR's header: query-id corpus-id score
+        if len(fields) != width:
+            expected = (f"{width} fields {_FORMATS[width][1]} ({_FORMATS[width][0]}, as the file's first line)"
+                        if width is not None else "4 fields 'qid iter docno rel' (TREC) or 3 'query-id corpus-id "
+                        "score' (BEIR)")
+            raise InputError(f"{path}:{n}: a qrels line has {expected}, got {len(fields)}; fix that line.")
+        qid, doc, grade = (fields[0], fields[2], fields[3]) if width == 4 else fields
+        value = parse_grade(grade, f"{path}:{n}")
+        judged = qrels.setdefault(qid, {})
+        if doc in judged:
+            raise InputError(f"{path}:{n}: duplicate judgment: document {doc!r} is judged twice for query {qid!r}; "
+                             f"keep one line.")
+        judged[doc] = value
+    if not qrels:
+        raise InputError(f"qrels file {path} holds no judgments.")
     return qrels
+
+
+def read_qrels_file(path: str | os.PathLike[str]) -> Qrels:
+    """TREC or BEIR qrels -> {qid: {docid: grade}}, the format told by the content (see the module docstring)."""
+    return _read_qrels(Path(path), None)
+
+
+def read_beir_qrels(path: str | os.PathLike[str]) -> Qrels:
+    """A BEIR qrels TSV (`query-id corpus-id score`, header optional); every line has exactly 3 fields."""
+    return _read_qrels(Path(path), 3)
 
 
 def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirDataset:
@@ -124,7 +169,7 @@ def load_beir(folder: str | os.PathLike[str], split: str = "test") -> BeirDatase
     if not corpus_ids:
         raise InputError(f"{root / 'corpus.jsonl'} holds no documents; a retrieval corpus needs at least one.")
     all_qids, all_qtexts = _read_ids_texts(root / "queries.jsonl", "query", with_title=False)
-    raw = read_beir_qrels(qrels_path)
+    raw = read_qrels_file(qrels_path)
     corpus_set = set(corpus_ids)
     query_text = dict(zip(all_qids, all_qtexts, strict=True))
     missing_queries = sorted(q for q in raw if q not in query_text)

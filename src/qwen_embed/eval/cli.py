@@ -59,9 +59,9 @@ def _in_output_dir(args: argparse.Namespace, model: str, run: Callable[[Path], i
 
 
 def _finish(out: Path, command: str, paths: list[Path]) -> None:
-    from .outputs import record_outputs
+    from .outputs import CACHE, record_outputs
 
-    cache = out / "cache"
+    cache = out / CACHE
     removed = record_outputs(out, command, [*paths, *([cache] if cache.exists() else [])])
     if removed:
         _say("removed files of an earlier run that this one did not write: " + ", ".join(p.name for p in removed))
@@ -73,14 +73,13 @@ def _say(msg: str) -> None:
 
 # -- metrics -------------------------------------------------------------------------------------------
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from .beir import read_beir_qrels
+    from .beir import read_qrels_file
     from .metrics import evaluate
-    from .trec import read_qrels, read_run_file
+    from .trec import read_run_file
     from .trec_text import choose_measures, format_measures, format_trec_eval
 
     choice = choose_measures(args.measure) if args.measure else None
-    qpath = Path(args.qrels)
-    qrels = read_beir_qrels(qpath) if qpath.suffix == ".tsv" and qpath.is_file() else read_qrels(qpath)
+    qrels = read_qrels_file(args.qrels)  # TREC or BEIR, told by the content (MS MARCO's qrels.dev.tsv is TREC)
     run = read_run_file(args.run)
     ev = evaluate(qrels, run.scores, relevance_level=args.relevance_level, complete=args.complete,
                   judged_only=args.judged_only, depth=args.depth, run_name=run.name, version=args.trec_eval_version,
@@ -106,13 +105,21 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 # -- retrieval -----------------------------------------------------------------------------------------
 def cmd_retrieval(args: argparse.Namespace) -> int:
+    from .at_k import check_ks
+    from .trec import check_run_name
+
+    check_run_name(args.run_name, "--run-name")  # everything the flags decide is checked before any work
     dims = _int_list(args.dim, "--dim") if args.dim else None
-    ks = _int_list(args.k, "--k")
+    ks = check_ks(_int_list(args.k, "--k"))
+    if args.depth < max(ks):
+        raise InputError(f"--depth {args.depth} is below the largest cutoff --k {max(ks)}; raise --depth or drop "
+                         f"that cutoff.")
     return _in_output_dir(args, args.embedding_model, lambda out: _retrieval(args, out, dims, ks))
 
 
 def _retrieval(args: argparse.Namespace, out: Path, dims: list[int] | None, ks: list[int]) -> int:
     from .beir import load_beir
+    from .outputs import CACHE, claim_output_dir
     from .report import retrieval_markdown, write_retrieval_report
     from .retrieval import check_dims, evaluate_retrieval
     from .trec import write_run
@@ -123,8 +130,9 @@ def _retrieval(args: argparse.Namespace, out: Path, dims: list[int] | None, ks: 
     check_dims(dims, emb.hidden_size)
     _say(f"{ds.name}/{ds.split}: {ds.stats['documents']} documents, {ds.stats['queries']} judged queries "
          f"({ds.stats['queries_without_judgments']} queries without judgments skipped); instruction from {source}")
+    claim_output_dir(out, "retrieval")  # before the first file: an interrupted run resumes in this folder
     res = evaluate_retrieval(emb, ds, instruction=instruction, dims=dims, ks=ks, depth=args.depth,
-                             cache_dir=None if args.no_cache else out / "cache", device=args.search_device,
+                             cache_dir=None if args.no_cache else out / CACHE, device=args.search_device,
                              progress=None if sys.stderr.isatty() else False, on_stage=_say,
                              ignore_identical_ids=args.ignore_identical_ids)
     paths = []
@@ -143,7 +151,9 @@ def _retrieval(args: argparse.Namespace, out: Path, dims: list[int] | None, ks: 
 def cmd_rerank(args: argparse.Namespace) -> int:
     from ..reranker import get_template
     from .at_k import check_ks
+    from .trec import check_run_name
 
+    check_run_name(args.run_name, "--run-name")  # everything the flags decide is checked before any work
     get_template(args.template)
     ks = check_ks(_int_list(args.k, "--k"))
     if args.top < 1:
@@ -160,6 +170,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
 
 def _rerank(args: argparse.Namespace, out: Path, ks: list[int]) -> int:
     from .beir import load_beir
+    from .outputs import RERANK_SCORES, claim_output_dir, resumable_files
     from .report import rerank_markdown, write_rerank_report
     from .rerank import check_candidates, evaluate_rerank
     from .trec import read_run, write_run
@@ -170,13 +181,15 @@ def _rerank(args: argparse.Namespace, out: Path, ks: list[int]) -> int:
     instruction, source = resolve_instruction(args.instruction, args.task, ds.name)
     rr = ModelSettings.from_args(args, flag="--reranker-model").load_reranker(args.template)
     _say(f"instruction from {source}")
-    partial = out / "rerank.partial.jsonl"
-    res = evaluate_rerank(rr, ds, candidates, instruction=instruction, top=args.top, ks=ks, partial=partial,
+    claim_output_dir(out, "rerank")  # before the first file: an interrupted run resumes in this folder
+    res = evaluate_rerank(rr, ds, candidates, instruction=instruction, top=args.top, ks=ks,
+                          partial=out / RERANK_SCORES, keep_partial=True,
                           progress=None if sys.stderr.isatty() else False, on_stage=_say)
     run_path = out / "rerank.trec"
     write_run(run_path, res.run, args.run_name)
     paths = [run_path, *write_rerank_report(res, out)]
-    partial.unlink(missing_ok=True)
+    for name in resumable_files(RERANK_SCORES):  # the scores stay resumable until the results are in place
+        (out / name).unlink(missing_ok=True)
     _finish(out, "rerank", paths)
     print(rerank_markdown(res))
     _say("wrote " + ", ".join(str(p) for p in paths))
@@ -206,7 +219,8 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("metrics", help="every trec_eval measure of a run (trec_eval -a output or JSON)",
                        description="Score a TREC run against qrels with every trec_eval measure.")
-    p.add_argument("qrels", help="TREC qrels file (qid iter docno rel), or a BEIR qrels .tsv")
+    p.add_argument("qrels", help="qrels file, TREC (qid iter docno rel) or BEIR (query-id corpus-id score), told "
+                   "apart by its content")
     p.add_argument("run", help="TREC run file (qid Q0 docno rank score run)")
     p.add_argument("--json", action="store_true", help="print one JSON object, measure -> value")
     p.add_argument("-q", "--per-query", action="store_true", help="also print each query (trec_eval -q)")

@@ -46,7 +46,7 @@ class QwenEmbedMTEB:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, dtype: str | None = None,
-                        max_length: int = 8192, dim: int | None = None, **kwargs: Any) -> QwenEmbedMTEB:
+                        max_length: int | None = None, dim: int | None = None, **kwargs: Any) -> QwenEmbedMTEB:
         """Load an Embedder and wrap it."""
         from ..embedder import Embedder
 

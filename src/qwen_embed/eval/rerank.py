@@ -9,7 +9,8 @@ evaluated; "before" is the same top N in the candidate order, so both sides see 
 - A document whose text is empty is scored with an empty document part.
 - Scores are saved block by block through `files.ResumableJsonl` (rows `{"qid", "scores"}` keyed by the
   query id); an interrupted run resumes from them when the model, template, instruction, N and candidates
-  are the same (the job fingerprint), and starts again otherwise.
+  are the same (the job fingerprint), and starts again otherwise. `eval rerank` keeps them resumable
+  (`keep_partial`) until its results are written, so an interruption at any point loses no score.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ def _job(reranker: Reranker, instruction: str, top: int, candidates: Run) -> str
 
 
 def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top: int = DEFAULT_TOP,
-               instruction: str, partial: Path | None = None, progress: bool | None = None) -> Run:
+               instruction: str, partial: Path | None = None, progress: bool | None = None,
+               keep_partial: bool = False) -> Run:
     """Score the top `top` candidates of every judged query -> the reranked run {qid: {docid: score}}.
 
-    With `partial`, scores are kept there as they come (resumable JSONL, finished into `partial` at the end)."""
+    With `partial`, scores are kept there as they come (resumable JSONL, finished into `partial` at the end;
+    with `keep_partial` left resumable instead, for a caller that removes them once its results are written)."""
     if not is_whole(top, 1):
         raise InputError(f"top must be a positive number of candidates, got {top!r}")
     queries = [q for q in dataset.query_ids if q in candidates]
@@ -114,7 +117,10 @@ def rerank_run(reranker: Reranker, dataset: BeirDataset, candidates: Run, *, top
             saved.close()  # resumable
         raise
     if saved is not None:
-        saved.finish()
+        if keep_partial:
+            saved.close()
+        else:
+            saved.finish()
     return {q: run[q] for q in queries}
 
 
@@ -150,7 +156,7 @@ def _score_queries(reranker: Reranker, dataset: BeirDataset, candidates: Run, to
 def evaluate_rerank(
     reranker: Reranker, dataset: BeirDataset, candidates: Run, *, instruction: str, top: int = DEFAULT_TOP,
     ks: Sequence[int] = DEFAULT_K, partial: Path | None = None, progress: bool | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, keep_partial: bool = False,
 ) -> RerankEvaluation:
     """Rerank the top `top` candidates and evaluate before and after on the same documents."""
     ks_ = check_ks(ks)
@@ -163,7 +169,7 @@ def evaluate_rerank(
     say(f"reranking the top {top} of {len(judged)} queries")
     t = time.perf_counter()
     after_run = rerank_run(reranker, dataset, judged, top=top, instruction=instruction, partial=partial,
-                           progress=progress)
+                           progress=progress, keep_partial=keep_partial)
     timings = {"rerank_s": time.perf_counter() - t}
     t = time.perf_counter()
     before = evaluate(dataset.qrels, before_run, extra_k=ks_)

@@ -7,7 +7,7 @@
 - The corpus is embedded once at the full hidden size without normalisation; each Matryoshka dimension is
   then the first `dim` features, L2-normalised (the core's `pooling.finish`), so one pass
   serves every `--dim`. Corpus embeddings are cached in shards under `<output>/cache/`, keyed by model,
-  tokenizer, max length, dtype and corpus, so an interrupted run resumes where it stopped.
+  tokenizer, max length, dtype, corpus and shard size, so an interrupted run resumes where it stopped.
 - Search is exact: scores = queries @ documents.T by chunks of documents and queries (memory bounded by the
   chunk sizes), a running top-k merged chunk by chunk, on the GPU when present.
 - The run keeps the top `depth` (default 1000, MTEB's largest k) documents per query and is scored with
@@ -79,9 +79,10 @@ def at_dim(vectors: np.ndarray, dim: int) -> np.ndarray:
     return finish(vectors, dim)
 
 
-def _corpus_key(embedder: Embedder, ids: Sequence[str], texts: Sequence[str]) -> str:
+def _corpus_key(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], shard: int) -> str:
+    # the shard size too: shard n holds documents [n * shard, (n + 1) * shard), so another size reads other rows
     return fingerprint(str(embedder.name), embedder.tokenizer.fingerprint, embedder.max_length, str(embedder.dtype),
-                       fingerprint_rows(zip(ids, texts, strict=True)))[:16]
+                       fingerprint_rows(zip(ids, texts, strict=True)), shard)[:16]
 
 
 def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], cache_dir: Path | None = None,
@@ -90,7 +91,7 @@ def embed_corpus(embedder: Embedder, ids: Sequence[str], texts: Sequence[str], c
     """Embed a corpus in shards; with `cache_dir`, finished shards are kept and reused (resume)."""
     if cache_dir is None:
         return embed_texts(embedder, texts, progress=progress, tokenize=tokenize)
-    folder = cache_dir / f"corpus-{_corpus_key(embedder, ids, texts)}"
+    folder = cache_dir / f"corpus-{_corpus_key(embedder, ids, texts, shard)}"
     folder.mkdir(parents=True, exist_ok=True)
     parts = []
     for n, start in enumerate(range(0, len(texts), shard)):

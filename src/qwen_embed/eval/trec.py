@@ -26,6 +26,7 @@ from typing import IO
 
 from ..errors import InputError
 from ..files import atomic_file
+from ..jsonl import text_lines
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
@@ -65,18 +66,23 @@ class RunFile:
     name: str
 
 
-def _lines(path: str | os.PathLike[str], what: str) -> Iterable[tuple[int, list[str]]]:
+def numbered_lines(path: str | os.PathLike[str], what: str) -> Iterable[tuple[int, str]]:
+    """(line number, line) for each line of a UTF-8 text file that is not blank; numbers count every line."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} file {p} does not exist or is not a file.")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{what} file {p} is not UTF-8 text (byte {e.start}).") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if fields:
-            yield n, fields
+    for n, line in enumerate(text_lines(text), 1):
+        if line.strip():
+            yield n, line
+
+
+def _lines(path: str | os.PathLike[str], what: str) -> Iterable[tuple[int, list[str]]]:
+    for n, line in numbered_lines(path, what):
+        yield n, line.split()
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:
@@ -129,10 +135,18 @@ def truncate_run(run: Mapping[str, Mapping[str, float]], depth: int) -> Run:
     return {q: dict(sorted_docs(d)[:depth]) for q, d in run.items()}
 
 
+def check_run_name(name: str, what: str = "run name") -> str:
+    """A run name is one word: TREC runs split their fields at whitespace (checked before any work)."""
+    if not name or any(c.isspace() for c in name):
+        fix = "_".join(name.split()) or DEFAULT_RUN_NAME
+        raise InputError(f"{what} {name!r} must be one word, without spaces and not empty (TREC runs split their "
+                         f"fields at whitespace); use e.g. {fix!r}.")
+    return name
+
+
 def write_run_lines(f: IO[str], run: Mapping[str, Mapping[str, float]], name: str = DEFAULT_RUN_NAME) -> None:
     """Write a run in TREC format, each query's documents in trec_eval's order with ranks from 1."""
-    if not name or any(c.isspace() for c in name):
-        raise InputError(f"run name {name!r} must be one word without spaces.")
+    check_run_name(name)
     for qid in run:
         for rank, (doc, score) in enumerate(sorted_docs(run[qid]), 1):
             f.write(f"{qid} Q0 {doc} {rank} {score!r} {name}\n")
