@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from qwen_embed import Embedder
@@ -156,3 +157,50 @@ def test_tiny_recipe_end_to_end_resume_and_change(tmp_path: Path, shared_data: P
     records_c = run(recipe_c)
     assert [r.status for r in records_c] == ["skipped"] * 6 + ["ran"] * 3
     assert np.abs(probe(tmp_path / "b" / "merged" / "model") - final_a).max() > 1e-4
+
+
+def test_a_lora_training_stage_feeds_a_merge_stage(tmp_path: Path, small_embedding_path: Path) -> None:
+    """A LoRA stage's checkpoints are adapters: its record listed none (`checkpoints: []`), so a merge of them
+    failed, and with `merge_at_end: false` its model was run/model, which does not exist. Now each adapter is
+    folded into the base under merged-lora/ (the trainer's own merge formula: the fold of the last checkpoint
+    equals the model the trainer merged itself), and the merge stage merges them."""
+    from safetensors.torch import load_file
+
+    from qwen_embed.recipe import stage_fingerprints
+
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text("".join(f'{{"query": "what is thing {i}", "positive": "thing {i} is of kind {i % 7}"}}\n'
+                            for i in range(48)))
+
+    def lora_stage(name: str, merge_at_end: bool) -> dict[str, Any]:
+        return {"name": name, "kind": "train-embed", "config": {
+            "model": {"path": str(small_embedding_path), "device": "cpu"},
+            "data": {"train_files": [str(rows)], "num_negatives": 0, "query_max_length": 16, "doc_max_length": 16},
+            "optim": {"lr": 5e-3, "warmup_steps": 1},
+            "train": {"max_steps": 2, "batch_size": 8, "save_every": 1, "keep_checkpoints": 2, "grad_cache": False,
+                      "progress": False},
+            "lora": {"enabled": True, "r": 4, "alpha": 8, "merge_at_end": merge_at_end}}}
+
+    stages = [lora_stage("s1", True), lora_stage("s2", False),
+              {"name": "merged", "kind": "merge", "models": {"from": "s2.checkpoints"}, "last": 2, "method": "linear"}]
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", small(BASE, stages)))
+    records = run(recipe, say=lambda m: None)
+    work = tmp_path / "w"
+    folded = ["merged-lora/step-00000001", "merged-lora/step-00000002"]
+    assert records[0].outputs == {"model": "run/model", "checkpoints": folded, "log": "run/train_log.jsonl"}
+    assert records[1].outputs == {"model": "merged-lora/final", "checkpoints": folded, "log": "run/train_log.jsonl"}
+    weights = {p: load_file(work / p / "model.safetensors") for p in
+               ["s1/run/model", "s1/" + folded[1], "s2/" + folded[0], "s2/" + folded[1], "s2/merged-lora/final"]}
+    base = load_file(small_embedding_path / "model.safetensors")
+    for key, value in weights["s1/run/model"].items():  # the trainer's in-memory merge, and the fold: equal
+        torch.testing.assert_close(weights["s1/" + folded[1]][key], value, rtol=1e-5, atol=1e-6)
+    assert {k: v.equal(weights["s2/merged-lora/final"][k]) for k, v in weights["s2/" + folded[1]].items()} == \
+        dict.fromkeys(base, True)  # the last checkpoint's adapter is the final one
+    assert not weights["s2/" + folded[0]]["layers.0.self_attn.q_proj.weight"].equal(
+        base["layers.0.self_attn.q_proj.weight"])  # trained: not the base
+    assert probe(work / "merged" / "model").shape == (3, 64)
+    report = yaml.safe_load((work / "merged" / "model" / "merge_report.json").read_text())
+    assert report["inputs"] == [str(work / "s2" / p) for p in folded] and report["output"] == str(
+        work / "merged" / "model")
+    assert [r["state"] for r in status(recipe)] == ["done"] * 3
+    assert set(stage_fingerprints(recipe)) == {"s1", "s2", "merged"}

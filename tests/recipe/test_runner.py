@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,8 @@ def test_a_finished_stage_is_its_renamed_folder_with_its_record(tmp_path: Path, 
     assert isinstance(record.pop("seconds"), float)
     assert record == {"name": "a", "kind": "fake", "format": 1, "metric": None,
                       "outputs": {"out": "out.txt", "many": ["progress.txt", "out.txt"], "model": "model"},
-                      "stats": {"folder": str(work / "a.partial"), "tokens": 42}}  # a path in the stats as text
+                      # a path in the stats as text, and, inside the partial folder, as it is after the rename
+                      "stats": {"folder": str(work / "a"), "tokens": 42}}
     assert json.loads((work / MARKER).read_text(encoding="utf-8")) == {"recipe": str(tmp_path / "r.yaml"),
                                                                        "name": "t"}
 
@@ -227,6 +228,100 @@ def test_a_changed_setting_reruns_that_stage_and_the_stages_that_use_it(tmp_path
     # the old folder, which the runner made, is replaced: nothing of the old run is left in it
     assert sorted(p.name for p in (tmp_path / "w" / "a").glob("value-*")) == ["value-7.txt"]
     assert [r["state"] for r in status(changed)] == ["done"] * 4
+
+
+def snapshot(folder: Path) -> list[tuple[str, str | None]]:
+    """Every path under `folder` with its text (None for a folder)."""
+    return sorted((str(p.relative_to(folder)), p.read_text() if p.is_file() else None) for p in folder.rglob("*"))
+
+
+def test_a_failed_rerun_leaves_the_finished_stage_as_it_was(tmp_path: Path, fake: FakeStages) -> None:
+    """The finished folder was deleted before the new version ran: a rerun that failed lost the stage. Now the
+    new version runs in STAGE.partial beside it and replaces it only once finished."""
+    recipe = write_recipe(tmp_path / "r.yaml", [A, B])
+    run(recipe, say=quiet([]))
+    work = tmp_path / "w"
+    before = snapshot(work / "a")
+    fake.interrupt.add("a")
+    changed = write_recipe(tmp_path / "r2.yaml", [{**A, "value": 7}, B])
+    with pytest.raises(Interrupted):
+        run(changed, say=quiet([]))
+    assert fake.calls[2].out == work / "a.partial" and fake.calls[2].final_existed  # beside the finished one
+    assert snapshot(work / "a") == before and (work / "a.partial" / "progress.txt").is_file()
+    assert [r["state"] for r in status(recipe)] == ["done", "done"]  # still finished, with its own settings
+    assert [r["state"] for r in status(changed)] == ["changed", "changed"]
+    said: list[str] = []
+    records = run(changed, say=said.append)  # the new version resumes, then takes the stage's place
+    assert "[a] resuming (fake)" in said and [r.status for r in records] == ["ran", "ran"]
+    assert sorted(p.name for p in (work / "a").glob("value-*")) == ["value-7.txt"]
+    assert sorted(p.name for p in work.iterdir()) == [MARKER, "a", "b", "recipe_report.md"]
+
+
+def test_a_finished_training_stage_with_a_misspelt_setting_is_refused_and_kept(
+        tmp_path: Path, fake: FakeStages, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user trial: a train-embed stage run to completion, then the recipe run with `max_steps` misspelt
+    `max_step`: "settings or inputs changed ... running it again", then "train: unknown key(s)", and the finished
+    stage was gone. Now the recipe is refused when it loads and the stage is untouched."""
+    from qwen_embed.recipe.stages import _train_config
+
+    def train(ctx: StageContext) -> StageResult:  # parses its config as the real stage does, then a cheap fake
+        _train_config(ctx)
+        return fake.run(ctx)
+
+    monkeypatch.setitem(KINDS, "train-embed", replace(KINDS["train-embed"], run=train))
+    stage = {"name": "stage1", "kind": "train-embed", "config": {"model": {"path": "m"},
+                                                                   "data": {"train_files": ["p.jsonl"]},
+                                                                   "train": {"max_steps": 4, "batch_size": 8}}}
+    recipe = write_recipe(tmp_path / "r.yaml", [stage])
+    run(recipe, say=quiet([]))
+    before = snapshot(tmp_path / "w")
+    typo = {**stage, "config": {**stage["config"], "train": {"max_step": 4, "batch_size": 8}}}
+    with pytest.raises(InputError, match=r"stage 'stage1': train: unknown key\(s\) \['max_step'\]"):
+        run(write_recipe(tmp_path / "typo.yaml", [typo]), say=quiet([]))
+    assert snapshot(tmp_path / "w") == before and fake.ran() == ["stage1"]
+    assert [r["state"] for r in status(recipe)] == ["done"]
+
+
+@pytest.mark.parametrize("new_state", ["not yet made", "finished, not yet renamed", "in place"])
+def test_a_run_stopped_while_replacing_a_stage_leaves_one_finished_version(tmp_path: Path, fake: FakeStages,
+                                                                           new_state: str) -> None:
+    """Replacing a finished stage is two renames (STAGE -> STAGE.replaced, STAGE.partial -> STAGE) and a delete;
+    a run killed between them leaves the old version aside: `status` reads it there, and the next run puts it
+    back (new version not finished) or deletes it (new version finished: renamed in, or already in place)."""
+    work = tmp_path / "w"
+    old = write_recipe(tmp_path / "r.yaml", [A])
+    run(old, say=quiet([]))
+    new = write_recipe(tmp_path / "r2.yaml", [{**A, "value": 7}])
+    if new_state != "not yet made":
+        run(new, say=quiet([]))  # the new version finished: rewind its install to the moment of the kill
+        (work / "a").rename(work / "a.new")
+        run(old, say=quiet([]))
+        (work / "a").rename(work / "a.replaced")
+        (work / "a.new").rename(work / ("a" if new_state == "in place" else "a.partial"))
+    else:
+        (work / "a").rename(work / "a.replaced")
+    assert [r["state"] for r in status(old)] == ["changed" if new_state == "in place" else "done"]
+    calls = len(fake.calls)
+    said: list[str] = []
+    records = run(new, say=said.append)
+    assert not (work / "a.replaced").exists() and not (work / "a.partial").exists()
+    assert sorted(p.name for p in (work / "a").glob("value-*")) == ["value-7.txt"]
+    assert len(fake.calls) == calls + (new_state == "not yet made")  # a finished new version is not run again
+    assert ("[a] put back as it was: a run was stopped while it replaced it" in said) == (new_state != "in place")
+    assert [r.fingerprint for r in records] == [stage_fingerprints(new)["a"]]
+    assert [r["state"] for r in status(new)] == ["done"]
+
+
+def test_a_stage_moved_aside_that_the_runner_did_not_make_is_never_deleted(tmp_path: Path, fake: FakeStages) -> None:
+    run(write_recipe(tmp_path / "r.yaml", [A]), say=quiet([]))
+    theirs = tmp_path / "w" / "a.replaced"
+    theirs.mkdir()
+    (theirs / "precious.txt").write_text("someone's")
+    with pytest.raises(InputError) as e:
+        run(write_recipe(tmp_path / "r.yaml", [{**A, "value": 7}]), say=quiet([]))
+    assert str(e.value) == (f"{theirs} exists but holds no stage.json: it was not made by this runner; move it away "
+                            "or rename the stage.")
+    assert (theirs / "precious.txt").read_text() == "someone's" and fake.ran() == ["a"]
 
 
 def test_fingerprints_follow_references_only(tmp_path: Path, fake: FakeStages) -> None:

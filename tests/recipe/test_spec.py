@@ -295,3 +295,124 @@ def test_a_pairs_stages_sources_are_checked_when_the_recipe_loads(tmp_path: Path
     msg = refused(write(tmp_path / "h.yaml", text.replace(", max_row: 5}]}", "}], held_out: 2}")))
     assert "stage 'later': held_out must be the fraction of rows kept out of training" in msg, msg
     load_recipe(write(tmp_path / "ok.yaml", text.replace("max_row", "max_rows")))
+
+
+# -- every setting of every stage, before any work -------------------------------------------------------------
+WEAK = {"name": "weak", "kind": "pairs", "sources": [{"file": "p.jsonl"}]}
+
+
+def training(name: str = "s1", kind: str = "train-embed", **sections: Any) -> dict[str, Any]:
+    """A training stage on the weak pairs, its `config:` sections replaced or added by `sections`."""
+    config = {"model": {"path": "m"}, "data": {"train_files": [{"from": "weak.train"}]},
+              "train": {"max_steps": 20, "save_every": 5, "keep_checkpoints": 2}, **sections}
+    return {"name": name, "kind": kind, "config": config}
+
+
+def merging(**settings: Any) -> dict[str, Any]:
+    return {"name": "merged", "kind": "merge", "models": {"from": "s1.checkpoints"}, "method": "multislerp",
+            **settings}
+
+
+@pytest.mark.parametrize(("stages", "message"), [
+    # the user trial: a misspelt training key of a finished stage was found only after the stage was deleted
+    ([WEAK, training(train={"max_step": 4})], "stage 's1': train: unknown key(s) ['max_step']; valid: ["),
+    ([WEAK, training("rr", "train-rerank", lora={"enabled": True, "r": 0})], "stage 'rr': lora.r=0 must be >= 1"),
+    ([WEAK, training(optim={"lr": "fast"})], "stage 's1': optim.lr must be float"),
+    ([WEAK, training(merge={"method": "multislerp", "checkpoints": "last-3"})],
+     "stage 's1': merge.checkpoints=last-3 needs train.keep_checkpoints >= 3"),
+    ([WEAK, {"name": "s1", "kind": "train-embed", "config": "train.yaml"}],
+     "stage 's1': config must be a mapping of training sections"),
+    ([WEAK, {"name": "s1", "kind": "train-embed", "config": {"model": {"path": {"from": "weak.train"}},
+                                                               "data": {"train_files": {"from": "weak.heldout"}}}}],
+     "stage 's1': data.train_files must be a list"),
+    # a merge stage: its method and numbers; `last` against the checkpoints the training stage will keep
+    ([WEAK, training(), merging(method="slurp")], "stage 'merged': merge method 'slurp' is unknown"),
+    ([WEAK, training(), merging(last=3)], "stage 'merged': last is 3 but models holds 2 checkpoint(s); merge at "
+                                          "most 2, or keep more (train.keep_checkpoints"),
+    ([WEAK, training(train={"max_steps": 4, "save_every": 0, "keep_checkpoints": 5}), merging()],
+     "stage 'merged': merging needs at least two checkpoints, got 1."),
+    ([WEAK, training(), merging(method="slerp", last=2, t=2)], "stage 'merged': t must be a number from 0 to 1"),
+    ([WEAK, training(), merging(method="linear", weights=[1, 2, 3])], "stage 'merged': --weights has 3 values for 2"),
+    # mining, evaluation, tokenizer, init, filter, synth, pairs
+    ([WEAK, training(), {"name": "m", "kind": "mine", "model": {"from": "s1.model"}, "input": {"from": "weak.train"},
+                         "top_k": 0}], "stage 'm': top_k must be a whole number >= 1, got 0."),
+    ([WEAK, {"name": "m", "kind": "mine", "model": "x", "input": {"from": "weak.train"}, "margin": "0.1"}],
+     "stage 'm': margin must be a number, got '0.1'."),
+    ([WEAK, {"name": "m", "kind": "mine", "model": "x", "input": {"from": "weak.train"}, "dim": 0}],
+     "stage 'm': dim must be a whole number >= 1 or null, got 0."),
+    ([{"name": "e", "kind": "eval", "embedder": "x", "dataset": "d", "top": 0}],
+     "stage 'e': top must be a whole number >= 1, got 0."),
+    ([{"name": "e", "kind": "eval", "embedder": "x", "dataset": "d", "max_queries": "60"}],
+     "stage 'e': max_queries must be a whole number >= 1 or null, got '60'."),
+    ([WEAK, {"name": "v", "kind": "tokenizer", "train_on": [{"from": "weak.train"}], "vocab_size": 100}],
+     "stage 'v': vocab_size must be a whole number >= 262"),
+    ([{"name": "i", "kind": "init", "dtype": "float16"}], "stage 'i': dtype must be float32 or bfloat16, got "
+                                                          "'float16'."),
+    ([{"name": "i", "kind": "init", "shape": {"hidden_size": "64"}}], "stage 'i': shape: hidden_size must be a "
+                                                                      "whole number >= 1, got '64'."),
+    ([{"name": "i", "kind": "init", "model_kind": "embeder"}], "stage 'i': model_kind must be embedding, reranker, "
+                                                               "seq-cls, got 'embeder'."),
+    ([WEAK, {"name": "f", "kind": "filter", "input": {"from": "weak.train"}, "embedding_model": "e", "min_cos": 7}],
+     "stage 'f': min_cos must be a number from -1 to 1, got 7."),
+    ([{"name": "q", "kind": "synth", "passages": "p", "personas": "r", "generator": "local:g", "embedding_model": "e",
+       "settings": {"min_word": 3}}], "stage 'q': unknown key 'min_word' in settings; it takes "),
+    ([{"name": "q", "kind": "synth", "passages": "p", "personas": "r", "generator": "http://h/v1",
+       "embedding_model": "e"}], "stage 'q': generator http://h/v1 is an endpoint: set model: NAME"),
+    ([{"name": "q", "kind": "synth", "passages": "p", "personas": "r", "generator": "local:g", "embedding_model": "e",
+       "generator_settings": {"temperature": 9}}], "stage 'q': generator_settings: temperature=9 must be"),
+    ([{"name": "w", "kind": "pairs", "sources": [{"beir": "b", "pairs": "titles"}]}],
+     "stage 'w': sources[0]: pairs must be title-text, lead-rest or qrels, got 'titles'."),
+    ([{"name": "w", "kind": "pairs", "sources": [{"wordnet": "b", "kinds": ["terms"]}]}],
+     "stage 'w': sources[0]: kinds must be a non-empty list of term, usage, kind-of, topic, keywords, got ['terms']."),
+])
+def test_every_setting_of_every_stage_is_checked_when_the_recipe_loads(tmp_path: Path, stages: list[dict[str, Any]],
+                                                                      message: str) -> None:
+    """What a stage's run would refuse is refused when the recipe loads, in one line naming the file and the
+    stage, before any stage runs (and before a finished stage of that name could be touched); references stand
+    for paths, and a training stage's `checkpoints` for as many as it will keep."""
+    path = write(tmp_path / "r.yaml", yaml.safe_dump({"name": "t", "workdir": "w", "stages": stages},
+                                                     sort_keys=False))
+    msg = refused(path)
+    assert msg.startswith(f"recipe {path}: {message}"), msg
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(("evaluate", "message"), [
+    ({"dataset": "d", "max_querys": 5}, "evaluate: unknown key 'max_querys'; it takes dataset, device, instruction, "
+                                        "max_docs, max_length, max_queries, split."),
+    ({"dataset": "d", "max_docs": 0}, "evaluate: max_docs must be a whole number >= 1 or null, got 0."),
+    ({"split": "test"}, "evaluate needs dataset: a BEIR folder"),
+])
+def test_the_evaluation_set_is_checked_when_the_recipe_loads(tmp_path: Path, evaluate: dict[str, Any],
+                                                             message: str) -> None:
+    """It is read after the first model stage: a typo there failed the run after that stage."""
+    path = write(tmp_path / "r.yaml", yaml.safe_dump({"evaluate": evaluate, "stages": [{"name": "a", "kind": "init"}]}))
+    assert refused(path).startswith(f"recipe {path}: {message}")
+
+
+def test_settings_that_the_stages_take_load(tmp_path: Path) -> None:
+    """References stand for paths in every kind's checks, a training stage's checkpoints for as many as it keeps
+    (4 here: steps 10, 15, 20 and 22 of 22, saved every 5)."""
+    stages = [WEAK, {"name": "v", "kind": "tokenizer", "train_on": {"from": "weak.train"}, "vocab_size": 262},
+              {"name": "i", "kind": "init", "tokenizer": {"from": "v.tokenizer"},
+               "shape": {"hidden_size": 32, "tie_word_embeddings": True}},
+              training(model={"path": {"from": "i.model"}}, train={"max_steps": 22, "save_every": 5,
+                                                                   "keep_checkpoints": 4},
+                       lora={"enabled": True, "r": 4, "merge_at_end": False}),
+              {"name": "m", "kind": "mine", "model": {"from": "s1.model"}, "input": {"from": "weak.train"},
+               "margin": -1, "dim": None, "corpus": None},
+              merging(last=4, weights=[1, 1, 2, 2]),
+              {"name": "rr", "kind": "init", "model_kind": "reranker", "from_embedding": {"from": "merged.model"}},
+              training("r2", "train-rerank", model={"path": {"from": "rr.model"}}, data={"train_files": [
+                  {"from": "m.pairs"}]}, rerank={"loss": "listwise"}),
+              {"name": "f", "kind": "filter", "input": {"from": "m.pairs"}, "embedding_model": {"from": "s1.model"}},
+              {"name": "q", "kind": "synth", "passages": "p", "personas": "r", "generator": "http://h/v1", "model": "g",
+               "embedding_model": {"from": "merged.model"}, "settings": {"languages": ["English", "German"]}},
+              {"name": "e", "kind": "eval", "embedder": {"from": "merged.model"}, "reranker": {"from": "r2.model"},
+               "dataset": "d", "top": 20, "max_queries": None}]
+    path = write(tmp_path / "r.yaml", yaml.safe_dump({"evaluate": {"dataset": "d", "max_queries": 5},
+                                                      "stages": stages}))
+    assert [s.name for s in load_recipe(path).stages] == [s["name"] for s in stages]
+    too_many = [*stages[:4], merging(last=5)]
+    assert "last is 5 but models holds 4 checkpoint(s)" in refused(write(tmp_path / "r.yaml", yaml.safe_dump(
+        {"stages": too_many})))

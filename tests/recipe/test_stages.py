@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -242,9 +243,15 @@ def test_tokenizer_keeps_yes_and_no_single_tokens(tmp_path: Path) -> None:
 
 
 def test_tokenizer_too_small_for_yes_and_no_is_refused(tmp_path: Path) -> None:
-    rows = write_jsonl(tmp_path / "rows.jsonl", [{"query": "a", "positive": "b"}])
+    """A vocabulary below the bytes, the special tokens and the three merges of yes/no is refused before any
+    text is read; one whose merges go to more frequent pairs of the data, after training."""
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"query": "abcd abcd abcd", "positive": "abcd"}] * 400)
+    with pytest.raises(InputError, match=r"^stage s: vocab_size must be a whole number >= 262 \(the 256 bytes, 3 "
+                                         r"special tokens and the merges of 'yes' and 'no'\), got 10\.$"):
+        run_tokenizer(context(tmp_path, "tokenizer", {"train_on": [str(tmp_path / "missing.jsonl")],
+                                                      "vocab_size": 10}))
     with pytest.raises(InputError, match=r"^stage s: 'yes' did not become one token; raise vocab_size\.$"):
-        run_tokenizer(context(tmp_path, "tokenizer", {"train_on": [str(rows)], "vocab_size": 10}))
+        run_tokenizer(context(tmp_path, "tokenizer", {"train_on": [str(rows)], "vocab_size": 262}))
     assert not (tmp_path / "out" / "tokenizer.json").exists()
 
 
@@ -319,22 +326,44 @@ def test_training_result_lists_finished_checkpoints_in_step_order(tmp_path: Path
 # -- merge, mine ---------------------------------------------------------------------------------------------
 @pytest.fixture
 def merges(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], Path, dict[str, Any]]]:
+    """A recording `merge_checkpoints` that writes only the folder and its report, as the real one does."""
+    from qwen_embed.train.merge import REPORT_NAME, MergeReport
+
     calls: list[tuple[list[str], Path, dict[str, Any]]] = []
 
-    def merge_checkpoints(paths: list[str], out: Path, **options: Any) -> None:
+    def merge_checkpoints(paths: list[str], out: Path, **options: Any) -> MergeReport:
         calls.append((list(paths), out, options))
+        report = MergeReport(options["method"], list(paths), None, [], None, str(out))
+        out.mkdir()
+        (out / REPORT_NAME).write_text(json.dumps(report.to_dict()))
+        return report
 
     monkeypatch.setattr("qwen_embed.train.merge.merge_checkpoints", merge_checkpoints)
     return calls
 
 
 def test_merge_flattens_the_model_lists_and_keeps_the_last(tmp_path: Path, merges: list[Any]) -> None:
-    settings = {"models": [["c1", "c2", "c3"], "m4", ["c5"]], "last": 3, "method": "slerp", "t": 0.3}
+    settings = {"models": [["c1", "c2", "c3"], "m4", ["c5"]], "last": 3, "method": "linear", "weights": [1, 2, 3]}
     ctx = context(tmp_path, "merge", settings)
     assert run_merge(ctx) == StageResult({"model": "model"}, {"inputs": ["c3", "m4", "c5"]})
-    assert merges == [(["c3", "m4", "c5"], ctx.out / "model", {"method": "slerp", "t": 0.3})]
-    run_merge(context(tmp_path, "merge", {"models": ["a", "b"], "last": 5, "method": "linear"}))
-    assert merges[1][0] == ["a", "b"]  # fewer checkpoints than `last`: all of them
+    assert merges == [(["c3", "m4", "c5"], ctx.out / "model", {"method": "linear", "weights": [1, 2, 3]})]
+    shutil.rmtree(ctx.out)
+    run_merge(context(tmp_path, "merge", {"models": ["a", "b", "c"], "last": 2, "method": "slerp", "t": 0.3}))
+    assert merges[1] == (["b", "c"], ctx.out / "model", {"method": "slerp", "t": 0.3})
+
+
+def test_merge_report_names_the_folder_the_merge_ends_in(tmp_path: Path, tiny_checkpoint: Any) -> None:
+    """merge_checkpoints writes into the stage's partial folder, which is renamed once the stage finished: the
+    report names the model's final place, not the partial folder that no longer exists then."""
+    from qwen_embed.train.merge import REPORT_NAME
+
+    models = [str(tiny_checkpoint("embedding", tokenizer="small", seed=seed)) for seed in (1, 2)]
+    ctx = context(tmp_path, "merge", {"models": models, "method": "linear"}, name="merged")
+    assert run_merge(ctx) == StageResult({"model": "model"}, {"inputs": models})
+    report = json.loads((ctx.out / "model" / REPORT_NAME).read_text(encoding="utf-8"))
+    assert report["output"] == str(tmp_path / "merged" / "model") == str(ctx.final / "model")
+    assert report["inputs"] == models and report["method"] == "linear" and report["groups"]
+    assert sorted(p.name for p in ctx.out.iterdir()) == ["model"]
 
 
 @pytest.mark.parametrize(("settings", "message"), [
@@ -345,6 +374,21 @@ def test_merge_flattens_the_model_lists_and_keeps_the_last(tmp_path: Path, merge
                                                                  "the newest `last` checkpoints), got 0."),
     ({"models": ["a", "b", "c"], "last": -1, "method": "slerp"}, "stage s: last must be a whole number >= 1 (merge "
                                                                   "the newest `last` checkpoints), got -1."),
+    # fewer checkpoints than `last` merged the ones there were, quietly (the trainer's last-K refuses)
+    ({"models": [["a", "b"]], "last": 3, "method": "multislerp"}, "stage s: last is 3 but models holds 2 "
+     "checkpoint(s); merge at most 2, or keep more (train.keep_checkpoints, train.save_every of the stage that "
+     "makes them)."),
+    ({"models": ["a", "b"], "method": "slurp"}, "stage s: merge method 'slurp' is unknown; use one of linear, slerp, "
+                                                "multislerp, task-slerp."),
+    ({"models": ["a", "b", "c"], "method": "slerp"}, "stage s: slerp merges exactly 2 models, got 3; use multislerp "
+                                                     "or linear for more."),
+    ({"models": ["a", "b"], "method": "linear", "weights": [1, 2, 3]}, "stage s: --weights has 3 values for 2 "
+                                                                       "models; give one per model."),
+    ({"models": ["a", "b"], "method": "linear", "weights": ["1", 2]}, "stage s: weights must be a list of numbers, "
+                                                                      "one per checkpoint, got ['1', 2]."),
+    ({"models": ["a", "b"], "method": "slerp", "t": 1.5}, "stage s: t must be a number from 0 to 1, got 1.5."),
+    ({"models": ["a", 3], "method": "linear"}, "stage s: models must be checkpoint folders (paths, or {from: "
+                                               "STAGE.checkpoints}), got 3."),
 ])
 def test_merge_refuses_too_few_checkpoints_and_a_bad_last(tmp_path: Path, merges: list[Any],
                                                           settings: dict[str, Any], message: str) -> None:

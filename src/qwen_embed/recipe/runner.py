@@ -7,13 +7,20 @@ Folders under the recipe's `workdir`:
 - `STAGE.partial/` is a stage in progress. Its command's own resume applies: a training stage picks
   up from its last checkpoint, mining from its last written chunk. One that already holds its
   `stage.json` of the same fingerprint (killed just before the rename) is renamed, not run again.
+- `STAGE.replaced/` is a finished stage moved aside for a moment while its new version takes its place
+  (`_install`); a run killed in that moment leaves it, and the next run puts it back (or deletes it,
+  when the new version is in place).
 
 A stage's fingerprint covers its kind, its settings and, for every `{from: ...}` reference, the
 fingerprint of the referenced stage. A finished stage whose fingerprint still matches is skipped; a
 changed setting changes the fingerprint of that stage and of every stage after it that uses it, so
-exactly those re-run (their old folders, which this runner made, are replaced). Files named by path
-in the settings are fingerprinted by path only: after changing such a file in place, pass
-`--rerun STAGE`.
+exactly those re-run. A finished stage is never deleted before its replacement has finished: the new
+version runs in `STAGE.partial/` while `STAGE/` stays as it was (a rerun that fails or is killed leaves
+it there, finished), and replaces it by two renames once complete. Every setting of every stage is
+checked when the recipe loads (`stages.check_recipe`), before any of this. Files named by path in the
+settings are fingerprinted by path only: after changing such a file in place, pass `--rerun STAGE`.
+
+Paths in a stage's stats that name its partial folder are recorded as they are after the rename.
 
 After each stage that makes an embedding model, the recipe's `evaluate` set (a BEIR split) measures
 it; `recipe_report.md` and `recipe_report.png` sum up the stages at the end.
@@ -26,6 +33,7 @@ time (`files.OutputLock`): a second run started meanwhile is refused in one line
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -42,6 +50,7 @@ from .stages import KINDS, HeldOut, StageContext, retrieval_metric
 MARKER = ".recipe.json"
 RECORD = "stage.json"
 FORMAT = 1
+REPLACED = ".replaced"  # STAGE.replaced: a finished stage moved aside while its new version is renamed in
 
 
 @dataclass
@@ -134,12 +143,21 @@ def _read_marker(workdir: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _finished_record(workdir: Path, name: str) -> StageRecord | None:
+    """The record of the finished stage `name`: in its folder, or, when a run was killed while replacing it,
+    in the folder it was moved aside to (which the next run puts back)."""
+    final = workdir / name
+    if final.exists():
+        return _read_record(final)
+    return _read_record(workdir / f"{name}{REPLACED}")
+
+
 def status(recipe: Recipe) -> list[dict[str, Any]]:
     """Per stage: done (with the same settings), changed (done with other settings), partial, or todo."""
     prints = stage_fingerprints(recipe)
     out = []
     for s in recipe.stages:
-        rec = _read_record(recipe.workdir / s.name)
+        rec = _finished_record(recipe.workdir, s.name)
         if rec is not None and rec.fingerprint == prints[s.name]:
             state = "done"
         elif rec is not None:
@@ -183,6 +201,7 @@ def _run_stages(recipe: Recipe, rerun: Sequence[str], tell: Callable[[str], None
         if refs & forced:
             forced.add(s.name)
         final = recipe.workdir / s.name
+        _finish_replacing(final, tell)
         rec = _read_record(final)
         if rec is not None and rec.fingerprint == prints[s.name] and s.name not in forced:
             tell(f"[{s.name}] done already ({s.kind}); skipped")
@@ -192,11 +211,39 @@ def _run_stages(recipe: Recipe, rerun: Sequence[str], tell: Callable[[str], None
             if rec is None:
                 raise InputError(f"{final} exists but holds no {RECORD}: it was not made by this runner; move it "
                                  f"away or rename the stage.")
+            # kept as it is until the new version has finished (_install): a failed rerun loses nothing
             tell(f"[{s.name}] settings or inputs changed since it ran: running it again")
-            shutil.rmtree(final)
         records[s.name] = _run_stage(recipe, s, prints[s.name], records, tell, held_out)
     write_report(recipe, [records[s.name] for s in recipe.stages])
     return [records[s.name] for s in recipe.stages]
+
+
+def _install(partial: Path, final: Path) -> None:
+    """Rename the finished `partial` to `final`. A finished stage there already (its settings changed, or
+    --rerun) is first moved aside to STAGE.replaced and deleted only once the new one is in place: whenever a
+    run stops, one finished version of the stage is there (`_finish_replacing` completes an interrupted swap)."""
+    aside = final.with_name(final.name + REPLACED)
+    if final.exists():
+        final.rename(aside)
+    partial.rename(final)
+    if aside.exists():
+        shutil.rmtree(aside)
+
+
+def _finish_replacing(final: Path, tell: Callable[[str], None]) -> None:
+    """Complete a swap that a run killed inside `_install` left: the stage moved aside (STAGE.replaced, which
+    this runner made: it holds the stage's record) is deleted when its new version is in place, else put back."""
+    aside = final.with_name(final.name + REPLACED)
+    if not aside.exists():
+        return
+    if _read_record(aside) is None:
+        raise InputError(f"{aside} exists but holds no {RECORD}: it was not made by this runner; move it away or "
+                         f"rename the stage.")
+    if _read_record(final) is not None:
+        shutil.rmtree(aside)
+    elif not final.exists():
+        aside.rename(final)
+        tell(f"[{final.name}] put back as it was: a run was stopped while it replaced it")
 
 
 def _refs(stage: Any) -> list[tuple[str, Ref]]:
@@ -212,7 +259,7 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
     finished = _read_record(partial)
     if finished is not None and finished.fingerprint == fp:  # killed after its record, before the rename
         mark.unlink(missing_ok=True)
-        partial.rename(recipe.workdir / s.name)
+        _install(partial, recipe.workdir / s.name)
         tell(f"[{s.name}] finished by an interrupted run; kept")
         return finished
     if partial.is_dir() and (not mark.is_file() or mark.read_text().strip() != fp):
@@ -233,10 +280,12 @@ def _run_stage(recipe: Recipe, s: Any, fp: str, done: dict[str, StageRecord],
         metric = retrieval_metric(model, recipe.evaluate, held_out)
         metric.pop("run", None)
         tell(f"[{s.name}] held-out nDCG@10 {metric['ndcg_at_10']:.4f}")
-    rec = StageRecord(s.name, s.kind, fp, result.outputs, _jsonable(result.stats), seconds, metric)
+    final = recipe.workdir / s.name
+    rec = StageRecord(s.name, s.kind, fp, result.outputs, _moved(_jsonable(result.stats), partial, final), seconds,
+                      metric)
     write_json_atomic(partial / RECORD, rec.to_json())
     mark.unlink()
-    partial.rename(recipe.workdir / s.name)
+    _install(partial, final)
     tell(f"[{s.name}] finished in {seconds:.1f} s")
     return rec
 
@@ -257,6 +306,18 @@ def _makes_an_embedder(model: Path, settings: dict[str, Any]) -> bool:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def _moved(value: Any, partial: Path, final: Path) -> Any:
+    """JSON data with every path inside `partial` written as the path it has once `partial` is renamed `final`."""
+    if isinstance(value, str):
+        old = str(partial)
+        return str(final) + value[len(old):] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {k: _moved(v, partial, final) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, partial, final) for v in value]
+    return value
 
 
 def write_report(recipe: Recipe, records: list[StageRecord]) -> Path:

@@ -10,9 +10,11 @@
       ...
 
 A value `{from: STAGE.OUTPUT}` anywhere in a stage's settings is replaced by the path of that output
-of an earlier stage when the stage runs. `check_recipe` validates the whole graph before any work:
+of an earlier stage when the stage runs. `check_recipe` validates the whole file before any work:
 unique names, known kinds, settings each kind accepts, references to existing outputs of earlier
-stages only (a reference to a later stage, to itself or around a cycle is refused, naming it).
+stages only (a reference to a later stage, to itself or around a cycle is refused, naming it), then
+every setting of every stage as its run would check it (a training stage's `config:` by the training
+package's own parser), references standing for paths.
 """
 
 from __future__ import annotations
