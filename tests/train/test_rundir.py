@@ -180,6 +180,9 @@ def test_another_run_is_refused_in_one_line_and_left_as_it_is(tmp_path: Path, ch
         check_run_dir(config(out, **change))
     msg = one_line(e)
     assert f"train.output_dir {out} holds {says}" in msg and "--overwrite" in msg and "--set train.output_dir" in msg
+    # what --overwrite would replace, every entry of a run's own (the merge's folder included)
+    assert ("replacing only a run's own files: checkpoints/, train_log.jsonl, model/, adapter/, merged/, "
+            "learning_curve.png, run.json)") in msg
     assert snapshot(out) == before
 
 

@@ -41,6 +41,9 @@ RUN_RECORD = "run.json"
 MERGE_RECORD = "run_merge.json"  # in merged/
 RUN_ENTRIES = ("checkpoints", "train_log.jsonl", "train_log.tmp", "model", "adapter", "merged", "learning_curve.png",
                RUN_RECORD, ".*.tmp-*")
+# what --overwrite replaces, for messages (the run's own entries users see)
+OWN_LISTED = ", ".join(e + ("" if "." in e else "/") for e in RUN_ENTRIES if not e.startswith(".") and
+                       e != "train_log.tmp")
 NOT_THE_RUN = {"train": ("max_steps", "progress", "log_every", "save_every", "keep_checkpoints", "resume",
                          "output_dir"), "eval": ("every",),
                "merge": tuple(f.name for f in dataclasses.fields(MergeSettings))}
@@ -217,8 +220,7 @@ def check_run_dir(cfg: TrainConfig, *, overwrite: bool = False) -> RunState:
                 f"entries named like a run's ({', '.join(names[:3])}) but no {RUN_RECORD}, checkpoint or log of one")
         raise OutputExistsError(f"train.output_dir {out} holds {what}; choose a new train.output_dir (--set "
                                 f"train.output_dir=...), or pass --overwrite to start a new run there (replacing only "
-                                f"a run's own files: checkpoints/, train_log.jsonl, model/, adapter/, "
-                                f"learning_curve.png).")
+                                f"a run's own files: {OWN_LISTED}).")
     check_merge_plan(cfg, [], 0)
     if int(os.environ.get("RANK", "0")) == 0:
         for n in names:
