@@ -117,3 +117,26 @@ def test_similarity_is_the_cosine_matrix() -> None:
     assert similarity(a[0], b).shape == (1, 4)  # a 1-D vector is one row, as in sentence-transformers
     with pytest.raises(InputError, match="one dimension"):
         similarity(a, b[:, :4])
+
+
+def test_counts_take_numpy_integers(tiny_embedding_path: Path) -> None:
+    """A count read from an array (np.int64) is the int it is, for every count of the API (one rule)."""
+    e = Embedder.from_pretrained(tiny_embedding_path, device="cpu", max_length=np.int64(16), batch_tokens=np.int64(64),
+                                 threads=np.int64(1))  # type: ignore[arg-type]
+    assert (e.max_length, e.engine.batch_tokens) == (16, 64) and type(e.max_length) is int
+    assert e.encode(["a b"], dim=np.int64(32)).shape == (1, 32)
+
+
+def test_embed_ids_refuses_bad_ids_in_one_line_and_takes_numpy_rows(embedder: Embedder) -> None:
+    """They used to fail as IndexError (an id outside the vocabulary), AssertionError (an empty sequence),
+    ValueError (a numpy array, a string) or TypeError (a generator, a flat list)."""
+    ids = embedder.tokenize(["hello there", "general kenobi"])
+    want = embedder.embed_ids(ids)
+    np.testing.assert_array_equal(embedder.embed_ids(np.array([ids[0]])), embedder.embed_ids(ids[:1]))
+    np.testing.assert_array_equal(embedder.embed_ids(iter(ids)), want)
+    vocab = embedder.config.vocab_size
+    for seqs, needle in [([[]], "holds 0 token ids"), ([[vocab]], f"token id {vocab}, outside"),
+                         ([[-1]], "token id -1"), (["abc"], "must be a list of token ids"),
+                         ([5, 6], "must be a list of token ids, got int"), ([], "seqs is empty")]:
+        with pytest.raises(InputError, match=needle):
+            embedder.embed_ids(seqs)  # type: ignore[arg-type]

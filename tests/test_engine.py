@@ -54,3 +54,19 @@ def test_a_wrong_total_is_caught(small_embedder: Embedder, seqs: list[list[int]]
     engine = Engine(small_embedder.checkpoint.model, torch.device("cpu"))
     with pytest.raises(AssertionError, match="engine saw 7 sequences, expected 8"):
         engine.last_hidden_stream([seqs], total=8)
+
+
+@pytest.mark.parametrize("bad", [0, -5, "512", 512.0, True])
+def test_a_bad_token_budget_is_refused_not_replaced_by_the_default(small_embedder: Embedder, bad: object) -> None:
+    """batch_tokens=0 used to mean the default silently, -5 and True ran, "512" failed deep in plan_batches."""
+    from qwen_embed.errors import InputError
+
+    with pytest.raises(InputError, match=rf"batch_tokens={bad!r} must be a positive integer .*the cpu default"):
+        Engine(small_embedder.checkpoint.model, torch.device("cpu"), batch_tokens=bad)  # type: ignore[arg-type]
+
+
+def test_a_numpy_token_budget_is_the_int_it_is(small_embedder: Embedder) -> None:
+    import numpy as np
+
+    engine = Engine(small_embedder.checkpoint.model, torch.device("cpu"), batch_tokens=np.int64(64))  # type: ignore[arg-type]
+    assert engine.batch_tokens == 64 and type(engine.batch_tokens) is int

@@ -201,3 +201,16 @@ def test_one_line_escapes_every_line_break_that_splitlines_knows() -> None:
         assert len(out.splitlines()) == 1 and out.isprintable(), repr(out)
         assert out.encode("ascii", "backslashreplace").decode("unicode_escape") == text  # nothing lost
     assert one_line("caf\u00e9 \t tab") == "caf\u00e9 \t tab"  # other characters as they are
+
+
+@pytest.mark.parametrize(("value", "low", "want"), [
+    (3, 1, 3), (np.int64(2), 1, 2), (np.uint8(7), None, 7), (np.int32(0), 1, None),  # numpy's integers count
+    (True, None, None), (np.bool_(True), None, None), (2.0, None, None), (np.float64(2), None, None),
+    ("2", None, None), (None, None, None),
+])
+def test_whole_number_is_the_one_count_rule_and_gives_a_python_int(value: object, low: int | None,
+                                                                   want: int | None) -> None:
+    from qwen_embed.errors import whole_number
+
+    got = whole_number(value, low)
+    assert got == want and (got is None or type(got) is int)

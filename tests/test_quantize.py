@@ -144,3 +144,38 @@ def test_cli_embed_precision_and_saved_ranges(st_quant: Any, tiny_embedding_path
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_bad_ranges_and_codes_are_one_line_errors(tmp_path: Path, embedder: Embedder) -> None:
+    """A path given as ranges, codes given as a list or of the other int type, ranges of a wrong shape saved
+    or loaded: each used to be a ValueError / AttributeError deep in numpy, silently wrong values, or a file
+    that no loader could use."""
+    x = _random(4, 64)
+    r = calibration_ranges(x)
+    with pytest.raises(InputError, match=r"got the path 'r\.json'; read the file with .*load_ranges"):
+        quantize(x, "int8", ranges="r.json")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="numeric array of shape"):
+        quantize(x, "int8", ranges=[["a"] * 64, ["b"] * 64])  # type: ignore[arg-type]
+    codes = quantize(x, "int8", ranges=r)
+    np.testing.assert_array_equal(dequantize(list(codes), "int8", r), dequantize(codes, "int8", r))
+    with pytest.raises(InputError, match="'uint8' codes must be uint8 values, got int8"):
+        dequantize(codes, "uint8", r)  # would shift every value by 128 steps
+    with pytest.raises(InputError, match=r"shape \(2, dim\)"):
+        save_ranges(tmp_path / "bad.json", np.zeros(5))
+    assert not (tmp_path / "bad.json").exists()
+    np.save(tmp_path / "bad.npy", np.zeros(5))
+    with pytest.raises(InputError, match=r"bad\.npy: int8 ranges must have shape \(2, dim\)"):
+        load_ranges(tmp_path / "bad.npy")
+    (tmp_path / "ragged.json").write_text('{"min": [0, 1], "max": [1]}')
+    with pytest.raises(InputError, match=r"ragged\.json is not a JSON object"):
+        load_ranges(tmp_path / "ragged.json")
+    with pytest.raises(InputError, match=r"1 vector\(s\) cannot be calibrated: pass ranges=calibration_ranges"):
+        embedder.encode(["a"], precision="int8")  # encode takes no calibration=, so the fix is ranges=
+
+
+def test_dequantize_is_the_step_start_by_hand() -> None:
+    """q * step + min, step = (max - min) / 255, with int8 codes shifted by 128 (sentence-transformers' rule)."""
+    r = np.array([[-1.0, 0.0], [1.0, 0.0]], dtype=np.float32)  # the second dimension has a zero-width range
+    codes = np.array([[-128, 0], [127, 3]], dtype=np.int8)
+    want = np.array([[-1.0, 128.0], [255 * (2 / 255) - 1.0, 131.0]], dtype=np.float32)
+    np.testing.assert_allclose(dequantize(codes, "int8", r), want, rtol=1e-6)

@@ -173,3 +173,44 @@ def test_a_max_length_that_cannot_hold_the_template_is_refused_at_load(tiny_rera
     assert short.score("q", ["a long document " * 20]).shape == (1,)  # the document is cut to fit
     with pytest.raises(InputError, match="shorten the query or raise max_length"):
         short.score("a much longer query than eight tokens can hold", ["x"])
+
+
+def test_counts_take_numpy_integers(reranker: Reranker) -> None:
+    docs = ["alpha", "beta", "gamma"]
+    want = reranker.rerank("q", docs)
+    assert reranker.rerank("q", docs, top_n=np.int64(2)) == want[:2]
+    assert reranker.build_input_ids("q", docs, max_tokens_per_doc=np.int64(1)) == \
+        reranker.build_input_ids("q", docs, max_tokens_per_doc=1)
+
+
+def test_collections_of_queries_and_pairs_are_read_by_position(reranker: Reranker) -> None:
+    """A numpy array, a generator or a pandas Series (whatever its index) of queries or pairs: the same scores
+    as the list, each equal to `score` of that query alone (they failed with ValueError / TypeError / KeyError)."""
+    pd = pytest.importorskip("pandas")
+    queries, docs = ["gravity", "rivers"], [["apple falls", "sea"], ["delta"]]
+    alone = [reranker.score(q, d) for q, d in zip(queries, docs, strict=True)]
+    for qs, ds in [(np.array(queries), docs), ((q for q in queries), iter(docs)),
+                   (pd.Series(queries, index=[7, 3]), pd.Series(docs, index=[7, 3]))]:
+        got = reranker.score_many(qs, ds)
+        for g, a in zip(got, alone, strict=True):
+            np.testing.assert_allclose(g, a, atol=1e-6)
+    pairs = [(q, d) for q, ds in zip(queries, docs, strict=True) for d in ds]
+    flat = np.concatenate(alone)
+    np.testing.assert_allclose(reranker.score_pairs(np.array(pairs)), flat, atol=1e-6)
+    np.testing.assert_allclose(reranker.score_pairs(p for p in pairs), flat, atol=1e-6)
+
+
+@pytest.mark.parametrize(("call", "needle"), [
+    (lambda r: r.score_many(["q"], None), "documents must be a list of lists of strings, got NoneType"),
+    (lambda r: r.score_many({"q"}, [["d"]]), "queries must be an ordered list, got a set"),
+    (lambda r: r.score_many(["q"], [["d", None]]), r"documents\[0\]\[1\] must be a string, got NoneType"),
+    (lambda r: r.score_pairs([("q", None)]), r"pairs\[0\]\[1\] \(the document\) must be a string, got NoneType"),
+    (lambda r: r.score_pairs([(b"q", "d")]), r"pairs\[0\]\[0\], the query, must be a non-empty string"),
+    (lambda r: r.score_pairs("qd"), "pairs must be a list of \\(query, document\\) pairs, got a single string"),
+    (lambda r: r.rerank("q", {"a", "b"}), "documents must be an ordered list, got a set"),
+    (lambda r: r.score_ids([[10**9]]), "outside this model's vocabulary"),
+])
+def test_bad_collections_are_one_line_errors(reranker: Reranker, call: Callable[[Reranker], object],
+                                             needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        call(reranker)

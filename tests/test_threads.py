@@ -175,3 +175,10 @@ def test_use_threads_refuses_a_bad_count_and_changes_nothing(restore: None, bad:
     with pytest.raises(InputError, match=rf"threads={bad!r} must be a positive integer"):
         threads.use_threads(bad)
     assert torch.get_num_threads() == 2 and threads._chosen is None
+
+
+def test_use_threads_takes_a_numpy_count_as_the_int_it_is(restore: None) -> None:
+    import numpy as np
+
+    got = threads.use_threads(np.int64(1))  # type: ignore[arg-type]
+    assert got == 1 == torch.get_num_threads() and type(threads._chosen) is int

@@ -124,7 +124,7 @@ def test_folders_with_the_same_tokenizer_share_one_parse(tmp_path: Path, monkeyp
 @pytest.mark.parametrize(
     ("texts", "needle"),
     [([], "empty"), ("a string", "single string"), ([""], r"texts\[0\] is an empty string"),
-     (["ok", 3], r"texts\[1\] is a int"), (["ok", None], "NoneType"), (42, "list of strings")],
+     (["ok", 3], r"texts\[1\] must be a string, got int"), (["ok", None], "NoneType"), (42, "list of strings")],
 )
 def test_check_texts(texts: object, needle: str) -> None:
     with pytest.raises(InputError, match=needle):
@@ -244,3 +244,40 @@ def test_encode_with_a_limit_reads_only_as_far_as_kept(real_tokenizer_path: Path
     book = "A line of a long book.\n" * 100_000  # 2.3M characters
     assert ours.encode([book], limit=64)[0][:64] == ref.encode(book[:5000], add_special_tokens=False).ids[:64]
     assert sum(encoded) < 3000
+
+
+@pytest.mark.parametrize(("texts", "needle"), [
+    (b"abc", "got bytes; decode it first"),  # was "texts[0] is a int, not a string: 97"
+    ({"b", "a"}, "got a set, whose order is arbitrary"), ({"a": 1}, "got a dict, whose order is arbitrary"),
+    ([b"abc"], r"texts\[0\] must be a string, got bytes: b'abc'; decode it first"),
+])
+def test_check_texts_refuses_bytes_and_unordered_collections(texts: object, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        check_texts(texts)
+
+
+def test_check_texts_takes_ordered_collections_by_position() -> None:
+    import numpy as np
+    import pandas as pd
+
+    series = pd.Series(["b", "a"], index=[10, 3])
+    assert check_texts(series) == ["b", "a"] == check_texts(np.array(["b", "a"])) == check_texts(iter(["b", "a"]))
+    assert all(type(t) is str for t in check_texts(np.array(["b", "a"])))
+
+
+def test_check_ids_refuses_what_the_model_cannot_embed() -> None:
+    import numpy as np
+
+    from qwen_embed.tokenizer import check_ids
+
+    assert check_ids(np.array([[1, 2], [3, 4]]), 10, 8) == [[1, 2], [3, 4]]
+    assert check_ids((x for x in [(1, 2)]), 10, 8) == [[1, 2]]
+    for seqs, needle in [([[]], r"seqs\[0\] holds 0 token ids; an input takes 1\.\.8"),
+                         ([[1] * 9], r"holds 9 token ids; an input takes 1\.\.8"),
+                         ([[1, -1]], r"token id -1, outside this model's vocabulary 0\.\.9"),
+                         ([[10]], r"token id 10, outside"), (["abc"], r"seqs\[0\] must be a list of token ids"),
+                         ([1, 2], r"seqs\[0\] must be a list of token ids, got int"),
+                         ([[1.5]], "integer token ids, got float"), ([[True]], "integer token ids, got bool"),
+                         ([], "seqs is empty"), ("abc", "single string")]:
+        with pytest.raises(InputError, match=needle):
+            check_ids(seqs, 10, 8)

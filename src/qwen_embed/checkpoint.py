@@ -10,6 +10,7 @@ use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .config import ModelConfig, check_not_adapter
 from .errors import ConfigError
 from .int8 import check_int8_device, is_int8, quantize_linear_int8
 from .model import Qwen3Model
-from .tokenizer import QwenTokenizer
+from .tokenizer import QwenTokenizer, check_ids
 from .weights import load_trunk, pick_device, pick_dtype, resolve_model_dir
 
 
@@ -96,6 +97,11 @@ class CheckpointFacts:
     def hidden_size(self) -> int:
         """Width of the trunk, the largest embedding dimension."""
         return self.checkpoint.config.hidden_size
+
+    def check_ids(self, seqs: Sequence[Sequence[int]], what: str = "seqs") -> list[Sequence[int]]:
+        """Already tokenized inputs, validated against this model's vocabulary and position limit."""
+        c = self.checkpoint.config
+        return check_ids(seqs, c.vocab_size, c.max_position_embeddings, what)
 
     @property
     def device(self) -> torch.device:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .batching import PackedBatch, pack, plan_batches
 from .model import Qwen3Model, SharedPrefix
 from .settings import DEFAULT_BATCH_TOKENS as DEFAULT_BATCH_TOKENS
-from .settings import default_batch_tokens
+from .settings import check_batch_tokens
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Engine:
                  max_seqs: int | None = None) -> None:
         self.model = model
         self.device = device
-        self.batch_tokens = batch_tokens or default_batch_tokens(device.type)
+        self.batch_tokens = check_batch_tokens(batch_tokens, device.type)
         self.max_seqs = max_seqs
         self.pin = device.type == "cuda"
 

@@ -9,6 +9,7 @@ into one line too.
 from __future__ import annotations
 
 import errno
+import numbers
 import os
 import re
 from typing import TypeGuard
@@ -60,10 +61,22 @@ def one_line(message: str) -> str:
     return message.translate(_LINE_BREAKS)
 
 
+def whole_number(value: object, low: int | None = None) -> int | None:
+    """The one rule for a count given by a user: a whole number of any integer type (Python's int, numpy's
+    `np.int64(2)` read from an array or a shape), never a bool (True is not a count) nor a float (2.0), and
+    with `low` at least `low`. Returns it as the Python int it is, or None when it is not one (the caller
+    words the message)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    n = int(value)
+    return n if low is None or n >= low else None
+
+
 def is_whole(value: object, low: int | None = None) -> TypeGuard[int]:
-    """True when `value` is a whole number (a Python int, not a bool: True is not a count) and, with `low`,
-    at least `low`. The one check behind every "must be an integer >= N" message; the caller words it."""
-    return isinstance(value, int) and not isinstance(value, bool) and (low is None or value >= low)
+    """True when `value` is a Python int (not a bool) and, with `low`, at least `low`. Strict about the type,
+    for callers that keep the value as given; a count from the user goes through `whole_number`, which also
+    takes numpy's integers and returns the int."""
+    return isinstance(value, int) and whole_number(value, low) is not None
 
 
 # -- file system refusals as one line --------------------------------------------------------------------

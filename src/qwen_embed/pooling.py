@@ -6,13 +6,12 @@ of each sequence), slices it to the Matryoshka dimension first and L2-normalises
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .errors import InputError, is_whole
+from .errors import InputError, whole_number
 from .settings import MIN_DIM as MIN_DIM  # here too: pooling.MIN_DIM keeps working
 from .settings import dim_range, min_dim
 
@@ -28,17 +27,15 @@ def check_dim(dim: int | None, hidden_size: int, param: str = "dim") -> int:
     `param` is the caller's name for the argument (the server's `dimensions`); the error carries it."""
     if dim is None:
         return hidden_size
-    if isinstance(dim, numbers.Integral) and not isinstance(dim, bool):
-        dim = int(dim)  # numpy's integers too (a width taken from an array's shape)
-    if not is_whole(dim):
+    d = whole_number(dim)  # numpy's integers too (a width taken from an array's shape)
+    if d is None:
         raise InputError(f"{param} must be an integer, got {dim!r}", param=param)
-    if not min_dim(hidden_size) <= dim <= hidden_size:
+    if not min_dim(hidden_size) <= d <= hidden_size:
         raise InputError(
-            f"{param}={dim} is out of range: this model supports {dim_range(hidden_size)}; "
+            f"{param}={d} is out of range: this model supports {dim_range(hidden_size)}; "
             f"pass a value in that range or leave it out for the full {hidden_size}.", param=param
         )
-    return dim
-
+    return d
 
 
 def truncate_dim(x: torch.Tensor, dim: int) -> torch.Tensor:

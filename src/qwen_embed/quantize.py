@@ -55,13 +55,22 @@ def calibration_ranges(sample: np.ndarray) -> np.ndarray:
     return np.vstack((x.min(axis=0), x.max(axis=0))).astype(np.float32)
 
 
-def _check_ranges(ranges: Any, dim: int) -> np.ndarray:
-    r = np.asarray(ranges, dtype=np.float32)
-    if r.shape != (2, dim):
-        raise InputError(f"int8 ranges must have shape (2, {dim}) (row 0 minima, row 1 maxima), got {r.shape}; "
-                         f"calibrate on embeddings of the same dimension.")
+def _check_ranges(ranges: Any, dim: int | None) -> np.ndarray:
+    """Ranges as float32 [2, dim] (any [2, d] with dim None), or an InputError that says what is wrong."""
+    if isinstance(ranges, str | os.PathLike):
+        raise InputError(f"int8 ranges must be an array of shape (2, dim), got the path {os.fspath(ranges)!r}; read "
+                         f"the file with qwen_embed.quantize.load_ranges(path) first.", param="ranges")
+    try:
+        r = np.asarray(ranges, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"int8 ranges must be a numeric array of shape (2, dim) (row 0 minima, row 1 maxima); "
+                         f"{type(ranges).__name__} is not one ({e}).", param="ranges") from None
+    if r.ndim != 2 or r.shape[0] != 2 or (dim is not None and r.shape[1] != dim):
+        raise InputError(f"int8 ranges must have shape (2, {'dim' if dim is None else dim}) (row 0 minima, row 1 "
+                         f"maxima), got {r.shape}; calibrate on embeddings of the same dimension.", param="ranges")
     if not np.isfinite(r).all() or (r[1] < r[0]).any():
-        raise InputError("int8 ranges must be finite with every maximum >= its minimum.")
+        raise InputError("int8 ranges must be finite with every maximum >= its minimum; calibrate again with "
+                         "calibration_ranges(<sample of embeddings>).", param="ranges")
     return r
 
 
@@ -84,9 +93,10 @@ def quantize(embeddings: np.ndarray, precision: str, *, ranges: np.ndarray | Non
     if precision.endswith("int8"):
         if ranges is None:
             if calibration is None and (x.ndim == 1 or x.shape[0] < MIN_CALIBRATION):
-                raise InputError(f"precision={precision!r} needs calibration ranges: pass ranges=... (saved from a "
-                                 f"calibration run) or calibration=<sample of embeddings>; one vector cannot be "
-                                 f"calibrated.")
+                raise InputError(f"precision={precision!r} needs calibration ranges, and {len(x) if x.ndim > 1 else 1} "
+                                 f"vector(s) cannot be calibrated: pass ranges=calibration_ranges(<sample of at least "
+                                 f"{MIN_CALIBRATION} embeddings>) or ranges=load_ranges(path) (quantize() also takes "
+                                 f"calibration=<sample>).", param="ranges")
             ranges = calibration_ranges(x if calibration is None else calibration)
         r = _check_ranges(ranges, dim)
         starts = r[0]
@@ -103,6 +113,10 @@ def dequantize(codes: np.ndarray, precision: str, ranges: np.ndarray) -> np.ndar
     (as sentence-transformers' `_dequantize_embeddings` does for rescoring)."""
     if precision not in ("int8", "uint8"):
         raise InputError(f"dequantize takes int8 or uint8 codes, got precision={precision!r}.")
+    codes = np.asarray(codes)
+    if codes.dtype != np.dtype(precision):
+        raise InputError(f"precision={precision!r} codes must be {precision} values, got {codes.dtype}; pass the "
+                         f"precision the codes were made with.", param="precision")
     r = _check_ranges(ranges, codes.shape[-1])
     steps = (r[1] - r[0]) / 255
     steps = np.where(steps == 0, 1, steps)
@@ -132,7 +146,7 @@ def save_ranges(path: str | os.PathLike[str], ranges: np.ndarray, *, overwrite: 
     """Write calibration ranges as JSON ({"min": [...], "max": [...]}) atomically."""
     from .files import write_json_atomic
 
-    r = np.asarray(ranges, dtype=np.float32)
+    r = _check_ranges(ranges, None)  # a wrong shape would write a file no loader can use
     return write_json_atomic(path, {"min": r[0].tolist(), "max": r[1].tolist()}, overwrite=overwrite, indent=None)
 
 
@@ -141,13 +155,19 @@ def load_ranges(path: str | os.PathLike[str]) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"ranges file {p} does not exist; write one with --save-ranges first.")
-    if p.suffix == ".npy":
-        return np.asarray(np.load(p, allow_pickle=False), dtype=np.float32)
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-        return np.asarray([raw["min"], raw["max"]], dtype=np.float32)
+        if p.suffix == ".npy":
+            r = np.load(p, allow_pickle=False)
+        else:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+            r = np.asarray([raw["min"], raw["max"]], dtype=np.float32)
     except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"ranges file {p} is not a JSON object with 'min' and 'max' lists ({e}).") from None
+        raise InputError(f"ranges file {p} is not a JSON object with 'min' and 'max' lists of equal length, nor a "
+                         f".npy array of shape (2, dim) ({e}); write it with save_ranges.") from None
+    try:
+        return _check_ranges(r, None)
+    except InputError as e:
+        raise InputError(f"ranges file {p}: {e}") from None
 
 
 def bytes_per_vector(dim: int, precision: str) -> int:

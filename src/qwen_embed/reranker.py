@@ -28,7 +28,7 @@ import torch
 from .checkpoint import Checkpoint, CheckpointFacts
 from .embedder import DEFAULT_INSTRUCTION, DEFAULT_MAX_LENGTH, check_max_length
 from .engine import Chunk, make_engine
-from .errors import InputError, ModelOutputError, is_whole
+from .errors import InputError, ModelOutputError, whole_number
 from .pooling import rank_by_score, row_sum
 from .settings import DEFAULT_RERANKER_MODEL as DEFAULT_RERANKER_MODEL  # the model this class defaults to
 from .templates import PREFIX as PREFIX
@@ -38,7 +38,7 @@ from .templates import TEMPLATES as TEMPLATES
 from .templates import RerankTemplate as RerankTemplate
 from .templates import get_template as get_template
 from .threads import use_threads
-from .tokenizer import QwenTokenizer, check_texts
+from .tokenizer import QwenTokenizer, check_text, check_texts, list_of
 
 
 def yes_probability(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -133,9 +133,11 @@ class RerankInputs:
                 f"document by max_length={self.max_length}; shorten the query or raise max_length."
             )
         if max_tokens_per_doc is not None:
-            if not is_whole(max_tokens_per_doc, 1):
-                raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}")
-            budget = min(budget, head_len + max_tokens_per_doc)
+            cap = whole_number(max_tokens_per_doc, 1)
+            if cap is None:
+                raise InputError(f"max_tokens_per_doc must be a positive integer, got {max_tokens_per_doc!r}; pass "
+                                 f"e.g. max_tokens_per_doc=512 or None for no cap.", param="max_tokens_per_doc")
+            budget = min(budget, head_len + cap)
         bodies = tok.encode([tmpl.body(instr, query, d) for d in docs], limit=budget)  # a long one read so far
         return [self.prefix_ids + b[:budget] + self.tail_ids for b in bodies]
 
@@ -204,6 +206,7 @@ class Reranker(CheckpointFacts):
     def score_ids(self, seqs: Sequence[Sequence[int]], progress: bool | None = None,
                   share_prefix: bool | None = None) -> np.ndarray:
         """Score already built inputs (from `build_input_ids`); a common prefix is computed once."""
+        seqs = self.check_ids(seqs)
         show = len(seqs) >= 512 if progress is None else progress
         share = self.share_prefix if share_prefix is None else share_prefix
         h = self.engine.last_hidden_stream([split_prefix(seqs, share)], len(seqs), show)  # [n, H] float32
@@ -215,12 +218,13 @@ class Reranker(CheckpointFacts):
 
         A worker tokenizes query i + 1 while the device scores query i; each query's prefix is shared by
         its documents (as in `score`); one synchronisation at the end."""
-        if isinstance(queries, str) or not queries or len(queries) != len(documents):
-            raise InputError(f"queries ({type(queries).__name__}) and documents must be equally long, non-empty "
-                             f"lists; got {len(queries) if not isinstance(queries, str) else 'a string'} and "
-                             f"{len(documents)}.")
-        for q, d in zip(queries, documents, strict=True):  # validate everything before any work
-            self._check(q, d, instruction)
+        queries, documents = list_of("queries", queries), list_of("documents", documents, "lists of strings")
+        if not queries or len(queries) != len(documents):
+            raise InputError(f"queries and documents must be equally long, non-empty lists (one list of documents per "
+                             f"query); got {len(queries)} queries and {len(documents)} lists of documents.")
+        for i, (q, d) in enumerate(zip(queries, documents, strict=True)):  # validate everything before any work
+            documents[i] = check_texts(d, f"documents[{i}]")
+            self._check(q, documents[i], instruction)
 
         def prepare(i: int) -> Chunk:
             seqs = self.build_input_ids(queries[i], documents[i], instruction=instruction)
@@ -238,24 +242,33 @@ class Reranker(CheckpointFacts):
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, instruction: str | None = None,
                     progress: bool | None = None) -> np.ndarray:
         """Score (query, document) pairs with different queries in one pass -> float32 [n]."""
-        if not pairs:
+        items = list_of("pairs", pairs, "(query, document) pairs")
+        if not items:
             raise InputError("pairs is empty; pass at least one (query, document) pair.")
-        seqs: list[list[int]] = []
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        checked: list[tuple[str, str]] = []
+        for i, pair in enumerate(items):  # validate everything before any work
+            if isinstance(pair, str | bytes) or not hasattr(pair, "__len__") or len(pair) != 2:
                 raise InputError(f"pairs[{i}] must be a (query, document) pair, got {pair!r:.60}")
-            seqs += self.build_input_ids(pair[0], [pair[1]], instruction=instruction)
+            query, document = pair[0], pair[1]
+            if not isinstance(query, str) or not query:
+                raise InputError(f"pairs[{i}][0], the query, must be a non-empty string, got {query!r:.60}")
+            checked.append((query, check_text(document, f"pairs[{i}][1] (the document)")))
+        seqs: list[list[int]] = []
+        for query, document in checked:
+            seqs += self.build_input_ids(query, [document], instruction=instruction)
         return self.score_ids(seqs, progress=progress)
 
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int | None = None,
                instruction: str | None = None) -> list[RerankResult]:
         """Documents sorted by score, best first (ties keep input order); `top_n` keeps the first n."""
-        if top_n is not None and not is_whole(top_n, 1):
-            raise InputError(f"top_n must be a positive integer, got {top_n!r}")
-        docs = list(documents) if not isinstance(documents, str) else documents
+        n = None if top_n is None else whole_number(top_n, 1)
+        if top_n is not None and n is None:
+            raise InputError(f"top_n must be a positive integer, got {top_n!r}; pass e.g. top_n=10 or None for all.",
+                             param="top_n")
+        docs = check_texts(documents, "documents")
         scores = self.score(query, docs, instruction=instruction)
         order = rank_by_score(scores)
-        return [RerankResult(i, float(scores[i]), docs[i]) for i in order[:top_n]]
+        return [RerankResult(i, float(scores[i]), docs[i]) for i in order[:n]]
 
     def _check(self, query: str, documents: Sequence[str], instruction: str | None) -> tuple[str, list[str], str]:
         return check_rerank_inputs(query, documents, instruction)

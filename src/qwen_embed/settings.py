@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, WeightsError, is_whole
+from .errors import InputError, WeightsError, whole_number
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -72,12 +72,15 @@ def check_max_length(max_length: int | None, config: ModelConfig, minimum: int =
     """`max_length` checked against the model's limit; None: DEFAULT_MAX_LENGTH, or the limit where lower."""
     if max_length is None:
         return min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
-    if not is_whole(max_length):
-        raise InputError(f"max_length must be an integer, got {max_length!r}")
+    n = whole_number(max_length)
+    if n is None:
+        raise InputError(f"max_length must be an integer, got {max_length!r}; pass e.g. max_length=512.",
+                         param="max_length")
     limit = config.max_position_embeddings
-    if not minimum <= max_length <= limit:
-        raise InputError(f"max_length={max_length} is out of range: use {minimum}..{limit} (the model's limit).")
-    return max_length
+    if not minimum <= n <= limit:
+        raise InputError(f"max_length={n} is out of range: use {minimum}..{limit} (the model's limit).",
+                         param="max_length")
+    return n
 
 
 def device_type(device: str) -> str:
@@ -88,6 +91,18 @@ def device_type(device: str) -> str:
 def default_batch_tokens(device_type: str) -> int:
     """The token budget of one forward pass on a device type ("cpu", "cuda", ...)."""
     return DEFAULT_BATCH_TOKENS.get(device_type, OTHER_BATCH_TOKENS)
+
+
+def check_batch_tokens(batch_tokens: int | None, device_type: str) -> int:
+    """The token budget of one forward pass: a positive integer (numpy's too), or None for the device's default."""
+    if batch_tokens is None:
+        return default_batch_tokens(device_type)
+    n = whole_number(batch_tokens, 1)
+    if n is None:
+        raise InputError(f"batch_tokens={batch_tokens!r} must be a positive integer (tokens per forward pass); pass "
+                         f"e.g. batch_tokens={default_batch_tokens(device_type)} (the {device_type} default) or "
+                         f"None.", param="batch_tokens")
+    return n
 
 
 def float_dtype_name(dtype: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, is_whole
+from .errors import InputError, whole_number
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _chosen: int | None = None  # the last explicit count in this process
@@ -108,10 +108,11 @@ def default_threads(processes: int = 1) -> int:
 
 def check_threads(threads: int) -> int:
     """A thread count given by the user: a positive integer."""
-    if not is_whole(threads, 1):
+    n = whole_number(threads, 1)
+    if n is None:
         raise InputError(f"threads={threads!r} must be a positive integer (this process may use "
-                         f"{available_cores()} cores); pass e.g. threads={available_cores()}.")
-    return threads
+                         f"{available_cores()} cores); pass e.g. threads={available_cores()}.", param="threads")
+    return n
 
 
 def set_threads(threads: int) -> int:

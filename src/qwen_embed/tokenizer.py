@@ -18,10 +18,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import InputError, TokenizerError
@@ -194,26 +198,71 @@ class QwenTokenizer:
         return out
 
 
+def list_of(what: str, items: object, of: str = "strings") -> list[Any]:
+    """The items of an ordered collection as a list: a list, a tuple, a numpy array (its rows), a pandas
+    Series (its values, in order, whatever its index) or a generator. Refused, naming `what`: one string or
+    bytes (a collection of characters), None, and unordered or keyed collections (a set, a dict), whose
+    order would not match the results to the inputs."""
+    if isinstance(items, str):
+        raise InputError(f"{what} must be a list of {of}, got a single string; wrap it: [{items[:30]!r}].",
+                         param=what)
+    if isinstance(items, bytes | bytearray | memoryview):
+        raise InputError(f"{what} must be a list of {of}, got {type(items).__name__}; decode it first "
+                         f"([data.decode('utf-8')]).", param=what)
+    if isinstance(items, AbstractSet | Mapping):
+        raise InputError(f"{what} must be an ordered list, got a {type(items).__name__}, whose order is arbitrary "
+                         f"(results come back in input order); pass a list, e.g. sorted(...).", param=what)
+    if not isinstance(items, Iterable):
+        raise InputError(f"{what} must be a list of {of}, got {type(items).__name__}.", param=what)
+    values = getattr(items, "to_numpy", None)  # a pandas Series: by position, never by its index labels
+    return list(values() if callable(values) else items)
+
+
+def check_text(text: object, what: str) -> str:
+    """One non-empty string of valid Unicode (numpy's str too, returned as str); `what` names it in errors."""
+    if not isinstance(text, str):
+        hint = "; decode it first (.decode('utf-8'))" if isinstance(text, bytes | bytearray) else ""
+        raise InputError(f"{what} must be a string, got {type(text).__name__}: {text!r:.60}{hint}.")
+    if not text:
+        raise InputError(f"{what} is an empty string; every text needs at least one character.")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{what} holds a lone surrogate; pass valid Unicode text.") from None
+    return str(text)
+
+
 def check_texts(texts: object, what: str = "texts") -> list[str]:
-    """Validate a list of non-empty strings; the errors name the offending position."""
-    if isinstance(texts, str):
-        raise InputError(f"{what} must be a list of strings, got a single string; wrap it: [{texts[:30]!r}].")
-    if not isinstance(texts, Sequence) and not hasattr(texts, "__iter__"):
-        raise InputError(f"{what} must be a list of strings, got {type(texts).__name__}.")
-    items = list(texts)
+    """Validate a list of non-empty strings (`list_of` says which collections); the errors name the position."""
+    items = list_of(what, texts)
     if not items:
-        raise InputError(f"{what} is empty; pass at least one string.")
-    for i, t in enumerate(items):
-        if not isinstance(t, str):
-            raise InputError(f"{what}[{i}] is a {type(t).__name__}, not a string: {t!r:.60}.")
-        if not t:
-            raise InputError(f"{what}[{i}] is an empty string; every text needs at least one character.")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InputError(f"{what}[{i}] holds a lone surrogate; pass valid Unicode text.") from None
-    return items
+        raise InputError(f"{what} is empty; pass at least one string.", param=what)
+    return [check_text(t, f"{what}[{i}]") for i, t in enumerate(items)]
+
+
+def check_ids(seqs: object, vocab_size: int, max_tokens: int, what: str = "seqs") -> list[Sequence[int]]:
+    """Validate already tokenized inputs: an ordered collection (`list_of`) of non-empty sequences of at most
+    `max_tokens` integer ids in 0..vocab_size-1 (numpy rows too); the errors name the position."""
+    items = list_of(what, seqs, "token id lists")
+    if not items:
+        raise InputError(f"{what} is empty; pass at least one list of token ids.", param=what)
+    for i, s in enumerate(items):
+        if isinstance(s, str | bytes) or not isinstance(s, Iterable) or not isinstance(s, Sized):
+            raise InputError(f"{what}[{i}] must be a list of token ids, got {type(s).__name__}: {s!r:.60}; turn texts "
+                             f"into ids with tokenize() first.", param=what)
+        if not 1 <= len(s) <= max_tokens:
+            raise InputError(f"{what}[{i}] holds {len(s)} token ids; an input takes 1..{max_tokens} (the model's "
+                             f"limit); truncate it, or tokenize() the text, which does.", param=what)
+    ids = np.asarray([t for s in items for t in s])
+    if ids.dtype.kind not in "iu":
+        bad = next(t for s in items for t in s if isinstance(t, bool) or not isinstance(t, numbers.Integral))
+        raise InputError(f"{what} must hold integer token ids, got {type(bad).__name__} {bad!r:.60}.", param=what)
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise InputError(f"{what} holds token id {bad}, outside this model's vocabulary 0..{vocab_size - 1}; "
+                         f"tokenize with this model's tokenizer.", param=what)
+    return [s if isinstance(s, list) else s.tolist() if isinstance(s, np.ndarray) else list(s) for s in items]
 
 
 TRUNCATION_SIDES = ("right", "left")
