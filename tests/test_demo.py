@@ -170,6 +170,9 @@ def test_demo_runs_on_tiny_models_with_tiny(tmp_path: Path, monkeypatch: pytest.
     assert "Qwen/Qwen3-Embedding-0.6B is not available (--tiny was given); using a tiny random-weight" in out
     assert "Qwen/Qwen3-Reranker-0.6B is not available (--tiny was given); using a tiny random-weight" in out
     assert out.count(demo.TINY_LABEL) == 2
+    # the label is printed before part 1 and again after the last search: it points at nothing ("below")
+    assert out.index(demo.TINY_LABEL) < out.index("== 1.") and out.rindex(demo.TINY_LABEL) > out.rindex("search: ")
+    assert "below" not in out[out.rindex("search: "):], out[out.rindex("search: "):]
     assert "== 1. Embed and rerank" in out and "cosine similarity" in out and "rerank: P(yes)" in out
     assert "== 2. Index and search (42 sample documents" in out
     assert out.count("search: ") == len(demo.SEARCHES)

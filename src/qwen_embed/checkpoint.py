@@ -98,7 +98,7 @@ class CheckpointFacts:
         """Width of the trunk, the largest embedding dimension."""
         return self.checkpoint.config.hidden_size
 
-    def check_ids(self, seqs: Sequence[Sequence[int]], what: str = "seqs") -> list[Sequence[int]]:
+    def _check_ids(self, seqs: Sequence[Sequence[int]], what: str = "seqs") -> list[Sequence[int]]:
         """Already tokenized inputs, validated against this model's vocabulary and position limit."""
         c = self.checkpoint.config
         return check_ids(seqs, c.vocab_size, c.max_position_embeddings, what)

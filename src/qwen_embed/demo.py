@@ -50,7 +50,7 @@ SEARCHES: list[tuple[str, str | None]] = [
 ]
 CANDIDATES = 20  # retrieved by the embedder per search, then reranked
 MAX_LENGTH = 512  # tokens per input: the demo's texts are short (the demo models take 8,192)
-TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: the scores and rankings below are meaningless"
+TINY_LABEL = "TINY RANDOM-WEIGHT MODEL: every score and ranking this demo prints is meaningless"
 DEMO_LABEL = ("DEMO MODEL: a small (7M/9M-parameter) demo model trained by qwen-embed's recipe; for real use, "
               "the Qwen3 models")
 

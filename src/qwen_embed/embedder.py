@@ -105,7 +105,7 @@ class Embedder(CheckpointFacts):
         `precision` of `quantize.PRECISIONS` is asked)."""
         d = check_dim(dim, self.hidden_size)
         check_precision(precision, d)
-        seqs = self.check_ids(seqs)
+        seqs = self._check_ids(seqs)
         show = len(seqs) >= PROGRESS_MIN_TEXTS if progress is None else progress
         return finish(self.engine.last_hidden(seqs, progress=show), d, normalize, precision, ranges)
 

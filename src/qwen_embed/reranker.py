@@ -206,7 +206,7 @@ class Reranker(CheckpointFacts):
     def score_ids(self, seqs: Sequence[Sequence[int]], progress: bool | None = None,
                   share_prefix: bool | None = None) -> np.ndarray:
         """Score already built inputs (from `build_input_ids`); a common prefix is computed once."""
-        seqs = self.check_ids(seqs)
+        seqs = self._check_ids(seqs)
         show = len(seqs) >= 512 if progress is None else progress
         share = self.share_prefix if share_prefix is None else share_prefix
         h = self.engine.last_hidden_stream([split_prefix(seqs, share)], len(seqs), show)  # [n, H] float32

@@ -14,6 +14,7 @@ from qwen_embed.errors import InputError
 from qwen_embed.synth import (
     GeneratorError,
     GeneratorSettings,
+    LazyEmbedder,
     LocalGenerator,
     OpenAIGenerator,
     SynthSettings,
@@ -227,3 +228,59 @@ def test_endpoint_down_midway_ends_the_job(fake_llm: FakeLLM, embedder: Embedder
                          settings=SynthSettings(chunk=64))
     gen.close()
     assert len(fake_llm.prompts("config")) <= ABORT_AFTER + 2 + 1  # stops, not one request per passage
+
+
+@pytest.mark.parametrize("mistake", ["model", "embedding_model"])
+def test_failed_first_run_does_not_block_the_fixed_rerun(mistake: str, embedder: Embedder, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that fails before writing any row (the first prompt refused, the embedding model missing)
+    leaves no empty partial file behind, so the same command with the mistake fixed (another --model or
+    --embedding-model, hence another fingerprint) runs instead of being refused as "other settings"."""
+    server = FakeLLM(api_key="right-key", models_route=False)  # the wrong key fails on the first prompt
+    try:
+        monkeypatch.setenv("SYNTH_TEST_KEY", "right-key")
+        settings = GeneratorSettings(**{**FAST.__dict__, "api_key_env": "SYNTH_TEST_KEY"})
+        passages = write_passages(tmp_path / "p.jsonl", ["valid"] * 3)
+        out = tmp_path / "o.jsonl"
+
+        def missing() -> Embedder:
+            raise InputError("model folder emb-typo does not exist; check the path.")
+
+        if mistake == "model":
+            monkeypatch.setenv("SYNTH_TEST_KEY", "wrong-key")
+            gen = OpenAIGenerator(server.url, "wrong-model", settings)
+            with pytest.raises(GeneratorError, match="401"):
+                generate_queries(passages, PERSONAS, out, generator=gen, embedder=embedder)
+            monkeypatch.setenv("SYNTH_TEST_KEY", "right-key")
+        else:
+            gen = OpenAIGenerator(server.url, "fake-model", settings)
+            with pytest.raises(InputError, match="emb-typo"):
+                generate_queries(passages, PERSONAS, out, generator=gen, embedder=LazyEmbedder("emb-typo", missing))
+        gen.close()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl"]  # no partial file, no fingerprint
+        gen = OpenAIGenerator(server.url, "fake-model", settings)
+        s = generate_queries(passages, PERSONAS, out, generator=gen, embedder=embedder)
+        gen.close()
+        assert s["complete"] and s["pairs"] == 3
+    finally:
+        server.close()
+
+
+def test_failed_resumed_run_keeps_the_earlier_partial(fake_llm: FakeLLM, embedder: Embedder, tmp_path: Path) -> None:
+    """A run that fails keeps a partial file it did not create (an earlier run's, even one with no rows)."""
+    passages = write_passages(tmp_path / "p.jsonl", ["valid"] * 3)
+    out = tmp_path / "o.jsonl"
+    gen = OpenAIGenerator(fake_llm.url, "fake-model", GeneratorSettings(**{**FAST.__dict__, "max_requests": 1}))
+    s = generate_queries(passages, PERSONAS, out, generator=gen, embedder=embedder)
+    gen.close()
+    partial = tmp_path / "o.jsonl.partial"
+    assert not s["complete"] and partial.read_text() == ""
+
+    def broken() -> Embedder:
+        raise InputError("cannot load")
+
+    gen = OpenAIGenerator(fake_llm.url, "fake-model", FAST)
+    with pytest.raises(InputError, match="cannot load"):
+        generate_queries(passages, PERSONAS, out, generator=gen, embedder=LazyEmbedder(str(embedder.name), broken))
+    gen.close()
+    assert partial.exists() and (tmp_path / "o.jsonl.partial.meta.json").exists()

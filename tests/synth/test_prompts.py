@@ -93,3 +93,29 @@ def test_user_templates(tmp_path: Path) -> None:
         load_prompts(folder)
     with pytest.raises(InputError, match=r"lacks config\.txt"):
         load_prompts(tmp_path)
+
+
+@pytest.mark.parametrize(("name", "placeholder"), [("config.txt", "characters"), ("query.txt", "character"),
+                                                   ("query.txt", "question_type"), ("query.txt", "difficulty"),
+                                                   ("query.txt", "length"), ("query.txt", "language")])
+def test_user_template_without_a_required_placeholder_is_refused(name: str, placeholder: str,
+                                                                 tmp_path: Path) -> None:
+    """A template that leaves out the candidates, or a requirement the row records (its question type picks
+    the row's instruction; its language and length go into meta), would write rows that lie: refused."""
+    folder = tmp_path / "prompts"
+    shutil.copytree(Path(str(resources.files("qwen_embed.synth") / "prompts")), folder)
+    template = folder / name
+    text = template.read_text()
+    assert "${" + placeholder + "}" in text
+    template.write_text(text.replace("${" + placeholder + "}", "(see above)"))
+    with pytest.raises(InputError, match=rf"{name}: .*missing \['{placeholder}'\]"):
+        load_prompts(folder)
+
+
+def test_user_template_may_leave_out_the_passage_language(tmp_path: Path) -> None:
+    folder = tmp_path / "prompts"
+    shutil.copytree(Path(str(resources.files("qwen_embed.synth") / "prompts")), folder)
+    for name in ("config.txt", "query.txt"):
+        (folder / name).write_text((folder / name).read_text().replace("${passage_language}", "English"))
+    p = load_prompts(folder)
+    assert "${passage_language}" not in p.config + p.query

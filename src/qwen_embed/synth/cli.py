@@ -24,6 +24,11 @@ def _parse_list(value: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in value.split(",") if x.strip())
 
 
+def _with_default(text: str, shown: str) -> str:
+    """A setting's help with its default appended, unless the help already says it."""
+    return text if "(default" in text else f"{text} (default: {shown})"
+
+
 def add_settings_arguments(p: argparse.ArgumentParser, cls: type[Any], title: str) -> None:
     """One flag per field of a settings dataclass (`--max-words` for `max_words`)."""
     group = p.add_argument_group(title)
@@ -38,7 +43,7 @@ def add_settings_arguments(p: argparse.ArgumentParser, cls: type[Any], title: st
         else:
             shown = "unset" if default is None else str(default)
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                           metavar=f.name.upper(), help=f"{f.metadata.get('help', '')} (default: {shown})")
+                           metavar=f.name.upper(), help=_with_default(f.metadata.get("help", ""), shown))
 
 
 def settings_from_args(cls: type[Any], args: argparse.Namespace) -> Any:

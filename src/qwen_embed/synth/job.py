@@ -163,44 +163,65 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
                       prompts.instructions)
     generator.preflight()  # an unusable endpoint fails here, before any file is created or model loaded
     rc = ResponseCache(cache if cache is not None else default_cache_path(output), generator.identity())
+    out = Path(output)
+    made_partial = not out.with_name(out.name + ".partial").exists()  # else an earlier run's: never removed
     try:
         with ResumableJsonl(output, key="id", job=job, overwrite=overwrite) as writer:
-            resumed = len(writer.done)
-            pending = [p for p in items if p.id not in writer.done]
-            run = _Run(generator, rc, prompts, s)
-            before = dataclasses.replace(generator.stats)  # the generator may have served earlier runs
-            bar = tqdm(total=len(items), initial=len(items) - len(pending), disable=not progress, unit="passage",
-                       desc="synth")
-            processed = 0
-            if pending:
-                emb = embedder.load() if isinstance(embedder, LazyEmbedder) else embedder
-                index = PersonaIndex(emb, people, k=s.top_personas)
-                for start in range(0, len(pending), s.chunk):
-                    chunk = pending[start:start + s.chunk]
-                    writer.write_many(run.step(chunk, index))
-                    processed += len(chunk)
-                    bar.update(len(chunk))
-                    bar.set_postfix(kept=resumed + run.kept, dropped=sum(run.dropped.values()),
-                                    unanswered=run.unanswered)
-                    if generator.stats.budget_spent:
-                        break
-            bar.close()
-            now = generator.stats
-            stats = GeneratorStats(**{f.name: getattr(now, f.name) - getattr(before, f.name)
-                                      for f in dataclasses.fields(GeneratorStats) if f.name != "budget_spent"},
-                                   budget_spent=now.budget_spent)
-            left = len(pending) - processed + run.unanswered  # passages the next run will ask again
-            complete = left == 0
-            summary: dict[str, Any] = {
-                "passages": len(items), "resumed": resumed, "requests": stats.requests, "calls": stats.calls,
-                "cached": run.cached, "retries": stats.retries, "failed": stats.failed,
-                "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
-                "dropped": dict(run.dropped), "kept": run.kept, "pairs": resumed + run.kept,
-                "unanswered": left, "budget_spent": stats.budget_spent, "complete": complete,
-                "output": str(writer.path if complete else writer.partial), "cache": str(rc.path),
-            }
-            if complete:
-                writer.finish()
+            try:
+                return _drive(writer, items, people, generator, embedder, rc, prompts, s, progress)
+            except BaseException:
+                if made_partial and not writer.done:
+                    discard_partial(writer)
+                raise
     finally:
         rc.close()
+
+
+def discard_partial(writer: ResumableJsonl) -> None:
+    """Remove the empty partial file (and its fingerprint) that this run made before it failed, so that
+    a re-run with the mistake fixed (the --model name, the URL, the embedding model) is not refused as
+    "a run with other settings". Called while the writer still holds the output's lock."""
+    for path in (writer.partial, writer.meta):
+        path.unlink(missing_ok=True)
+
+
+def _drive(writer: ResumableJsonl, items: list[Passage], people: list[str], generator: Generator,
+           embedder: Embedder | LazyEmbedder, rc: ResponseCache, prompts: Prompts, s: SynthSettings,
+           progress: bool) -> dict[str, Any]:
+    """The chunks of the passages not yet in `writer`, then the summary (and the rename when complete)."""
+    resumed = len(writer.done)
+    pending = [p for p in items if p.id not in writer.done]
+    run = _Run(generator, rc, prompts, s)
+    before = dataclasses.replace(generator.stats)  # the generator may have served earlier runs
+    bar = tqdm(total=len(items), initial=len(items) - len(pending), disable=not progress, unit="passage",
+               desc="synth")
+    processed = 0
+    if pending:
+        emb = embedder.load() if isinstance(embedder, LazyEmbedder) else embedder
+        index = PersonaIndex(emb, people, k=s.top_personas)
+        for start in range(0, len(pending), s.chunk):
+            chunk = pending[start:start + s.chunk]
+            writer.write_many(run.step(chunk, index))
+            processed += len(chunk)
+            bar.update(len(chunk))
+            bar.set_postfix(kept=resumed + run.kept, dropped=sum(run.dropped.values()), unanswered=run.unanswered)
+            if generator.stats.budget_spent:
+                break
+    bar.close()
+    now = generator.stats
+    stats = GeneratorStats(**{f.name: getattr(now, f.name) - getattr(before, f.name)
+                              for f in dataclasses.fields(GeneratorStats) if f.name != "budget_spent"},
+                           budget_spent=now.budget_spent)
+    left = len(pending) - processed + run.unanswered  # passages the next run will ask again
+    complete = left == 0
+    summary: dict[str, Any] = {
+        "passages": len(items), "resumed": resumed, "requests": stats.requests, "calls": stats.calls,
+        "cached": run.cached, "retries": stats.retries, "failed": stats.failed,
+        "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+        "dropped": dict(run.dropped), "kept": run.kept, "pairs": resumed + run.kept,
+        "unanswered": left, "budget_spent": stats.budget_spent, "complete": complete,
+        "output": str(writer.path if complete else writer.partial), "cache": str(rc.path),
+    }
+    if complete:
+        writer.finish()
     return summary

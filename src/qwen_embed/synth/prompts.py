@@ -35,6 +35,10 @@ DROP_REASONS = ("not_json", "bad_option", "empty_query", "copies_passage", "refu
 TEMPLATE_FILES = ("config.txt", "query.txt", "instructions.json")
 CONFIG_FIELDS = {"passage", "characters", "passage_language"}
 QUERY_FIELDS = {"character", "passage", "passage_language", "question_type", "difficulty", "length", "language"}
+# placeholders a template may leave out: the passage language is a hint to the LLM. Every other one is
+# what the reply is checked against (the candidates) or what the row records (persona, question type and
+# its instruction, difficulty, length, language): a template without it would write rows that lie.
+OPTIONAL_FIELDS = {"passage_language"}
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,9 @@ def _placeholders(template: str) -> set[str]:
 def load_prompts(folder: str | Path | None = None) -> Prompts:
     """The packaged templates, or those of `folder` (config.txt, query.txt, instructions.json).
 
-    Refuses a template with an unknown or a missing placeholder, a configuration template that does
-    not name every option, and an instruction table without exactly one instruction per question type.
+    Refuses a template with an unknown placeholder or without one of the required ones (all but
+    `passage_language`: the candidates, and everything a row records), a configuration template that
+    does not name every option, and an instruction table without exactly one instruction per question type.
     """
     if folder is None:
         base: Any = resources.files("qwen_embed.synth") / "prompts"
@@ -85,9 +90,12 @@ def load_prompts(folder: str | Path | None = None) -> Prompts:
     query = (base / "query.txt").read_text(encoding="utf-8-sig")
     for name, text, fields in (("config.txt", config, CONFIG_FIELDS), ("query.txt", query, QUERY_FIELDS)):
         found = _placeholders(text)
-        if found - fields or not {"passage"} <= found:
-            raise InputError(f"{source}/{name}: placeholders {sorted(found)}; allowed {sorted(fields)}, "
-                             f"and ${{passage}} is required.")
+        unknown, missing = sorted(found - fields), sorted(fields - OPTIONAL_FIELDS - found)
+        if unknown or missing:
+            raise InputError(f"{source}/{name}: placeholders {sorted(found)}"
+                             + (f"; unknown {unknown}" if unknown else "")
+                             + (f"; missing {missing}" if missing else "")
+                             + f"; use {sorted(fields - OPTIONAL_FIELDS)} (optional: {sorted(OPTIONAL_FIELDS)}).")
     absent = [o for o in (*QUESTION_TYPES, *DIFFICULTIES) if o not in config]
     if absent:
         raise InputError(f"{source}/config.txt does not mention the options {absent}; the LLM must see every "
