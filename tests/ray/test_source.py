@@ -361,3 +361,16 @@ def test_source_files_untouched(tmp_path: Path) -> None:
     read_all(open_corpus(str(root)))
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*")} == before
     assert sorted(os.listdir(root)) == ["a.jsonl"]
+
+
+@pytest.mark.parametrize("first_id", ["a", 7])
+def test_jsonl_fields_the_job_does_not_use_are_not_parsed(tmp_path: Path, first_id: str | int) -> None:
+    """A field other than the id and the text whose type changes from row to row (a number, then a string,
+    then an object) does not concern the job: the corpus is read, by both `open_corpus` and `batches`."""
+    second = "b" if isinstance(first_id, str) else 8
+    rows = [{"id": first_id, "text": "x", "meta": 1}, {"id": second, "text": "y", "meta": "one"},
+            {"meta": {"k": [1]}, "text": "z", "id": "c" if isinstance(first_id, str) else 9}]
+    corpus = open_corpus(str(write_files(tmp_path, {"c.jsonl": rows}) / "c.jsonl"))
+    want = [str(r["id"]) for r in rows]
+    assert corpus.ids.to_pylist() == want
+    assert read_all(corpus, batch_rows=2) == (want, ["x", "y", "z"])

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from ..errors import InputError, QwenEmbedError, is_whole
 from ..files import fingerprint
 from .parts import PartsWriter
-from .source import Corpus, check_batch, json_parse_options, normalize_batch, open_corpus
+from .source import Corpus, check_batch, normalize_batch, open_corpus
 from .stages import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_TOKENIZE,
@@ -252,7 +252,7 @@ def read_ray(corpus: Corpus) -> Any:
         return ray.data.read_parquet(corpus.files, filesystem=corpus.fs, num_cpus=0,
                                      columns=[corpus.id_column, corpus.text_column])
     return ray.data.read_json(corpus.files, filesystem=corpus.fs, num_cpus=0,
-                              parse_options=json_parse_options(corpus.text_column),
+                              parse_options=corpus.json_parse_options,
                               read_options=corpus.json_read_options)
 
 

@@ -12,6 +12,7 @@ object where a text belongs is an error naming the row, not a silent conversion.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,10 +81,50 @@ def json_block_size(largest_file: int) -> int:
     return min(JSON_MAX_BLOCK, max(1 << 20, largest_file + 1))
 
 
-def json_parse_options(text_column: str) -> pj.ParseOptions:
-    """JSON parsing with the text column declared a string (other fields inferred)."""
-    return pj.ParseOptions(explicit_schema=pa.schema([(text_column, pa.string())]),
-                           unexpected_field_behavior="infer")
+def json_parse_options(text_column: str, id_column: str | None = None,
+                       id_type: pa.DataType | None = None) -> pj.ParseOptions:
+    """JSON parsing with the text column declared a string. With the ids' type (`json_id_type`), the other
+    fields are not read at all: a field the job does not use (a `meta` that is a number in one row and a
+    string in the next) cannot fail the read. Without it, the other fields are inferred."""
+    if id_column is None or id_type is None:
+        return pj.ParseOptions(explicit_schema=pa.schema([(text_column, pa.string())]),
+                               unexpected_field_behavior="infer")
+    return pj.ParseOptions(explicit_schema=pa.schema([(id_column, id_type), (text_column, pa.string())]),
+                           unexpected_field_behavior="ignore")
+
+
+def _first_line(fs: pfs.FileSystem, file: str, limit: int = JSON_MAX_BLOCK) -> bytes:
+    """The first non-blank line of a JSONL file (at most `limit` bytes are read)."""
+    buf = bytearray()
+    with fs.open_input_stream(file) as f:
+        while chunk := f.read(1 << 16):
+            buf += chunk
+            while (nl := buf.find(b"\n")) >= 0:
+                line = bytes(buf[:nl]).strip()
+                del buf[: nl + 1]
+                if line:
+                    return line
+            if len(buf) > limit:
+                break
+    return bytes(buf).strip()
+
+
+def json_id_type(fs: pfs.FileSystem, file: str, id_column: str, text_column: str) -> pa.DataType | None:
+    """The type of the ids of a JSONL corpus from its first row: string or int64; None when that row is not an
+    object with a string or integer id and a string text (the reader then infers every field and reports what
+    it finds)."""
+    try:
+        row = json.loads(_first_line(fs, file))
+    except ValueError:
+        return None
+    if not isinstance(row, dict) or not isinstance(row.get(text_column), str):
+        return None
+    value = row.get(id_column)
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return pa.int64()
+    return None
 
 
 def _arrow_error(uri: str, e: Exception, id_column: str, text_column: str) -> InputError:
@@ -106,25 +147,43 @@ class Corpus:
     text_column: str
     ids: pa.Array
     json_block: int = 1 << 20  # `json_block_size` of the files, found once by `open_corpus`
+    json_id_type: pa.DataType | None = None  # `json_id_type` of the first file, found once by `open_corpus`
 
     @property
     def json_read_options(self) -> pj.ReadOptions:
         return pj.ReadOptions(block_size=self.json_block)
 
     @property
+    def json_parse_options(self) -> pj.ParseOptions:
+        return json_parse_options(self.text_column, self.id_column, self.json_id_type)
+
+    @property
     def dataset(self) -> pds.Dataset:
         fmt: Any = "parquet" if self.format == "parquet" else pds.JsonFileFormat(
-            parse_options=json_parse_options(self.text_column), read_options=self.json_read_options)
+            parse_options=self.json_parse_options, read_options=self.json_read_options)
         return pds.dataset(self.files, filesystem=self.fs, format=fmt)
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def scan(self, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The input's `columns` in record batches (JSONL with its ids' type: read file by file with pyarrow's
+        JSON reader, since its dataset scanner infers, and fails on, every field whatever the columns asked)."""
+        if self.format != "json" or self.json_id_type is None:
+            yield from self.dataset.scanner(columns=columns, batch_size=batch_rows).to_batches()
+            return
+        for file in self.files:
+            with self.fs.open_input_stream(file) as stream:
+                for batch in pj.open_json(stream, read_options=self.json_read_options,
+                                          parse_options=self.json_parse_options):
+                    for start in range(0, batch.num_rows, batch_rows):
+                        yield batch.slice(start, batch_rows).select(columns)
+
     def batches(self, batch_rows: int) -> Iterator[pa.Table]:
-        """Tables of at most `batch_rows` rows with string columns `id` and `text`, checked."""
-        scanner = self.dataset.scanner(columns=[self.id_column, self.text_column], batch_size=batch_rows)
+        """Tables of at most `batch_rows` rows (a JSON block's rows for JSONL) with string columns `id` and
+        `text`, checked."""
         try:
-            for batch in scanner.to_batches():
+            for batch in self.scan([self.id_column, self.text_column], batch_rows):
                 if batch.num_rows:
                     yield check_batch(normalize_batch(pa.Table.from_batches([batch]), self.id_column,
                                                       self.text_column))
@@ -208,28 +267,31 @@ def open_corpus(uri: str, *, id_column: str = "id", text_column: str = "text") -
     fs, path = resolve_input(uri)
     files = _input_files(fs, path, uri)
     fmt = input_format(files, uri)
-    json_block = 1 << 20
+    json_block, id_type = 1 << 20, None
     if fmt == "json":  # an empty (or blank) JSONL file holds no rows (pyarrow cannot read a schema from it)
         sizes = {f: i.size or 0 for f, i in zip(files, fs.get_file_info(files), strict=True)}
         files = [f for f in files if sizes[f] and not _blank(fs, f, sizes[f])]
         if not files:
             raise InputError(f"input {uri} holds no rows; nothing to embed.")
         json_block = json_block_size(max(sizes[f] for f in files))
+        id_type = json_id_type(fs, files[0], id_column, text_column)
     try:
         file_format: Any = fmt if fmt == "parquet" else pds.JsonFileFormat(
             read_options=pj.ReadOptions(block_size=json_block))
-        inferred = pds.dataset(files, filesystem=fs, format=file_format).schema  # schema of the first file
+        inferred = (pa.schema([(id_column, id_type), (text_column, pa.string())]) if id_type is not None
+                    else pds.dataset(files, filesystem=fs, format=file_format).schema)  # schema of the first file
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise _arrow_error(uri, e, id_column, text_column) from None
     check_schema(inferred, uri, id_column, text_column)
     if fmt == "parquet":  # every file's own schema, not just the first one's (later ones were cast or failed mid-run)
         for f in files[1:]:
             check_schema(_parquet_schema(fs, f), f"file {f}", id_column, text_column)
-    corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()), json_block)
+    corpus = Corpus(uri, fs, files, fmt, id_column, text_column, pa.array([], pa.string()), json_block, id_type)
     # JSONL: read the texts too, so that a non-string text anywhere is found now, not mid-run.
     columns = [id_column] if fmt == "parquet" else [id_column, text_column]
     try:
-        table = corpus.dataset.to_table(columns=columns)
+        table = (corpus.dataset.to_table(columns=columns) if id_type is None
+                 else pa.Table.from_batches(list(corpus.scan(columns, 1 << 16)), schema=inferred))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise _arrow_error(uri, e, id_column, text_column) from None
     if table.num_rows == 0:
