@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qwen_embed import Embedder, QwenEmbedError
+from qwen_embed.errors import InputError
 from qwen_embed.multidevice import DevicePool, encode_on_devices, shard_bounds
 from tests.procs import alive
 from tests.reference import random_texts
@@ -48,8 +49,10 @@ def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: P
     with DevicePool(tiny_embedding_path, ["cpu", "cpu"]) as pool:
         assert [s["device"] for s in pool.worker_startup()] == ["cpu", "cpu"]
         got_docs = pool.encode(docs)
-        with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*dim=31"):
+        with pytest.raises(InputError, match=r"dim=31 is out of range"):  # refused before any job is sent
             pool.encode(docs, dim=31)
+        with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*instruction"):  # refused by the workers
+            pool.encode(docs, instruction=123)  # type: ignore[arg-type]
         got_queries = pool.encode(queries, instruction="find it", dim=32, normalize=False)
         one_text = pool.encode(["only one text"])  # the second worker gets an empty shard
         assert len(pool.last_stats) == 1
@@ -62,8 +65,8 @@ def test_pool_serves_several_calls_and_survives_a_bad_one(tiny_embedding_path: P
 
 def test_worker_failure_names_the_device(tiny_embedding_path: Path) -> None:
     # one torch thread, as every test process (tests/threads.py): a lone worker would take both shared cores
-    with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*dim=31"):
-        encode_on_devices(tiny_embedding_path, ["a", "b"], ["cpu"], dim=31, threads=1)
+    with pytest.raises(QwenEmbedError, match=r"worker on cpu failed: .*instruction"):
+        encode_on_devices(tiny_embedding_path, ["a", "b"], ["cpu"], instruction=123, threads=1)  # type: ignore[arg-type]
 
 
 def test_start_up_failure_names_the_device(tmp_path: Path) -> None:
@@ -123,3 +126,23 @@ def test_a_closed_pool_leaves_no_scratch_folder(tiny_embedding_path: Path) -> No
         scratch = Path(pool._scratch)
         assert scratch.is_dir() and list(scratch.iterdir()) == []  # each call's output removed after it
     assert not scratch.exists()
+
+
+def test_a_bad_dim_or_conflicting_devices_are_refused_before_any_worker_starts(
+        tiny_embedding_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import qwen_embed.multidevice as md
+    from qwen_embed.cli import main
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a worker pool was started")
+
+    monkeypatch.setattr(md, "DevicePool", no_pool)
+    for dim in (7, 32.0, 10_000):
+        with pytest.raises(InputError, match="dim"):
+            md.encode_on_devices(tiny_embedding_path, ["a"], ["cpu", "cpu"], dim=dim)  # type: ignore[arg-type]
+    src = tmp_path / "in.txt"
+    src.write_text("a\n")
+    assert main(["embed", str(src), "--model", str(tiny_embedding_path), "--devices", "cpu,cpu", "--device", "cpu",
+                 "-o", str(tmp_path / "v.npy")]) == 2
+    assert "--device cpu and --devices cpu,cpu both given" in capsys.readouterr().err

@@ -103,6 +103,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .textio import check_vector_output, read_records, truncation, write_vectors
 
     check_vector_output(args.output, overwrite=args.overwrite)  # before reading or loading anything
+    if args.devices and args.device:
+        raise InputError(f"--device {args.device} and --devices {args.devices} both given; --devices runs one worker "
+                         f"per device, --device the model in this process: pass one.")
     if args.devices and args.adapter:
         raise InputError("--devices and --adapter do not go together yet; merge the adapter first (qwen-embed "
                          "merge-lora) or leave --devices out.")

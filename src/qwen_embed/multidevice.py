@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, QwenEmbedError, is_whole
+from .errors import InputError, QwenEmbedError
 from .processes import child_context, exit_text, exit_with_parent, lifeline
+from .settings import check_dim
 from .tokenizer import check_texts
 
 POLL_S = 0.2  # how often the parent checks that its workers are alive while it waits
@@ -247,8 +248,7 @@ class DevicePool:
         if self.closed:
             raise QwenEmbedError("this DevicePool is closed; make a new one.")
         items = check_texts(texts)
-        # a bad dim is refused by the workers, before any work
-        width = dim if is_whole(dim, 1) and dim <= self.hidden_size else self.hidden_size
+        width = check_dim(dim, self.hidden_size)  # before any job is sent
         kwargs = {"instruction": instruction, "dim": dim, "normalize": normalize}
         self._jobs += 1
         path = str(Path(self._scratch) / f"vectors-{self._jobs}.npy")
@@ -297,6 +297,14 @@ class DevicePool:
         self.close()
 
 
+def _hidden_size(model: str | os.PathLike[str]) -> int:
+    """The model's width, from its config alone (no worker, no torch)."""
+    from .config import ModelConfig
+    from .hub import resolve_model_dir
+
+    return ModelConfig.from_file(resolve_model_dir(os.fspath(model)) / "config.json").hidden_size
+
+
 def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devices: Sequence[str], *,
                       instruction: str | None = None, dim: int | None = None, normalize: bool = True,
                       dtype: str | None = None, max_length: int | None = None, batch_tokens: int | None = None,
@@ -309,6 +317,7 @@ def encode_on_devices(model: str | os.PathLike[str], texts: Sequence[str], devic
     batches of texts, keep a `DevicePool` open instead, so that start-up is paid once. (The warm-up
     pays for itself: on 4 H200s, 32,768 texts took 23.2 s with it, 29.2 s without, in BENCHMARKS.md.)"""
     items = check_texts(texts)  # refuse bad input before any worker starts
+    check_dim(dim, _hidden_size(model))
     with DevicePool(model, devices, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens,
                     compile=compile, threads=threads) as pool:
         return pool.encode(items, instruction=instruction, dim=dim, normalize=normalize)

@@ -11,31 +11,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .errors import InputError, whole_number
+from .errors import InputError
 from .settings import MIN_DIM as MIN_DIM  # here too: pooling.MIN_DIM keeps working
-from .settings import dim_range, min_dim
+from .settings import check_dim as check_dim  # here too: pooling.check_dim keeps working
 
 
 def last_token_pool(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     """hidden [T, H] of a packed batch -> [n, H], the state at each sequence's last token."""
     return hidden[cu_seqlens[1:].long() - 1]
-
-
-def check_dim(dim: int | None, hidden_size: int, param: str = "dim") -> int:
-    """Validate a Matryoshka dimension (32 .. hidden size); None means the full size.
-
-    `param` is the caller's name for the argument (the server's `dimensions`); the error carries it."""
-    if dim is None:
-        return hidden_size
-    d = whole_number(dim)  # numpy's integers too (a width taken from an array's shape)
-    if d is None:
-        raise InputError(f"{param} must be an integer, got {dim!r}", param=param)
-    if not min_dim(hidden_size) <= d <= hidden_size:
-        raise InputError(
-            f"{param}={d} is out of range: this model supports {dim_range(hidden_size)}; "
-            f"pass a value in that range or leave it out for the full {hidden_size}.", param=param
-        )
-    return d
 
 
 def truncate_dim(x: torch.Tensor, dim: int) -> torch.Tensor:

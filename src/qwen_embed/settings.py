@@ -44,6 +44,23 @@ def dim_range(hidden_size: int) -> str:
     return f"{low}..{hidden_size}" if low < hidden_size else str(hidden_size)
 
 
+def check_dim(dim: int | None, hidden_size: int, param: str = "dim") -> int:
+    """Validate a Matryoshka dimension (32 .. hidden size); None means the full size (no torch needed).
+
+    `param` is the caller's name for the argument (the server's `dimensions`); the error carries it."""
+    if dim is None:
+        return hidden_size
+    d = whole_number(dim)  # numpy's integers too (a width taken from an array's shape)
+    if d is None:
+        raise InputError(f"{param} must be an integer, got {dim!r}", param=param)
+    if not min_dim(hidden_size) <= d <= hidden_size:
+        raise InputError(
+            f"{param}={d} is out of range: this model supports {dim_range(hidden_size)}; "
+            f"pass a value in that range or leave it out for the full {hidden_size}.", param=param
+        )
+    return d
+
+
 DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}  # token budget of one forward pass by device type
 OTHER_BATCH_TOKENS = 16384  # that of any other device type
 # dtype names a user may give -> torch's name of the float type; INT8_NAMES ask for float32 weights with int8
