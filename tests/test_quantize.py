@@ -160,11 +160,11 @@ def test_bad_ranges_and_codes_are_one_line_errors(tmp_path: Path, embedder: Embe
     np.testing.assert_array_equal(dequantize(list(codes), "int8", r), dequantize(codes, "int8", r))
     with pytest.raises(InputError, match="'uint8' codes must be uint8 values, got int8"):
         dequantize(codes, "uint8", r)  # would shift every value by 128 steps
-    with pytest.raises(InputError, match=r"shape \(2, dim\)"):
+    with pytest.raises(InputError, match=r"shape \[2, dim\]"):
         save_ranges(tmp_path / "bad.json", np.zeros(5))
     assert not (tmp_path / "bad.json").exists()
     np.save(tmp_path / "bad.npy", np.zeros(5))
-    with pytest.raises(InputError, match=r"bad\.npy: int8 ranges must have shape \(2, dim\)"):
+    with pytest.raises(InputError, match=r"bad\.npy: int8 ranges must be an array of shape \[2, dim\]"):
         load_ranges(tmp_path / "bad.npy")
     (tmp_path / "ragged.json").write_text('{"min": [0, 1], "max": [1]}')
     with pytest.raises(InputError, match=r"ragged\.json is not a JSON object"):

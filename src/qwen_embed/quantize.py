@@ -66,8 +66,9 @@ def _check_ranges(ranges: Any, dim: int | None) -> np.ndarray:
         raise InputError(f"int8 ranges must be a numeric array of shape (2, dim) (row 0 minima, row 1 maxima); "
                          f"{type(ranges).__name__} is not one ({e}).", param="ranges") from None
     if r.ndim != 2 or r.shape[0] != 2 or (dim is not None and r.shape[1] != dim):
-        raise InputError(f"int8 ranges must have shape (2, {'dim' if dim is None else dim}) (row 0 minima, row 1 "
-                         f"maxima), got {r.shape}; calibrate on embeddings of the same dimension.", param="ranges")
+        raise InputError(f"int8 ranges must be an array of shape [2, {'dim' if dim is None else dim}] (row 0 minima, "
+                         f"row 1 maxima); this one holds an array of shape {r.shape}; calibrate on embeddings of the "
+                         f"same dimension.", param="ranges")
     if not np.isfinite(r).all() or (r[1] < r[0]).any():
         raise InputError("int8 ranges must be finite with every maximum >= its minimum; calibrate again with "
                          "calibration_ranges(<sample of embeddings>).", param="ranges")
