@@ -58,12 +58,12 @@ def calibration_ranges(sample: np.ndarray) -> np.ndarray:
 def _check_ranges(ranges: Any, dim: int | None) -> np.ndarray:
     """Ranges as float32 [2, dim] (any [2, d] with dim None), or an InputError that says what is wrong."""
     if isinstance(ranges, str | os.PathLike):
-        raise InputError(f"int8 ranges must be an array of shape (2, dim), got the path {os.fspath(ranges)!r}; read "
+        raise InputError(f"int8 ranges must be an array of shape [2, dim], got the path {os.fspath(ranges)!r}; read "
                          f"the file with qwen_embed.quantize.load_ranges(path) first.", param="ranges")
     try:
         r = np.asarray(ranges, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        raise InputError(f"int8 ranges must be a numeric array of shape (2, dim) (row 0 minima, row 1 maxima); "
+        raise InputError(f"int8 ranges must be a numeric array of shape [2, dim] (row 0 minima, row 1 maxima); "
                          f"{type(ranges).__name__} is not one ({e}).", param="ranges") from None
     if r.ndim != 2 or r.shape[0] != 2 or (dim is not None and r.shape[1] != dim):
         raise InputError(f"int8 ranges must be an array of shape [2, {'dim' if dim is None else dim}] (row 0 minima, "
@@ -164,7 +164,7 @@ def load_ranges(path: str | os.PathLike[str]) -> np.ndarray:
             r = np.asarray([raw["min"], raw["max"]], dtype=np.float32)
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"ranges file {p} is not a JSON object with 'min' and 'max' lists of equal length, nor a "
-                         f".npy array of shape (2, dim) ({e}); write it with save_ranges.") from None
+                         f".npy array of shape [2, dim] ({e}); write it with save_ranges.") from None
     try:
         return _check_ranges(r, None)
     except InputError as e:
