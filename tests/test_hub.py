@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from qwen_embed import hub
-from qwen_embed.errors import ModelNotFoundError, WeightsError
+from qwen_embed.errors import InputError, ModelNotFoundError, WeightsError
 from qwen_embed.hub import HUB_FILES, resolve_model_dir, safetensors_files, weights_fingerprint
 from tests.threads import subprocess_env
 
@@ -457,3 +458,13 @@ def test_module_needs_no_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
                          env=subprocess_env(), check=True, timeout=60)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("model", [None, 5, "", b"Qwen/Qwen3-Embedding-0.6B"])
+def test_a_model_that_is_not_a_name_or_a_path_is_one_line(model: object) -> None:
+    from qwen_embed import Embedder, Reranker
+
+    for load in (Embedder.from_pretrained, Reranker.from_pretrained):
+        with pytest.raises(InputError, match=r"the model must be a hub id .* or a checkpoint folder, got "
+                                             + re.escape(repr(model))):
+            load(model)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint, CheckpointFacts
 from .config import adapter_base
 from .engine import make_engine
 from .errors import InputError
+from .hub import model_name_text
 from .pooling import check_dim, finish
 from .quantize import check_precision
 from .settings import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL  # the model this class defaults to
@@ -71,7 +72,7 @@ class Embedder(CheckpointFacts):
         """
         use_threads(threads)
         if adapter is None:
-            base = adapter_base(Path(os.fspath(name_or_path)).expanduser())
+            base = adapter_base(Path(model_name_text(name_or_path)).expanduser())
             if base:  # an adapter folder given as the model: load it on its recorded base
                 name_or_path, adapter = base, name_or_path
         ckpt = Checkpoint.load(name_or_path, device, dtype, want_head=False, allow_causal_lm=allow_causal_lm)

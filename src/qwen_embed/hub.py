@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import ModelNotFoundError, WeightsError
+from .errors import InputError, ModelNotFoundError, WeightsError
 
 HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
              "tokenizer_config.json", "special_tokens_map.json", "config_sentence_transformers.json"]
@@ -66,9 +66,18 @@ def is_weight_file(name: str) -> bool:
     return _WEIGHT_FILE.match(name) is not None
 
 
+def model_name_text(name_or_path: object) -> str:
+    """A model argument as text: a non-empty hub id or path (str or os.PathLike of str), else one InputError."""
+    text = os.fspath(name_or_path) if isinstance(name_or_path, str | os.PathLike) else None
+    if not isinstance(text, str) or not text:
+        raise InputError(f"the model must be a hub id (e.g. 'Qwen/Qwen3-Embedding-0.6B') or a checkpoint folder, "
+                         f"got {name_or_path!r}.")
+    return text
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike[str]) -> Path:
     """A local checkpoint folder, or a hub id resolved through the local cache or a download."""
-    text = os.fspath(name_or_path)
+    text = model_name_text(name_or_path)
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
