@@ -399,6 +399,12 @@ def recover_jsonl(path: str | os.PathLike[str], accept: Callable[[Any], object] 
     return rows
 
 
+def resumable_files(name: str) -> tuple[str, str, str]:
+    """The names a `ResumableJsonl` at `name` writes: `name` once finished, `name.partial` (the rows) and
+    `name.partial.meta.json` (the job's fingerprint) while it runs."""
+    return name, f"{name}.partial", f"{name}.partial.meta.json"
+
+
 class ResumableJsonl:
     """Append-only JSONL rows keyed by `key`, resumable after a crash, renamed into place at the end.
 
@@ -419,8 +425,8 @@ class ResumableJsonl:
         self.path = Path(path)
         check_output_file(self.path, overwrite=overwrite)
         self.key = key
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.meta = self.path.with_name(self.path.name + ".partial.meta.json")
+        _, partial, meta = resumable_files(self.path.name)
+        self.partial, self.meta = self.path.with_name(partial), self.path.with_name(meta)
         self.done: set[Any] = set()
         self.resumed = 0
         existed = self.partial.exists()

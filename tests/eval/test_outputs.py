@@ -28,9 +28,8 @@ from qwen_embed.eval.outputs import (
     read_record,
     record_outputs,
     remove_if_empty,
-    resumable_files,
 )
-from qwen_embed.files import OutputExistsError, ResumableJsonl, temp_sibling
+from qwen_embed.files import OutputExistsError, ResumableJsonl, resumable_files, temp_sibling
 
 
 def touch(folder: Path, *names: str) -> list[Path]:

@@ -169,8 +169,9 @@ def cmd_rerank(args: argparse.Namespace) -> int:
 
 
 def _rerank(args: argparse.Namespace, out: Path, ks: list[int]) -> int:
+    from ..files import resumable_files
     from .beir import load_beir
-    from .outputs import RERANK_SCORES, claim_output_dir, resumable_files
+    from .outputs import RERANK_SCORES, claim_output_dir
     from .report import rerank_markdown, write_rerank_report
     from .rerank import check_candidates, evaluate_rerank
     from .trec import read_run, write_run

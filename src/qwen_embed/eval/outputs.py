@@ -32,18 +32,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import InputError
-from ..files import OutputExistsError, check_output_dir, remove_path, write_json_atomic
+from ..files import OutputExistsError, check_output_dir, remove_path, resumable_files, write_json_atomic
 
 RECORD = "qwen-embed-outputs.json"
 CACHE = "cache"  # `eval retrieval`'s corpus embeddings: shards, kept so an interrupted run resumes
 RERANK_SCORES = "rerank.partial.jsonl"  # `eval rerank`'s resumable scores (a `files.ResumableJsonl` target)
 TEMP = ".*.tmp-*"  # `files.temp_sibling`: an atomic write under way, or one a kill left
-
-
-def resumable_files(name: str) -> tuple[str, str, str]:
-    """The names `files.ResumableJsonl(name)` writes: `name.partial` (the rows) and `name.partial.meta.json`
-    (the job's fingerprint) while it runs, `name` once finished."""
-    return name, f"{name}.partial", f"{name}.partial.meta.json"
 
 
 OWN_PATTERNS = (RECORD, "run.trec", "run.dim*.trec", "scores.json", "summary.md", "ndcg_vs_dim.png", CACHE,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from ..files import ResumableJsonl, check_output_file, file_digest, fingerprint
+from ..files import ResumableJsonl, check_output_file, file_digest, fingerprint, resumable_files
 from .cache import ResponseCache
 from .generators import Completion, Generator, GeneratorStats
 from .prompts import DROP_REASONS, Config, Dropped, Prompts, check_config, check_query, load_prompts
@@ -164,7 +164,7 @@ def generate_queries(passages: str | Path, personas: str | Path, output: str | P
     generator.preflight()  # an unusable endpoint fails here, before any file is created or model loaded
     rc = ResponseCache(cache if cache is not None else default_cache_path(output), generator.identity())
     out = Path(output)
-    made_partial = not out.with_name(out.name + ".partial").exists()  # else an earlier run's: never removed
+    made_partial = not out.with_name(resumable_files(out.name)[1]).exists()  # else an earlier run's: never removed
     try:
         with ResumableJsonl(output, key="id", job=job, overwrite=overwrite) as writer:
             try:
