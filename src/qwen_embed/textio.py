@@ -36,6 +36,7 @@ FORMATS = ("auto", "lines", "jsonl")
 VECTOR_SUFFIXES = (".jsonl", ".json", ".npy", ".parquet")
 RUN_SUFFIXES = (".jsonl", ".trec", ".run")
 ID_FIELDS = ("id", "_id")
+DEFAULT_RUN_NAME = "qwen-embed"  # the last column of a TREC run, when not given
 
 
 @dataclass(frozen=True)
@@ -315,8 +316,7 @@ def truncation(lengths: Sequence[int], limit: int) -> Truncation:
 # -- many-query outputs (search / rerank --queries) ------------------------------------------------------
 def check_run_output(path: str, run_name: str, *, overwrite: bool = False) -> str:
     """Check a many-query output and its run name before work; returns its format: 'jsonl' or 'trec'."""
-    if not run_name or any(c.isspace() for c in run_name):
-        raise InputError(f"--run-name {run_name!r} must be one word without spaces.")
+    check_run_name(run_name, "--run-name")
     if path == "-":
         return "jsonl"
     low = path.lower()
@@ -327,10 +327,25 @@ def check_run_output(path: str, run_name: str, *, overwrite: bool = False) -> st
     return "jsonl" if low.endswith(".jsonl") else "trec"
 
 
+def one_word(text: str) -> bool:
+    """Whether `text` can be one field of a TREC file (a run name, a query or document id): TREC files split
+    their fields at whitespace, so it must be non-empty and hold none."""
+    return bool(text) and not any(c.isspace() for c in text)
+
+
+def check_run_name(name: str, what: str = "run name") -> str:
+    """A run name is one word (`one_word`); checked before any work."""
+    if not one_word(name):
+        fix = "_".join(name.split()) or DEFAULT_RUN_NAME
+        raise InputError(f"{what} {name!r} must be one word, without spaces and not empty (TREC runs split their "
+                         f"fields at whitespace); use e.g. {fix!r}.")
+    return name
+
+
 def check_trec_ids(ids: Iterable[str], what: str) -> None:
-    """Refuse ids a TREC run cannot hold (its fields are split at whitespace): call before work."""
+    """Refuse ids a TREC run cannot hold (`one_word`): call before work."""
     for value in ids:
-        if not value or any(c.isspace() for c in value):
+        if not one_word(value):
             raise InputError(f"{what} {value!r} is empty or holds whitespace, which a TREC run cannot hold (its "
                              f"fields are split at whitespace); write .jsonl instead, or change the id.")
 

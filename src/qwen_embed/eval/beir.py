@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..jsonl import iter_jsonl
+from ..textio import one_word
 from ..tokenizer import document_text
 from .trec import Qrels, numbered_lines, parse_grade
 
@@ -74,7 +75,7 @@ def _read_ids_texts(path: Path, what: str, with_title: bool) -> tuple[list[str],
     seen: dict[str, int] = {}
     for n, obj in _jsonl(path):
         doc_id = str(obj["_id"])
-        if not doc_id or any(c.isspace() for c in doc_id):
+        if not one_word(doc_id):
             raise InputError(f"{path}:{n}: {what} id {doc_id!r} {'is empty' if not doc_id else 'holds whitespace'}; "
                              f"TREC runs split their fields at whitespace, so a run naming it could not be read "
                              f"back; give it an id of one word (e.g. '_' for each space).")

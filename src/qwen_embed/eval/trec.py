@@ -27,10 +27,11 @@ from typing import IO
 from ..errors import InputError
 from ..files import atomic_file
 from ..jsonl import text_lines
+from ..textio import DEFAULT_RUN_NAME as DEFAULT_RUN_NAME  # one TREC rule for every output; here for eval's callers
+from ..textio import check_run_name as check_run_name
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
-DEFAULT_RUN_NAME = "qwen-embed"
 MAX_GRADE = 1000  # TREC and BEIR grades are 0..4
 _INT = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -133,15 +134,6 @@ def sorted_docs(scores: Mapping[str, float]) -> list[tuple[str, float]]:
 def truncate_run(run: Mapping[str, Mapping[str, float]], depth: int) -> Run:
     """The top `depth` documents of each query, in trec_eval's order."""
     return {q: dict(sorted_docs(d)[:depth]) for q, d in run.items()}
-
-
-def check_run_name(name: str, what: str = "run name") -> str:
-    """A run name is one word: TREC runs split their fields at whitespace (checked before any work)."""
-    if not name or any(c.isspace() for c in name):
-        fix = "_".join(name.split()) or DEFAULT_RUN_NAME
-        raise InputError(f"{what} {name!r} must be one word, without spaces and not empty (TREC runs split their "
-                         f"fields at whitespace); use e.g. {fix!r}.")
-    return name
 
 
 def write_run_lines(f: IO[str], run: Mapping[str, Mapping[str, float]], name: str = DEFAULT_RUN_NAME) -> None:
