@@ -400,7 +400,6 @@ class LanceStore:
         for key, typ in meta.items():
             schema = schema.append(pa.field(key, typ))
         data = self._arrow(rows, schema, meta)
-        self.path.mkdir(parents=True, exist_ok=True)
         self.table = self._conn.create_table(self.name, data=data, schema=schema)
 
     def replace_documents(self, doc_ids: Sequence[str], rows: ChunkRows) -> None:
